@@ -1,0 +1,510 @@
+//! `Racer-v0`: drive a car around a closed track generated from the seed.
+//!
+//! ## Description
+//! A rapier rigid-body car (1150 kg, 4 m long) on four ray-cast wheels (rapier's
+//! `DynamicRayCastVehicleController`: suspension, tyre friction, rear-wheel drive, brakes on
+//! all wheels, aerodynamic drag) on a flat ground. The track is a closed road of `N` tiles,
+//! about 4 m long and 12 m wide, generated from the episode seed (see [`Track`]). Rewards and
+//! episode ends follow Gymnasium's CarRacing. Physics runs at 50 Hz, one step per env step.
+//!
+//! ## Action Space
+//! `Box([-1, 0, 0], [1, 1, 1], (3,), f32)`: `[steer, gas, brake]`. Steer −1 is full left,
+//! +1 full right (front wheels ±0.6 rad); gas drives the rear wheels up to `engine_force`;
+//! brake applies up to `brake_impulse` on every wheel. Out-of-range values are clipped and
+//! flagged with `info["action_clipped"] = true`; NaN is an error.
+//!
+//! ## Observation Space
+//! `Box(-inf, inf, (24,), f32)`, in the car's frame (x forward, y left), metres and seconds:
+//!
+//! | index  | observation                                               |
+//! |--------|-----------------------------------------------------------|
+//! | 0      | forward speed (m/s)                                       |
+//! | 1      | leftward speed (m/s)                                      |
+//! | 2      | yaw rate (rad/s, positive turning left)                   |
+//! | 3      | front-wheel steering angle (rad, positive left)           |
+//! | 4, 5   | sin and cos of the heading relative to the nearest tile   |
+//! | 6      | lateral offset from the centre line / road half-width     |
+//! | 7..23  | the centre line 2, 4, ..., 16 tiles ahead: (x, y) pairs   |
+//! | 23     | fraction of tiles visited                                 |
+//!
+//! ## Rewards
+//! −0.1 every step, +1000/N for each tile visited for the first time, −100 on leaving the
+//! field (CarRacing's).
+//!
+//! ## Starting State
+//! At rest in the middle of the first tile, pointing along the track. The track itself comes from the seed.
+//!
+//! ## Episode End
+//! - Terminated: every tile has been visited (the lap is done); or the car leaves the square
+//!   field of half-size `playfield` m, or rolls over (−100 in both cases).
+//! - Truncated: after 1000 steps (the registry wraps the env in a `TimeLimit`).
+//!
+//! ## Arguments
+//! See [`RacerConfig`].
+
+use dreamgym_sim::rapier::control::{DynamicRayCastVehicleController, WheelTuning};
+use dreamgym_sim::rapier::prelude::*;
+use dreamgym_sim::{Snapshot, World, WorldConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::builtin::reject_unknown_options;
+use crate::builtin::track::Track;
+use crate::{BoxSpace, Env, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value};
+
+const ID: &str = "Racer-v0";
+/// Car mass, kg.
+const CAR_MASS: f32 = 1150.0;
+/// Half extents of the chassis box (length, height, width), m.
+const CHASSIS: [f32; 3] = [2.0, 0.35, 0.9];
+/// Height of the chassis centre at the start, m.
+const SPAWN_HEIGHT: f32 = 0.95;
+/// Largest front-wheel steering angle, rad.
+const MAX_STEER: f32 = 0.6;
+/// Look-ahead waypoints in the observation.
+const WAYPOINTS: usize = 8;
+/// Observation length.
+const OBS_LEN: usize = 7 + 2 * WAYPOINTS + 1;
+
+/// Settings of `Racer-v0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RacerConfig {
+    /// Largest track radius, m (checkpoints lie between a third of it and all of it).
+    pub track_radius: f32,
+    /// Number of spline checkpoints that shape the track.
+    pub checkpoints: usize,
+    /// Approximate tile length, m.
+    pub tile_length: f32,
+    /// Half the road width, m.
+    pub track_half_width: f32,
+    /// Half-size of the square field, m; leaving it ends the episode with −100.
+    pub playfield: f32,
+    /// Engine force at full gas, N (shared by the two rear wheels).
+    pub engine_force: f32,
+    /// Brake impulse per wheel per step at full brake, N·s.
+    pub brake_impulse: f32,
+    /// Aerodynamic drag coefficient: drag = coefficient · speed², N.
+    pub drag: f32,
+}
+
+impl Default for RacerConfig {
+    fn default() -> Self {
+        Self {
+            track_radius: 80.0,
+            checkpoints: 12,
+            tile_length: 4.0,
+            track_half_width: 6.0,
+            playfield: 160.0,
+            engine_force: 7000.0,
+            brake_impulse: 45.0,
+            drag: 4.0,
+        }
+    }
+}
+
+impl crate::EnvConfig for RacerConfig {
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("track_radius", self.track_radius),
+            ("tile_length", self.tile_length),
+            ("track_half_width", self.track_half_width),
+            ("playfield", self.playfield),
+            ("engine_force", self.engine_force),
+            ("brake_impulse", self.brake_impulse),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a positive number, got {v}"));
+            }
+        }
+        if !(self.drag.is_finite() && self.drag >= 0.0) {
+            return Err(format!("drag must be non-negative, got {}", self.drag));
+        }
+        if !(3..=64).contains(&self.checkpoints) {
+            return Err(format!("checkpoints must be in 3..=64, got {}", self.checkpoints));
+        }
+        if self.track_radius > 5000.0 || self.tile_length > self.track_radius {
+            return Err("track_radius must be at most 5000 m and longer than a tile".into());
+        }
+        if self.playfield < self.track_radius * 1.2 {
+            return Err(format!(
+                "playfield ({}) must exceed 1.2 × track_radius ({}) so the track fits",
+                self.playfield, self.track_radius
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The racing environment. See the [module docs](self).
+pub struct Racer {
+    config: RacerConfig,
+    world: World,
+    initial: Snapshot,
+    chassis: RigidBodyHandle,
+    vehicle: DynamicRayCastVehicleController,
+    initial_vehicle: DynamicRayCastVehicleController,
+    track: Track,
+    visited: Vec<bool>,
+    visited_count: usize,
+    nearest: usize,
+    observation_space: Space,
+    action_space: Space,
+    action_box: BoxSpace,
+    seeder: EpisodeSeeder,
+    episode: EpisodeState,
+}
+
+impl Racer {
+    /// Builds the ground and the car for `config`; the track comes with each reset.
+    pub fn new(config: RacerConfig) -> Result<Self, EnvError> {
+        crate::EnvConfig::validate(&config).map_err(|message| EnvError::InvalidConfig {
+            env: ID.into(),
+            message,
+        })?;
+        let mut world = World::try_new(WorldConfig {
+            dt: 0.02,
+            substeps: 1,
+            solver_iterations: 2,
+            ..WorldConfig::default()
+        })?;
+        let extent = config.playfield + 50.0;
+        world.add_collider(
+            ColliderBuilder::cuboid(extent, 0.5, extent)
+                .translation(Vector::new(0.0, -0.5, 0.0))
+                .friction(1.0),
+            None,
+        );
+        let [l, h, w] = CHASSIS;
+        let chassis = world.add_body(
+            "car",
+            RigidBodyBuilder::dynamic()
+                .can_sleep(false)
+                .translation(Vector::new(0.0, SPAWN_HEIGHT, 0.0))
+                // A low centre of mass keeps the car on its wheels in hard turns.
+                .additional_mass_properties(MassProperties::new(
+                    Vector::new(0.0, -0.3, 0.0),
+                    CAR_MASS,
+                    Vector::new(
+                        CAR_MASS / 12.0 * (4.0 * h * h + 4.0 * w * w),
+                        CAR_MASS / 12.0 * (4.0 * l * l + 4.0 * w * w),
+                        CAR_MASS / 12.0 * (4.0 * l * l + 4.0 * h * h),
+                    ),
+                )),
+        )?;
+        world.add_collider(ColliderBuilder::cuboid(l, h, w).density(0.0), Some(chassis));
+        let mut vehicle = DynamicRayCastVehicleController::new(chassis);
+        let tuning = WheelTuning {
+            suspension_stiffness: 30.0,
+            suspension_compression: 2.0,
+            suspension_damping: 2.5,
+            max_suspension_travel: 0.3,
+            friction_slip: 1.4,
+            side_friction_stiffness: 1.0,
+            max_suspension_force: 30_000.0,
+        };
+        for (x, z) in [(1.3, 0.8), (1.3, -0.8), (-1.3, 0.8), (-1.3, -0.8)] {
+            vehicle.add_wheel(
+                Vector::new(x, -0.15, z),
+                -Vector::Y,
+                Vector::Z,
+                0.4,
+                0.35,
+                &tuning,
+            );
+        }
+        let initial = world.snapshot();
+        let action_box = BoxSpace::new(vec![-1.0, 0.0, 0.0], vec![1.0, 1.0, 1.0]);
+        Ok(Self {
+            config,
+            world,
+            initial,
+            chassis,
+            initial_vehicle: vehicle.clone(),
+            vehicle,
+            track: Track {
+                center: Vec::new(),
+                half_width: 0.0,
+            },
+            visited: Vec::new(),
+            visited_count: 0,
+            nearest: 0,
+            observation_space: Space::Box(BoxSpace::uniform(
+                vec![OBS_LEN],
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+            )),
+            action_space: Space::Box(action_box.clone()),
+            action_box,
+            seeder: EpisodeSeeder::default(),
+            episode: EpisodeState::default(),
+        })
+    }
+
+    /// The underlying world (read-only), for viewers and cameras.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// This episode's track.
+    pub fn track(&self) -> &Track {
+        &self.track
+    }
+
+    /// Which tiles have been visited.
+    pub fn visited(&self) -> &[bool] {
+        &self.visited
+    }
+
+    /// The car's position on the ground plane `(x, z)`, m.
+    pub fn car_position(&self) -> [f32; 2] {
+        let t = self.world.body(self.chassis).translation();
+        [t.x, t.z]
+    }
+
+    /// Forward and left unit vectors of the car on the ground plane.
+    fn car_axes(&self) -> ([f32; 2], [f32; 2]) {
+        let rot = self.world.body(self.chassis).rotation();
+        let f = *rot * Vector::X;
+        let l = *rot * -Vector::Z;
+        let norm = |v: Vector| {
+            let n = v.x.hypot(v.z).max(1e-6);
+            [v.x / n, v.z / n]
+        };
+        (norm(f), norm(l))
+    }
+
+    fn observe(&self) -> Vec<f32> {
+        let body = self.world.body(self.chassis);
+        let (f, l) = self.car_axes();
+        let p = self.car_position();
+        let v = body.linvel();
+        let dot = |a: [f32; 2], b: [f32; 2]| a[0] * b[0] + a[1] * b[1];
+        let vel = [v.x, v.z];
+        let mut obs = Vec::with_capacity(OBS_LEN);
+        obs.push(dot(vel, f));
+        obs.push(dot(vel, l));
+        obs.push(body.angvel().y);
+        obs.push(self.vehicle.wheels()[0].steering);
+        let d = self.track.direction(self.nearest);
+        // Heading of the car relative to the track direction (positive: car turned left).
+        let sin = d[0] * f[1] - d[1] * f[0];
+        let cos = dot(d, f);
+        // The ground plane's (x, z) is left-handed seen from above; flip to keep left positive.
+        obs.push(-sin);
+        obs.push(cos);
+        let (_, lateral) = self.track.project(self.nearest, p);
+        obs.push(-lateral / self.track.half_width);
+        let n = self.track.len();
+        for k in 0..WAYPOINTS {
+            let w = self.track.center[(self.nearest + 2 * (k + 1)) % n];
+            let rel = [w[0] - p[0], w[1] - p[1]];
+            obs.push(dot(rel, f));
+            obs.push(dot(rel, l));
+        }
+        obs.push(self.visited_count as f32 / n as f32);
+        obs
+    }
+}
+
+impl Env for Racer {
+    fn observation_space(&self) -> &Space {
+        &self.observation_space
+    }
+
+    fn action_space(&self) -> &Space {
+        &self.action_space
+    }
+
+    fn reset(&mut self, seed: Option<u64>, options: &Info) -> Result<(Value, Info), EnvError> {
+        reject_unknown_options(ID, options, &[])?;
+        let (episode_seed, mut rng) = self.seeder.next_episode(seed);
+        let c = &self.config;
+        self.track = Track::generate(
+            &mut rng,
+            c.checkpoints,
+            c.track_radius,
+            c.tile_length,
+            c.track_half_width,
+        );
+        self.visited = vec![false; self.track.len()];
+        self.visited_count = 0;
+        self.nearest = 0;
+        self.world.restore(&self.initial)?;
+        self.vehicle.clone_from(&self.initial_vehicle);
+        // The middle of the first tile, so the car touches only that tile.
+        let (a, b) = self.track.segment(0);
+        let start = [(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0];
+        let d = self.track.direction(0);
+        // Yaw about +y that turns the car's +x onto (d.x, d.z): x' = cos, z' = -sin.
+        let yaw = (-d[1]).atan2(d[0]);
+        let body = self.world.body_mut(self.chassis);
+        body.set_translation(Vector::new(start[0], SPAWN_HEIGHT, start[1]), true);
+        body.set_rotation(Rotation::from_rotation_y(yaw), true);
+        self.episode.start();
+        let mut info = Info::new();
+        info.insert("episode_seed".into(), episode_seed.into());
+        info.insert("tile_count".into(), self.track.len().into());
+        Ok((Value::F32(self.observe()), info))
+    }
+
+    fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
+        self.episode.check_running(ID)?;
+        let mut a = [0.0f32; 3];
+        let clipped = self
+            .action_box
+            .clip_into(action, &mut a)
+            .map_err(|e| EnvError::InvalidAction(format!("{ID}: {e}")))?;
+        let [steer, gas, brake] = a;
+        let dt = self.world.config().dt;
+        {
+            let wheels = self.vehicle.wheels_mut();
+            for (i, wheel) in wheels.iter_mut().enumerate() {
+                let front = i < 2;
+                // Steering about the suspension axis (-y): positive turns right.
+                wheel.steering = if front { -steer * MAX_STEER } else { 0.0 };
+                wheel.engine_force = if front {
+                    0.0
+                } else {
+                    gas * self.config.engine_force / 2.0
+                };
+                wheel.brake = brake * self.config.brake_impulse;
+            }
+        }
+        let chassis = self.chassis;
+        let filter = QueryFilter::default().exclude_rigid_body(chassis);
+        self.vehicle
+            .update_vehicle(dt, self.world.query_pipeline_mut(filter));
+        let v = self.world.body(chassis).linvel();
+        let drag = -v * (self.config.drag * v.length());
+        self.world.apply_force(chassis, drag)?;
+        if let Err(e) = self.world.step() {
+            self.episode.record(true);
+            return Err(e.into());
+        }
+
+        let p = self.car_position();
+        self.nearest = self.track.nearest_tile(p, self.nearest);
+        let n = self.track.len();
+        let mut reward = -0.1;
+        for k in [n - 1, 0, 1] {
+            let i = (self.nearest + k) % n;
+            if !self.visited[i] && self.track.on_tile(i, p) {
+                self.visited[i] = true;
+                self.visited_count += 1;
+                reward += 1000.0 / n as f64;
+            }
+        }
+        let mut terminated = false;
+        let mut info = Info::new();
+        let up = *self.world.body(chassis).rotation() * Vector::Y;
+        if p[0].abs() > self.config.playfield || p[1].abs() > self.config.playfield {
+            terminated = true;
+            reward = -100.0;
+            info.insert("left_field".into(), true.into());
+        } else if up.y < 0.2 {
+            terminated = true;
+            reward = -100.0;
+            info.insert("rolled_over".into(), true.into());
+        } else if self.visited_count == n {
+            terminated = true;
+            info.insert("lap_complete".into(), true.into());
+        }
+        info.insert("tiles_visited".into(), self.visited_count.into());
+        if clipped {
+            info.insert("action_clipped".into(), true.into());
+        }
+        self.episode.record(terminated);
+        Ok(Step {
+            obs: Value::F32(self.observe()),
+            reward,
+            terminated,
+            truncated: false,
+            info,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(env: &mut Racer, action: [f32; 3], steps: usize) -> Vec<Step> {
+        (0..steps)
+            .map(|_| env.step(&Value::F32(action.to_vec())).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn gas_moves_the_car_forward_and_steering_turns_it() {
+        let mut env = Racer::new(RacerConfig::default()).unwrap();
+        env.reset(Some(0), &Info::new()).unwrap();
+        let steps = drive(&mut env, [0.0, 1.0, 0.0], 50);
+        let speed = steps.last().unwrap().obs.as_f32().unwrap()[0];
+        assert!(speed > 3.0, "forward speed after 1 s of full gas: {speed}");
+        let right = drive(&mut env, [1.0, 0.5, 0.0], 10);
+        let yaw_rate = right.last().unwrap().obs.as_f32().unwrap()[2];
+        assert!(yaw_rate < -0.05, "steering right should turn right, yaw rate {yaw_rate}");
+        // The first tiles were visited on the way.
+        assert!(steps.iter().any(|s| s.reward > 0.0));
+    }
+
+    #[test]
+    fn standing_still_costs_a_tenth_per_step_after_the_start_tile() {
+        let mut env = Racer::new(RacerConfig::default()).unwrap();
+        let (_, info) = env.reset(Some(1), &Info::new()).unwrap();
+        let n = info["tile_count"].as_u64().unwrap() as f64;
+        let steps = drive(&mut env, [0.0, 0.0, 1.0], 20);
+        let total: f64 = steps.iter().map(|s| s.reward).sum();
+        // The start tile counts once (+1000/N); every step costs 0.1.
+        assert!((total - (1000.0 / n - 2.0)).abs() < 1e-6, "total {total}, n {n}");
+        assert!(steps.iter().all(|s| !s.terminated && !s.truncated));
+    }
+
+    #[test]
+    fn leaving_the_field_terminates_with_minus_100() {
+        let mut env = Racer::new(RacerConfig::default()).unwrap();
+        env.reset(Some(2), &Info::new()).unwrap();
+        let edge = env.config.playfield + 1.0;
+        env.world
+            .body_mut(env.chassis)
+            .set_translation(Vector::new(edge, SPAWN_HEIGHT, 0.0), true);
+        let step = env.step(&Value::F32(vec![0.0, 0.0, 0.0])).unwrap();
+        assert!(step.terminated);
+        assert_eq!(step.reward, -100.0);
+        assert_eq!(step.info["left_field"], true);
+    }
+
+    #[test]
+    fn visiting_every_tile_completes_the_lap() {
+        let mut env = Racer::new(RacerConfig::default()).unwrap();
+        env.reset(Some(3), &Info::new()).unwrap();
+        let n = env.track.len();
+        env.visited.iter_mut().for_each(|v| *v = true);
+        env.visited[1] = false;
+        env.visited_count = n - 1;
+        // Place the car on tile 1 and step once.
+        let (a, b) = env.track.segment(1);
+        let mid = [(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0];
+        env.world
+            .body_mut(env.chassis)
+            .set_translation(Vector::new(mid[0], SPAWN_HEIGHT, mid[1]), true);
+        let step = env.step(&Value::F32(vec![0.0, 0.0, 1.0])).unwrap();
+        assert!(step.terminated, "{:?}", step.info);
+        assert_eq!(step.info["lap_complete"], true);
+        assert!((step.reward - (1000.0 / n as f64 - 0.1)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rolling_over_terminates() {
+        let mut env = Racer::new(RacerConfig::default()).unwrap();
+        env.reset(Some(4), &Info::new()).unwrap();
+        let pos = env.world.body(env.chassis).translation();
+        let body = env.world.body_mut(env.chassis);
+        body.set_translation(Vector::new(pos.x, 2.5, pos.z), true);
+        body.set_rotation(Rotation::from_rotation_x(std::f32::consts::PI), true);
+        let step = env.step(&Value::F32(vec![0.0, 0.0, 0.0])).unwrap();
+        assert!(step.terminated);
+        assert_eq!(step.info["rolled_over"], true);
+    }
+}

@@ -1,0 +1,164 @@
+//! The `Env` trait, with Gymnasium 1.x semantics, and what its methods return.
+
+use serde_json::Value as Json;
+
+use crate::{Space, Value};
+
+/// Extra information returned by `reset` and `step` (Gymnasium's `info` dict), and the
+/// `options` passed to `reset`.
+pub type Info = serde_json::Map<String, Json>;
+
+/// The result of one [`Env::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Observation after the action.
+    pub obs: Value,
+    /// Reward for the transition.
+    pub reward: f64,
+    /// The task ended (a terminal state of the MDP: the pole fell, the track is done).
+    pub terminated: bool,
+    /// The episode was cut off from outside the task (a time limit).
+    pub truncated: bool,
+    /// Extra information.
+    pub info: Info,
+}
+
+impl Step {
+    /// Whether the episode is over (terminated or truncated).
+    pub fn done(&self) -> bool {
+        self.terminated || self.truncated
+    }
+}
+
+/// What can go wrong in an environment. None of these leave the environment corrupted: after
+/// an error from `step`, the state is as it was before the call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EnvError {
+    /// The action is not acceptable (wrong kind or shape, NaN, or a discrete value outside its
+    /// space). Out-of-range continuous actions are not errors: built-in envs clip them and set
+    /// `info["action_clipped"] = true`.
+    #[error("invalid action: {0}")]
+    InvalidAction(String),
+    /// `step` was called before `reset`, or after the episode ended without a `reset`.
+    #[error("reset needed: {0}")]
+    ResetNeeded(String),
+    /// An option passed to `reset` is not understood or has a bad value.
+    #[error("invalid reset option: {0}")]
+    InvalidOption(String),
+    /// A configuration value is out of range or unknown.
+    #[error("invalid config for {env}: {message}")]
+    InvalidConfig {
+        /// The env id (or type) the config was for.
+        env: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No environment is registered under this id.
+    #[error("unknown env id `{id}`; registered ids: {}", known.join(", "))]
+    UnknownEnv {
+        /// The id asked for.
+        id: String,
+        /// The ids that are registered.
+        known: Vec<String>,
+    },
+    /// An env id that does not look like `Name-vN`.
+    #[error("bad env id `{0}`: ids look like `Name-vN` (for example `CartPole-v0`)")]
+    BadId(String),
+    /// The same id registered twice.
+    #[error("env id `{0}` is already registered")]
+    DuplicateId(String),
+    /// The physics world failed (for instance, it blew up); the episode cannot continue.
+    #[error("simulation error: {0}")]
+    Sim(#[from] dreamgym_sim::SimError),
+    /// A vectorized env's worker thread died.
+    #[error("vector env worker failed: {0}")]
+    Worker(String),
+    /// Anything else an environment needs to report.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A reinforcement-learning environment with Gymnasium 1.x semantics.
+///
+/// - `reset(seed, options)` starts an episode. With `Some(seed)`, the episode and every
+///   episode after it (reset with `None`) are reproducible; with `None` on the first call the
+///   env seeds itself from entropy.
+/// - `step(action)` advances one step. `terminated` means the task reached a terminal state;
+///   `truncated` means it was cut off from outside (a time limit). After either, `step` returns
+///   [`EnvError::ResetNeeded`] until the next `reset`.
+/// - Observations returned are always inside [`Env::observation_space`].
+///
+/// Implement it for your own world, register it in a [`Registry`](crate::Registry), and every
+/// dreamgym command works with it.
+pub trait Env: Send {
+    /// The space every observation lies in.
+    fn observation_space(&self) -> &Space;
+    /// The space of valid actions.
+    fn action_space(&self) -> &Space;
+    /// Starts a new episode and returns its first observation.
+    fn reset(&mut self, seed: Option<u64>, options: &Info) -> Result<(Value, Info), EnvError>;
+    /// Applies an action for one step.
+    fn step(&mut self, action: &Value) -> Result<Step, EnvError>;
+    /// Releases resources. Calling it twice is fine.
+    fn close(&mut self) {}
+}
+
+impl<E: Env + ?Sized> Env for Box<E> {
+    fn observation_space(&self) -> &Space {
+        (**self).observation_space()
+    }
+    fn action_space(&self) -> &Space {
+        (**self).action_space()
+    }
+    fn reset(&mut self, seed: Option<u64>, options: &Info) -> Result<(Value, Info), EnvError> {
+        (**self).reset(seed, options)
+    }
+    fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
+        (**self).step(action)
+    }
+    fn close(&mut self) {
+        (**self).close()
+    }
+}
+
+/// Bookkeeping every built-in env shares: whether `step` may be called, and how many steps the
+/// episode has taken.
+#[derive(Debug, Clone, Default)]
+pub struct EpisodeState {
+    /// Whether an episode is running (reset called, not yet ended).
+    pub running: bool,
+    /// Steps taken in the current episode.
+    pub steps: u64,
+}
+
+impl EpisodeState {
+    /// Errors unless an episode is running.
+    pub fn check_running(&self, env: &str) -> Result<(), EnvError> {
+        if self.running {
+            Ok(())
+        } else if self.steps == 0 {
+            Err(EnvError::ResetNeeded(format!(
+                "{env}: call reset before the first step"
+            )))
+        } else {
+            Err(EnvError::ResetNeeded(format!(
+                "{env}: the episode ended after {} steps; call reset",
+                self.steps
+            )))
+        }
+    }
+
+    /// Records a step and whether it ended the episode.
+    pub fn record(&mut self, done: bool) {
+        self.steps += 1;
+        if done {
+            self.running = false;
+        }
+    }
+
+    /// Marks the start of an episode.
+    pub fn start(&mut self) {
+        self.running = true;
+        self.steps = 0;
+    }
+}

@@ -1,0 +1,238 @@
+//! Recorded observation streams: episodes on disk in a versioned, chunked format.
+//!
+//! A dataset is a folder:
+//!
+//! - `dataset.json`: `{"format": "dreamgym-episodes", "version": 1, "env_id", "env_config",
+//!   "observation_space", "action_space", ...}`.
+//! - `chunk-000000.safetensors`, `chunk-000001.safetensors`, ...: whole episodes, each chunk
+//!   written to a temporary file and renamed into place, so a killed process loses at most
+//!   the episodes not yet flushed. Tensors (rows of all episodes in the chunk, in order):
+//!   - `obs` (or `obs.<key>` for a Dict space): one row per observation, `T + 1` per episode
+//!     (the first observation and one after each step); f32, u8 (images) or i64 (discrete);
+//!   - `action` (or `action.<key>`): one row per step, `T` per episode;
+//!   - `reward` (f64), `terminated` and `truncated` (u8): one per step;
+//!   - `episode_length` (i64) and `episode_seed` (u64): one per episode.
+//!
+//!   The safetensors metadata holds `format`, `version` and `crc32`: the CRC-32 (IEEE, as
+//!   Python's `zlib.crc32`) of the data section (every byte after the JSON header).
+//!
+//! Python reads it with `safetensors.numpy.load_file` or with numpy alone (8-byte little-endian
+//! header length, JSON header, raw little-endian arrays); `np.cumsum(episode_length)` splits
+//! the rows into episodes.
+
+mod reader;
+mod writer;
+
+pub use reader::{Dataset, LoadReport, Window, WindowSampler};
+pub use writer::{EpisodeWriter, WriterOptions};
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Space, Value};
+
+/// The value of `format` in `dataset.json` and in every chunk.
+pub const FORMAT: &str = "dreamgym-episodes";
+/// The format version this code writes and reads.
+pub const VERSION: u32 = 1;
+
+/// One recorded episode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episode {
+    /// The seed that reproduces the episode's start (`reset(Some(seed))`).
+    pub seed: u64,
+    /// `T + 1` observations: the reset observation, then one after each step.
+    pub observations: Vec<Value>,
+    /// `T` actions.
+    pub actions: Vec<Value>,
+    /// `T` rewards.
+    pub rewards: Vec<f64>,
+    /// `T` flags: whether step `t` terminated the episode.
+    pub terminated: Vec<bool>,
+    /// `T` flags: whether step `t` truncated the episode.
+    pub truncated: Vec<bool>,
+}
+
+impl Episode {
+    /// An episode starting from `obs`.
+    pub fn new(seed: u64, obs: Value) -> Self {
+        Self {
+            seed,
+            observations: vec![obs],
+            actions: Vec::new(),
+            rewards: Vec::new(),
+            terminated: Vec::new(),
+            truncated: Vec::new(),
+        }
+    }
+
+    /// Appends one step.
+    pub fn push(&mut self, action: Value, obs: Value, reward: f64, terminated: bool, truncated: bool) {
+        self.actions.push(action);
+        self.observations.push(obs);
+        self.rewards.push(reward);
+        self.terminated.push(terminated);
+        self.truncated.push(truncated);
+    }
+
+    /// Number of steps.
+    pub fn len(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// Whether the episode has no steps.
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    /// Sum of rewards.
+    pub fn total_reward(&self) -> f64 {
+        self.rewards.iter().sum()
+    }
+}
+
+/// What `dataset.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetMeta {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The format version, [`VERSION`] for data this code writes.
+    pub version: u32,
+    /// The env id the episodes come from.
+    pub env_id: String,
+    /// The env's full config.
+    pub env_config: serde_json::Value,
+    /// The observation space.
+    pub observation_space: Space,
+    /// The action space.
+    pub action_space: Space,
+    /// What chose the actions (for instance `random`).
+    pub policy: String,
+    /// The seed the collection started from, if any.
+    pub seed: Option<u64>,
+}
+
+impl DatasetMeta {
+    /// Metadata for a new dataset.
+    pub fn new(
+        env_id: &str,
+        env_config: serde_json::Value,
+        observation_space: Space,
+        action_space: Space,
+        policy: &str,
+        seed: Option<u64>,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            env_id: env_id.into(),
+            env_config,
+            observation_space,
+            action_space,
+            policy: policy.into(),
+            seed,
+        }
+    }
+}
+
+/// What can go wrong reading or writing a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`"cannot create directory"`, ...).
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The system error.
+        source: std::io::Error,
+    },
+    /// A chunk is damaged (bad checksum, truncated, malformed).
+    #[error("chunk {} is damaged: {reason}", path.display())]
+    Corrupt {
+        /// The chunk file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The folder is not a dataset this code can read, or not one it may write into.
+    #[error("{0}")]
+    Format(String),
+    /// An episode does not fit the dataset's spaces.
+    #[error("episode does not match the dataset: {0}")]
+    Mismatch(String),
+}
+
+pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RecordError {
+    let path = path.to_path_buf();
+    move |source| RecordError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
+/// renamed over `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io_error("cannot create", &tmp))?;
+    f.write_all(bytes).map_err(io_error("cannot write", &tmp))?;
+    f.sync_all().map_err(io_error("cannot sync", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_error("cannot rename into place", path))?;
+    if let Some(dir) = path.parent() {
+        // Make the rename durable; not every platform can open a directory, so best effort.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// One column of a chunk: a tensor name, its element type and per-row shape.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Leaf {
+    pub name: String,
+    pub kind: LeafKind,
+    pub row_shape: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum LeafKind {
+    F32,
+    U8,
+    I64,
+}
+
+/// The columns a space is stored in, named `prefix` or `prefix.key`.
+pub(crate) fn leaves(space: &Space, prefix: &str) -> Vec<Leaf> {
+    match space {
+        Space::Box(b) => vec![Leaf {
+            name: prefix.into(),
+            kind: match b.dtype {
+                crate::Dtype::F32 => LeafKind::F32,
+                crate::Dtype::U8 => LeafKind::U8,
+            },
+            row_shape: b.shape.clone(),
+        }],
+        Space::Discrete(_) => vec![Leaf {
+            name: prefix.into(),
+            kind: LeafKind::I64,
+            row_shape: vec![],
+        }],
+        Space::MultiDiscrete(m) => vec![Leaf {
+            name: prefix.into(),
+            kind: LeafKind::I64,
+            row_shape: vec![m.nvec.len()],
+        }],
+        Space::Dict(d) => d
+            .spaces
+            .iter()
+            .flat_map(|(k, s)| leaves(s, &format!("{prefix}.{k}")))
+            .collect(),
+    }
+}

@@ -1,0 +1,324 @@
+//! Reading datasets: whole episodes, and shuffled fixed-length windows for training.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use safetensors::SafeTensors;
+
+use super::writer::data_section;
+use super::{DatasetMeta, Episode, FORMAT, LeafKind, RecordError, VERSION, io_error, leaves};
+use crate::{Space, Value};
+
+/// A dataset folder opened for reading.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    dir: PathBuf,
+    meta: DatasetMeta,
+    chunks: Vec<PathBuf>,
+}
+
+/// Episodes loaded from a dataset, and the chunks that could not be read.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Every episode of every readable chunk, in order.
+    pub episodes: Vec<Episode>,
+    /// Chunks skipped, with why.
+    pub damaged: Vec<(PathBuf, RecordError)>,
+}
+
+impl Dataset {
+    /// Opens a dataset folder: reads and checks `dataset.json` and lists the chunks.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, RecordError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(RecordError::Format(format!(
+                "{} is not a folder (expected a dataset written by `dreamgym rollout`)",
+                dir.display()
+            )));
+        }
+        let meta_path = dir.join("dataset.json");
+        let text = std::fs::read(&meta_path).map_err(io_error("cannot read", &meta_path))?;
+        let meta: DatasetMeta = serde_json::from_slice(&text).map_err(|e| {
+            RecordError::Format(format!("{} is not valid: {e}", meta_path.display()))
+        })?;
+        if meta.format != FORMAT {
+            return Err(RecordError::Format(format!(
+                "{}: format is `{}`, expected `{FORMAT}`",
+                meta_path.display(),
+                meta.format
+            )));
+        }
+        if meta.version != VERSION {
+            return Err(RecordError::Format(format!(
+                "{}: format version {} is not supported (this build reads version {VERSION})",
+                meta_path.display(),
+                meta.version
+            )));
+        }
+        let mut chunks: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io_error("cannot list", &dir))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with("chunk-") && n.ends_with(".safetensors")
+                })
+            })
+            .collect();
+        chunks.sort();
+        Ok(Self { dir, meta, chunks })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What `dataset.json` says.
+    pub fn meta(&self) -> &DatasetMeta {
+        &self.meta
+    }
+
+    /// The chunk files, in order.
+    pub fn chunk_paths(&self) -> &[PathBuf] {
+        &self.chunks
+    }
+
+    pub(crate) fn next_chunk_index(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter_map(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .strip_prefix("chunk-")?
+                    .strip_suffix(".safetensors")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Reads one chunk, checking its checksum and structure.
+    pub fn read_chunk(&self, path: &Path) -> Result<Vec<Episode>, RecordError> {
+        let bytes = std::fs::read(path).map_err(io_error("cannot read", path))?;
+        decode_chunk(&self.meta, &bytes).map_err(|reason| RecordError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    /// Reads every chunk, skipping (and reporting) damaged ones.
+    pub fn load(&self) -> LoadReport {
+        let mut report = LoadReport::default();
+        for path in &self.chunks {
+            match self.read_chunk(path) {
+                Ok(mut eps) => report.episodes.append(&mut eps),
+                Err(e) => report.damaged.push((path.clone(), e)),
+            }
+        }
+        report
+    }
+}
+
+fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("bad header: {e}"))?;
+    let info = header
+        .metadata()
+        .clone()
+        .ok_or("no metadata in the header")?;
+    if info.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(format!("not a {FORMAT} chunk"));
+    }
+    if info.get("version").map(String::as_str) != Some(&VERSION.to_string()) {
+        return Err(format!("chunk version {:?} is not {VERSION}", info.get("version")));
+    }
+    let expected = info.get("crc32").ok_or("no crc32 in the metadata")?;
+    let data = data_section(bytes).map_err(|e| e.to_string())?;
+    let actual = format!("{:08x}", crc32fast::hash(data));
+    if &actual != expected {
+        return Err(format!(
+            "checksum mismatch (stored {expected}, computed {actual}): truncated or corrupted"
+        ));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("bad tensors: {e}"))?;
+    let tensor = |name: &str| st.tensor(name).map_err(|e| format!("tensor `{name}`: {e}"));
+    let lengths: Vec<i64> = le_i64(tensor("episode_length")?.data());
+    let seeds: Vec<u64> = tensor("episode_seed")?
+        .data()
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    if lengths.len() != seeds.len() || lengths.iter().any(|&l| l < 0) {
+        return Err("episode_length and episode_seed disagree".into());
+    }
+    let n_steps: usize = lengths.iter().map(|&l| l as usize).sum();
+    let n_obs = n_steps + lengths.len();
+    let rewards: Vec<f64> = tensor("reward")?
+        .data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    let terminated = tensor("terminated")?.data().to_vec();
+    let truncated = tensor("truncated")?.data().to_vec();
+    if rewards.len() != n_steps || terminated.len() != n_steps || truncated.len() != n_steps {
+        return Err(format!(
+            "per-step columns have {} / {} / {} rows, episode lengths add up to {n_steps}",
+            rewards.len(),
+            terminated.len(),
+            truncated.len()
+        ));
+    }
+    let columns = |space: &Space, prefix: &str, rows: usize| -> Result<Columns<'_>, String> {
+        let mut cols = BTreeMap::new();
+        for leaf in leaves(space, prefix) {
+            let t = tensor(&leaf.name)?;
+            let mut shape = vec![rows];
+            shape.extend(&leaf.row_shape);
+            if t.shape() != shape.as_slice() {
+                return Err(format!(
+                    "tensor `{}` has shape {:?}, expected {shape:?}",
+                    leaf.name,
+                    t.shape()
+                ));
+            }
+            cols.insert(leaf.name.clone(), (leaf, t.data()));
+        }
+        Ok(cols)
+    };
+    let obs_cols = columns(&meta.observation_space, "obs", n_obs)?;
+    let act_cols = columns(&meta.action_space, "action", n_steps)?;
+    let mut episodes = Vec::with_capacity(lengths.len());
+    let (mut o, mut s) = (0usize, 0usize);
+    for (&len, &seed) in lengths.iter().zip(&seeds) {
+        let len = len as usize;
+        let mut e = Episode::new(seed, decode_row(&meta.observation_space, "obs", &obs_cols, o)?);
+        for t in 0..len {
+            e.push(
+                decode_row(&meta.action_space, "action", &act_cols, s + t)?,
+                decode_row(&meta.observation_space, "obs", &obs_cols, o + 1 + t)?,
+                rewards[s + t],
+                terminated[s + t] != 0,
+                truncated[s + t] != 0,
+            );
+        }
+        o += len + 1;
+        s += len;
+        episodes.push(e);
+    }
+    Ok(episodes)
+}
+
+type Columns<'a> = BTreeMap<String, (super::Leaf, &'a [u8])>;
+
+fn le_i64(data: &[u8]) -> Vec<i64> {
+    data.chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect()
+}
+
+fn decode_row(space: &Space, prefix: &str, cols: &Columns<'_>, row: usize) -> Result<Value, String> {
+    if let Space::Dict(d) = space {
+        let mut out = BTreeMap::new();
+        for (k, s) in &d.spaces {
+            out.insert(k.clone(), decode_row(s, &format!("{prefix}.{k}"), cols, row)?);
+        }
+        return Ok(Value::Dict(out));
+    }
+    let (leaf, data) = cols.get(prefix).ok_or_else(|| format!("missing column `{prefix}`"))?;
+    let per_row: usize = leaf.row_shape.iter().product();
+    let width = match leaf.kind {
+        LeafKind::F32 => 4,
+        LeafKind::U8 => 1,
+        LeafKind::I64 => 8,
+    };
+    let bytes = data
+        .get(row * per_row * width..(row + 1) * per_row * width)
+        .ok_or_else(|| format!("column `{prefix}` is too short"))?;
+    Ok(match (space, leaf.kind) {
+        (_, LeafKind::F32) => Value::F32(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect(),
+        ),
+        (_, LeafKind::U8) => Value::U8(bytes.to_vec()),
+        (Space::Discrete(_), LeafKind::I64) => Value::Int(le_i64(bytes)[0]),
+        (_, LeafKind::I64) => Value::Ints(le_i64(bytes)),
+    })
+}
+
+/// A fixed-length slice of an episode: `len` steps and the `len + 1` observations around them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// Index of the episode in the slice given to the sampler.
+    pub episode: usize,
+    /// First step of the window within the episode.
+    pub start: usize,
+    /// `len + 1` observations.
+    pub observations: Vec<Value>,
+    /// `len` actions.
+    pub actions: Vec<Value>,
+    /// `len` rewards.
+    pub rewards: Vec<f64>,
+    /// `len` terminated flags.
+    pub terminated: Vec<bool>,
+    /// `len` truncated flags.
+    pub truncated: Vec<bool>,
+}
+
+/// Every window of `len` steps in a set of episodes, visited in a seeded random order.
+pub struct WindowSampler<'a> {
+    episodes: &'a [Episode],
+    len: usize,
+    order: Vec<(usize, usize)>,
+}
+
+impl<'a> WindowSampler<'a> {
+    /// All windows of `len >= 1` steps (episodes shorter than `len` contribute none), shuffled
+    /// with `seed`.
+    pub fn new(episodes: &'a [Episode], len: usize, seed: u64) -> Self {
+        let len = len.max(1);
+        let mut order: Vec<(usize, usize)> = episodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| (0..(e.len() + 1).saturating_sub(len)).map(move |s| (i, s)))
+            .collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        Self {
+            episodes,
+            len,
+            order,
+        }
+    }
+
+    /// Number of windows.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether there are no windows.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The windows in shuffled order.
+    pub fn iter(&self) -> impl Iterator<Item = Window> + '_ {
+        self.order.iter().map(|&(i, s)| {
+            let e = &self.episodes[i];
+            let r = s..s + self.len;
+            Window {
+                episode: i,
+                start: s,
+                observations: e.observations[s..s + self.len + 1].to_vec(),
+                actions: e.actions[r.clone()].to_vec(),
+                rewards: e.rewards[r.clone()].to_vec(),
+                terminated: e.terminated[r.clone()].to_vec(),
+                truncated: e.truncated[r].to_vec(),
+            }
+        })
+    }
+}

@@ -1,0 +1,313 @@
+//! Writing episodes into chunk files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::Dtype as StDtype;
+use safetensors::tensor::TensorView;
+
+use super::{
+    DatasetMeta, Episode, FORMAT, LeafKind, RecordError, VERSION, io_error, leaves, write_atomic,
+};
+use crate::{Space, Value};
+
+/// When the writer flushes a chunk.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Flush once the buffered episodes hold this many bytes.
+    pub chunk_bytes: usize,
+    /// Flush once this many episodes are buffered.
+    pub chunk_episodes: usize,
+    /// Add to a dataset already in the folder (same env and spaces) instead of refusing.
+    pub append: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            chunk_bytes: 32 << 20,
+            chunk_episodes: 64,
+            append: false,
+        }
+    }
+}
+
+/// Buffers episodes and writes them as chunks, each atomically.
+pub struct EpisodeWriter {
+    dir: PathBuf,
+    meta: DatasetMeta,
+    options: WriterOptions,
+    buffer: Vec<Episode>,
+    buffered_bytes: usize,
+    next_chunk: usize,
+    episodes_written: usize,
+    steps_written: usize,
+}
+
+impl EpisodeWriter {
+    /// Creates the dataset folder (or opens it to append) and writes `dataset.json`.
+    ///
+    /// Refuses a folder that already holds files (unless `options.append` and it holds a
+    /// dataset of the same env and spaces), so nothing already recorded is overwritten.
+    pub fn create(
+        dir: impl AsRef<Path>,
+        meta: DatasetMeta,
+        options: WriterOptions,
+    ) -> Result<Self, RecordError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io_error("cannot create output directory", &dir))?;
+        let meta_path = dir.join("dataset.json");
+        let mut next_chunk = 0;
+        if meta_path.exists() {
+            let existing = super::Dataset::open(&dir)?;
+            if !options.append {
+                return Err(RecordError::Format(format!(
+                    "{} already holds a dataset ({} chunks of {}); choose another folder, or \
+                     append to it",
+                    dir.display(),
+                    existing.chunk_paths().len(),
+                    existing.meta().env_id
+                )));
+            }
+            let m = existing.meta();
+            if m.env_id != meta.env_id
+                || m.observation_space != meta.observation_space
+                || m.action_space != meta.action_space
+            {
+                return Err(RecordError::Format(format!(
+                    "cannot append {} episodes to {}: it holds {} episodes with other spaces",
+                    meta.env_id,
+                    dir.display(),
+                    m.env_id
+                )));
+            }
+            next_chunk = existing.next_chunk_index();
+        } else {
+            let entries = std::fs::read_dir(&dir).map_err(io_error("cannot read", &dir))?;
+            if entries.flatten().next().is_some() {
+                return Err(RecordError::Format(format!(
+                    "{} is not empty and holds no dataset.json; refusing to write into it",
+                    dir.display()
+                )));
+            }
+            let json = serde_json::to_vec_pretty(&meta)
+                .map_err(|e| RecordError::Format(format!("cannot encode dataset.json: {e}")))?;
+            write_atomic(&meta_path, &json)?;
+        }
+        Ok(Self {
+            dir,
+            meta,
+            options,
+            buffer: Vec::new(),
+            buffered_bytes: 0,
+            next_chunk,
+            episodes_written: 0,
+            steps_written: 0,
+        })
+    }
+
+    /// The dataset folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Episodes and steps flushed to disk so far.
+    pub fn written(&self) -> (usize, usize) {
+        (self.episodes_written, self.steps_written)
+    }
+
+    /// Adds an episode, flushing a chunk when the buffer is full.
+    pub fn push(&mut self, episode: Episode) -> Result<(), RecordError> {
+        check_episode(&episode)?;
+        self.buffered_bytes += approx_bytes(&episode);
+        self.buffer.push(episode);
+        if self.buffered_bytes >= self.options.chunk_bytes
+            || self.buffer.len() >= self.options.chunk_episodes
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered episodes as one chunk (nothing if the buffer is empty).
+    pub fn flush(&mut self) -> Result<(), RecordError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let bytes = encode_chunk(&self.meta, &self.buffer)?;
+        let path = self.dir.join(format!("chunk-{:06}.safetensors", self.next_chunk));
+        write_atomic(&path, &bytes)?;
+        self.next_chunk += 1;
+        self.episodes_written += self.buffer.len();
+        self.steps_written += self.buffer.iter().map(Episode::len).sum::<usize>();
+        self.buffer.clear();
+        self.buffered_bytes = 0;
+        Ok(())
+    }
+
+    /// Flushes what is left and returns (episodes, steps) written.
+    pub fn finish(mut self) -> Result<(usize, usize), RecordError> {
+        self.flush()?;
+        Ok(self.written())
+    }
+}
+
+fn approx_bytes(e: &Episode) -> usize {
+    let size = |v: &Value| match v {
+        Value::F32(x) => x.len() * 4,
+        Value::U8(x) => x.len(),
+        Value::Int(_) => 8,
+        Value::Ints(x) => x.len() * 8,
+        Value::Dict(d) => d.len() * 64,
+    };
+    e.observations.iter().map(size).sum::<usize>()
+        + e.actions.iter().map(size).sum::<usize>()
+        + e.len() * 10
+}
+
+fn check_episode(e: &Episode) -> Result<(), RecordError> {
+    let t = e.actions.len();
+    if e.observations.len() != t + 1
+        || e.rewards.len() != t
+        || e.terminated.len() != t
+        || e.truncated.len() != t
+    {
+        return Err(RecordError::Mismatch(format!(
+            "{} observations, {} actions, {} rewards, {}/{} flags: need T+1 observations and T \
+             of the rest",
+            e.observations.len(),
+            t,
+            e.rewards.len(),
+            e.terminated.len(),
+            e.truncated.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Appends the bytes of `value` (of `space`) to the columns named from `prefix`.
+fn encode_value(
+    space: &Space,
+    value: &Value,
+    prefix: &str,
+    cols: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), RecordError> {
+    let mismatch = || {
+        RecordError::Mismatch(format!("{prefix}: {} is not in {space}", value.describe()))
+    };
+    match (space, value) {
+        (Space::Box(b), Value::F32(v)) if v.len() == b.len() => {
+            let col = cols.entry(prefix.to_string()).or_default();
+            v.iter().for_each(|x| col.extend_from_slice(&x.to_le_bytes()));
+        }
+        (Space::Box(b), Value::U8(v)) if v.len() == b.len() => {
+            cols.entry(prefix.to_string()).or_default().extend_from_slice(v);
+        }
+        (Space::Discrete(_), Value::Int(i)) => {
+            cols.entry(prefix.to_string())
+                .or_default()
+                .extend_from_slice(&i.to_le_bytes());
+        }
+        (Space::MultiDiscrete(m), Value::Ints(v)) if v.len() == m.nvec.len() => {
+            let col = cols.entry(prefix.to_string()).or_default();
+            v.iter().for_each(|x| col.extend_from_slice(&x.to_le_bytes()));
+        }
+        (Space::Dict(d), Value::Dict(v)) => {
+            for (k, s) in &d.spaces {
+                let x = v.get(k).ok_or_else(mismatch)?;
+                encode_value(s, x, &format!("{prefix}.{k}"), cols)?;
+            }
+        }
+        _ => return Err(mismatch()),
+    }
+    Ok(())
+}
+
+/// Encodes episodes as one safetensors chunk with its checksum in the metadata.
+pub(crate) fn encode_chunk(meta: &DatasetMeta, episodes: &[Episode]) -> Result<Vec<u8>, RecordError> {
+    let mut cols: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut shapes: BTreeMap<String, (StDtype, Vec<usize>)> = BTreeMap::new();
+    let (n_obs, n_steps): (usize, usize) = episodes
+        .iter()
+        .fold((0, 0), |(o, s), e| (o + e.observations.len(), s + e.len()));
+    for (space, prefix, rows) in [
+        (&meta.observation_space, "obs", n_obs),
+        (&meta.action_space, "action", n_steps),
+    ] {
+        for leaf in leaves(space, prefix) {
+            let dtype = match leaf.kind {
+                LeafKind::F32 => StDtype::F32,
+                LeafKind::U8 => StDtype::U8,
+                LeafKind::I64 => StDtype::I64,
+            };
+            let mut shape = vec![rows];
+            shape.extend(&leaf.row_shape);
+            cols.insert(leaf.name.clone(), Vec::new());
+            shapes.insert(leaf.name, (dtype, shape));
+        }
+    }
+    let mut reward = Vec::with_capacity(n_steps * 8);
+    let mut terminated = Vec::with_capacity(n_steps);
+    let mut truncated = Vec::with_capacity(n_steps);
+    let mut lengths = Vec::with_capacity(episodes.len() * 8);
+    let mut seeds = Vec::with_capacity(episodes.len() * 8);
+    for e in episodes {
+        for o in &e.observations {
+            encode_value(&meta.observation_space, o, "obs", &mut cols)?;
+        }
+        for a in &e.actions {
+            encode_value(&meta.action_space, a, "action", &mut cols)?;
+        }
+        e.rewards.iter().for_each(|r| reward.extend_from_slice(&r.to_le_bytes()));
+        terminated.extend(e.terminated.iter().map(|&b| b as u8));
+        truncated.extend(e.truncated.iter().map(|&b| b as u8));
+        lengths.extend_from_slice(&(e.len() as i64).to_le_bytes());
+        seeds.extend_from_slice(&e.seed.to_le_bytes());
+    }
+    let n_eps = episodes.len();
+    cols.insert("reward".into(), reward);
+    shapes.insert("reward".into(), (StDtype::F64, vec![n_steps]));
+    cols.insert("terminated".into(), terminated);
+    shapes.insert("terminated".into(), (StDtype::U8, vec![n_steps]));
+    cols.insert("truncated".into(), truncated);
+    shapes.insert("truncated".into(), (StDtype::U8, vec![n_steps]));
+    cols.insert("episode_length".into(), lengths);
+    shapes.insert("episode_length".into(), (StDtype::I64, vec![n_eps]));
+    cols.insert("episode_seed".into(), seeds);
+    shapes.insert("episode_seed".into(), (StDtype::U64, vec![n_eps]));
+
+    let views = || -> Result<Vec<(String, TensorView<'_>)>, RecordError> {
+        cols.iter()
+            .map(|(name, data)| {
+                let (dtype, shape) = shapes[name].clone();
+                TensorView::new(dtype, shape, data)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| RecordError::Mismatch(format!("column {name}: {e}")))
+            })
+            .collect()
+    };
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_string(), FORMAT.to_string());
+    metadata.insert("version".to_string(), VERSION.to_string());
+    let first = safetensors::serialize(views()?, Some(metadata.clone()))
+        .map_err(|e| RecordError::Format(format!("cannot encode chunk: {e}")))?;
+    let crc = crc32fast::hash(data_section(&first)?);
+    metadata.insert("crc32".to_string(), format!("{crc:08x}"));
+    let bytes = safetensors::serialize(views()?, Some(metadata))
+        .map_err(|e| RecordError::Format(format!("cannot encode chunk: {e}")))?;
+    debug_assert_eq!(crc32fast::hash(data_section(&bytes)?), crc);
+    Ok(bytes)
+}
+
+/// The bytes after a safetensors header.
+pub(crate) fn data_section(bytes: &[u8]) -> Result<&[u8], RecordError> {
+    let bad = |reason: &str| RecordError::Format(format!("not a safetensors buffer: {reason}"));
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("shorter than 8 bytes"))?;
+    let n = u64::from_le_bytes(head) as usize;
+    bytes
+        .get(8usize.saturating_add(n)..)
+        .ok_or_else(|| bad("header longer than the file"))
+}
