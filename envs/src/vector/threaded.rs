@@ -1,12 +1,14 @@
 //! `ThreadedVecEnv`: N envs split over worker threads, each thread owning its envs.
 //!
-//! The main thread sends each worker its slice of the actions over a crossbeam channel and
-//! gathers the results in env order, so the output is identical to [`SyncVecEnv`]'s
-//! (`super::SyncVecEnv`) whatever the number of workers.
+//! The calling thread is worker 0: it sends every other worker its slice of the actions over a
+//! crossbeam channel, steps its own slice meanwhile, and gathers the results in env order, so
+//! the output is identical to [`SyncVecEnv`](super::SyncVecEnv)'s whatever the number of
+//! workers. `workers = 2` therefore uses the caller plus one helper thread: on a 2-core machine
+//! nothing waits idle on a core.
 
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError, bounded};
 
 use super::sync::prefix;
 use super::{AutoresetMode, Slot, SlotStep, VecEnv, VecStep, common_spaces, env_seed};
@@ -32,6 +34,7 @@ struct Worker {
 
 /// Steps its envs on `workers` threads (contiguous slices, as even as possible).
 pub struct ThreadedVecEnv {
+    local: Vec<Slot>,
     workers: Vec<Worker>,
     num_envs: usize,
     observation_space: Space,
@@ -41,7 +44,8 @@ pub struct ThreadedVecEnv {
 }
 
 impl ThreadedVecEnv {
-    /// A vector env over `envs` on `workers` threads (at most one thread per env).
+    /// A vector env over `envs` split over `workers` workers (at most one per env): the calling
+    /// thread and `workers - 1` helper threads.
     pub fn new(
         envs: Vec<Box<dyn Env>>,
         workers: usize,
@@ -55,6 +59,7 @@ impl ThreadedVecEnv {
         let workers = workers.min(num_envs);
         let mut envs = envs.into_iter();
         let mut out = Vec::with_capacity(workers);
+        let mut local = Vec::new();
         let mut start = 0;
         for w in 0..workers {
             let count = num_envs / workers + usize::from(w < num_envs % workers);
@@ -67,6 +72,11 @@ impl ThreadedVecEnv {
                     needs_reset: false,
                 })
                 .collect();
+            if w == 0 {
+                local = slots;
+                start += count;
+                continue;
+            }
             let (commands, command_rx) = bounded::<Command>(1);
             let (reply_tx, replies) = bounded::<Reply>(1);
             let first = start;
@@ -83,6 +93,7 @@ impl ThreadedVecEnv {
             start += count;
         }
         Ok(Self {
+            local,
             workers: out,
             num_envs,
             observation_space,
@@ -92,9 +103,9 @@ impl ThreadedVecEnv {
         })
     }
 
-    /// Number of worker threads.
+    /// Number of workers, the calling thread included.
     pub fn num_workers(&self) -> usize {
-        self.workers.len()
+        self.workers.len() + 1
     }
 
     fn send(&self, w: &Worker, command: Command) -> Result<(), EnvError> {
@@ -104,9 +115,31 @@ impl ThreadedVecEnv {
     }
 
     fn receive(&self, w: &Worker) -> Result<Reply, EnvError> {
-        w.replies
-            .recv()
+        recv_spin(&w.replies)
             .map_err(|_| EnvError::Worker("a worker thread has stopped (it panicked?)".into()))
+    }
+}
+
+/// How long a waiting thread polls before it blocks. Waking a blocked thread costs tens of
+/// microseconds on a virtual machine, comparable to stepping a slice of fast envs; a short
+/// bounded spin hides it, and the thread still sleeps when nothing comes.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+fn recv_spin<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
+    let started = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(TryRecvError::Disconnected) => return Err(RecvError),
+            Err(TryRecvError::Empty) => {
+                if started.elapsed() > SPIN {
+                    return rx.recv();
+                }
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
     }
 }
 
@@ -116,7 +149,7 @@ fn worker_loop(
     commands: Receiver<Command>,
     replies: Sender<Reply>,
 ) {
-    while let Ok(command) = commands.recv() {
+    while let Ok(command) = recv_spin(&commands) {
         let reply = match command {
             Command::Reset { seed, options } => Reply::Reset(
                 slots
@@ -182,6 +215,17 @@ impl VecEnv for ThreadedVecEnv {
         let mut obs = Vec::with_capacity(self.num_envs);
         let mut infos = Vec::with_capacity(self.num_envs);
         let mut first_error = None;
+        for (i, slot) in self.local.iter_mut().enumerate() {
+            match slot.reset(env_seed(seed, i), options) {
+                Ok((o, info)) => {
+                    obs.push(o);
+                    infos.push(info);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(prefix(i, e));
+                }
+            }
+        }
         for w in &self.workers {
             match self.receive(w)? {
                 Reply::Reset(Ok(results)) => {
@@ -222,6 +266,14 @@ impl VecEnv for ThreadedVecEnv {
         }
         let mut out = VecStep::with_capacity(self.num_envs);
         let mut first_error = None;
+        for (i, (slot, a)) in self.local.iter_mut().zip(actions).enumerate() {
+            match slot.step(a) {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    first_error.get_or_insert(prefix(i, e));
+                }
+            }
+        }
         for w in &self.workers {
             match self.receive(w)? {
                 Reply::Step(Ok(results)) => results.into_iter().for_each(|s| out.push(s)),
@@ -241,6 +293,9 @@ impl VecEnv for ThreadedVecEnv {
             return;
         }
         self.closed = true;
+        for s in &mut self.local {
+            s.env.close();
+        }
         for w in &mut self.workers {
             let _ = w.commands.send(Command::Close);
             if let Some(h) = w.handle.take() {

@@ -1,0 +1,95 @@
+//! The command-line interface: argument parsing and one module per command.
+
+mod bench;
+mod check;
+mod envs;
+mod experiment;
+mod inspect;
+mod rollout;
+
+use clap::{Parser, Subcommand};
+use dreamgym_envs::Registry;
+
+pub use experiment::{Experiment, RolloutConfig};
+pub use rollout::{RolloutSummary, collect};
+
+/// dreamgym: simulate, record and benchmark reinforcement-learning environments headless.
+#[derive(Debug, Parser)]
+#[command(name = "dreamgym", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the registered environments with their observation and action spaces.
+    Envs(envs::Args),
+    /// Collect episodes with a policy on worker threads and record them to disk.
+    Rollout(rollout::Args),
+    /// Summarize a recorded dataset (episodes, steps, returns, spaces, damaged chunks).
+    Inspect(inspect::Args),
+    /// Run the conformance checker on an environment.
+    Check(check::Args),
+    /// Run an experiment from a TOML config (the embedded default when none is given).
+    Run(experiment::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Command),
+}
+
+/// Parses the process arguments and runs the command with `registry`, printing errors with
+/// their context. Returns the process exit code.
+pub fn main_with_registry(registry: Registry) -> i32 {
+    let cli = Cli::parse();
+    match run(cli, &registry) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Envs(a) => envs::run(a, registry),
+        Command::Rollout(a) => rollout::run(a, registry),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Check(a) => check::run(a, registry),
+        Command::Run(a) => experiment::run(a, registry),
+        Command::Bench(c) => bench::run(c, registry),
+    }
+}
+
+/// Parses `key=value` env-config overrides; values are JSON when they parse as JSON
+/// (`force_mag=5`, `flag=true`), strings otherwise.
+pub(crate) fn parse_overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut map = serde_json::Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("`--set {pair}`: expected key=value"))?;
+        let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+        map.insert(k.trim().to_string(), value);
+    }
+    Ok(Some(serde_json::Value::Object(map)))
+}
+
+/// A progress bar in dreamgym's style (hidden when stderr is not a terminal).
+pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}}) {{msg}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
