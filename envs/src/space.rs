@@ -69,9 +69,11 @@ pub enum Dtype {
 pub struct BoxSpace {
     /// Shape of the array, row-major.
     pub shape: Vec<usize>,
-    /// Lower bound per element (may be `-inf`).
+    /// Lower bound per element (may be `-inf`; JSON writes infinities as `"-inf"`/`"inf"`).
+    #[serde(with = "bounds")]
     pub low: Vec<f32>,
     /// Upper bound per element (may be `inf`).
+    #[serde(with = "bounds")]
     pub high: Vec<f32>,
     /// Element type.
     pub dtype: Dtype,
@@ -389,6 +391,49 @@ impl fmt::Display for Space {
     }
 }
 
+/// Box bounds in JSON: numbers, with infinities as the strings `"inf"` and `"-inf"` (JSON has
+/// no infinity; Python's `float()` reads these strings).
+mod bounds {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Bound {
+        Number(f32),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let out: Vec<Bound> = v
+            .iter()
+            .map(|&x| {
+                if x.is_finite() {
+                    Bound::Number(x)
+                } else {
+                    Bound::Text(super::fmt_bound(x))
+                }
+            })
+            .collect();
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        Vec::<Bound>::deserialize(d)?
+            .into_iter()
+            .map(|b| match b {
+                Bound::Number(x) => Ok(x),
+                Bound::Text(t) => match t.as_str() {
+                    "inf" | "+inf" | "Infinity" => Ok(f32::INFINITY),
+                    "-inf" | "-Infinity" => Ok(f32::NEG_INFINITY),
+                    other => Err(serde::de::Error::custom(format!(
+                        "bad bound `{other}`: expected a number, \"inf\" or \"-inf\""
+                    ))),
+                },
+            })
+            .collect()
+    }
+}
+
 fn fmt_bound(x: f32) -> String {
     if x == f32::INFINITY {
         "inf".into()
@@ -447,6 +492,14 @@ mod tests {
         assert!(d.contains(&Value::Int(1)));
         assert!(!d.contains(&Value::Int(2)));
         assert!(!d.contains(&Value::Int(-1)));
+    }
+
+    #[test]
+    fn spaces_with_infinite_bounds_round_trip_through_json() {
+        let s = Space::Box(BoxSpace::new(vec![f32::NEG_INFINITY, -1.5], vec![f32::INFINITY, f32::MAX]));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"-inf\""), "{json}");
+        assert_eq!(serde_json::from_str::<Space>(&json).unwrap(), s);
     }
 
     #[test]
