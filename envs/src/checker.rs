@@ -107,7 +107,9 @@ fn run_checks(env: &mut dyn Env, o: &CheckOptions, failures: &mut Vec<String>) {
     match (&a, &b) {
         (Ok((obs_a, steps_a)), Ok((obs_b, steps_b))) => {
             if !obs_space.contains(obs_a) {
-                fail(format!("reset observation is outside the observation space: {obs_a:?}"));
+                fail(format!(
+                    "reset observation is outside the observation space: {obs_a:?}"
+                ));
             }
             if obs_a != obs_b {
                 fail("the same seed gave different reset observations".into());
@@ -124,7 +126,9 @@ fn run_checks(env: &mut dyn Env, o: &CheckOptions, failures: &mut Vec<String>) {
             }
             for (t, s) in steps_a.iter().enumerate() {
                 if !obs_space.contains(&s.obs) {
-                    fail(format!("step {t}: observation outside the observation space"));
+                    fail(format!(
+                        "step {t}: observation outside the observation space"
+                    ));
                     break;
                 }
                 if !s.reward.is_finite() {
@@ -156,7 +160,10 @@ fn run_checks(env: &mut dyn Env, o: &CheckOptions, failures: &mut Vec<String>) {
     if env.reset(Some(o.seed), &no_options).is_ok() {
         for bad in bad_actions(&act_space) {
             if env.step(&bad).is_ok() {
-                fail(format!("step accepted an invalid action: {}", bad.describe()));
+                fail(format!(
+                    "step accepted an invalid action: {}",
+                    bad.describe()
+                ));
             }
         }
         if env.step(&first).is_err() {
@@ -199,7 +206,11 @@ fn bad_actions(space: &Space) -> Vec<Value> {
             if let Some(x) = nan.first_mut() {
                 *x = f32::NAN;
             }
-            vec![Value::F32(vec![0.0; b.len() + 1]), Value::F32(nan), Value::Int(0)]
+            vec![
+                Value::F32(vec![0.0; b.len() + 1]),
+                Value::F32(nan),
+                Value::Int(0),
+            ]
         }
         Space::Discrete(d) => vec![
             Value::Int(d.start + d.n as i64),

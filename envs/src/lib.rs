@@ -35,7 +35,7 @@ pub use checker::{CheckError, CheckOptions, check_env, check_env_with};
 pub use env::{Env, EnvError, EpisodeState, Info, Step};
 pub use registry::{EnvConfig, EnvSpec, Registry};
 pub use seeding::{EnvRng, EpisodeSeeder, entropy_seed};
-pub use space::{BoxSpace, Discrete, DictSpace, Dtype, MultiDiscrete, Space, Value};
+pub use space::{BoxSpace, DictSpace, Discrete, Dtype, MultiDiscrete, Space, Value};
 pub use vector::{AutoresetMode, SyncVecEnv, ThreadedVecEnv, VecEnv, VecStep};
 
 /// The types most users need.

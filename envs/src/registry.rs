@@ -100,10 +100,12 @@ impl Registry {
                     env: env_id.clone(),
                     message: e.to_string(),
                 })?;
-            config.validate().map_err(|message| EnvError::InvalidConfig {
-                env: env_id.clone(),
-                message,
-            })?;
+            config
+                .validate()
+                .map_err(|message| EnvError::InvalidConfig {
+                    env: env_id.clone(),
+                    message,
+                })?;
             Ok(Box::new(make(config)?) as Box<dyn Env>)
         });
         let default_config =
@@ -225,7 +227,10 @@ mod tests {
             .to_string();
         assert!(err.contains("force_mag"), "{err}");
         let err = r
-            .make("CartPole-v0", Some(&serde_json::json!({"force_mag": "big"})))
+            .make(
+                "CartPole-v0",
+                Some(&serde_json::json!({"force_mag": "big"})),
+            )
             .err()
             .unwrap();
         assert!(matches!(err, EnvError::InvalidConfig { .. }));

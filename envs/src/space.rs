@@ -256,8 +256,7 @@ impl Space {
             (Space::Box(b), Value::F32(v)) => {
                 b.dtype == Dtype::F32
                     && v.len() == b.len()
-                    && v
-                        .iter()
+                    && v.iter()
                         .zip(b.low.iter().zip(&b.high))
                         .all(|(x, (lo, hi))| *x >= *lo && *x <= *hi)
             }
@@ -271,12 +270,13 @@ impl Space {
             (Space::Discrete(d), Value::Int(i)) => *i >= d.start && *i < d.start + d.n as i64,
             (Space::MultiDiscrete(m), Value::Ints(v)) => {
                 v.len() == m.nvec.len()
-                    && v.iter().zip(&m.nvec).all(|(x, n)| *x >= 0 && (*x as u64) < *n)
+                    && v.iter()
+                        .zip(&m.nvec)
+                        .all(|(x, n)| *x >= 0 && (*x as u64) < *n)
             }
             (Space::Dict(d), Value::Dict(v)) => {
                 d.spaces.len() == v.len()
-                    && d
-                        .spaces
+                    && d.spaces
                         .iter()
                         .all(|(k, s)| v.get(k).is_some_and(|x| s.contains(x)))
             }
@@ -303,7 +303,12 @@ impl Space {
                         return Err(format!("Box element {i} has bounds [{lo}, {hi}]"));
                     }
                 }
-                if b.dtype == Dtype::U8 && b.low.iter().chain(&b.high).any(|x| !(0.0..=255.0).contains(x)) {
+                if b.dtype == Dtype::U8
+                    && b.low
+                        .iter()
+                        .chain(&b.high)
+                        .any(|x| !(0.0..=255.0).contains(x))
+                {
                     return Err("u8 Box bounds must lie in [0, 255]".into());
                 }
                 Ok(())
@@ -369,7 +374,13 @@ impl fmt::Display for Space {
                 };
                 let uniform = |v: &[f32]| v.iter().all(|x| *x == v[0]);
                 if !b.low.is_empty() && uniform(&b.low) && uniform(&b.high) {
-                    write!(f, "Box({}, {}, {:?}, {dtype})", fmt_bound(b.low[0]), fmt_bound(b.high[0]), b.shape)
+                    write!(
+                        f,
+                        "Box({}, {}, {:?}, {dtype})",
+                        fmt_bound(b.low[0]),
+                        fmt_bound(b.high[0]),
+                        b.shape
+                    )
                 } else {
                     write!(f, "Box({:?}, {dtype})", b.shape)
                 }
@@ -464,11 +475,23 @@ mod tests {
     #[test]
     fn samples_are_members_and_reproducible() {
         let mut spaces = BTreeMap::new();
-        spaces.insert("a".to_string(), Space::Box(BoxSpace::new(vec![-1.0, 0.0], vec![1.0, 5.0])));
-        spaces.insert("b".to_string(), Space::Discrete(Discrete { n: 3, start: -1 }));
-        spaces.insert("c".to_string(), Space::MultiDiscrete(MultiDiscrete { nvec: vec![2, 7] }));
+        spaces.insert(
+            "a".to_string(),
+            Space::Box(BoxSpace::new(vec![-1.0, 0.0], vec![1.0, 5.0])),
+        );
+        spaces.insert(
+            "b".to_string(),
+            Space::Discrete(Discrete { n: 3, start: -1 }),
+        );
+        spaces.insert(
+            "c".to_string(),
+            Space::MultiDiscrete(MultiDiscrete { nvec: vec![2, 7] }),
+        );
         spaces.insert("d".to_string(), Space::Box(BoxSpace::image(2, 2, 3)));
-        spaces.insert("e".to_string(), Space::Box(BoxSpace::uniform(vec![3], f32::NEG_INFINITY, f32::INFINITY)));
+        spaces.insert(
+            "e".to_string(),
+            Space::Box(BoxSpace::uniform(vec![3], f32::NEG_INFINITY, f32::INFINITY)),
+        );
         let space = Space::Dict(DictSpace { spaces });
         space.validate().unwrap();
         let mut r1 = ChaCha8Rng::seed_from_u64(7);
@@ -496,7 +519,10 @@ mod tests {
 
     #[test]
     fn spaces_with_infinite_bounds_round_trip_through_json() {
-        let s = Space::Box(BoxSpace::new(vec![f32::NEG_INFINITY, -1.5], vec![f32::INFINITY, f32::MAX]));
+        let s = Space::Box(BoxSpace::new(
+            vec![f32::NEG_INFINITY, -1.5],
+            vec![f32::INFINITY, f32::MAX],
+        ));
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"-inf\""), "{json}");
         assert_eq!(serde_json::from_str::<Space>(&json).unwrap(), s);
@@ -504,8 +530,16 @@ mod tests {
 
     #[test]
     fn validate_rejects_malformed_spaces() {
-        assert!(Space::Box(BoxSpace::new(vec![1.0], vec![0.0])).validate().is_err());
-        assert!(Space::Box(BoxSpace::new(vec![f32::NAN], vec![0.0])).validate().is_err());
+        assert!(
+            Space::Box(BoxSpace::new(vec![1.0], vec![0.0]))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Space::Box(BoxSpace::new(vec![f32::NAN], vec![0.0]))
+                .validate()
+                .is_err()
+        );
         assert!(Space::Discrete(Discrete::new(0)).validate().is_err());
         let mut b = BoxSpace::new(vec![0.0, 0.0], vec![1.0, 1.0]);
         b.shape = vec![3];
@@ -519,7 +553,10 @@ mod tests {
         assert!(!b.clip_into(&Value::F32(vec![0.5, -0.5]), &mut out).unwrap());
         assert!(b.clip_into(&Value::F32(vec![3.0, -0.5]), &mut out).unwrap());
         assert_eq!(out, [1.0, -0.5]);
-        assert!(b.clip_into(&Value::F32(vec![f32::NAN, 0.0]), &mut out).is_err());
+        assert!(
+            b.clip_into(&Value::F32(vec![f32::NAN, 0.0]), &mut out)
+                .is_err()
+        );
         assert!(b.clip_into(&Value::F32(vec![0.0]), &mut out).is_err());
     }
 }

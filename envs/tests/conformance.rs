@@ -1,8 +1,7 @@
 //! Every registered env passes the conformance checker; broken envs are rejected.
 
 use dreamgym_envs::{
-    BoxSpace, Discrete, Env, EnvError, EpisodeSeeder, Info, Registry, Space, Step, Value,
-    check_env,
+    BoxSpace, Discrete, Env, EnvError, EpisodeSeeder, Info, Registry, Space, Step, Value, check_env,
 };
 
 #[test]
@@ -50,10 +49,17 @@ impl Env for Broken {
     }
     fn reset(&mut self, seed: Option<u64>, _: &Info) -> Result<(Value, Info), EnvError> {
         self.counter += 1;
-        let s = if self.ignore_seed { self.counter } else { self.seeder.next_seed(seed) };
+        let s = if self.ignore_seed {
+            self.counter
+        } else {
+            self.seeder.next_seed(seed)
+        };
         self.running = true;
         let x = (s % 100) as f32 / 100.0;
-        Ok((Value::F32(vec![if self.obs_outside_space { 5.0 } else { x }]), Info::new()))
+        Ok((
+            Value::F32(vec![if self.obs_outside_space { 5.0 } else { x }]),
+            Info::new(),
+        ))
     }
     fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
         if self.panic_on_step {
@@ -68,13 +74,21 @@ impl Env for Broken {
             }
         }
         self.running = false;
-        Ok(Step { obs: Value::F32(vec![0.0]), reward: 0.0, terminated: true, truncated: false, info: Info::new() })
+        Ok(Step {
+            obs: Value::F32(vec![0.0]),
+            reward: 0.0,
+            terminated: true,
+            truncated: false,
+            info: Info::new(),
+        })
     }
 }
 
 fn failures(env: Broken) -> Vec<String> {
     let mut env = env;
-    check_env(&mut env).map(|_| Vec::new()).unwrap_or_else(|e| e.failures)
+    check_env(&mut env)
+        .map(|_| Vec::new())
+        .unwrap_or_else(|e| e.failures)
 }
 
 #[test]
@@ -84,28 +98,54 @@ fn a_correct_env_of_the_same_shape_passes() {
 
 #[test]
 fn observations_outside_the_space_are_caught() {
-    let f = failures(Broken { obs_outside_space: true, ..Broken::new() });
-    assert!(f.iter().any(|m| m.contains("outside the observation space")), "{f:?}");
+    let f = failures(Broken {
+        obs_outside_space: true,
+        ..Broken::new()
+    });
+    assert!(
+        f.iter()
+            .any(|m| m.contains("outside the observation space")),
+        "{f:?}"
+    );
 }
 
 #[test]
 fn ignoring_the_seed_is_caught() {
-    let f = failures(Broken { ignore_seed: true, ..Broken::new() });
+    let f = failures(Broken {
+        ignore_seed: true,
+        ..Broken::new()
+    });
     assert!(f.iter().any(|m| m.contains("same seed")), "{f:?}");
 }
 
 #[test]
 fn accepting_invalid_actions_and_steps_out_of_order_is_caught() {
-    let f = failures(Broken { accept_anything: true, ..Broken::new() });
-    assert!(f.iter().any(|m| m.contains("before the first reset")), "{f:?}");
+    let f = failures(Broken {
+        accept_anything: true,
+        ..Broken::new()
+    });
+    assert!(
+        f.iter().any(|m| m.contains("before the first reset")),
+        "{f:?}"
+    );
     assert!(f.iter().any(|m| m.contains("invalid action")), "{f:?}");
-    assert!(f.iter().any(|m| m.contains("after the episode ended")), "{f:?}");
+    assert!(
+        f.iter().any(|m| m.contains("after the episode ended")),
+        "{f:?}"
+    );
 }
 
 #[test]
 fn a_panicking_env_is_reported_not_propagated() {
-    let f = failures(Broken { panic_on_step: true, ..Broken::new() });
-    assert!(f.iter().any(|m| m.contains("panicked") && m.contains("boom")), "{f:?}");
+    let f = failures(Broken {
+        panic_on_step: true,
+        ..Broken::new()
+    });
+    assert!(
+        f.iter()
+            .any(|m| m.contains("panicked") && m.contains("boom")),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -113,5 +153,9 @@ fn malformed_spaces_are_caught() {
     let mut env = Broken::new();
     env.obs_space = Some(Space::Box(BoxSpace::new(vec![1.0], vec![-1.0])));
     let f = failures(env);
-    assert!(f.iter().any(|m| m.contains("observation space is malformed")), "{f:?}");
+    assert!(
+        f.iter()
+            .any(|m| m.contains("observation space is malformed")),
+        "{f:?}"
+    );
 }

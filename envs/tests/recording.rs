@@ -42,7 +42,10 @@ fn write(dir: &Path, meta: &DatasetMeta, episodes: &[Episode], per_chunk: usize)
     let mut w = EpisodeWriter::create(
         dir,
         meta.clone(),
-        WriterOptions { chunk_episodes: per_chunk, ..WriterOptions::default() },
+        WriterOptions {
+            chunk_episodes: per_chunk,
+            ..WriterOptions::default()
+        },
     )
     .unwrap();
     for e in episodes {
@@ -88,7 +91,10 @@ fn chunks_are_plain_safetensors_with_a_checksum_of_the_data_section() {
     assert_eq!(header["reward"]["shape"], serde_json::json!([steps]));
     assert_eq!(header["episode_seed"]["dtype"], "U64");
     // The first observation row decodes to the first episode's reset observation.
-    let [start, _] = [header["obs"]["data_offsets"][0].as_u64().unwrap() as usize, 0];
+    let [start, _] = [
+        header["obs"]["data_offsets"][0].as_u64().unwrap() as usize,
+        0,
+    ];
     let first: Vec<f32> = data[start..start + 16]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -113,7 +119,10 @@ fn a_corrupt_chunk_is_reported_and_the_rest_still_read() {
     assert_eq!(report.damaged.len(), 1);
     let (path, err) = &report.damaged[0];
     assert_eq!(path, &victim);
-    assert!(matches!(err, RecordError::Corrupt { reason, .. } if reason.contains("checksum")), "{err}");
+    assert!(
+        matches!(err, RecordError::Corrupt { reason, .. } if reason.contains("checksum")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -147,26 +156,54 @@ fn unwritable_or_occupied_folders_are_clear_errors_and_nothing_is_overwritten() 
     let (meta, episodes) = record_episodes("CartPole-v0", 2, 4);
     // A path below a regular file cannot be created (this holds even for root).
     let file = tempfile::NamedTempFile::new().unwrap();
-    let err = EpisodeWriter::create(file.path().join("out"), meta.clone(), WriterOptions::default())
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("cannot create output directory"), "{err}");
+    let err = EpisodeWriter::create(
+        file.path().join("out"),
+        meta.clone(),
+        WriterOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("cannot create output directory"),
+        "{err}"
+    );
     // A folder with other files in it is refused.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
     assert!(EpisodeWriter::create(dir.path(), meta.clone(), WriterOptions::default()).is_err());
-    assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "mine"
+    );
     // An existing dataset is refused without append, extended with it.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), &meta, &episodes, 10);
     assert!(EpisodeWriter::create(dir.path(), meta.clone(), WriterOptions::default()).is_err());
-    let mut w = EpisodeWriter::create(dir.path(), meta.clone(), WriterOptions { append: true, ..Default::default() }).unwrap();
+    let mut w = EpisodeWriter::create(
+        dir.path(),
+        meta.clone(),
+        WriterOptions {
+            append: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     w.push(episodes[0].clone()).unwrap();
     w.finish().unwrap();
     assert_eq!(Dataset::open(dir.path()).unwrap().load().episodes.len(), 3);
     // Appending a different env is refused.
     let (other, _) = record_episodes("Reacher-v0", 1, 0);
-    assert!(EpisodeWriter::create(dir.path(), other, WriterOptions { append: true, ..Default::default() }).is_err());
+    assert!(
+        EpisodeWriter::create(
+            dir.path(),
+            other,
+            WriterOptions {
+                append: true,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
     // Not a dataset at all.
     let empty = tempfile::tempdir().unwrap();
     assert!(Dataset::open(empty.path()).is_err());
@@ -193,7 +230,10 @@ fn windows_cover_every_start_once_in_a_seeded_order() {
     let (_, episodes) = record_episodes("CartPole-v0", 5, 5);
     let len = 4;
     let sampler = WindowSampler::new(&episodes, len, 1);
-    let expected: usize = episodes.iter().map(|e| (e.len() + 1).saturating_sub(len)).sum();
+    let expected: usize = episodes
+        .iter()
+        .map(|e| (e.len() + 1).saturating_sub(len))
+        .sum();
     assert_eq!(sampler.len(), expected);
     let windows: Vec<_> = sampler.iter().collect();
     let mut starts: Vec<(usize, usize)> = windows.iter().map(|w| (w.episode, w.start)).collect();
@@ -205,9 +245,15 @@ fn windows_cover_every_start_once_in_a_seeded_order() {
     for w in &windows {
         let e = &episodes[w.episode];
         assert_eq!(w.observations.len(), len + 1);
-        assert_eq!(w.observations[..], e.observations[w.start..w.start + len + 1]);
+        assert_eq!(
+            w.observations[..],
+            e.observations[w.start..w.start + len + 1]
+        );
         assert_eq!(w.actions[..], e.actions[w.start..w.start + len]);
     }
-    let again: Vec<_> = WindowSampler::new(&episodes, len, 1).iter().map(|w| (w.episode, w.start)).collect();
+    let again: Vec<_> = WindowSampler::new(&episodes, len, 1)
+        .iter()
+        .map(|w| (w.episode, w.start))
+        .collect();
     assert_eq!(again, in_order);
 }

@@ -19,7 +19,13 @@ fn bits(s: &VecStep) -> Vec<u64> {
         out.extend(o.as_f32().unwrap().iter().map(|x| x.to_bits() as u64));
     }
     out.extend(s.rewards.iter().map(|r| r.to_bits()));
-    out.extend(s.terminated.iter().chain(&s.truncated).chain(&s.autoreset).map(|&b| b as u64));
+    out.extend(
+        s.terminated
+            .iter()
+            .chain(&s.truncated)
+            .chain(&s.autoreset)
+            .map(|&b| b as u64),
+    );
     out
 }
 
@@ -40,22 +46,44 @@ fn trajectory(venv: &mut dyn VecEnv, steps: usize, seed: u64) -> Vec<Vec<u64>> {
 fn threaded_equals_sync_for_every_env_and_worker_count() {
     for (id, steps) in [("CartPole-v0", 300), ("Reacher-v0", 120), ("Racer-v0", 150)] {
         let n = 5;
-        let reference = trajectory(&mut SyncVecEnv::new(make(id, n), AutoresetMode::NextStep).unwrap(), steps, 7);
+        let reference = trajectory(
+            &mut SyncVecEnv::new(make(id, n), AutoresetMode::NextStep).unwrap(),
+            steps,
+            7,
+        );
         for workers in [1, 2, 3] {
-            let mut venv = ThreadedVecEnv::new(make(id, n), workers, AutoresetMode::NextStep).unwrap();
-            assert_eq!(trajectory(&mut venv, steps, 7), reference, "{id} with {workers} workers");
+            let mut venv =
+                ThreadedVecEnv::new(make(id, n), workers, AutoresetMode::NextStep).unwrap();
+            assert_eq!(
+                trajectory(&mut venv, steps, 7),
+                reference,
+                "{id} with {workers} workers"
+            );
         }
         // Episodes did end and autoreset within the run (except Racer, whose episodes are long).
         if id != "Racer-v0" {
-            assert!(reference.iter().any(|b| b.iter().rev().take(n).any(|&x| x == 1)), "{id}: no autoreset seen");
+            assert!(
+                reference
+                    .iter()
+                    .any(|b| b.iter().rev().take(n).any(|&x| x == 1)),
+                "{id}: no autoreset seen"
+            );
         }
     }
 }
 
 #[test]
 fn different_seeds_give_different_trajectories() {
-    let a = trajectory(&mut SyncVecEnv::new(make("Reacher-v0", 2), AutoresetMode::NextStep).unwrap(), 10, 1);
-    let b = trajectory(&mut SyncVecEnv::new(make("Reacher-v0", 2), AutoresetMode::NextStep).unwrap(), 10, 2);
+    let a = trajectory(
+        &mut SyncVecEnv::new(make("Reacher-v0", 2), AutoresetMode::NextStep).unwrap(),
+        10,
+        1,
+    );
+    let b = trajectory(
+        &mut SyncVecEnv::new(make("Reacher-v0", 2), AutoresetMode::NextStep).unwrap(),
+        10,
+        2,
+    );
     assert_ne!(a, b);
 }
 
@@ -81,7 +109,13 @@ fn next_step_autoreset_follows_gymnasium() {
     assert!(next.autoreset[0]);
     assert_eq!(next.rewards[0], 0.0);
     assert!(!next.terminated[0] && !next.truncated[0]);
-    assert!(next.obs[0].as_f32().unwrap().iter().all(|x| x.abs() <= 0.05));
+    assert!(
+        next.obs[0]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .all(|x| x.abs() <= 0.05)
+    );
     assert!(next.infos[0].contains_key("episode_seed"));
 }
 
@@ -107,7 +141,9 @@ fn same_step_autoreset_hands_over_the_final_observation() {
 fn bad_batches_are_rejected_before_any_env_moves() {
     for threaded in [false, true] {
         let mut venv: Box<dyn VecEnv> = if threaded {
-            Box::new(ThreadedVecEnv::new(make("Reacher-v0", 4), 2, AutoresetMode::NextStep).unwrap())
+            Box::new(
+                ThreadedVecEnv::new(make("Reacher-v0", 4), 2, AutoresetMode::NextStep).unwrap(),
+            )
         } else {
             Box::new(SyncVecEnv::new(make("Reacher-v0", 4), AutoresetMode::NextStep).unwrap())
         };
@@ -118,11 +154,17 @@ fn bad_batches_are_rejected_before_any_env_moves() {
         let mut bad = good.clone();
         bad[3] = Value::F32(vec![f32::NAN, 0.0]);
         assert!(matches!(venv.step(&bad), Err(EnvError::InvalidAction(m)) if m.contains("env 3")));
-        assert!(matches!(venv.step(&good[..3]), Err(EnvError::InvalidAction(_))));
+        assert!(matches!(
+            venv.step(&good[..3]),
+            Err(EnvError::InvalidAction(_))
+        ));
         bad[3] = Value::Int(1);
         assert!(venv.step(&bad).is_err());
         // Nothing moved: the next good step matches an env that never saw the bad batches.
-        assert_eq!(bits(&venv.step(&good).unwrap()), bits(&clean.step(&good).unwrap()));
+        assert_eq!(
+            bits(&venv.step(&good).unwrap()),
+            bits(&clean.step(&good).unwrap())
+        );
         venv.close();
         venv.close();
     }
@@ -131,7 +173,10 @@ fn bad_batches_are_rejected_before_any_env_moves() {
 #[test]
 fn envs_with_different_spaces_cannot_share_a_vector_env() {
     let r = Registry::with_builtins();
-    let envs = vec![r.make("CartPole-v0", None).unwrap(), r.make("Reacher-v0", None).unwrap()];
+    let envs = vec![
+        r.make("CartPole-v0", None).unwrap(),
+        r.make("Reacher-v0", None).unwrap(),
+    ];
     assert!(SyncVecEnv::new(envs, AutoresetMode::NextStep).is_err());
     assert!(ThreadedVecEnv::new(Vec::new(), 2, AutoresetMode::NextStep).is_err());
 }

@@ -1,10 +1,9 @@
 //! The wrappers do what Gymnasium's do.
 
-use dreamgym_envs::wrappers::{
-    ClipAction, FrameStack, NormalizeObservation, RecordEpisodeStatistics, RescaleAction,
-    TimeLimit,
-};
 use dreamgym_envs::builtin::{CartPole, CartPoleConfig, Reacher, ReacherConfig};
+use dreamgym_envs::wrappers::{
+    ClipAction, FrameStack, NormalizeObservation, RecordEpisodeStatistics, RescaleAction, TimeLimit,
+};
 use dreamgym_envs::{Env, EnvError, Info, Space, Value};
 
 fn reacher() -> Reacher {
@@ -66,13 +65,18 @@ fn rescale_action_maps_the_new_range_onto_the_env_bounds() {
     assert!((full.info["reward_ctrl"].as_f64().unwrap() + 2.0).abs() < 1e-6);
     let mid = env.step(&Value::F32(vec![0.5, 0.5])).unwrap();
     assert!(mid.info["reward_ctrl"].as_f64().unwrap().abs() < 1e-9);
-    assert!(RescaleAction::new(CartPole::new(CartPoleConfig::default()).unwrap(), 0.0, 1.0).is_err());
+    assert!(
+        RescaleAction::new(CartPole::new(CartPoleConfig::default()).unwrap(), 0.0, 1.0).is_err()
+    );
 }
 
 #[test]
 fn clip_action_clips_silently_but_still_refuses_nan() {
     let mut env = ClipAction::new(reacher()).unwrap();
-    assert!(env.action_space().contains(&Value::F32(vec![100.0, -100.0])));
+    assert!(
+        env.action_space()
+            .contains(&Value::F32(vec![100.0, -100.0]))
+    );
     env.reset(Some(0), &Info::new()).unwrap();
     let s = env.step(&Value::F32(vec![100.0, -100.0])).unwrap();
     assert!(!s.info.contains_key("action_clipped"));
@@ -98,16 +102,26 @@ fn normalize_observation_matches_direct_statistics() {
     let got = last.as_f32().unwrap();
     for i in 0..10 {
         let mean = raws.iter().map(|r| r[i] as f64).sum::<f64>() / n;
-        let var = raws.iter().map(|r| (r[i] as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = raws
+            .iter()
+            .map(|r| (r[i] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         let expected = (raws.last().unwrap()[i] as f64 - mean) / (var + 1e-8).sqrt();
-        assert!((got[i] as f64 - expected).abs() < 1e-3, "index {i}: {} vs {expected}", got[i]);
+        assert!(
+            (got[i] as f64 - expected).abs() < 1e-3,
+            "index {i}: {} vs {expected}",
+            got[i]
+        );
     }
 }
 
 #[test]
 fn frame_stack_keeps_the_last_n_observations_oldest_first() {
     let mut env = FrameStack::new(reacher(), 3).unwrap();
-    let Space::Box(b) = env.observation_space() else { panic!() };
+    let Space::Box(b) = env.observation_space() else {
+        panic!()
+    };
     assert_eq!(b.shape, vec![3, 10]);
     let (first, _) = env.reset(Some(0), &Info::new()).unwrap();
     let f = first.as_f32().unwrap();

@@ -47,7 +47,10 @@ impl WorldConfig {
             return bad(format!("dt must be in (0, 1] seconds, got {}", self.dt));
         }
         if self.substeps == 0 || self.substeps > 1000 {
-            return bad(format!("substeps must be in 1..=1000, got {}", self.substeps));
+            return bad(format!(
+                "substeps must be in 1..=1000, got {}",
+                self.substeps
+            ));
         }
         if self.solver_iterations == 0 || self.solver_iterations > 1000 {
             return bad(format!(
@@ -217,10 +220,7 @@ impl World {
         joint: impl Into<GenericJoint>,
     ) -> Result<JointRef, SimError> {
         self.check_joint_name(name)?;
-        let handle = self
-            .state
-            .impulse_joints
-            .insert(body1, body2, joint, true);
+        let handle = self.state.impulse_joints.insert(body1, body2, joint, true);
         let joint = JointRef::Impulse(handle);
         self.joint_names.insert(name.to_string(), joint);
         Ok(joint)
@@ -404,11 +404,8 @@ impl World {
                 .map(|j| &mut j.data)
                 .ok_or_else(missing),
             JointRef::Multibody(h) => {
-                let (multibody, link) = self
-                    .state
-                    .multibody_joints
-                    .get_mut(h)
-                    .ok_or_else(missing)?;
+                let (multibody, link) =
+                    self.state.multibody_joints.get_mut(h).ok_or_else(missing)?;
                 multibody
                     .link_mut(link)
                     .map(|l| &mut l.joint.data)

@@ -7,25 +7,44 @@ use dreamgym_sim::prelude::*;
 /// warm-started impulses, joints, islands.
 fn busy_world() -> (World, Vec<RigidBodyHandle>) {
     let mut world = World::new(WorldConfig::default());
-    world.add_collider(ColliderBuilder::cuboid(20.0, 0.5, 20.0).translation(Vector::new(0.0, -0.5, 0.0)), None);
+    world.add_collider(
+        ColliderBuilder::cuboid(20.0, 0.5, 20.0).translation(Vector::new(0.0, -0.5, 0.0)),
+        None,
+    );
     let mut handles = Vec::new();
     for i in 0..12 {
         let h = world
             .add_body(
                 &format!("box{i}"),
                 RigidBodyBuilder::dynamic()
-                    .translation(Vector::new((i % 3) as f32 * 0.3, 0.6 + i as f32 * 0.9, (i % 2) as f32 * 0.2))
+                    .translation(Vector::new(
+                        (i % 3) as f32 * 0.3,
+                        0.6 + i as f32 * 0.9,
+                        (i % 2) as f32 * 0.2,
+                    ))
                     .rotation(Vector::new(0.1 * i as f32, 0.2, 0.0)),
             )
             .unwrap();
         world.add_collider(ColliderBuilder::cuboid(0.4, 0.4, 0.4), Some(h));
         handles.push(h);
     }
-    let anchor = world.add_body("anchor", RigidBodyBuilder::fixed().translation(Vector::new(5.0, 6.0, 0.0))).unwrap();
+    let anchor = world
+        .add_body(
+            "anchor",
+            RigidBodyBuilder::fixed().translation(Vector::new(5.0, 6.0, 0.0)),
+        )
+        .unwrap();
     let mut parent = anchor;
     for i in 0..4 {
         let link = world
-            .add_body(&format!("link{i}"), RigidBodyBuilder::dynamic().translation(Vector::new(5.0 + (i + 1) as f32, 6.0, 0.0)))
+            .add_body(
+                &format!("link{i}"),
+                RigidBodyBuilder::dynamic().translation(Vector::new(
+                    5.0 + (i + 1) as f32,
+                    6.0,
+                    0.0,
+                )),
+            )
             .unwrap();
         world.add_collider(ColliderBuilder::ball(0.2), Some(link));
         world
@@ -33,7 +52,9 @@ fn busy_world() -> (World, Vec<RigidBodyHandle>) {
                 &format!("joint{i}"),
                 parent,
                 link,
-                SphericalJointBuilder::new().local_anchor2(Vector::new(-1.0, 0.0, 0.0)).build(),
+                SphericalJointBuilder::new()
+                    .local_anchor2(Vector::new(-1.0, 0.0, 0.0))
+                    .build(),
             )
             .unwrap();
         handles.push(link);
@@ -65,16 +86,24 @@ fn restored_world_continues_bit_identically() {
     let snapshot = world.snapshot();
     let mut first = Vec::new();
     for i in 0..120 {
-        world.apply_force(handles[i % handles.len()], Vector::new(3.0, 0.0, -1.0)).unwrap();
+        world
+            .apply_force(handles[i % handles.len()], Vector::new(3.0, 0.0, -1.0))
+            .unwrap();
         world.step().unwrap();
         first.push(fingerprint(&world, &handles));
     }
     world.restore(&snapshot).unwrap();
     assert_eq!(world.steps(), 60);
     for (i, expected) in first.iter().enumerate() {
-        world.apply_force(handles[i % handles.len()], Vector::new(3.0, 0.0, -1.0)).unwrap();
+        world
+            .apply_force(handles[i % handles.len()], Vector::new(3.0, 0.0, -1.0))
+            .unwrap();
         world.step().unwrap();
-        assert_eq!(&fingerprint(&world, &handles), expected, "diverged at step {i}");
+        assert_eq!(
+            &fingerprint(&world, &handles),
+            expected,
+            "diverged at step {i}"
+        );
     }
     // The boxes did interact: something moved sideways from the contacts.
     assert!(first[0] != first[119]);
@@ -96,8 +125,13 @@ fn two_worlds_built_alike_agree_bit_for_bit_on_any_thread() {
 
 #[test]
 fn runaway_velocity_is_reported_as_a_blow_up() {
-    let mut world = World::new(WorldConfig { max_linear_velocity: 100.0, ..WorldConfig::default() });
-    let b = world.add_body("rocket", RigidBodyBuilder::dynamic()).unwrap();
+    let mut world = World::new(WorldConfig {
+        max_linear_velocity: 100.0,
+        ..WorldConfig::default()
+    });
+    let b = world
+        .add_body("rocket", RigidBodyBuilder::dynamic())
+        .unwrap();
     world.add_collider(ColliderBuilder::ball(0.5), Some(b));
     world.apply_force(b, Vector::new(1.0e9, 0.0, 0.0)).unwrap();
     match world.step() {
@@ -110,13 +144,37 @@ fn runaway_velocity_is_reported_as_a_blow_up() {
 fn bad_inputs_are_errors() {
     let mut world = World::new(WorldConfig::default());
     let b = world.add_body("a", RigidBodyBuilder::dynamic()).unwrap();
-    assert!(matches!(world.apply_force(b, Vector::new(f32::NAN, 0.0, 0.0)), Err(SimError::NonFiniteInput(_))));
-    assert!(matches!(world.add_body("a", RigidBodyBuilder::dynamic()), Err(SimError::DuplicateName { .. })));
-    assert!(matches!(world.body_handle("b"), Err(SimError::UnknownName { .. })));
-    assert!(World::try_new(WorldConfig { dt: 0.0, ..WorldConfig::default() }).is_err());
-    assert!(World::try_new(WorldConfig { substeps: 0, ..WorldConfig::default() }).is_err());
+    assert!(matches!(
+        world.apply_force(b, Vector::new(f32::NAN, 0.0, 0.0)),
+        Err(SimError::NonFiniteInput(_))
+    ));
+    assert!(matches!(
+        world.add_body("a", RigidBodyBuilder::dynamic()),
+        Err(SimError::DuplicateName { .. })
+    ));
+    assert!(matches!(
+        world.body_handle("b"),
+        Err(SimError::UnknownName { .. })
+    ));
+    assert!(
+        World::try_new(WorldConfig {
+            dt: 0.0,
+            ..WorldConfig::default()
+        })
+        .is_err()
+    );
+    assert!(
+        World::try_new(WorldConfig {
+            substeps: 0,
+            ..WorldConfig::default()
+        })
+        .is_err()
+    );
     let other = World::new(WorldConfig::default()).snapshot();
-    assert!(matches!(world.restore(&other), Err(SimError::SnapshotMismatch(_))));
+    assert!(matches!(
+        world.restore(&other),
+        Err(SimError::SnapshotMismatch(_))
+    ));
     // A NaN force was refused, so the world still steps cleanly.
     world.step().unwrap();
 }

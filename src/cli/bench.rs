@@ -50,7 +50,9 @@ pub fn run(command: Command, registry: &Registry) -> anyhow::Result<()> {
 /// Actions sampled ahead of time, so the timing measures the env, not the sampler.
 fn action_table(env: &dyn Env, n: usize, seed: u64) -> Vec<Value> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| env.action_space().sample(&mut rng)).collect()
+    (0..n)
+        .map(|_| env.action_space().sample(&mut rng))
+        .collect()
 }
 
 /// Single-thread steps per second.
@@ -122,9 +124,16 @@ fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
         args.envs.clone()
     };
     anyhow::ensure!(args.num_envs >= 1, "--num-envs must be at least 1");
-    anyhow::ensure!(args.workers.iter().all(|&w| w >= 1), "--workers must be at least 1");
+    anyhow::ensure!(
+        args.workers.iter().all(|&w| w >= 1),
+        "--workers must be at least 1"
+    );
     if !args.json {
-        let cols: Vec<String> = args.workers.iter().map(|w| format!("{w} worker(s)")).collect();
+        let cols: Vec<String> = args
+            .workers
+            .iter()
+            .map(|w| format!("{w} worker(s)"))
+            .collect();
         println!(
             "{:<14} {:>14} {:>14}  (vectorized: {} envs)",
             "env",
@@ -137,7 +146,14 @@ fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
         let one = single(registry, id, args.steps).with_context(|| format!("benchmarking {id}"))?;
         let mut vec_rates = Vec::new();
         for &w in &args.workers {
-            vec_rates.push(vectorized(registry, id, args.num_envs, w, args.vec_steps, |_| {})?);
+            vec_rates.push(vectorized(
+                registry,
+                id,
+                args.num_envs,
+                w,
+                args.vec_steps,
+                |_| {},
+            )?);
         }
         if args.json {
             println!(
@@ -152,7 +168,12 @@ fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
         } else {
             let cells: Vec<String> = vec_rates.iter().map(|r| format!("{r:>12.0}")).collect();
             let scaling = if vec_rates.len() >= 2 {
-                format!("  ({:.2}x from {} to {} workers)", vec_rates[1] / vec_rates[0], args.workers[0], args.workers[1])
+                format!(
+                    "  ({:.2}x from {} to {} workers)",
+                    vec_rates[1] / vec_rates[0],
+                    args.workers[0],
+                    args.workers[1]
+                )
             } else {
                 String::new()
             };
@@ -164,14 +185,23 @@ fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
         let tenth = args.memory_steps / 10;
         let mut at_tenth = None;
         let workers = *args.workers.last().unwrap_or(&1);
-        let rate = vectorized(registry, id, args.num_envs, workers, args.memory_steps, |done| {
-            if at_tenth.is_none() && done >= tenth {
-                at_tenth = rss_mib();
-            }
-        })?;
+        let rate = vectorized(
+            registry,
+            id,
+            args.num_envs,
+            workers,
+            args.memory_steps,
+            |done| {
+                if at_tenth.is_none() && done >= tenth {
+                    at_tenth = rss_mib();
+                }
+            },
+        )?;
         let end = rss_mib();
         let fmt = |r: Option<(f64, f64)>| {
-            r.map_or("n/a".to_string(), |(peak, now)| format!("peak {peak:.1} MiB, current {now:.1} MiB"))
+            r.map_or("n/a".to_string(), |(peak, now)| {
+                format!("peak {peak:.1} MiB, current {now:.1} MiB")
+            })
         };
         if args.json {
             println!(
@@ -181,7 +211,12 @@ fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
                     "steps_per_s": rate})
             );
         } else {
-            println!("memory {id}: after {tenth} steps {}; after {} steps {}", fmt(at_tenth), args.memory_steps, fmt(end));
+            println!(
+                "memory {id}: after {tenth} steps {}; after {} steps {}",
+                fmt(at_tenth),
+                args.memory_steps,
+                fmt(end)
+            );
         }
     }
     Ok(())

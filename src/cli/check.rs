@@ -30,6 +30,10 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             }
         }
     }
-    anyhow::ensure!(failed == 0, "{failed} of {} env(s) failed the checker", ids.len());
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} env(s) failed the checker",
+        ids.len()
+    );
     Ok(())
 }

@@ -13,7 +13,10 @@ pub struct Args {
 
 pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     if !args.json {
-        println!("{:<14} {:<28} {:<34} {:>9}  description", "id", "observation space", "action space", "max steps");
+        println!(
+            "{:<14} {:<28} {:<34} {:>9}  description",
+            "id", "observation space", "action space", "max steps"
+        );
     }
     for spec in registry.specs() {
         let env = registry
@@ -37,7 +40,8 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
                 spec.id,
                 env.observation_space().to_string(),
                 env.action_space().to_string(),
-                spec.max_episode_steps.map_or("-".to_string(), |m| m.to_string()),
+                spec.max_episode_steps
+                    .map_or("-".to_string(), |m| m.to_string()),
                 spec.description
             );
         }

@@ -134,7 +134,10 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read experiment config {}", path.display()))?,
             path.display().to_string(),
         ),
-        None => (DEFAULT_EXPERIMENT.to_string(), "the embedded default experiment".into()),
+        None => (
+            DEFAULT_EXPERIMENT.to_string(),
+            "the embedded default experiment".into(),
+        ),
     };
     let mut exp = parse_experiment(&text, &origin)?;
     if let Some(out) = args.out {
@@ -171,7 +174,10 @@ mod tests {
         let exp = parse_experiment("[rollout]\nepisodes = 0\n", "x").unwrap();
         assert!(exp.rollout.validate(&Registry::with_builtins()).is_err());
         let exp = parse_experiment("[rollout]\nenv = \"Nope-v0\"\n", "x").unwrap();
-        let err = exp.rollout.validate(&Registry::with_builtins()).unwrap_err();
+        let err = exp
+            .rollout
+            .validate(&Registry::with_builtins())
+            .unwrap_err();
         assert!(format!("{err:#}").contains("CartPole-v0"));
         let exp = parse_experiment("[rollout]\npolicy = \"genius\"\n", "x").unwrap();
         assert!(exp.rollout.validate(&Registry::with_builtins()).is_err());

@@ -31,7 +31,8 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 
 /// Prints the summary of the dataset in `dir`.
 pub fn print_summary(dir: &Path) -> anyhow::Result<()> {
-    let dataset = Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
+    let dataset =
+        Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
     let meta = dataset.meta();
     let report = dataset.load();
     let returns: Vec<f64> = report.episodes.iter().map(|e| e.total_reward()).collect();

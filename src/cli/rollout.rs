@@ -70,7 +70,11 @@ impl std::fmt::Display for RolloutSummary {
         write!(
             f,
             "{}wrote {} episodes ({} steps, mean return {:.2}) to {} in {:.1} s ({:.0} steps/s)",
-            if self.interrupted { "interrupted: " } else { "" },
+            if self.interrupted {
+                "interrupted: "
+            } else {
+                ""
+            },
             self.episodes,
             self.steps,
             self.mean_return,
@@ -163,7 +167,11 @@ pub fn collect(
         .map(|(o, info)| Episode::new(episode_seed(info), o))
         .collect();
     let mut rngs: Vec<ChaCha8Rng> = (0..config.num_envs)
-        .map(|i| ChaCha8Rng::seed_from_u64(config.seed ^ (0xD1B5_4A32_D192_ED03u64.wrapping_mul(i as u64 + 1))))
+        .map(|i| {
+            ChaCha8Rng::seed_from_u64(
+                config.seed ^ (0xD1B5_4A32_D192_ED03u64.wrapping_mul(i as u64 + 1)),
+            )
+        })
         .collect();
     let (mut finished, mut steps, mut total_return) = (0usize, 0usize, 0.0f64);
     while finished < config.episodes {
@@ -185,7 +193,8 @@ pub fn collect(
                 step.truncated[i],
             );
             if (step.terminated[i] || step.truncated[i]) && finished < config.episodes {
-                let episode = std::mem::replace(&mut current[i], Episode::new(0, step.obs[i].clone()));
+                let episode =
+                    std::mem::replace(&mut current[i], Episode::new(0, step.obs[i].clone()));
                 steps += episode.len();
                 total_return += episode.total_reward();
                 finished += 1;
@@ -209,5 +218,7 @@ pub fn collect(
 }
 
 fn episode_seed(info: &Info) -> u64 {
-    info.get("episode_seed").and_then(|v| v.as_u64()).unwrap_or(0)
+    info.get("episode_seed")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
 }

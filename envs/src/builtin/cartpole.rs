@@ -86,13 +86,22 @@ impl Default for CartPoleConfig {
 impl crate::EnvConfig for CartPoleConfig {
     fn validate(&self) -> Result<(), String> {
         if !(self.force_mag.is_finite() && self.force_mag > 0.0 && self.force_mag <= 1.0e4) {
-            return Err(format!("force_mag must be in (0, 1e4] N, got {}", self.force_mag));
+            return Err(format!(
+                "force_mag must be in (0, 1e4] N, got {}",
+                self.force_mag
+            ));
         }
         if !(self.gravity.is_finite() && self.gravity.abs() <= 1.0e3) {
-            return Err(format!("gravity must be finite and at most 1e3, got {}", self.gravity));
+            return Err(format!(
+                "gravity must be finite and at most 1e3, got {}",
+                self.gravity
+            ));
         }
         if !(1..=100).contains(&self.substeps) {
-            return Err(format!("substeps must be in 1..=100, got {}", self.substeps));
+            return Err(format!(
+                "substeps must be in 1..=100, got {}",
+                self.substeps
+            ));
         }
         Ok(())
     }
@@ -247,8 +256,10 @@ impl Env for CartPole {
                 )));
             }
         };
-        self.world
-            .apply_force(self.cart, Vector::new(push * self.config.force_mag, 0.0, 0.0))?;
+        self.world.apply_force(
+            self.cart,
+            Vector::new(push * self.config.force_mag, 0.0, 0.0),
+        )?;
         if let Err(e) = self.world.step() {
             self.episode.record(true);
             return Err(e.into());
@@ -322,7 +333,10 @@ mod tests {
         let step = env.step(&Value::Int(0)).unwrap();
         assert!(step.terminated && !step.truncated);
         assert_eq!(step.reward, 1.0);
-        assert!(matches!(env.step(&Value::Int(0)), Err(EnvError::ResetNeeded(_))));
+        assert!(matches!(
+            env.step(&Value::Int(0)),
+            Err(EnvError::ResetNeeded(_))
+        ));
     }
 
     #[test]
@@ -345,13 +359,31 @@ mod tests {
     #[test]
     fn rejects_bad_actions_and_options() {
         let mut env = CartPole::new(CartPoleConfig::default()).unwrap();
-        assert!(matches!(env.step(&Value::Int(0)), Err(EnvError::ResetNeeded(_))));
+        assert!(matches!(
+            env.step(&Value::Int(0)),
+            Err(EnvError::ResetNeeded(_))
+        ));
         env.reset(Some(0), &Info::new()).unwrap();
-        assert!(matches!(env.step(&Value::Int(2)), Err(EnvError::InvalidAction(_))));
-        assert!(matches!(env.step(&Value::F32(vec![1.0])), Err(EnvError::InvalidAction(_))));
+        assert!(matches!(
+            env.step(&Value::Int(2)),
+            Err(EnvError::InvalidAction(_))
+        ));
+        assert!(matches!(
+            env.step(&Value::F32(vec![1.0])),
+            Err(EnvError::InvalidAction(_))
+        ));
         let mut opts = Info::new();
         opts.insert("lo".into(), 0.1.into());
-        assert!(matches!(env.reset(None, &opts), Err(EnvError::InvalidOption(_))));
-        assert!(CartPole::new(CartPoleConfig { force_mag: f32::NAN, ..Default::default() }).is_err());
+        assert!(matches!(
+            env.reset(None, &opts),
+            Err(EnvError::InvalidOption(_))
+        ));
+        assert!(
+            CartPole::new(CartPoleConfig {
+                force_mag: f32::NAN,
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

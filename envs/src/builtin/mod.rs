@@ -70,6 +70,8 @@ pub(crate) fn option_f32(options: &Info, key: &str) -> Result<Option<f32>, EnvEr
             .as_f64()
             .filter(|x| x.is_finite())
             .map(|x| Some(x as f32))
-            .ok_or_else(|| EnvError::InvalidOption(format!("`{key}` must be a finite number, got {v}"))),
+            .ok_or_else(|| {
+                EnvError::InvalidOption(format!("`{key}` must be a finite number, got {v}"))
+            }),
     }
 }

@@ -121,7 +121,10 @@ impl crate::EnvConfig for RacerConfig {
             return Err(format!("drag must be non-negative, got {}", self.drag));
         }
         if !(3..=64).contains(&self.checkpoints) {
-            return Err(format!("checkpoints must be in 3..=64, got {}", self.checkpoints));
+            return Err(format!(
+                "checkpoints must be in 3..=64, got {}",
+                self.checkpoints
+            ));
         }
         if self.track_radius > 5000.0 || self.tile_length > self.track_radius {
             return Err("track_radius must be at most 5000 m and longer than a tile".into());
@@ -444,7 +447,10 @@ mod tests {
         assert!(speed > 3.0, "forward speed after 1 s of full gas: {speed}");
         let right = drive(&mut env, [1.0, 0.5, 0.0], 10);
         let yaw_rate = right.last().unwrap().obs.as_f32().unwrap()[2];
-        assert!(yaw_rate < -0.05, "steering right should turn right, yaw rate {yaw_rate}");
+        assert!(
+            yaw_rate < -0.05,
+            "steering right should turn right, yaw rate {yaw_rate}"
+        );
         // The first tiles were visited on the way.
         assert!(steps.iter().any(|s| s.reward > 0.0));
     }
@@ -457,7 +463,10 @@ mod tests {
         let steps = drive(&mut env, [0.0, 0.0, 1.0], 20);
         let total: f64 = steps.iter().map(|s| s.reward).sum();
         // The start tile counts once (+1000/N); every step costs 0.1.
-        assert!((total - (1000.0 / n - 2.0)).abs() < 1e-6, "total {total}, n {n}");
+        assert!(
+            (total - (1000.0 / n - 2.0)).abs() < 1e-6,
+            "total {total}, n {n}"
+        );
         assert!(steps.iter().all(|s| !s.terminated && !s.truncated));
     }
 

@@ -89,11 +89,16 @@ impl crate::EnvConfig for ReacherConfig {
             ("reward_control_weight", self.reward_control_weight),
         ] {
             if !(w.is_finite() && w >= 0.0) {
-                return Err(format!("{name} must be a finite non-negative number, got {w}"));
+                return Err(format!(
+                    "{name} must be a finite non-negative number, got {w}"
+                ));
             }
         }
         if !(1..=100).contains(&self.substeps) {
-            return Err(format!("substeps must be in 1..=100, got {}", self.substeps));
+            return Err(format!(
+                "substeps must be in 1..=100, got {}",
+                self.substeps
+            ));
         }
         Ok(())
     }
@@ -249,10 +254,8 @@ impl Env for Reacher {
             rng.random_range(-0.005..=0.005),
         ];
         self.world.restore(&self.initial)?;
-        self.world.set_joint_dofs(&[
-            (self.joints[0], q[0], qd[0]),
-            (self.joints[1], q[1], qd[1]),
-        ])?;
+        self.world
+            .set_joint_dofs(&[(self.joints[0], q[0], qd[0]), (self.joints[1], q[1], qd[1])])?;
         self.target = target;
         self.episode.start();
         let mut info = Info::new();
@@ -342,7 +345,10 @@ mod tests {
         assert!((step.info["reward_ctrl"].as_f64().unwrap() + 2.0).abs() < 1e-9);
         let err = env.step(&Value::F32(vec![f32::NAN, 0.0])).unwrap_err();
         assert!(matches!(err, EnvError::InvalidAction(_)));
-        assert!(matches!(env.step(&Value::F32(vec![0.0])), Err(EnvError::InvalidAction(_))));
+        assert!(matches!(
+            env.step(&Value::F32(vec![0.0])),
+            Err(EnvError::InvalidAction(_))
+        ));
         // A rejected action leaves the world untouched.
         env.world.restore(&snapshot).unwrap();
     }

@@ -171,7 +171,9 @@ fn lerp(a: [f32; 2], b: [f32; 2], t: f32) -> [f32; 2] {
 fn catmull_rom(p0: [f32; 2], p1: [f32; 2], p2: [f32; 2], p3: [f32; 2], t: f32) -> [f32; 2] {
     let (t2, t3) = (t * t, t * t * t);
     let f = |a: f32, b: f32, c: f32, d: f32| {
-        0.5 * (2.0 * b + (-a + c) * t + (2.0 * a - 5.0 * b + 4.0 * c - d) * t2
+        0.5 * (2.0 * b
+            + (-a + c) * t
+            + (2.0 * a - 5.0 * b + 4.0 * c - d) * t2
             + (-a + 3.0 * b - 3.0 * c + d) * t3)
     };
     [f(p0[0], p1[0], p2[0], p3[0]), f(p0[1], p1[1], p2[1], p3[1])]
@@ -189,13 +191,18 @@ mod tests {
         assert_eq!(t, make(1));
         assert_ne!(t, make(2));
         assert!(t.len() > 40, "{} tiles", t.len());
-        let lengths: Vec<f32> = (0..t.len()).map(|i| {
-            let (a, b) = t.segment(i);
-            dist(a, b)
-        }).collect();
+        let lengths: Vec<f32> = (0..t.len())
+            .map(|i| {
+                let (a, b) = t.segment(i);
+                dist(a, b)
+            })
+            .collect();
         let mean = lengths.iter().sum::<f32>() / lengths.len() as f32;
         assert!((mean - 4.0).abs() < 0.5, "mean tile length {mean}");
-        assert!(lengths.iter().all(|l| (l - mean).abs() < 0.3 * mean), "{lengths:?}");
+        assert!(
+            lengths.iter().all(|l| (l - mean).abs() < 0.3 * mean),
+            "{lengths:?}"
+        );
         // Every tile's midpoint is on that tile and is found as the nearest.
         for i in 0..t.len() {
             let (a, b) = t.segment(i);

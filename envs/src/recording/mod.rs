@@ -68,7 +68,14 @@ impl Episode {
     }
 
     /// Appends one step.
-    pub fn push(&mut self, action: Value, obs: Value, reward: f64, terminated: bool, truncated: bool) {
+    pub fn push(
+        &mut self,
+        action: Value,
+        obs: Value,
+        reward: f64,
+        terminated: bool,
+        truncated: bool,
+    ) {
         self.actions.push(action);
         self.observations.push(obs);
         self.rewards.push(reward);
@@ -165,7 +172,10 @@ pub enum RecordError {
     Mismatch(String),
 }
 
-pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RecordError {
+pub(crate) fn io_error(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> RecordError {
     let path = path.to_path_buf();
     move |source| RecordError::Io {
         action,

@@ -63,9 +63,9 @@ impl Dataset {
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("chunk-") && n.ends_with(".safetensors")
-                })
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("chunk-") && n.ends_with(".safetensors"))
             })
             .collect();
         chunks.sort();
@@ -134,7 +134,10 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
         return Err(format!("not a {FORMAT} chunk"));
     }
     if info.get("version").map(String::as_str) != Some(&VERSION.to_string()) {
-        return Err(format!("chunk version {:?} is not {VERSION}", info.get("version")));
+        return Err(format!(
+            "chunk version {:?} is not {VERSION}",
+            info.get("version")
+        ));
     }
     let expected = info.get("crc32").ok_or("no crc32 in the metadata")?;
     let data = data_section(bytes).map_err(|e| e.to_string())?;
@@ -195,7 +198,10 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
     let (mut o, mut s) = (0usize, 0usize);
     for (&len, &seed) in lengths.iter().zip(&seeds) {
         let len = len as usize;
-        let mut e = Episode::new(seed, decode_row(&meta.observation_space, "obs", &obs_cols, o)?);
+        let mut e = Episode::new(
+            seed,
+            decode_row(&meta.observation_space, "obs", &obs_cols, o)?,
+        );
         for t in 0..len {
             e.push(
                 decode_row(&meta.action_space, "action", &act_cols, s + t)?,
@@ -220,15 +226,25 @@ fn le_i64(data: &[u8]) -> Vec<i64> {
         .collect()
 }
 
-fn decode_row(space: &Space, prefix: &str, cols: &Columns<'_>, row: usize) -> Result<Value, String> {
+fn decode_row(
+    space: &Space,
+    prefix: &str,
+    cols: &Columns<'_>,
+    row: usize,
+) -> Result<Value, String> {
     if let Space::Dict(d) = space {
         let mut out = BTreeMap::new();
         for (k, s) in &d.spaces {
-            out.insert(k.clone(), decode_row(s, &format!("{prefix}.{k}"), cols, row)?);
+            out.insert(
+                k.clone(),
+                decode_row(s, &format!("{prefix}.{k}"), cols, row)?,
+            );
         }
         return Ok(Value::Dict(out));
     }
-    let (leaf, data) = cols.get(prefix).ok_or_else(|| format!("missing column `{prefix}`"))?;
+    let (leaf, data) = cols
+        .get(prefix)
+        .ok_or_else(|| format!("missing column `{prefix}`"))?;
     let per_row: usize = leaf.row_shape.iter().product();
     let width = match leaf.kind {
         LeafKind::F32 => 4,

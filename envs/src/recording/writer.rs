@@ -1,6 +1,6 @@
 //! Writing episodes into chunk files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype as StDtype;
@@ -135,7 +135,9 @@ impl EpisodeWriter {
             return Ok(());
         }
         let bytes = encode_chunk(&self.meta, &self.buffer)?;
-        let path = self.dir.join(format!("chunk-{:06}.safetensors", self.next_chunk));
+        let path = self
+            .dir
+            .join(format!("chunk-{:06}.safetensors", self.next_chunk));
         write_atomic(&path, &bytes)?;
         self.next_chunk += 1;
         self.episodes_written += self.buffer.len();
@@ -192,16 +194,18 @@ fn encode_value(
     prefix: &str,
     cols: &mut BTreeMap<String, Vec<u8>>,
 ) -> Result<(), RecordError> {
-    let mismatch = || {
-        RecordError::Mismatch(format!("{prefix}: {} is not in {space}", value.describe()))
-    };
+    let mismatch =
+        || RecordError::Mismatch(format!("{prefix}: {} is not in {space}", value.describe()));
     match (space, value) {
         (Space::Box(b), Value::F32(v)) if v.len() == b.len() => {
             let col = cols.entry(prefix.to_string()).or_default();
-            v.iter().for_each(|x| col.extend_from_slice(&x.to_le_bytes()));
+            v.iter()
+                .for_each(|x| col.extend_from_slice(&x.to_le_bytes()));
         }
         (Space::Box(b), Value::U8(v)) if v.len() == b.len() => {
-            cols.entry(prefix.to_string()).or_default().extend_from_slice(v);
+            cols.entry(prefix.to_string())
+                .or_default()
+                .extend_from_slice(v);
         }
         (Space::Discrete(_), Value::Int(i)) => {
             cols.entry(prefix.to_string())
@@ -210,7 +214,8 @@ fn encode_value(
         }
         (Space::MultiDiscrete(m), Value::Ints(v)) if v.len() == m.nvec.len() => {
             let col = cols.entry(prefix.to_string()).or_default();
-            v.iter().for_each(|x| col.extend_from_slice(&x.to_le_bytes()));
+            v.iter()
+                .for_each(|x| col.extend_from_slice(&x.to_le_bytes()));
         }
         (Space::Dict(d), Value::Dict(v)) => {
             for (k, s) in &d.spaces {
@@ -224,7 +229,10 @@ fn encode_value(
 }
 
 /// Encodes episodes as one safetensors chunk with its checksum in the metadata.
-pub(crate) fn encode_chunk(meta: &DatasetMeta, episodes: &[Episode]) -> Result<Vec<u8>, RecordError> {
+pub(crate) fn encode_chunk(
+    meta: &DatasetMeta,
+    episodes: &[Episode],
+) -> Result<Vec<u8>, RecordError> {
     let mut cols: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut shapes: BTreeMap<String, (StDtype, Vec<usize>)> = BTreeMap::new();
     let (n_obs, n_steps): (usize, usize) = episodes
@@ -258,7 +266,9 @@ pub(crate) fn encode_chunk(meta: &DatasetMeta, episodes: &[Episode]) -> Result<V
         for a in &e.actions {
             encode_value(&meta.action_space, a, "action", &mut cols)?;
         }
-        e.rewards.iter().for_each(|r| reward.extend_from_slice(&r.to_le_bytes()));
+        e.rewards
+            .iter()
+            .for_each(|r| reward.extend_from_slice(&r.to_le_bytes()));
         terminated.extend(e.terminated.iter().map(|&b| b as u8));
         truncated.extend(e.truncated.iter().map(|&b| b as u8));
         lengths.extend_from_slice(&(e.len() as i64).to_le_bytes());
@@ -276,27 +286,57 @@ pub(crate) fn encode_chunk(meta: &DatasetMeta, episodes: &[Episode]) -> Result<V
     cols.insert("episode_seed".into(), seeds);
     shapes.insert("episode_seed".into(), (StDtype::U64, vec![n_eps]));
 
-    let views = || -> Result<Vec<(String, TensorView<'_>)>, RecordError> {
-        cols.iter()
-            .map(|(name, data)| {
-                let (dtype, shape) = shapes[name].clone();
-                TensorView::new(dtype, shape, data)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| RecordError::Mismatch(format!("column {name}: {e}")))
-            })
-            .collect()
-    };
-    let mut metadata = HashMap::new();
+    for (name, data) in &cols {
+        let (dtype, shape) = &shapes[name];
+        // Validates that each column's byte length matches its dtype and shape.
+        TensorView::new(*dtype, shape.clone(), data)
+            .map_err(|e| RecordError::Mismatch(format!("column {name}: {e}")))?;
+    }
+    let mut metadata = BTreeMap::new();
     metadata.insert("format".to_string(), FORMAT.to_string());
     metadata.insert("version".to_string(), VERSION.to_string());
-    let first = safetensors::serialize(views()?, Some(metadata.clone()))
-        .map_err(|e| RecordError::Format(format!("cannot encode chunk: {e}")))?;
-    let crc = crc32fast::hash(data_section(&first)?);
-    metadata.insert("crc32".to_string(), format!("{crc:08x}"));
-    let bytes = safetensors::serialize(views()?, Some(metadata))
-        .map_err(|e| RecordError::Format(format!("cannot encode chunk: {e}")))?;
-    debug_assert_eq!(crc32fast::hash(data_section(&bytes)?), crc);
-    Ok(bytes)
+    let data: Vec<u8> = cols.values().flatten().copied().collect();
+    metadata.insert(
+        "crc32".to_string(),
+        format!("{:08x}", crc32fast::hash(&data)),
+    );
+    Ok(serialize_sorted(&cols, &shapes, &metadata, &data))
+}
+
+/// A standard safetensors file with every JSON key sorted, so the same tensors always give
+/// the same bytes (the `safetensors` crate orders `__metadata__` by a `HashMap`, which differs
+/// from one process to the next). Tensors are laid out in name order.
+fn serialize_sorted(
+    cols: &BTreeMap<String, Vec<u8>>,
+    shapes: &BTreeMap<String, (StDtype, Vec<usize>)>,
+    metadata: &BTreeMap<String, String>,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
+    let mut offset = 0usize;
+    for (name, bytes) in cols {
+        let (dtype, shape) = &shapes[name];
+        header.insert(
+            name.clone(),
+            serde_json::json!({
+                "dtype": format!("{dtype:?}"),
+                "shape": shape,
+                "data_offsets": [offset, offset + bytes.len()],
+            }),
+        );
+        offset += bytes.len();
+    }
+    // serde_json's Map is a BTreeMap (no `preserve_order`): keys come out sorted.
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(data);
+    out
 }
 
 /// The bytes after a safetensors header.

@@ -175,7 +175,10 @@ pub(crate) fn common_spaces(envs: &[Box<dyn Env>]) -> Result<(Space, Space), Env
     let first = envs
         .first()
         .ok_or_else(|| EnvError::Other("a vector env needs at least one env".into()))?;
-    let (obs, act) = (first.observation_space().clone(), first.action_space().clone());
+    let (obs, act) = (
+        first.observation_space().clone(),
+        first.action_space().clone(),
+    );
     for (i, e) in envs.iter().enumerate() {
         if *e.observation_space() != obs || *e.action_space() != act {
             return Err(EnvError::Other(format!(

@@ -53,7 +53,9 @@ impl ThreadedVecEnv {
     ) -> Result<Self, EnvError> {
         let (observation_space, action_space) = common_spaces(&envs)?;
         if workers == 0 {
-            return Err(EnvError::Other("a threaded vector env needs at least one worker".into()));
+            return Err(EnvError::Other(
+                "a threaded vector env needs at least one worker".into(),
+            ));
         }
         let num_envs = envs.len();
         let workers = workers.min(num_envs);

@@ -85,7 +85,8 @@ impl<E: Env> Env for FrameStack<E> {
         if self.frames.len() == self.n {
             self.frames.pop_front();
         }
-        self.frames.push_back(std::mem::replace(&mut step.obs, Value::Int(0)));
+        self.frames
+            .push_back(std::mem::replace(&mut step.obs, Value::Int(0)));
         step.obs = self.stacked();
         Ok(step)
     }

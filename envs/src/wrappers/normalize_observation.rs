@@ -19,7 +19,11 @@ pub struct NormalizeObservation<E> {
 impl<E: Env> NormalizeObservation<E> {
     /// Wraps `env`, whose observation space must be an f32 Box.
     pub fn new(env: E) -> Result<Self, EnvError> {
-        let b = require_box(env.observation_space(), "NormalizeObservation", "observation")?;
+        let b = require_box(
+            env.observation_space(),
+            "NormalizeObservation",
+            "observation",
+        )?;
         let n = b.len();
         let space = Space::Box(BoxSpace {
             low: vec![f32::NEG_INFINITY; n],
@@ -47,14 +51,22 @@ impl<E: Env> NormalizeObservation<E> {
         let var = self
             .m2
             .iter()
-            .map(|m| if self.count > 0.0 { m / self.count } else { 1.0 })
+            .map(|m| {
+                if self.count > 0.0 {
+                    m / self.count
+                } else {
+                    1.0
+                }
+            })
             .collect();
         (self.mean.clone(), var)
     }
 
     fn normalize(&mut self, obs: Value) -> Result<Value, EnvError> {
         let Value::F32(mut v) = obs else {
-            return Err(EnvError::Other("NormalizeObservation got a non-f32 observation".into()));
+            return Err(EnvError::Other(
+                "NormalizeObservation got a non-f32 observation".into(),
+            ));
         };
         if self.update {
             self.count += 1.0;
@@ -65,7 +77,11 @@ impl<E: Env> NormalizeObservation<E> {
             }
         }
         for (i, x) in v.iter_mut().enumerate() {
-            let var = if self.count > 0.0 { self.m2[i] / self.count } else { 1.0 };
+            let var = if self.count > 0.0 {
+                self.m2[i] / self.count
+            } else {
+                1.0
+            };
             *x = ((*x as f64 - self.mean[i]) / (var + self.epsilon).sqrt()) as f32;
         }
         Ok(Value::F32(v))

@@ -1,0 +1,228 @@
+//! The `dreamgym` binary: commands work, data do not depend on the worker count, and bad input
+//! gets a clear error (exit code 1, no panic trace).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dreamgym(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dreamgym"))
+        .args(args)
+        .output()
+        .expect("run dreamgym")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn assert_clean_error(o: &Output, needle: &str) {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains(needle), "expected `{needle}` in: {t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+/// Name and CRC-32 of every chunk file.
+fn chunk_digests(dir: &Path) -> Vec<(String, u32)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("chunk-"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                crc32fast::hash(&std::fs::read(e.path()).unwrap()),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn envs_lists_every_builtin_with_spaces() {
+    let o = dreamgym(&["envs"]);
+    assert!(o.status.success());
+    let t = text(&o);
+    for id in ["CartPole-v0", "Reacher-v0", "Racer-v0", "Discrete(2)"] {
+        assert!(t.contains(id), "{t}");
+    }
+}
+
+#[test]
+fn rollout_data_are_identical_on_one_and_two_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for workers in ["1", "2"] {
+        let out = dir.path().join(format!("w{workers}"));
+        let o = dreamgym(&[
+            "rollout",
+            "--env",
+            "Reacher-v0",
+            "--episodes",
+            "12",
+            "--num-envs",
+            "4",
+            "--workers",
+            workers,
+            "--seed",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        outputs.push(chunk_digests(&out));
+    }
+    assert!(!outputs[0].is_empty());
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+#[test]
+fn inspect_summarizes_and_names_a_damaged_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cp");
+    let o = dreamgym(&[
+        "rollout",
+        "--env",
+        "CartPole-v0",
+        "--episodes",
+        "130",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dreamgym(&["inspect", out.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(t.contains("episodes     130"), "{t}");
+    assert!(t.contains("0 damaged"), "{t}");
+    let victim = out.join("chunk-000001.safetensors");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() - 100]).unwrap();
+    let o = dreamgym(&["inspect", out.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("1 damaged") && t.contains("chunk-000001.safetensors"),
+        "{t}"
+    );
+    assert!(t.contains("episodes     66"), "{t}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    let out = out.to_str().unwrap();
+    assert_clean_error(
+        &dreamgym(&["rollout", "--env", "Nope-v0", "--out", out]),
+        "CartPole-v0",
+    );
+    assert_clean_error(
+        &dreamgym(&[
+            "rollout",
+            "--env",
+            "CartPole-v0",
+            "--set",
+            "force_mag=-3",
+            "--out",
+            out,
+        ]),
+        "force_mag",
+    );
+    assert_clean_error(
+        &dreamgym(&[
+            "rollout",
+            "--env",
+            "CartPole-v0",
+            "--set",
+            "forse=3",
+            "--out",
+            out,
+        ]),
+        "unknown field",
+    );
+    assert_clean_error(
+        &dreamgym(&[
+            "rollout",
+            "--env",
+            "CartPole-v0",
+            "--policy",
+            "genius",
+            "--out",
+            out,
+        ]),
+        "unknown policy",
+    );
+    assert_clean_error(
+        &dreamgym(&[
+            "rollout",
+            "--env",
+            "CartPole-v0",
+            "--workers",
+            "0",
+            "--out",
+            out,
+        ]),
+        "workers",
+    );
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let below = file.join("out");
+    assert_clean_error(
+        &dreamgym(&[
+            "rollout",
+            "--env",
+            "CartPole-v0",
+            "--episodes",
+            "2",
+            "--out",
+            below.to_str().unwrap(),
+        ]),
+        "cannot create output directory",
+    );
+    assert_clean_error(
+        &dreamgym(&["inspect", dir.path().join("missing").to_str().unwrap()]),
+        "cannot open dataset",
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[rollout]\nepisodes = \"many\"\n").unwrap();
+    assert_clean_error(
+        &dreamgym(&["run", bad.to_str().unwrap()]),
+        "not a valid experiment config",
+    );
+    assert_clean_error(
+        &dreamgym(&["run", dir.path().join("none.toml").to_str().unwrap()]),
+        "cannot read experiment config",
+    );
+}
+
+#[test]
+fn check_passes_on_builtins() {
+    let o = dreamgym(&["check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o).matches(": ok").count(), 3);
+}
+
+#[test]
+fn run_executes_an_experiment_file_and_keeps_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("exp.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"t\"\n[rollout]\nenv = \"Racer-v0\"\nepisodes = 2\nnum_envs = 2\nout = {:?}\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = dreamgym(&["run", cfg.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("episodes     2"), "{t}");
+    assert!(data.join("experiment.toml").exists());
+}
