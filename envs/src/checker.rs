@@ -139,12 +139,11 @@ fn run_checks(env: &mut dyn Env, o: &CheckOptions, failures: &mut Vec<String>) {
         }
         (Err(e), _) | (_, Err(e)) => fail(format!("reset or step failed: {e}")),
     }
-    if o.require_seed_variation {
-        if let (Ok((obs_a, _)), Ok((obs_c, _))) = (&a, &rollout(env, o.seed.wrapping_add(1))) {
-            if obs_a == obs_c {
-                fail("different seeds gave the same reset observation".into());
-            }
-        }
+    if o.require_seed_variation
+        && let (Ok((obs_a, _)), Ok((obs_c, _))) = (&a, &rollout(env, o.seed.wrapping_add(1)))
+        && obs_a == obs_c
+    {
+        fail("different seeds gave the same reset observation".into());
     }
 
     // Unseeded resets continue the seeded stream: reproducible after a seeded reset.

@@ -210,6 +210,16 @@ mod tests {
     }
 
     #[test]
+    fn builtins_carry_gymnasium_time_limits() {
+        let r = Registry::with_builtins();
+        let limits: Vec<_> = ["CartPole-v0", "Reacher-v0", "Racer-v0"]
+            .iter()
+            .map(|id| r.spec(id).unwrap().max_episode_steps)
+            .collect();
+        assert_eq!(limits, vec![Some(500), Some(50), Some(1000)]);
+    }
+
+    #[test]
     fn unknown_ids_and_bad_configs_are_clear_errors() {
         let r = Registry::with_builtins();
         let err = r.make("CartPole-v9", None).err().unwrap().to_string();

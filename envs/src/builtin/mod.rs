@@ -33,7 +33,7 @@ pub fn register_builtins(registry: &mut Registry) {
             registry.register::<RacerConfig, _>(
                 "Racer-v0",
                 "drive a ray-cast vehicle around a seeded closed track (CarRacing rewards)",
-                None,
+                Some(1000),
                 Racer::new,
             )
         });

@@ -48,7 +48,7 @@ use dreamgym_sim::{Snapshot, World, WorldConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::builtin::reject_unknown_options;
-use crate::builtin::track::Track;
+use crate::builtin::track::{Track, cross_up};
 use crate::{BoxSpace, Env, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value};
 
 const ID: &str = "Racer-v0";
@@ -90,12 +90,12 @@ pub struct RacerConfig {
 impl Default for RacerConfig {
     fn default() -> Self {
         Self {
-            track_radius: 80.0,
+            track_radius: 60.0,
             checkpoints: 12,
             tile_length: 4.0,
             track_half_width: 6.0,
-            playfield: 160.0,
-            engine_force: 7000.0,
+            playfield: 120.0,
+            engine_force: 12000.0,
             brake_impulse: 45.0,
             drag: 4.0,
         }
@@ -291,13 +291,10 @@ impl Racer {
         obs.push(self.vehicle.wheels()[0].steering);
         let d = self.track.direction(self.nearest);
         // Heading of the car relative to the track direction (positive: car turned left).
-        let sin = d[0] * f[1] - d[1] * f[0];
-        let cos = dot(d, f);
-        // The ground plane's (x, z) is left-handed seen from above; flip to keep left positive.
-        obs.push(-sin);
-        obs.push(cos);
+        obs.push(cross_up(d, f));
+        obs.push(dot(d, f));
         let (_, lateral) = self.track.project(self.nearest, p);
-        obs.push(-lateral / self.track.half_width);
+        obs.push(lateral / self.track.half_width);
         let n = self.track.len();
         for k in 0..WAYPOINTS {
             let w = self.track.center[(self.nearest + 2 * (k + 1)) % n];

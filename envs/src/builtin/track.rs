@@ -1,13 +1,19 @@
 //! A closed race track generated from a seed, cut into tiles (after Gymnasium's CarRacing).
 //!
 //! Checkpoints are placed around a circle at jittered angles and random radii; a closed
-//! Catmull-Rom spline through them is resampled at equal arc length into the tiles' centre
-//! points. Coordinates are the ground plane's `(x, z)`, in metres.
+//! Catmull-Rom spline through them is resampled at equal arc length, smoothed, and resampled
+//! again into the tiles' centre points. Like CarRacing, which bounds its turn rate, a track
+//! whose centre line turns more than [`MAX_TURN_PER_TILE`] between tiles is rejected and drawn
+//! again. Coordinates are the ground plane's `(x, z)`, in metres, with `y` up.
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::EnvRng;
+
+/// The sharpest turn allowed between consecutive tiles, rad (about an 11 m radius for 4 m
+/// tiles).
+pub const MAX_TURN_PER_TILE: f32 = 0.35;
 
 /// A closed track: tile `i` runs from `center[i]` to `center[(i + 1) % n]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,8 +26,26 @@ pub struct Track {
 
 impl Track {
     /// Generates a track: `checkpoints` points at radii in `[radius / 3, radius]`, tiles about
-    /// `tile_length` metres long.
+    /// `tile_length` metres long. Draws again (up to 50 times) while a turn is sharper than
+    /// [`MAX_TURN_PER_TILE`]; the result depends only on the generator's state.
     pub fn generate(
+        rng: &mut EnvRng,
+        checkpoints: usize,
+        radius: f32,
+        tile_length: f32,
+        half_width: f32,
+    ) -> Self {
+        let mut track = Self::draw(rng, checkpoints, radius, tile_length, half_width);
+        for _ in 0..50 {
+            if track.max_turn() <= MAX_TURN_PER_TILE {
+                break;
+            }
+            track = Self::draw(rng, checkpoints, radius, tile_length, half_width);
+        }
+        track
+    }
+
+    fn draw(
         rng: &mut EnvRng,
         checkpoints: usize,
         radius: f32,
@@ -30,16 +54,23 @@ impl Track {
     ) -> Self {
         let n = checkpoints.max(3);
         let tau = std::f32::consts::TAU;
+        let alphas: Vec<f32> = (0..n)
+            .map(|i| tau * (i as f32 + rng.random_range(0.0..0.8f32)) / n as f32)
+            .collect();
+        let radii: Vec<f32> = (0..n)
+            .map(|_| rng.random_range(radius / 3.0..=radius))
+            .collect();
+        // Neighbouring checkpoints at very different radii make hairpins: blend each radius
+        // with its neighbours'.
         let points: Vec<[f32; 2]> = (0..n)
             .map(|i| {
-                let alpha = tau * (i as f32 + rng.random_range(0.0..0.8f32)) / n as f32;
-                let r = rng.random_range(radius / 3.0..=radius);
-                [r * alpha.cos(), r * alpha.sin()]
+                let r = 0.25 * radii[(i + n - 1) % n] + 0.5 * radii[i] + 0.25 * radii[(i + 1) % n];
+                [r * alphas[i].cos(), r * alphas[i].sin()]
             })
             .collect();
         // Dense samples along the closed spline.
         const PER_SEGMENT: usize = 64;
-        let mut dense = Vec::with_capacity(n * PER_SEGMENT + 1);
+        let mut dense = Vec::with_capacity(n * PER_SEGMENT);
         for i in 0..n {
             let p = |k: usize| points[(i + k + n - 1) % n];
             let (p0, p1, p2, p3) = (p(0), p(1), p(2), p(3));
@@ -48,26 +79,32 @@ impl Track {
                 dense.push(catmull_rom(p0, p1, p2, p3, t));
             }
         }
-        dense.push(dense[0]);
-        let mut cumulative = vec![0.0f32; dense.len()];
-        for i in 1..dense.len() {
-            cumulative[i] = cumulative[i - 1] + dist(dense[i - 1], dense[i]);
+        let mut center = resample_closed(&dense, tile_length);
+        // Laplacian smoothing rounds off the spline's sharpest corners.
+        for _ in 0..100 {
+            let m = center.len();
+            center = (0..m)
+                .map(|i| {
+                    let (a, b, c) = (center[(i + m - 1) % m], center[i], center[(i + 1) % m]);
+                    [
+                        0.25 * a[0] + 0.5 * b[0] + 0.25 * c[0],
+                        0.25 * a[1] + 0.5 * b[1] + 0.25 * c[1],
+                    ]
+                })
+                .collect();
         }
-        let length = cumulative[dense.len() - 1];
-        let tiles = ((length / tile_length).round() as usize).max(8);
-        let spacing = length / tiles as f32;
-        let mut center = Vec::with_capacity(tiles);
-        let mut j = 0;
-        for k in 0..tiles {
-            let s = k as f32 * spacing;
-            while j + 1 < dense.len() - 1 && cumulative[j + 1] < s {
-                j += 1;
-            }
-            let seg = (cumulative[j + 1] - cumulative[j]).max(1e-6);
-            let t = ((s - cumulative[j]) / seg).clamp(0.0, 1.0);
-            center.push(lerp(dense[j], dense[j + 1], t));
-        }
+        let center = resample_closed(&center, tile_length);
         Self { center, half_width }
+    }
+
+    /// The largest change of direction between consecutive tiles, rad.
+    pub fn max_turn(&self) -> f32 {
+        (0..self.len())
+            .map(|i| {
+                let (a, b) = (self.direction(i), self.direction(i + 1));
+                cross_up(a, b).atan2(a[0] * b[0] + a[1] * b[1]).abs()
+            })
+            .fold(0.0, f32::max)
     }
 
     /// Number of tiles.
@@ -115,14 +152,15 @@ impl Track {
     }
 
     /// Along-track fraction `t` and signed lateral offset (m, positive to the left of the
-    /// direction of travel) of point `p` relative to tile `i`'s centre segment.
+    /// direction of travel, seen from above) of point `p` relative to tile `i`'s centre
+    /// segment.
     pub fn project(&self, i: usize, p: [f32; 2]) -> (f32, f32) {
         let (a, b) = self.segment(i);
         let d = [b[0] - a[0], b[1] - a[1]];
         let len2 = (d[0] * d[0] + d[1] * d[1]).max(1e-12);
         let rel = [p[0] - a[0], p[1] - a[1]];
         let t = (rel[0] * d[0] + rel[1] * d[1]) / len2;
-        let lateral = (d[0] * rel[1] - d[1] * rel[0]) / len2.sqrt();
+        let lateral = cross_up(d, rel) / len2.sqrt();
         (t, lateral)
     }
 
@@ -160,6 +198,37 @@ impl Track {
     }
 }
 
+/// The up (+y) component of `a × b` for ground-plane vectors `(x, z)`: positive when `b`
+/// points to the left of `a`, seen from above.
+pub fn cross_up(a: [f32; 2], b: [f32; 2]) -> f32 {
+    a[1] * b[0] - a[0] * b[1]
+}
+
+/// Points every `spacing` metres (adjusted to divide the length evenly) along a closed polyline.
+fn resample_closed(points: &[[f32; 2]], spacing: f32) -> Vec<[f32; 2]> {
+    let mut ring = points.to_vec();
+    ring.push(points[0]);
+    let mut cumulative = vec![0.0f32; ring.len()];
+    for i in 1..ring.len() {
+        cumulative[i] = cumulative[i - 1] + dist(ring[i - 1], ring[i]);
+    }
+    let length = cumulative[ring.len() - 1];
+    let count = ((length / spacing).round() as usize).max(8);
+    let step = length / count as f32;
+    let mut out = Vec::with_capacity(count);
+    let mut j = 0;
+    for k in 0..count {
+        let s = k as f32 * step;
+        while j + 2 < ring.len() && cumulative[j + 1] < s {
+            j += 1;
+        }
+        let seg = (cumulative[j + 1] - cumulative[j]).max(1e-6);
+        let t = ((s - cumulative[j]) / seg).clamp(0.0, 1.0);
+        out.push(lerp(ring[j], ring[j + 1], t));
+    }
+    out
+}
+
 fn dist(a: [f32; 2], b: [f32; 2]) -> f32 {
     (a[0] - b[0]).hypot(a[1] - b[1])
 }
@@ -186,9 +255,16 @@ mod tests {
 
     #[test]
     fn tracks_are_closed_evenly_tiled_and_seeded() {
-        let make = |seed| Track::generate(&mut EnvRng::seed_from_u64(seed), 12, 80.0, 4.0, 6.0);
+        let make = |seed| Track::generate(&mut EnvRng::seed_from_u64(seed), 12, 60.0, 4.0, 6.0);
         let t = make(1);
         assert_eq!(t, make(1));
+        for seed in 0..50 {
+            let turn = make(seed).max_turn();
+            assert!(
+                turn <= MAX_TURN_PER_TILE,
+                "seed {seed}: a turn of {turn} rad per tile"
+            );
+        }
         assert_ne!(t, make(2));
         assert!(t.len() > 40, "{} tiles", t.len());
         let lengths: Vec<f32> = (0..t.len())

@@ -329,7 +329,7 @@ fn serialize_sorted(
     }
     // serde_json's Map is a BTreeMap (no `preserve_order`): keys come out sorted.
     let mut json = serde_json::Value::Object(header).to_string().into_bytes();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + data.len());

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Creates bench-venv/ with the Python peers for bench/envs_vs_peers.py. Benchmarks only:
+# nothing in the build or the tests needs Python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv bench-venv
+bench-venv/bin/pip install -q "gymnasium[mujoco]" mujoco envpool numpy safetensors imageio
