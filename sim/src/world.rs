@@ -18,8 +18,14 @@ pub struct WorldConfig {
     /// Gravity, in m/s², world frame (y is up).
     pub gravity: [f32; 3],
     /// Rapier solver iterations per pipeline step (rapier's default is 4; joints in reduced
-    /// coordinates need 1, contacts want more).
+    /// coordinates need 1, contacts want more). Each iteration is a substep of rapier's TGS
+    /// solver and recomputes every multibody's dynamics: on the cart-pole, 4 iterations cost
+    /// 2.4x the instructions of 1 (callgrind).
     pub solver_iterations: usize,
+    /// Rapier's stabilization (position-correction) iterations per solver iteration (its
+    /// default is 1). Scenes with no contacts and only multibody joints, which hold exactly,
+    /// need none (measured on the cart-pole: under 1% of a step either way).
+    pub stabilization_iterations: usize,
     /// A dynamic body faster than this (m/s) is reported as a blow-up.
     pub max_linear_velocity: f32,
     /// A dynamic body spinning faster than this (rad/s) is reported as a blow-up.
@@ -33,6 +39,7 @@ impl Default for WorldConfig {
             substeps: 1,
             gravity: [0.0, -9.81, 0.0],
             solver_iterations: 4,
+            stabilization_iterations: 1,
             max_linear_velocity: 1.0e4,
             max_angular_velocity: 1.0e4,
         }
@@ -56,6 +63,12 @@ impl WorldConfig {
             return bad(format!(
                 "solver_iterations must be in 1..=1000, got {}",
                 self.solver_iterations
+            ));
+        }
+        if self.stabilization_iterations > 100 {
+            return bad(format!(
+                "stabilization_iterations must be at most 100, got {}",
+                self.stabilization_iterations
             ));
         }
         if self.gravity.iter().any(|g| !g.is_finite()) {
@@ -133,6 +146,7 @@ impl World {
         let params = IntegrationParameters {
             dt: config.dt / config.substeps as f32,
             num_solver_iterations: config.solver_iterations,
+            num_internal_stabilization_iterations: config.stabilization_iterations,
             ..IntegrationParameters::default()
         };
         Ok(Self {

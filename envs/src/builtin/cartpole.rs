@@ -134,6 +134,7 @@ impl CartPole {
             gravity: [0.0, -config.gravity, 0.0],
             // Reduced coordinates need no constraint iterations: nothing here is in contact.
             solver_iterations: 1,
+            stabilization_iterations: 0,
             ..WorldConfig::default()
         })?;
         let ground = world.add_body("ground", RigidBodyBuilder::fixed())?;
