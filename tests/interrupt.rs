@@ -77,7 +77,7 @@ fn sigkill_mid_rollout_leaves_only_whole_chunks() {
 fn sigint_flushes_finished_episodes_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("data");
-    let mut child = start_rollout(&out);
+    let child = start_rollout(&out);
     wait_for_chunk(&out);
     signal(&child, "-INT");
     let output = child.wait_with_output().unwrap();
