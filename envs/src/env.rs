@@ -101,6 +101,11 @@ pub trait Env: Send {
     fn step(&mut self, action: &Value) -> Result<Step, EnvError>;
     /// Releases resources. Calling it twice is fine.
     fn close(&mut self) {}
+    /// The physics world and what it looks like, for viewers and cameras; `None` for envs
+    /// without a rapier world.
+    fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
+        None
+    }
 }
 
 impl<E: Env + ?Sized> Env for Box<E> {
@@ -118,6 +123,9 @@ impl<E: Env + ?Sized> Env for Box<E> {
     }
     fn close(&mut self) {
         (**self).close()
+    }
+    fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
+        (**self).scene()
     }
 }
 

@@ -27,10 +27,14 @@
 //! assert_eq!(world.body(ball).translation().y.to_bits(), y.to_bits());
 //! ```
 
+pub mod camera;
 mod error;
+pub mod scene;
 mod world;
 
+pub use camera::{Camera, CameraError, Frame, Projection, Renderer};
 pub use error::SimError;
+pub use scene::{Scene, Visual, VisualShape};
 pub use world::{JointRef, Snapshot, World, WorldConfig};
 
 /// The rapier3d crate this world is built on, re-exported so that callers use the same version.
@@ -38,6 +42,9 @@ pub use rapier3d as rapier;
 
 /// The types most users of the world need.
 pub mod prelude {
-    pub use crate::{JointRef, SimError, Snapshot, World, WorldConfig};
+    pub use crate::{
+        Camera, Frame, JointRef, Projection, Renderer, Scene, SimError, Snapshot, Visual,
+        VisualShape, World, WorldConfig,
+    };
     pub use rapier3d::prelude::*;
 }

@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod envs;
 mod experiment;
+mod images;
 mod inspect;
 mod rollout;
 
@@ -35,6 +36,10 @@ pub enum Command {
     Check(check::Args),
     /// Run an experiment from a TOML config (the embedded default when none is given).
     Run(experiment::Args),
+    /// Save what an env's camera sees (pixel observations) as a PNG.
+    Render(images::RenderArgs),
+    /// Turn a recorded pixel episode into an animated GIF.
+    ExportGif(images::GifArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -61,6 +66,8 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Check(a) => check::run(a, registry),
         Command::Run(a) => experiment::run(a, registry),
+        Command::Render(a) => images::render(a, registry),
+        Command::ExportGif(a) => images::export_gif(a),
         Command::Bench(c) => bench::run(c, registry),
     }
 }

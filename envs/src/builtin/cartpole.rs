@@ -14,7 +14,7 @@
 //! `Discrete(2)`: 0 pushes the cart to the left (−x) with `force_mag` newtons, 1 to the right.
 //!
 //! ## Observation Space
-//! `Box(4,)` of f32:
+//! With `obs = "state"` (the default), `Box(4,)` of f32:
 //!
 //! | index | observation           | min                | max               |
 //! |-------|-----------------------|--------------------|-------------------|
@@ -24,6 +24,10 @@
 //! | 3     | pole angular velocity (rad/s) | -f32::MAX  | f32::MAX          |
 //!
 //! The pole angle is positive when the pole leans towards +x.
+//!
+//! With `obs = "pixels"`, a `width`×`height` RGB image (u8, default 64×64) of the rail, the
+//! cart and the pole seen from the side (the whole ±2.4 m track); with `obs = "both"`, a Dict
+//! of `pixels` and `state`.
 //!
 //! ## Rewards
 //! +1 for every step taken, including the step that terminates the episode.
@@ -44,10 +48,12 @@ use dreamgym_sim::{JointRef, Snapshot, World, WorldConfig};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::builtin::pixels::{ObsMode, Pixels, check_image_size};
 use crate::builtin::{option_f32, reject_unknown_options};
 use crate::{
     BoxSpace, Discrete, Env, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value,
 };
+use dreamgym_sim::{Camera, Projection, Scene, Visual, VisualShape};
 
 const ID: &str = "CartPole-v0";
 /// Gymnasium's `x_threshold`, m.
@@ -71,6 +77,12 @@ pub struct CartPoleConfig {
     pub gravity: f32,
     /// Physics substeps per 0.02 s env step.
     pub substeps: usize,
+    /// What the agent observes: `state`, `pixels` or `both`.
+    pub obs: ObsMode,
+    /// Image width, pixels (pixel observations).
+    pub width: usize,
+    /// Image height, pixels (pixel observations).
+    pub height: usize,
 }
 
 impl Default for CartPoleConfig {
@@ -79,6 +91,9 @@ impl Default for CartPoleConfig {
             force_mag: 10.0,
             gravity: 9.8,
             substeps: 1,
+            obs: ObsMode::State,
+            width: 64,
+            height: 64,
         }
     }
 }
@@ -103,7 +118,7 @@ impl crate::EnvConfig for CartPoleConfig {
                 self.substeps
             ));
         }
-        Ok(())
+        check_image_size(self.width, self.height)
     }
 }
 
@@ -119,6 +134,8 @@ pub struct CartPole {
     action_space: Space,
     seeder: EpisodeSeeder,
     episode: EpisodeState,
+    scene: Scene,
+    pixels: Pixels,
 }
 
 impl CartPole {
@@ -183,6 +200,45 @@ impl CartPole {
         }
         let initial = world.snapshot();
         let high = [X_THRESHOLD * 2.0, f32::MAX, THETA_THRESHOLD * 2.0, f32::MAX];
+        let mut scene = Scene {
+            background: [245, 245, 240],
+            ..Scene::default()
+        };
+        scene.add(
+            Visual::new(
+                "rail",
+                None,
+                VisualShape::Cuboid {
+                    half: [X_THRESHOLD + 0.3, 0.02, 0.02],
+                },
+                [40, 40, 40],
+                1,
+            )
+            .at(Pose::from_translation(Vector::new(0.0, -0.02, -0.2))),
+        );
+        scene.add(Visual::new(
+            "cart",
+            Some("cart"),
+            VisualShape::Cuboid {
+                half: [0.25, 0.15, 0.15],
+            },
+            [30, 30, 30],
+            2,
+        ));
+        scene.add(Visual::new(
+            "pole",
+            Some("pole"),
+            VisualShape::Cuboid {
+                half: [0.05, POLE_HALF_LENGTH, 0.05],
+            },
+            [202, 152, 101],
+            3,
+        ));
+        let pixels = Pixels::new(config.obs, config.width, config.height);
+        let state_space = Space::Box(BoxSpace::new(
+            high.iter().map(|h| -h).collect(),
+            high.to_vec(),
+        ));
         Ok(Self {
             config,
             world,
@@ -190,14 +246,38 @@ impl CartPole {
             cart,
             slider,
             hinge,
-            observation_space: Space::Box(BoxSpace::new(
-                high.iter().map(|h| -h).collect(),
-                high.to_vec(),
-            )),
+            observation_space: pixels.space(state_space),
             action_space: Space::Discrete(Discrete::new(2)),
             seeder: EpisodeSeeder::default(),
             episode: EpisodeState::default(),
+            scene,
+            pixels,
         })
+    }
+
+    /// A side view of the whole track, from +z.
+    pub fn camera(&self) -> Camera {
+        let aspect = self.config.width as f32 / self.config.height as f32;
+        let centre = Vector::new(0.0, 0.4, 0.0);
+        Camera {
+            eye: centre + Vector::new(0.0, 0.0, 10.0),
+            target: centre,
+            up: Vector::Y,
+            // Wide enough for x in ±2.7 m whatever the aspect ratio.
+            projection: Projection::Orthographic {
+                half_height: (2.7 / aspect).max(1.3),
+            },
+            width: self.config.width,
+            height: self.config.height,
+            near: 1.0,
+            far: 20.0,
+        }
+    }
+
+    fn observation(&mut self, state: [f32; 4]) -> Result<Value, EnvError> {
+        let camera = self.camera();
+        self.pixels
+            .observe(state.to_vec(), &self.scene, &self.world, &camera)
     }
 
     /// The underlying world (read-only), for viewers and cameras.
@@ -216,6 +296,10 @@ impl CartPole {
 impl Env for CartPole {
     fn observation_space(&self) -> &Space {
         &self.observation_space
+    }
+
+    fn scene(&self) -> Option<(&World, &Scene)> {
+        Some((&self.world, &self.scene))
     }
 
     fn action_space(&self) -> &Space {
@@ -242,7 +326,8 @@ impl Env for CartPole {
         self.episode.start();
         let mut info = Info::new();
         info.insert("episode_seed".into(), episode_seed.into());
-        Ok((Value::F32(self.state()?.to_vec()), info))
+        let state = self.state()?;
+        Ok((self.observation(state)?, info))
     }
 
     fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
@@ -269,7 +354,7 @@ impl Env for CartPole {
         let terminated = s[0].abs() > X_THRESHOLD || s[2].abs() > THETA_THRESHOLD;
         self.episode.record(terminated);
         Ok(Step {
-            obs: Value::F32(s.to_vec()),
+            obs: self.observation(s)?,
             reward: 1.0,
             terminated,
             truncated: false,

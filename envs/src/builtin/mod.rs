@@ -1,11 +1,13 @@
 //! dreamgym's built-in environments, one per file.
 
 mod cartpole;
+mod pixels;
 mod racer;
 mod reacher;
 mod track;
 
 pub use cartpole::{CartPole, CartPoleConfig};
+pub use pixels::ObsMode;
 pub use racer::{Racer, RacerConfig};
 pub use reacher::{Reacher, ReacherConfig};
 pub use track::Track;

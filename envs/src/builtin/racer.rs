@@ -14,7 +14,8 @@
 //! flagged with `info["action_clipped"] = true`; NaN is an error.
 //!
 //! ## Observation Space
-//! `Box(-inf, inf, (24,), f32)`, in the car's frame (x forward, y left), metres and seconds:
+//! With `obs = "state"` (the default), `Box(-inf, inf, (24,), f32)`, in the car's frame
+//! (x forward, y left), metres and seconds:
 //!
 //! | index  | observation                                               |
 //! |--------|-----------------------------------------------------------|
@@ -26,6 +27,10 @@
 //! | 6      | lateral offset from the centre line / road half-width     |
 //! | 7..23  | the centre line 2, 4, ..., 16 tiles ahead: (x, y) pairs   |
 //! | 23     | fraction of tiles visited                                 |
+//!
+//! With `obs = "pixels"`, a `width`×`height` RGB image (u8, default 64×64) from a top-down
+//! camera that follows the car, car pointing up, like CarRacing's: grass, grey road, red car.
+//! With `obs = "both"`, a Dict of `pixels` and `state`.
 //!
 //! ## Rewards
 //! −0.1 every step, +1000/N for each tile visited for the first time, −100 on leaving the
@@ -47,9 +52,11 @@ use dreamgym_sim::rapier::prelude::*;
 use dreamgym_sim::{Snapshot, World, WorldConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::builtin::pixels::{ObsMode, Pixels, check_image_size, ground_quad};
 use crate::builtin::reject_unknown_options;
 use crate::builtin::track::{Track, cross_up};
 use crate::{BoxSpace, Env, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value};
+use dreamgym_sim::{Camera, Projection, Scene, Visual, VisualShape};
 
 const ID: &str = "Racer-v0";
 /// Car mass, kg.
@@ -85,6 +92,14 @@ pub struct RacerConfig {
     pub brake_impulse: f32,
     /// Aerodynamic drag coefficient: drag = coefficient · speed², N.
     pub drag: f32,
+    /// What the agent observes: `state`, `pixels` or `both`.
+    pub obs: ObsMode,
+    /// Image width, pixels (pixel observations).
+    pub width: usize,
+    /// Image height, pixels (pixel observations).
+    pub height: usize,
+    /// Half the height of the ground area the camera shows, m.
+    pub view_half_height: f32,
 }
 
 impl Default for RacerConfig {
@@ -98,6 +113,10 @@ impl Default for RacerConfig {
             engine_force: 12000.0,
             brake_impulse: 45.0,
             drag: 4.0,
+            obs: ObsMode::State,
+            width: 64,
+            height: 64,
+            view_half_height: 16.0,
         }
     }
 }
@@ -116,6 +135,13 @@ impl crate::EnvConfig for RacerConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("{name} must be a positive number, got {v}"));
             }
+        }
+        check_image_size(self.width, self.height)?;
+        if !(self.view_half_height.is_finite() && self.view_half_height > 0.0) {
+            return Err(format!(
+                "view_half_height must be positive, got {}",
+                self.view_half_height
+            ));
         }
         if !(self.drag.is_finite() && self.drag >= 0.0) {
             return Err(format!("drag must be non-negative, got {}", self.drag));
@@ -156,7 +182,16 @@ pub struct Racer {
     action_box: BoxSpace,
     seeder: EpisodeSeeder,
     episode: EpisodeState,
+    scene: Scene,
+    road: usize,
+    pixels: Pixels,
 }
+
+/// CarRacing's grass, road and car colours.
+const GRASS: [u8; 3] = [102, 204, 102];
+const ROAD: [u8; 3] = [102, 102, 102];
+const CAR: [u8; 3] = [204, 0, 0];
+const TYRE: [u8; 3] = [20, 20, 20];
 
 impl Racer {
     /// Builds the ground and the car for `config`; the track comes with each reset.
@@ -218,6 +253,58 @@ impl Racer {
         }
         let initial = world.snapshot();
         let action_box = BoxSpace::new(vec![-1.0, 0.0, 0.0], vec![1.0, 1.0, 1.0]);
+        let mut scene = Scene::default();
+        scene.add(Visual::new(
+            "grass",
+            None,
+            ground_quad(extent, extent, 0.0),
+            GRASS,
+            1,
+        ));
+        let road = scene.add(Visual::new(
+            "road",
+            None,
+            VisualShape::Mesh {
+                vertices: Vec::new(),
+                triangles: Vec::new(),
+                double_sided: true,
+            },
+            ROAD,
+            2,
+        ));
+        scene.add(Visual::new(
+            "car/body",
+            Some("car"),
+            VisualShape::Cuboid { half: CHASSIS },
+            CAR,
+            3,
+        ));
+        for (x, z) in [(1.3, 0.95), (1.3, -0.95), (-1.3, 0.95), (-1.3, -0.95)] {
+            // Tyres: cylinders turned to roll about the car's z axis, just outside the body.
+            let pose = Pose::from_parts(
+                Vector::new(x, -0.5, z),
+                Rotation::from_rotation_x(std::f32::consts::FRAC_PI_2),
+            );
+            scene.add(
+                Visual::new(
+                    "car/tyre",
+                    Some("car"),
+                    VisualShape::Cylinder {
+                        half_height: 0.15,
+                        radius: 0.35,
+                    },
+                    TYRE,
+                    4,
+                )
+                .at(pose),
+            );
+        }
+        let pixels = Pixels::new(config.obs, config.width, config.height);
+        let state_space = Space::Box(BoxSpace::uniform(
+            vec![OBS_LEN],
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+        ));
         Ok(Self {
             config,
             world,
@@ -232,16 +319,60 @@ impl Racer {
             visited: Vec::new(),
             visited_count: 0,
             nearest: 0,
-            observation_space: Space::Box(BoxSpace::uniform(
-                vec![OBS_LEN],
-                f32::NEG_INFINITY,
-                f32::INFINITY,
-            )),
+            observation_space: pixels.space(state_space),
             action_space: Space::Box(action_box.clone()),
             action_box,
             seeder: EpisodeSeeder::default(),
             episode: EpisodeState::default(),
+            scene,
+            road,
+            pixels,
         })
+    }
+
+    /// The top-down camera that follows the car, car pointing up, placed so the car sits in
+    /// the lower part of the picture (as in CarRacing).
+    pub fn camera(&self) -> Camera {
+        let (f, _) = self.car_axes();
+        let p = self.car_position();
+        let half = self.config.view_half_height;
+        let centre = Vector::new(p[0] + f[0] * half * 0.5, 0.0, p[1] + f[1] * half * 0.5);
+        Camera {
+            eye: centre + Vector::new(0.0, 50.0, 0.0),
+            target: centre,
+            up: Vector::new(f[0], 0.0, f[1]),
+            projection: Projection::Orthographic { half_height: half },
+            width: self.config.width,
+            height: self.config.height,
+            near: 1.0,
+            far: 100.0,
+        }
+    }
+
+    /// The road as one mesh: two triangles per tile, a few centimetres above the grass.
+    fn road_mesh(track: &Track) -> VisualShape {
+        let mut vertices = Vec::with_capacity(track.len() * 4);
+        let mut triangles = Vec::with_capacity(track.len() * 2);
+        for i in 0..track.len() {
+            let base = vertices.len() as u32;
+            for c in track.quad(i) {
+                vertices.push([c[0], 0.02, c[1]]);
+            }
+            triangles.push([base, base + 1, base + 2]);
+            triangles.push([base, base + 2, base + 3]);
+        }
+        VisualShape::Mesh {
+            vertices,
+            triangles,
+            double_sided: true,
+        }
+    }
+
+    fn observation(&mut self) -> Result<Value, EnvError> {
+        let state = self.observe();
+        let camera = self.camera();
+        self.pixels
+            .observe(state, &self.scene, &self.world, &camera)
     }
 
     /// The underlying world (read-only), for viewers and cameras.
@@ -312,6 +443,10 @@ impl Env for Racer {
         &self.observation_space
     }
 
+    fn scene(&self) -> Option<(&World, &Scene)> {
+        Some((&self.world, &self.scene))
+    }
+
     fn action_space(&self) -> &Space {
         &self.action_space
     }
@@ -345,7 +480,8 @@ impl Env for Racer {
         let mut info = Info::new();
         info.insert("episode_seed".into(), episode_seed.into());
         info.insert("tile_count".into(), self.track.len().into());
-        Ok((Value::F32(self.observe()), info))
+        self.scene.visuals[self.road].shape = Self::road_mesh(&self.track);
+        Ok((self.observation()?, info))
     }
 
     fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
@@ -416,7 +552,7 @@ impl Env for Racer {
         }
         self.episode.record(terminated);
         Ok(Step {
-            obs: Value::F32(self.observe()),
+            obs: self.observation()?,
             reward,
             terminated,
             truncated: false,

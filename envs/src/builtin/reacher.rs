@@ -21,6 +21,10 @@
 //! | 6, 7  | shoulder and elbow angular velocity (rad/s)  | -inf | inf |
 //! | 8, 9  | fingertip minus target, x and y (m)          | -inf | inf |
 //!
+//! That is with `obs = "state"` (the default). With `obs = "pixels"`, a `width`×`height` RGB
+//! image (u8, default 64×64) of the arena seen from above: the arm, its fingertip and the
+//! target; with `obs = "both"`, a Dict of `pixels` and `state`.
+//!
 //! ## Rewards
 //! `reward = -dist_weight · ‖fingertip − target‖ − control_weight · ‖action‖²`, measured after
 //! the step; `info` carries `reward_dist` and `reward_ctrl`.
@@ -41,8 +45,10 @@ use dreamgym_sim::{JointRef, Snapshot, World, WorldConfig};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::builtin::pixels::{ObsMode, Pixels, check_image_size, ground_quad};
 use crate::builtin::reject_unknown_options;
 use crate::{BoxSpace, Env, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value};
+use dreamgym_sim::{Camera, Projection, Scene, Visual, VisualShape};
 
 const ID: &str = "Reacher-v0";
 /// Shoulder-to-elbow length, m.
@@ -66,6 +72,12 @@ pub struct ReacherConfig {
     pub reward_control_weight: f64,
     /// Physics substeps per 0.02 s env step (MuJoCo's `frame_skip`).
     pub substeps: usize,
+    /// What the agent observes: `state`, `pixels` or `both`.
+    pub obs: ObsMode,
+    /// Image width, pixels (pixel observations).
+    pub width: usize,
+    /// Image height, pixels (pixel observations).
+    pub height: usize,
 }
 
 impl Default for ReacherConfig {
@@ -75,6 +87,9 @@ impl Default for ReacherConfig {
             reward_dist_weight: 1.0,
             reward_control_weight: 1.0,
             substeps: 2,
+            obs: ObsMode::State,
+            width: 64,
+            height: 64,
         }
     }
 }
@@ -100,7 +115,7 @@ impl crate::EnvConfig for ReacherConfig {
                 self.substeps
             ));
         }
-        Ok(())
+        check_image_size(self.width, self.height)
     }
 }
 
@@ -117,6 +132,9 @@ pub struct Reacher {
     action_box: BoxSpace,
     seeder: EpisodeSeeder,
     episode: EpisodeState,
+    scene: Scene,
+    target_visual: usize,
+    pixels: Pixels,
 }
 
 impl Reacher {
@@ -167,6 +185,80 @@ impl Reacher {
         }
         let initial = world.snapshot();
         let action_box = BoxSpace::new(vec![-1.0; 2], vec![1.0; 2]);
+        let mut scene = Scene::default();
+        scene.add(Visual::new(
+            "arena",
+            None,
+            ground_quad(0.3, 0.3, -0.02),
+            [230, 230, 230],
+            1,
+        ));
+        scene.add(Visual::new(
+            "root",
+            None,
+            VisualShape::Cylinder {
+                half_height: 0.01,
+                radius: 0.011,
+            },
+            [230, 102, 153],
+            2,
+        ));
+        // Links are capsules along their own x axis: turn the y-aligned capsule by 90° about z.
+        let along_x = |len: f32| {
+            Pose::from_parts(
+                Vector::new(len / 2.0, 0.0, 0.0),
+                Rotation::from_rotation_z(std::f32::consts::FRAC_PI_2),
+            )
+        };
+        scene.add(
+            Visual::new(
+                "upper_arm",
+                Some("upper_arm"),
+                VisualShape::Capsule {
+                    half_height: LINK0 / 2.0,
+                    radius: 0.01,
+                },
+                [0, 102, 153],
+                3,
+            )
+            .at(along_x(LINK0)),
+        );
+        scene.add(
+            Visual::new(
+                "forearm",
+                Some("forearm"),
+                VisualShape::Capsule {
+                    half_height: 0.05,
+                    radius: 0.01,
+                },
+                [0, 102, 153],
+                3,
+            )
+            .at(along_x(0.1)),
+        );
+        scene.add(
+            Visual::new(
+                "fingertip",
+                Some("forearm"),
+                VisualShape::Ball { radius: 0.01 },
+                [0, 204, 153],
+                4,
+            )
+            .at(Pose::from_translation(Vector::new(LINK1, 0.0, 0.0))),
+        );
+        let target_visual = scene.add(Visual::new(
+            "target",
+            None,
+            VisualShape::Ball { radius: 0.009 },
+            [230, 50, 50],
+            5,
+        ));
+        let pixels = Pixels::new(config.obs, config.width, config.height);
+        let state_space = Space::Box(BoxSpace::uniform(
+            vec![10],
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+        ));
         Ok(Self {
             config,
             world,
@@ -174,16 +266,36 @@ impl Reacher {
             links: [upper, fore],
             joints: [shoulder, elbow],
             target: [0.0; 2],
-            observation_space: Space::Box(BoxSpace::uniform(
-                vec![10],
-                f32::NEG_INFINITY,
-                f32::INFINITY,
-            )),
+            observation_space: pixels.space(state_space),
             action_space: Space::Box(action_box.clone()),
             action_box,
             seeder: EpisodeSeeder::default(),
             episode: EpisodeState::default(),
+            scene,
+            target_visual,
+            pixels,
         })
+    }
+
+    /// The arena from above; image up is the arm plane's +y (world -z).
+    pub fn camera(&self) -> Camera {
+        Camera {
+            eye: Vector::new(0.0, 1.0, 0.0),
+            target: Vector::ZERO,
+            up: -Vector::Z,
+            projection: Projection::Orthographic { half_height: 0.23 },
+            width: self.config.width,
+            height: self.config.height,
+            near: 0.1,
+            far: 2.0,
+        }
+    }
+
+    fn observation(&mut self) -> Result<Value, EnvError> {
+        let state = self.observe()?;
+        let camera = self.camera();
+        self.pixels
+            .observe(state, &self.scene, &self.world, &camera)
     }
 
     /// The underlying world (read-only), for viewers and cameras.
@@ -235,6 +347,10 @@ impl Env for Reacher {
         &self.observation_space
     }
 
+    fn scene(&self) -> Option<(&World, &Scene)> {
+        Some((&self.world, &self.scene))
+    }
+
     fn action_space(&self) -> &Space {
         &self.action_space
     }
@@ -257,10 +373,13 @@ impl Env for Reacher {
         self.world
             .set_joint_dofs(&[(self.joints[0], q[0], qd[0]), (self.joints[1], q[1], qd[1])])?;
         self.target = target;
+        // The arm's plane (x, y) is the world's (x, -z).
+        self.scene.visuals[self.target_visual].pose =
+            Pose::from_translation(Vector::new(target[0], 0.0, -target[1]));
         self.episode.start();
         let mut info = Info::new();
         info.insert("episode_seed".into(), episode_seed.into());
-        Ok((Value::F32(self.observe()?), info))
+        Ok((self.observation()?, info))
     }
 
     fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
@@ -281,8 +400,8 @@ impl Env for Reacher {
             self.episode.record(true);
             return Err(e.into());
         }
-        let obs = self.observe()?;
-        let reward_dist = -(obs[8] as f64).hypot(obs[9] as f64);
+        let state = self.observe()?;
+        let reward_dist = -(state[8] as f64).hypot(state[9] as f64);
         let reward_ctrl = -((a[0] as f64).powi(2) + (a[1] as f64).powi(2));
         let reward = self.config.reward_dist_weight * reward_dist
             + self.config.reward_control_weight * reward_ctrl;
@@ -293,8 +412,11 @@ impl Env for Reacher {
         if clipped {
             info.insert("action_clipped".into(), true.into());
         }
+        let camera = self.camera();
         Ok(Step {
-            obs: Value::F32(obs),
+            obs: self
+                .pixels
+                .observe(state, &self.scene, &self.world, &camera)?,
             reward,
             terminated: false,
             truncated: false,

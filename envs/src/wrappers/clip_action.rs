@@ -43,4 +43,7 @@ impl<E: Env> Env for ClipAction<E> {
     fn close(&mut self) {
         self.env.close()
     }
+    fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
+        self.env.scene()
+    }
 }

@@ -58,4 +58,7 @@ impl<E: Env> Env for RecordEpisodeStatistics<E> {
     fn close(&mut self) {
         self.env.close()
     }
+    fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
+        self.env.scene()
+    }
 }

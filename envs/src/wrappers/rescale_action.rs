@@ -78,4 +78,7 @@ impl<E: Env> Env for RescaleAction<E> {
     fn close(&mut self) {
         self.env.close()
     }
+    fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
+        self.env.scene()
+    }
 }
