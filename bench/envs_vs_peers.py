@@ -5,7 +5,9 @@ Runs, back to back:
   - `dreamgym bench envs --json` (single env on one thread; 64 envs on 1 and 2 workers);
   - Gymnasium CartPole-v1, MuJoCo InvertedPendulum-v5 and Reacher-v5 in a plain Python loop;
   - EnvPool with 64 envs per batch on 1 and 2 threads (InvertedPendulum and Reacher);
-and prints steps/s and the ratios the foundation issue asks for. Set up with
+  - 64x64 pixel observations: `dreamgym bench envs --set obs=pixels` against MuJoCo's
+    offscreen renderer (OSMesa: `apt-get install libosmesa6`; MUJOCO_GL=osmesa is set here);
+and prints steps/s and the ratios the foundation and pixels issues ask for. Set up with
 `bench/setup_peers.sh` (a venv with gymnasium, mujoco, envpool). Not part of the build or tests.
 
 Usage: bench-venv/bin/python bench/envs_vs_peers.py [--dreamgym target/release/dreamgym]
@@ -13,6 +15,7 @@ Usage: bench-venv/bin/python bench/envs_vs_peers.py [--dreamgym target/release/d
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +36,30 @@ def python_loop(env_id, steps, **kwargs):
         if terminated or truncated:
             env.reset()
     return steps / (time.perf_counter() - start)
+
+
+def mujoco_render_rate(env_id, frames):
+    import gymnasium as gym
+
+    env = gym.make(env_id, render_mode="rgb_array", width=64, height=64)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    env.render()
+    start = time.perf_counter()
+    for _ in range(frames):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        env.render()
+        if terminated or truncated:
+            env.reset()
+    return frames / (time.perf_counter() - start)
+
+
+def dreamgym_bench(binary, steps, extra):
+    out = subprocess.run(
+        [binary, "bench", "envs", "--json", "--steps", str(steps), "--vec-steps", str(3 * steps)] + extra,
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return {json.loads(line)["env"]: json.loads(line) for line in out.splitlines()}
 
 
 def envpool_rate(task_ids, num_envs, threads, steps):
@@ -66,14 +93,8 @@ def main():
     args = p.parse_args()
 
     print("== dreamgym", flush=True)
-    out = subprocess.run(
-        [args.dreamgym, "bench", "envs", "--json", "--steps", str(args.steps), "--vec-steps", str(3 * args.steps)],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    ours = {}
-    for line in out.splitlines():
-        row = json.loads(line)
-        ours[row["env"]] = row
+    ours = dreamgym_bench(args.dreamgym, args.steps, [])
+    for row in ours.values():
         vec = {v["workers"]: v["steps_per_s"] for v in row["vectorized"]}
         print(f"  {row['env']:<14} 1 env {row['single_steps_per_s']:>10.0f}/s   64 envs: 1 worker {vec.get(1, 0):>10.0f}/s  2 workers {vec.get(2, 0):>10.0f}/s  ({vec.get(2, 0) / max(vec.get(1, 1), 1):.2f}x)")
 
@@ -104,6 +125,23 @@ def main():
             print(f"  {env_id} VecEnv 2 workers / 1 worker:                 {vec[2] / vec[1]:.2f}x  [>= 1.8]")
     ip1, ip2 = pool[("InvertedPendulum", 1)], pool[("InvertedPendulum", 2)]
     print(f"  (EnvPool InvertedPendulum 2 threads / 1 thread:            {ip2 / ip1:.2f}x)")
+
+    print("== pixels: 64x64 RGB, a step per frame", flush=True)
+    pix = dreamgym_bench(args.dreamgym, args.steps // 5, ["--set", "obs=pixels"])
+    for env_id, row in pix.items():
+        vec = {v["workers"]: v["steps_per_s"] for v in row["vectorized"]}
+        print(f"  dreamgym {env_id:<14} 1 env {row['single_steps_per_s']:>9.0f} frames/s   64 envs: 1 worker {vec.get(1, 0):>9.0f}  2 workers {vec.get(2, 0):>9.0f}")
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    mj = {}
+    for env_id in ["InvertedPendulum-v5", "Reacher-v5"]:
+        mj[env_id] = mujoco_render_rate(env_id, 1000)
+        print(f"  MuJoCo {env_id:<20} {mj[env_id]:>9.0f} frames/s ({os.environ['MUJOCO_GL']})")
+    print("== pixel ratios (goal in brackets)")
+    print(f"  Racer-v0 frames/s per core: {pix['Racer-v0']['single_steps_per_s']:.0f}  [>= 2000]")
+    print(f"  Racer-v0 / MuJoCo InvertedPendulum-v5:    {pix['Racer-v0']['single_steps_per_s'] / mj['InvertedPendulum-v5']:.1f}x  [>= 2]")
+    print(f"  CartPole-v0 / MuJoCo InvertedPendulum-v5: {pix['CartPole-v0']['single_steps_per_s'] / mj['InvertedPendulum-v5']:.1f}x")
+    print(f"  Reacher-v0 / MuJoCo Reacher-v5:           {pix['Reacher-v0']['single_steps_per_s'] / mj['Reacher-v5']:.1f}x")
 
 
 if __name__ == "__main__":

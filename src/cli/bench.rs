@@ -20,6 +20,9 @@ pub struct EnvArgs {
     /// Only these env ids (repeatable).
     #[arg(long = "env")]
     envs: Vec<String>,
+    /// Env config overrides for every env, `key=value` (repeatable), e.g. `--set obs=pixels`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Steps for the single-env measurement.
     #[arg(long, default_value_t = 100_000)]
     steps: u64,
@@ -56,8 +59,13 @@ fn action_table(env: &dyn Env, n: usize, seed: u64) -> Vec<Value> {
 }
 
 /// Single-thread steps per second.
-fn single(registry: &Registry, id: &str, steps: u64) -> anyhow::Result<f64> {
-    let mut env = registry.make(id, None)?;
+fn single(
+    registry: &Registry,
+    id: &str,
+    overrides: Option<&serde_json::Value>,
+    steps: u64,
+) -> anyhow::Result<f64> {
+    let mut env = registry.make(id, overrides)?;
     let actions = action_table(&env, 4096, 1);
     env.reset(Some(0), &Info::new())?;
     let started = Instant::now();
@@ -74,13 +82,14 @@ fn single(registry: &Registry, id: &str, steps: u64) -> anyhow::Result<f64> {
 fn vectorized(
     registry: &Registry,
     id: &str,
+    overrides: Option<&serde_json::Value>,
     num_envs: usize,
     workers: usize,
     total: u64,
     mut on_progress: impl FnMut(u64),
 ) -> anyhow::Result<f64> {
     let envs = (0..num_envs)
-        .map(|_| registry.make(id, None))
+        .map(|_| registry.make(id, overrides))
         .collect::<Result<Vec<_>, _>>()?;
     let table = action_table(&envs[0], 4096, 2);
     let mut venv = ThreadedVecEnv::new(envs, workers, AutoresetMode::NextStep)?;
@@ -118,6 +127,8 @@ pub fn rss_mib() -> Option<(f64, f64)> {
 }
 
 fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
+    let overrides = super::parse_overrides(&args.set)?;
+    let overrides = overrides.as_ref();
     let ids = if args.envs.is_empty() {
         registry.ids()
     } else {
@@ -143,12 +154,14 @@ fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
         );
     }
     for id in &ids {
-        let one = single(registry, id, args.steps).with_context(|| format!("benchmarking {id}"))?;
+        let one = single(registry, id, overrides, args.steps)
+            .with_context(|| format!("benchmarking {id}"))?;
         let mut vec_rates = Vec::new();
         for &w in &args.workers {
             vec_rates.push(vectorized(
                 registry,
                 id,
+                overrides,
                 args.num_envs,
                 w,
                 args.vec_steps,
@@ -188,6 +201,7 @@ fn bench_envs(args: EnvArgs, registry: &Registry) -> anyhow::Result<()> {
         let rate = vectorized(
             registry,
             id,
+            overrides,
             args.num_envs,
             workers,
             args.memory_steps,

@@ -25,6 +25,10 @@ pub struct Args {
     /// Env config overrides, `key=value` (repeatable), for example `--set force_mag=5`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// What to record: `state`, `pixels` (64×64 RGB from the env's camera) or `both`
+    /// (shorthand for `--set obs=...`).
+    #[arg(long)]
+    obs: Option<String>,
     /// Action policy.
     #[arg(long, default_value = "random")]
     policy: String,
@@ -86,7 +90,10 @@ impl std::fmt::Display for RolloutSummary {
 }
 
 pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
-    let overrides = super::parse_overrides(&args.set)?;
+    let mut overrides = super::parse_overrides(&args.set)?;
+    if let Some(obs) = &args.obs {
+        overrides.get_or_insert_with(|| serde_json::json!({}))["obs"] = obs.as_str().into();
+    }
     let env_config = match overrides {
         Some(v) => toml::Table::try_from(v).context("--set values must form a table")?,
         None => toml::Table::new(),

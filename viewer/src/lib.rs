@@ -1,0 +1,1 @@
+//! dreamgym's bevy viewer.
