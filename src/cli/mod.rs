@@ -40,6 +40,12 @@ pub enum Command {
     Render(images::RenderArgs),
     /// Turn a recorded pixel episode into an animated GIF.
     ExportGif(images::GifArgs),
+    /// Watch an agent live or replay recorded episodes in a window (needs `--features viewer`).
+    #[cfg(feature = "viewer")]
+    View(dreamgym_viewer::ViewArgs),
+    /// Watch an agent live or replay recorded episodes in a window (this build has no viewer).
+    #[cfg(not(feature = "viewer"))]
+    View(NoViewer),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -68,8 +74,25 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Run(a) => experiment::run(a, registry),
         Command::Render(a) => images::render(a, registry),
         Command::ExportGif(a) => images::export_gif(a),
+        #[cfg(feature = "viewer")]
+        Command::View(a) => dreamgym_viewer::run(a, registry),
+        #[cfg(not(feature = "viewer"))]
+        Command::View(_) => anyhow::bail!(
+            "this dreamgym was built without the viewer; build it with \
+             `cargo run --release --features viewer -- view ...` (headless alternatives: \
+             `dreamgym render`, `dreamgym export-gif`)"
+        ),
         Command::Bench(c) => bench::run(c, registry),
     }
+}
+
+/// Arguments accepted (and ignored) by `view` in a build without the viewer.
+#[cfg(not(feature = "viewer"))]
+#[derive(Debug, clap::Args)]
+pub struct NoViewer {
+    /// Everything after `view`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
 }
 
 /// Parses `key=value` env-config overrides; values are JSON when they parse as JSON

@@ -1,1 +1,128 @@
-//! dreamgym's bevy viewer.
+//! `dreamgym-viewer`: watch agents in a bevy window, replay recordings, and see what the agent
+//! sees.
+//!
+//! - Live: `dreamgym view --env Racer-v0 --policy random` draws the env's scene (the same
+//!   [`Scene`](dreamgym_sim::Scene) the CPU camera renders for pixel observations) with a
+//!   follow/orbit camera, a HUD and a picture-in-picture of the agent's own pixels.
+//! - Replay: `dreamgym view --replay data/racer` re-simulates recorded episodes from their seeds
+//!   and actions (flagging any divergence), with keys for the next and previous episode and
+//!   for scrubbing.
+//! - Headless pictures: `--screenshot out.png --frames 60` renders, saves and exits (under
+//!   `xvfb-run` on a machine without a display).
+//!
+//! The viewer only reads env and sim state: a live run takes exactly the steps of a headless
+//! run with the same seed. The simulation logic lives in [`Session`], which has no bevy types.
+
+mod app;
+mod session;
+
+pub use session::{Session, Source};
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use dreamgym_envs::Registry;
+
+/// Arguments of `dreamgym view`.
+#[derive(Debug, clap::Args)]
+pub struct ViewArgs {
+    /// Environment id for a live view.
+    #[arg(long, required_unless_present = "replay", conflicts_with = "replay")]
+    pub env: Option<String>,
+    /// A dataset folder (from `dreamgym rollout`) to replay instead.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Env config overrides, `key=value` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Policy for a live view.
+    #[arg(long, default_value = "random")]
+    pub policy: String,
+    /// Seed of the first episode and of the policy.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Save a screenshot to this PNG after `--frames` frames, then exit.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    /// Frames to run before the screenshot (one env step per frame in screenshot mode).
+    #[arg(long, default_value_t = 60)]
+    pub frames: u32,
+    /// Window width, pixels.
+    #[arg(long, default_value_t = 1280)]
+    pub width: u32,
+    /// Window height, pixels.
+    #[arg(long, default_value_t = 720)]
+    pub height: u32,
+    /// Initial speed multiplier (1 = real time).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f32,
+}
+
+/// Parses `key=value` overrides (JSON values where they parse, strings otherwise).
+fn overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut map = serde_json::Map::new();
+    for pair in pairs {
+        let (k, v) = pair.split_once('=').with_context(|| format!("`--set {pair}`: expected key=value"))?;
+        map.insert(k.trim().into(), serde_json::from_str(v).unwrap_or_else(|_| v.into()));
+    }
+    Ok(Some(map.into()))
+}
+
+/// Errors unless a display is available, saying how to run without one.
+pub fn check_display() -> anyhow::Result<()> {
+    if cfg!(target_os = "linux") && std::env::var_os("DISPLAY").is_none_or(|d| d.is_empty()) {
+        anyhow::bail!(
+            "no display available (DISPLAY is not set; this viewer is built for X11).\n\
+             To get a picture on a machine without a display, run it under a virtual one:\n  \
+             xvfb-run -a dreamgym view --env Racer-v0 --screenshot out.png --frames 60\n\
+             or use the headless commands, which need no display at all:\n  \
+             dreamgym render --env Racer-v0 --out frame.png\n  \
+             dreamgym rollout --env Racer-v0 --obs pixels --out data/racer"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the viewer.
+pub fn run(args: ViewArgs, registry: &Registry) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (64..=8192).contains(&args.width) && (64..=8192).contains(&args.height),
+        "window size {}x{} is invalid: each side must be in 64..=8192",
+        args.width,
+        args.height
+    );
+    anyhow::ensure!(args.speed.is_finite() && args.speed > 0.0, "--speed must be positive");
+    anyhow::ensure!(args.frames >= 1, "--frames must be at least 1");
+    let source = match (&args.env, &args.replay) {
+        (_, Some(dir)) => Source::Replay { dir: dir.clone() },
+        (Some(env), None) => Source::Live {
+            env: env.clone(),
+            overrides: overrides(&args.set)?,
+            policy: args.policy.clone(),
+            seed: args.seed,
+        },
+        (None, None) => anyhow::bail!("give --env ID for a live view or --replay DIR"),
+    };
+    // Bad sources fail here, before any window opens.
+    let session = Session::new(&source, registry)?;
+    check_display()?;
+    if let Some(path) = &args.screenshot {
+        if path.exists() {
+            std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            anyhow::ensure!(dir.is_dir(), "cannot save the screenshot: {} is not a folder", dir.display());
+        }
+    }
+    app::run(
+        session,
+        app::AppSettings {
+            window: (args.width, args.height),
+            screenshot: args.screenshot.map(|p| (p, args.frames)),
+            speed: args.speed,
+        },
+    )
+}

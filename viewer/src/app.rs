@@ -1,0 +1,406 @@
+//! The bevy app: draws the session's scene, runs it at a chosen speed, and shows the HUD and
+//! the agent's own picture.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bevy::asset::RenderAssetUsages;
+use bevy::camera::ScalingMode;
+use bevy::image::ImageSampler;
+use bevy::input::mouse::{AccumulatedMouseMotion, AccumulatedMouseScroll};
+use bevy::mesh::{Indices, PrimitiveTopology};
+use bevy::prelude::*;
+use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
+use bevy::render::view::screenshot::{Screenshot, save_to_disk};
+use dreamgym_sim::{VisualShape, World};
+
+use crate::session::Session;
+
+/// Env steps per second at speed 1 (the built-in envs step 0.02 s).
+const STEPS_PER_SECOND: f32 = 50.0;
+
+/// What the app runs.
+pub struct AppSettings {
+    /// Window width and height, pixels.
+    pub window: (u32, u32),
+    /// Save a screenshot after this many frames and exit.
+    pub screenshot: Option<(PathBuf, u32)>,
+    /// Initial speed multiplier.
+    pub speed: f32,
+}
+
+#[derive(Resource)]
+struct Sim {
+    session: Mutex<Session>,
+    paused: bool,
+    speed: f32,
+    accumulator: f32,
+    error: Option<String>,
+}
+
+#[derive(Resource)]
+struct ScreenshotPlan {
+    path: PathBuf,
+    at_frame: u32,
+    frame: u32,
+    requested: bool,
+}
+
+#[derive(Resource)]
+struct Pip(Handle<Image>);
+
+#[derive(Component)]
+struct VisualEntity {
+    index: usize,
+    shape: VisualShape,
+}
+
+#[derive(Component)]
+struct Hud;
+
+#[derive(Component)]
+struct OrbitCamera {
+    yaw: f32,
+    pitch: f32,
+    distance: f32,
+    follow: bool,
+    focus: Vec3,
+}
+
+/// Runs the viewer until the window closes (or the screenshot is saved).
+pub fn run(session: Session, settings: AppSettings) -> anyhow::Result<()> {
+    let title = format!("dreamgym — {}", session.env_id());
+    let screenshot_mode = settings.screenshot.is_some();
+    let mut app = App::new();
+    app.add_plugins(DefaultPlugins.set(WindowPlugin {
+        primary_window: Some(Window {
+            title,
+            resolution: settings.window.into(),
+            ..default()
+        }),
+        ..default()
+    }))
+    .insert_resource(ClearColor(Color::srgb(0.53, 0.67, 0.82)))
+    .insert_resource(Sim {
+        session: Mutex::new(session),
+        paused: false,
+        speed: settings.speed,
+        accumulator: 0.0,
+        error: None,
+    })
+    .add_systems(Startup, setup)
+    .add_systems(
+        Update,
+        (keyboard, step_sim, sync_visuals, orbit_camera, update_hud, update_pip).chain(),
+    );
+    if let Some((path, frames)) = settings.screenshot {
+        app.insert_resource(ScreenshotPlan { path, at_frame: frames, frame: 0, requested: false })
+            .add_systems(Update, screenshot.after(update_pip));
+    }
+    let _ = screenshot_mode;
+    app.run();
+    let sim = app.world().get_resource::<Sim>();
+    if let Some(err) = sim.and_then(|s| s.error.clone()) {
+        anyhow::bail!("{err}");
+    }
+    if let Some(plan) = app.world().get_resource::<ScreenshotPlan>() {
+        anyhow::ensure!(plan.path.exists(), "the viewer closed before the screenshot was saved");
+    }
+    Ok(())
+}
+
+fn to_vec3(v: dreamgym_sim::rapier::prelude::Vector) -> Vec3 {
+    Vec3::new(v.x, v.y, v.z)
+}
+
+fn to_transform(p: &dreamgym_sim::rapier::prelude::Pose) -> Transform {
+    let r = p.rotation;
+    Transform::from_translation(to_vec3(p.translation)).with_rotation(Quat::from_xyzw(r.x, r.y, r.z, r.w))
+}
+
+fn mesh_of(shape: &VisualShape) -> Mesh {
+    match shape {
+        VisualShape::Cuboid { half } => Cuboid::new(2.0 * half[0], 2.0 * half[1], 2.0 * half[2]).into(),
+        VisualShape::Ball { radius } => Sphere::new(*radius).mesh().uv(24, 16),
+        VisualShape::Cylinder { half_height, radius } => Cylinder::new(*radius, 2.0 * half_height).into(),
+        VisualShape::Capsule { half_height, radius } => Capsule3d::new(*radius, 2.0 * half_height).into(),
+        VisualShape::Mesh { vertices, triangles, .. } => {
+            // Flat shading: three vertices per triangle, each with the face normal.
+            let mut positions = Vec::with_capacity(triangles.len() * 3);
+            let mut normals = Vec::with_capacity(triangles.len() * 3);
+            for t in triangles {
+                let Some(p) = t.iter().map(|&k| vertices.get(k as usize).map(|v| Vec3::from(*v))).collect::<Option<Vec<_>>>() else {
+                    continue;
+                };
+                let n = (p[1] - p[0]).cross(p[2] - p[0]).normalize_or_zero();
+                for q in &p {
+                    positions.push(q.to_array());
+                    normals.push(n.to_array());
+                }
+            }
+            let indices = (0..positions.len() as u32).collect();
+            Mesh::new(PrimitiveTopology::TriangleList, RenderAssetUsages::default())
+                .with_inserted_attribute(Mesh::ATTRIBUTE_POSITION, positions)
+                .with_inserted_attribute(Mesh::ATTRIBUTE_NORMAL, normals)
+                .with_inserted_indices(Indices::U32(indices))
+        }
+    }
+}
+
+fn material_of(color: [u8; 3], shape: &VisualShape) -> StandardMaterial {
+    let double_sided = matches!(shape, VisualShape::Mesh { double_sided: true, .. });
+    StandardMaterial {
+        base_color: Color::srgb(color[0] as f32 / 255.0, color[1] as f32 / 255.0, color[2] as f32 / 255.0),
+        perceptual_roughness: 0.8,
+        double_sided,
+        cull_mode: if double_sided { None } else { StandardMaterial::default().cull_mode },
+        ..default()
+    }
+}
+
+/// Where the camera looks: the first visual attached to a body (the car, the cart, the arm).
+fn focus_point(world: &World, scene: &dreamgym_sim::Scene) -> Vec3 {
+    let poses = scene.world_poses(world);
+    scene
+        .visuals
+        .iter()
+        .zip(&poses)
+        .find(|(v, p)| v.body.is_some() && p.is_some())
+        .and_then(|(_, p)| p.map(|p| to_vec3(p.translation)))
+        .unwrap_or(Vec3::ZERO)
+}
+
+/// A starting distance for the orbit camera that frames the moving parts.
+fn initial_distance(env_id: &str) -> f32 {
+    match env_id.split("-v").next().unwrap_or("") {
+        "Racer" => 28.0,
+        "CartPole" => 6.5,
+        "Reacher" => 0.65,
+        _ => 8.0,
+    }
+}
+
+fn setup(
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+    mut images: ResMut<Assets<Image>>,
+    sim: Res<Sim>,
+) {
+    let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
+    let mut focus = Vec3::ZERO;
+    if let Some((world, scene)) = session.scene() {
+        focus = focus_point(world, scene);
+        for (index, (visual, pose)) in scene.visuals.iter().zip(scene.world_poses(world)).enumerate() {
+            commands.spawn((
+                Mesh3d(meshes.add(mesh_of(&visual.shape))),
+                MeshMaterial3d(materials.add(material_of(visual.color, &visual.shape))),
+                pose.map(|p| to_transform(&p)).unwrap_or_default(),
+                if pose.is_some() { Visibility::Visible } else { Visibility::Hidden },
+                VisualEntity { index, shape: visual.shape.clone() },
+            ));
+        }
+    }
+    commands.spawn((
+        DirectionalLight { illuminance: 9000.0, shadow_maps_enabled: true, ..default() },
+        Transform::default().looking_to(Vec3::new(-0.3, -1.0, -0.45), Vec3::Y),
+    ));
+    commands.insert_resource(GlobalAmbientLight { color: Color::WHITE, brightness: 400.0, ..default() });
+    let distance = initial_distance(session.env_id());
+    commands.spawn((
+        Camera3d::default(),
+        Transform::from_translation(focus + Vec3::new(0.0, distance * 0.6, distance)).looking_at(focus, Vec3::Y),
+        OrbitCamera { yaw: 0.0, pitch: 0.55, distance, follow: true, focus },
+    ));
+    // HUD, top left.
+    commands.spawn((
+        Text::new(session.hud(sim.speed, sim.paused)),
+        TextFont { font_size: FontSize::Px(15.0), ..default() },
+        TextColor(Color::WHITE),
+        BackgroundColor(Color::srgba(0.0, 0.0, 0.0, 0.55)),
+        Node { position_type: PositionType::Absolute, top: px(8), left: px(8), padding: px(6).all(), ..default() },
+        Hud,
+    ));
+    // Picture-in-picture of the agent's own pixels, top right, enlarged without smoothing.
+    if let Some((_, w, h)) = session.pixels() {
+        let mut image = Image::new_fill(
+            Extent3d { width: w as u32, height: h as u32, depth_or_array_layers: 1 },
+            TextureDimension::D2,
+            &[0, 0, 0, 255],
+            TextureFormat::Rgba8UnormSrgb,
+            RenderAssetUsages::default(),
+        );
+        image.sampler = ImageSampler::nearest();
+        let handle = images.add(image);
+        let scale = (256.0 / w.max(h) as f32).max(1.0);
+        commands.spawn((
+            ImageNode::new(handle.clone()),
+            Node {
+                position_type: PositionType::Absolute,
+                top: px(8),
+                right: px(8),
+                width: px(w as f32 * scale),
+                height: px(h as f32 * scale),
+                border: px(2).all(),
+                ..default()
+            },
+            BorderColor::all(Color::WHITE),
+        ));
+        commands.insert_resource(Pip(handle));
+    }
+}
+
+fn keyboard(keys: Res<ButtonInput<KeyCode>>, mut sim: ResMut<Sim>, mut cameras: Query<&mut OrbitCamera>, mut exit: MessageWriter<AppExit>) {
+    if keys.just_pressed(KeyCode::Escape) {
+        exit.write(AppExit::Success);
+    }
+    if keys.just_pressed(KeyCode::Space) {
+        sim.paused = !sim.paused;
+    }
+    if keys.just_pressed(KeyCode::Equal) || keys.just_pressed(KeyCode::NumpadAdd) {
+        sim.speed = (sim.speed * 2.0).min(64.0);
+    }
+    if keys.just_pressed(KeyCode::Minus) || keys.just_pressed(KeyCode::NumpadSubtract) {
+        sim.speed = (sim.speed / 2.0).max(1.0 / 16.0);
+    }
+    if keys.just_pressed(KeyCode::KeyF) {
+        for mut c in &mut cameras {
+            c.follow = !c.follow;
+        }
+    }
+    let shift = keys.pressed(KeyCode::ShiftLeft) || keys.pressed(KeyCode::ShiftRight);
+    let jump = if shift { 10 } else { 1 };
+    let paused = sim.paused;
+    let result = {
+        let mut s = sim.session.lock().unwrap_or_else(|e| e.into_inner());
+        let (episode, step) = s.position();
+        if keys.just_pressed(KeyCode::KeyR) {
+            s.reset()
+        } else if paused && (keys.just_pressed(KeyCode::Period) || keys.just_pressed(KeyCode::KeyS)) {
+            s.advance()
+        } else if keys.just_pressed(KeyCode::KeyN) {
+            s.goto_episode(episode as isize + 1)
+        } else if keys.just_pressed(KeyCode::KeyP) {
+            s.goto_episode(episode as isize - 1)
+        } else if keys.just_pressed(KeyCode::ArrowRight) {
+            s.seek(step + jump)
+        } else if keys.just_pressed(KeyCode::ArrowLeft) {
+            s.seek(step.saturating_sub(jump))
+        } else {
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        sim.error = Some(format!("{e:#}"));
+        exit.write(AppExit::error());
+    }
+}
+
+fn step_sim(time: Res<Time>, mut sim: ResMut<Sim>, plan: Option<Res<ScreenshotPlan>>, mut exit: MessageWriter<AppExit>) {
+    if sim.paused {
+        return;
+    }
+    // With a screenshot to take, one env step per frame, so the picture does not depend on
+    // how fast this machine renders.
+    let steps = if plan.is_some() {
+        1
+    } else {
+        sim.accumulator += time.delta_secs() * STEPS_PER_SECOND * sim.speed;
+        let n = sim.accumulator.floor();
+        sim.accumulator -= n;
+        (n as usize).min(1000)
+    };
+    let mut error = None;
+    {
+        let mut s = sim.session.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..steps {
+            if let Err(e) = s.advance() {
+                error = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    if let Some(e) = error {
+        sim.error = Some(e);
+        exit.write(AppExit::error());
+    }
+}
+
+fn sync_visuals(sim: Res<Sim>, mut meshes: ResMut<Assets<Mesh>>, mut query: Query<(&mut VisualEntity, &mut Transform, &mut Visibility, &mut Mesh3d)>) {
+    let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((world, scene)) = session.scene() else { return };
+    let poses = scene.world_poses(world);
+    for (mut ve, mut transform, mut visibility, mut mesh) in &mut query {
+        let Some(visual) = scene.visuals.get(ve.index) else { continue };
+        if visual.shape != ve.shape {
+            ve.shape = visual.shape.clone();
+            mesh.0 = meshes.add(mesh_of(&visual.shape));
+        }
+        match poses[ve.index] {
+            Some(p) => {
+                *transform = to_transform(&p);
+                *visibility = Visibility::Visible;
+            }
+            None => *visibility = Visibility::Hidden,
+        }
+    }
+}
+
+fn orbit_camera(
+    sim: Res<Sim>,
+    buttons: Res<ButtonInput<MouseButton>>,
+    motion: Res<AccumulatedMouseMotion>,
+    scroll: Res<AccumulatedMouseScroll>,
+    mut query: Query<(&mut OrbitCamera, &mut Transform)>,
+) {
+    let focus = {
+        let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
+        session.scene().map(|(w, s)| focus_point(w, s))
+    };
+    for (mut cam, mut transform) in &mut query {
+        if buttons.pressed(MouseButton::Left) {
+            cam.yaw -= motion.delta.x * 0.005;
+            cam.pitch = (cam.pitch + motion.delta.y * 0.005).clamp(0.05, 1.5);
+        }
+        if scroll.delta.y != 0.0 {
+            cam.distance = (cam.distance * (1.0 - scroll.delta.y * 0.1)).clamp(0.05, 1000.0);
+        }
+        if cam.follow && let Some(f) = focus {
+            cam.focus = f;
+        }
+        let offset = Vec3::new(cam.yaw.sin() * cam.pitch.cos(), cam.pitch.sin(), cam.yaw.cos() * cam.pitch.cos()) * cam.distance;
+        *transform = Transform::from_translation(cam.focus + offset).looking_at(cam.focus, Vec3::Y);
+    }
+}
+
+fn update_hud(sim: Res<Sim>, mut query: Query<&mut Text, With<Hud>>) {
+    let text = sim.session.lock().unwrap_or_else(|e| e.into_inner()).hud(sim.speed, sim.paused);
+    for mut t in &mut query {
+        if t.0 != text {
+            t.0.clone_from(&text);
+        }
+    }
+}
+
+fn update_pip(sim: Res<Sim>, pip: Option<Res<Pip>>, mut images: ResMut<Assets<Image>>) {
+    let Some(pip) = pip else { return };
+    let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((rgb, _, _)) = session.pixels() else { return };
+    let Some(mut image) = images.get_mut(&pip.0) else { return };
+    let rgba: Vec<u8> = rgb.chunks_exact(3).flat_map(|c| [c[0], c[1], c[2], 255]).collect();
+    image.data = Some(rgba);
+}
+
+fn screenshot(mut commands: Commands, mut plan: ResMut<ScreenshotPlan>, mut exit: MessageWriter<AppExit>) {
+    plan.frame += 1;
+    if !plan.requested && plan.frame >= plan.at_frame {
+        plan.requested = true;
+        commands.spawn(Screenshot::primary_window()).observe(save_to_disk(plan.path.clone()));
+    }
+    if plan.requested && plan.path.exists() {
+        exit.write(AppExit::Success);
+    }
+    if plan.frame > plan.at_frame + 600 {
+        exit.write(AppExit::error());
+    }
+}
