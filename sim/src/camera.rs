@@ -147,6 +147,7 @@ impl Frame {
 #[derive(Debug, Clone)]
 struct Tessellation {
     shape: VisualShape,
+    segments: usize,
     vertices: Vec<Vector>,
     triangles: Vec<[u32; 3]>,
     double_sided: bool,
@@ -220,11 +221,23 @@ impl Renderer {
         let poses = scene.world_poses(world);
         for (i, visual) in scene.visuals.iter().enumerate() {
             let Some(pose) = poses[i] else { continue };
+            // Round shapes get as many segments as their size on screen needs.
+            let segments = match visual.shape {
+                VisualShape::Ball { radius }
+                | VisualShape::Cylinder { radius, .. }
+                | VisualShape::Capsule { radius, .. } => {
+                    let d = (pose.translation - camera.eye).dot(forward).max(camera.near);
+                    let pixels =
+                        radius * sy * h as f32 * 0.5 / if perspective { d } else { 1.0 };
+                    lod_segments(pixels)
+                }
+                _ => 0,
+            };
             if self.cache[i]
                 .as_ref()
-                .is_none_or(|t| t.shape != visual.shape)
+                .is_none_or(|t| t.shape != visual.shape || t.segments != segments)
             {
-                self.cache[i] = Some(tessellate(&visual.shape));
+                self.cache[i] = Some(tessellate(&visual.shape, segments));
             }
             let Some(tess) = self.cache[i].as_ref() else {
                 continue;
@@ -401,10 +414,20 @@ fn clip_near(poly: &mut [Vector; 4], near: f32) -> usize {
     n
 }
 
-/// Segments around a circle in tessellated round shapes.
-const ROUND: usize = 16;
+/// Segments around a circle for a round shape whose radius covers `pixels` on screen:
+/// 6, 8, 12, 16 or 24, so that tessellations are reused from frame to frame.
+fn lod_segments(pixels: f32) -> usize {
+    match pixels {
+        p if p < 2.0 => 6,
+        p if p < 4.0 => 8,
+        p if p < 12.0 => 12,
+        p if p < 40.0 => 16,
+        _ => 24,
+    }
+}
 
-fn tessellate(shape: &VisualShape) -> Tessellation {
+fn tessellate(shape: &VisualShape, segments: usize) -> Tessellation {
+    let round = segments.max(6);
     let mut vertices = Vec::new();
     let mut triangles: Vec<[u32; 3]> = Vec::new();
     let mut double_sided = false;
@@ -431,29 +454,31 @@ fn tessellate(shape: &VisualShape) -> Tessellation {
                 triangles.push([q[0], q[2], q[3]]);
             }
         }
-        VisualShape::Ball { radius } => sphere(&mut vertices, &mut triangles, *radius, 0.0),
+        VisualShape::Ball { radius } => {
+            sphere(&mut vertices, &mut triangles, *radius, 0.0, round)
+        }
         VisualShape::Capsule {
             half_height,
             radius,
-        } => sphere(&mut vertices, &mut triangles, *radius, *half_height),
+        } => sphere(&mut vertices, &mut triangles, *radius, *half_height, round),
         VisualShape::Cylinder {
             half_height,
             radius,
         } => {
             let (hh, r) = (*half_height, *radius);
-            for k in 0..ROUND {
-                let a = std::f32::consts::TAU * k as f32 / ROUND as f32;
+            for k in 0..round {
+                let a = std::f32::consts::TAU * k as f32 / round as f32;
                 vertices.push(Vector::new(r * a.cos(), -hh, r * a.sin()));
                 vertices.push(Vector::new(r * a.cos(), hh, r * a.sin()));
             }
             let bottom = vertices.len() as u32;
             vertices.push(Vector::new(0.0, -hh, 0.0));
             vertices.push(Vector::new(0.0, hh, 0.0));
-            for k in 0..ROUND as u32 {
+            for k in 0..round as u32 {
                 let (b0, t0) = (2 * k, 2 * k + 1);
                 let (b1, t1) = (
-                    2 * ((k + 1) % ROUND as u32),
-                    2 * ((k + 1) % ROUND as u32) + 1,
+                    2 * ((k + 1) % round as u32),
+                    2 * ((k + 1) % round as u32) + 1,
                 );
                 triangles.push([b0, t0, t1]);
                 triangles.push([b0, t1, b1]);
@@ -493,6 +518,7 @@ fn tessellate(shape: &VisualShape) -> Tessellation {
         vertices,
         triangles,
         double_sided,
+        segments,
         center,
         radius,
     }
@@ -504,8 +530,9 @@ fn sphere(
     triangles: &mut Vec<[u32; 3]>,
     radius: f32,
     half_height: f32,
+    round: usize,
 ) {
-    let rings = ROUND / 2;
+    let rings = round / 2;
     for i in 0..=rings {
         let phi = std::f32::consts::PI * i as f32 / rings as f32;
         let shift = if i <= rings / 2 {
@@ -513,8 +540,8 @@ fn sphere(
         } else {
             -half_height
         };
-        for k in 0..ROUND {
-            let theta = std::f32::consts::TAU * k as f32 / ROUND as f32;
+        for k in 0..round {
+            let theta = std::f32::consts::TAU * k as f32 / round as f32;
             vertices.push(Vector::new(
                 radius * phi.sin() * theta.cos(),
                 radius * phi.cos() + shift,
@@ -522,7 +549,7 @@ fn sphere(
             ));
         }
     }
-    let ring = ROUND as u32;
+    let ring = round as u32;
     for i in 0..rings as u32 {
         for k in 0..ring {
             let a = i * ring + k;
