@@ -226,9 +226,10 @@ impl Renderer {
                 VisualShape::Ball { radius }
                 | VisualShape::Cylinder { radius, .. }
                 | VisualShape::Capsule { radius, .. } => {
-                    let d = (pose.translation - camera.eye).dot(forward).max(camera.near);
-                    let pixels =
-                        radius * sy * h as f32 * 0.5 / if perspective { d } else { 1.0 };
+                    let d = (pose.translation - camera.eye)
+                        .dot(forward)
+                        .max(camera.near);
+                    let pixels = radius * sy * h as f32 * 0.5 / if perspective { d } else { 1.0 };
                     lod_segments(pixels)
                 }
                 _ => 0,
@@ -454,9 +455,7 @@ fn tessellate(shape: &VisualShape, segments: usize) -> Tessellation {
                 triangles.push([q[0], q[2], q[3]]);
             }
         }
-        VisualShape::Ball { radius } => {
-            sphere(&mut vertices, &mut triangles, *radius, 0.0, round)
-        }
+        VisualShape::Ball { radius } => sphere(&mut vertices, &mut triangles, *radius, 0.0, round),
         VisualShape::Capsule {
             half_height,
             radius,

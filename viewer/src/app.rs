@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use bevy::asset::RenderAssetUsages;
-use bevy::camera::ScalingMode;
 use bevy::image::ImageSampler;
 use bevy::input::mouse::{AccumulatedMouseMotion, AccumulatedMouseScroll};
 use bevy::mesh::{Indices, PrimitiveTopology};
@@ -49,6 +48,10 @@ struct ScreenshotPlan {
 #[derive(Resource)]
 struct Pip(Handle<Image>);
 
+/// The window's height in logical pixels, for sizing the picture-in-picture.
+#[derive(Resource)]
+struct WindowHeight(f32);
+
 #[derive(Component)]
 struct VisualEntity {
     index: usize,
@@ -70,7 +73,6 @@ struct OrbitCamera {
 /// Runs the viewer until the window closes (or the screenshot is saved).
 pub fn run(session: Session, settings: AppSettings) -> anyhow::Result<()> {
     let title = format!("dreamgym — {}", session.env_id());
-    let screenshot_mode = settings.screenshot.is_some();
     let mut app = App::new();
     app.add_plugins(DefaultPlugins.set(WindowPlugin {
         primary_window: Some(Window {
@@ -88,23 +90,39 @@ pub fn run(session: Session, settings: AppSettings) -> anyhow::Result<()> {
         accumulator: 0.0,
         error: None,
     })
+    .insert_resource(WindowHeight(settings.window.1 as f32))
     .add_systems(Startup, setup)
     .add_systems(
         Update,
-        (keyboard, step_sim, sync_visuals, orbit_camera, update_hud, update_pip).chain(),
+        (
+            keyboard,
+            step_sim,
+            sync_visuals,
+            orbit_camera,
+            update_hud,
+            update_pip,
+        )
+            .chain(),
     );
     if let Some((path, frames)) = settings.screenshot {
-        app.insert_resource(ScreenshotPlan { path, at_frame: frames, frame: 0, requested: false })
-            .add_systems(Update, screenshot.after(update_pip));
+        app.insert_resource(ScreenshotPlan {
+            path,
+            at_frame: frames,
+            frame: 0,
+            requested: false,
+        })
+        .add_systems(Update, screenshot.after(update_pip));
     }
-    let _ = screenshot_mode;
     app.run();
     let sim = app.world().get_resource::<Sim>();
     if let Some(err) = sim.and_then(|s| s.error.clone()) {
         anyhow::bail!("{err}");
     }
     if let Some(plan) = app.world().get_resource::<ScreenshotPlan>() {
-        anyhow::ensure!(plan.path.exists(), "the viewer closed before the screenshot was saved");
+        anyhow::ensure!(
+            plan.path.exists(),
+            "the viewer closed before the screenshot was saved"
+        );
     }
     Ok(())
 }
@@ -115,21 +133,38 @@ fn to_vec3(v: dreamgym_sim::rapier::prelude::Vector) -> Vec3 {
 
 fn to_transform(p: &dreamgym_sim::rapier::prelude::Pose) -> Transform {
     let r = p.rotation;
-    Transform::from_translation(to_vec3(p.translation)).with_rotation(Quat::from_xyzw(r.x, r.y, r.z, r.w))
+    Transform::from_translation(to_vec3(p.translation))
+        .with_rotation(Quat::from_xyzw(r.x, r.y, r.z, r.w))
 }
 
 fn mesh_of(shape: &VisualShape) -> Mesh {
     match shape {
-        VisualShape::Cuboid { half } => Cuboid::new(2.0 * half[0], 2.0 * half[1], 2.0 * half[2]).into(),
+        VisualShape::Cuboid { half } => {
+            Cuboid::new(2.0 * half[0], 2.0 * half[1], 2.0 * half[2]).into()
+        }
         VisualShape::Ball { radius } => Sphere::new(*radius).mesh().uv(24, 16),
-        VisualShape::Cylinder { half_height, radius } => Cylinder::new(*radius, 2.0 * half_height).into(),
-        VisualShape::Capsule { half_height, radius } => Capsule3d::new(*radius, 2.0 * half_height).into(),
-        VisualShape::Mesh { vertices, triangles, .. } => {
+        VisualShape::Cylinder {
+            half_height,
+            radius,
+        } => Cylinder::new(*radius, 2.0 * half_height).into(),
+        VisualShape::Capsule {
+            half_height,
+            radius,
+        } => Capsule3d::new(*radius, 2.0 * half_height).into(),
+        VisualShape::Mesh {
+            vertices,
+            triangles,
+            ..
+        } => {
             // Flat shading: three vertices per triangle, each with the face normal.
             let mut positions = Vec::with_capacity(triangles.len() * 3);
             let mut normals = Vec::with_capacity(triangles.len() * 3);
             for t in triangles {
-                let Some(p) = t.iter().map(|&k| vertices.get(k as usize).map(|v| Vec3::from(*v))).collect::<Option<Vec<_>>>() else {
+                let Some(p) = t
+                    .iter()
+                    .map(|&k| vertices.get(k as usize).map(|v| Vec3::from(*v)))
+                    .collect::<Option<Vec<_>>>()
+                else {
                     continue;
                 };
                 let n = (p[1] - p[0]).cross(p[2] - p[0]).normalize_or_zero();
@@ -139,21 +174,38 @@ fn mesh_of(shape: &VisualShape) -> Mesh {
                 }
             }
             let indices = (0..positions.len() as u32).collect();
-            Mesh::new(PrimitiveTopology::TriangleList, RenderAssetUsages::default())
-                .with_inserted_attribute(Mesh::ATTRIBUTE_POSITION, positions)
-                .with_inserted_attribute(Mesh::ATTRIBUTE_NORMAL, normals)
-                .with_inserted_indices(Indices::U32(indices))
+            Mesh::new(
+                PrimitiveTopology::TriangleList,
+                RenderAssetUsages::default(),
+            )
+            .with_inserted_attribute(Mesh::ATTRIBUTE_POSITION, positions)
+            .with_inserted_attribute(Mesh::ATTRIBUTE_NORMAL, normals)
+            .with_inserted_indices(Indices::U32(indices))
         }
     }
 }
 
 fn material_of(color: [u8; 3], shape: &VisualShape) -> StandardMaterial {
-    let double_sided = matches!(shape, VisualShape::Mesh { double_sided: true, .. });
+    let double_sided = matches!(
+        shape,
+        VisualShape::Mesh {
+            double_sided: true,
+            ..
+        }
+    );
     StandardMaterial {
-        base_color: Color::srgb(color[0] as f32 / 255.0, color[1] as f32 / 255.0, color[2] as f32 / 255.0),
+        base_color: Color::srgb(
+            color[0] as f32 / 255.0,
+            color[1] as f32 / 255.0,
+            color[2] as f32 / 255.0,
+        ),
         perceptual_roughness: 0.8,
         double_sided,
-        cull_mode: if double_sided { None } else { StandardMaterial::default().cull_mode },
+        cull_mode: if double_sided {
+            None
+        } else {
+            StandardMaterial::default().cull_mode
+        },
         ..default()
     }
 }
@@ -186,45 +238,86 @@ fn setup(
     mut materials: ResMut<Assets<StandardMaterial>>,
     mut images: ResMut<Assets<Image>>,
     sim: Res<Sim>,
+    window_height: Res<WindowHeight>,
 ) {
     let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
     let mut focus = Vec3::ZERO;
     if let Some((world, scene)) = session.scene() {
         focus = focus_point(world, scene);
-        for (index, (visual, pose)) in scene.visuals.iter().zip(scene.world_poses(world)).enumerate() {
+        for (index, (visual, pose)) in scene
+            .visuals
+            .iter()
+            .zip(scene.world_poses(world))
+            .enumerate()
+        {
             commands.spawn((
                 Mesh3d(meshes.add(mesh_of(&visual.shape))),
                 MeshMaterial3d(materials.add(material_of(visual.color, &visual.shape))),
                 pose.map(|p| to_transform(&p)).unwrap_or_default(),
-                if pose.is_some() { Visibility::Visible } else { Visibility::Hidden },
-                VisualEntity { index, shape: visual.shape.clone() },
+                if pose.is_some() {
+                    Visibility::Visible
+                } else {
+                    Visibility::Hidden
+                },
+                VisualEntity {
+                    index,
+                    shape: visual.shape.clone(),
+                },
             ));
         }
     }
     commands.spawn((
-        DirectionalLight { illuminance: 9000.0, shadow_maps_enabled: true, ..default() },
+        DirectionalLight {
+            illuminance: 9000.0,
+            shadow_maps_enabled: true,
+            ..default()
+        },
         Transform::default().looking_to(Vec3::new(-0.3, -1.0, -0.45), Vec3::Y),
     ));
-    commands.insert_resource(GlobalAmbientLight { color: Color::WHITE, brightness: 400.0, ..default() });
+    commands.insert_resource(GlobalAmbientLight {
+        color: Color::WHITE,
+        brightness: 400.0,
+        ..default()
+    });
     let distance = initial_distance(session.env_id());
     commands.spawn((
         Camera3d::default(),
-        Transform::from_translation(focus + Vec3::new(0.0, distance * 0.6, distance)).looking_at(focus, Vec3::Y),
-        OrbitCamera { yaw: 0.0, pitch: 0.55, distance, follow: true, focus },
+        Transform::from_translation(focus + Vec3::new(0.0, distance * 0.6, distance))
+            .looking_at(focus, Vec3::Y),
+        OrbitCamera {
+            yaw: 0.0,
+            pitch: 0.55,
+            distance,
+            follow: true,
+            focus,
+        },
     ));
     // HUD, top left.
     commands.spawn((
         Text::new(session.hud(sim.speed, sim.paused)),
-        TextFont { font_size: FontSize::Px(15.0), ..default() },
+        TextFont {
+            font_size: FontSize::Px(15.0),
+            ..default()
+        },
         TextColor(Color::WHITE),
         BackgroundColor(Color::srgba(0.0, 0.0, 0.0, 0.55)),
-        Node { position_type: PositionType::Absolute, top: px(8), left: px(8), padding: px(6).all(), ..default() },
+        Node {
+            position_type: PositionType::Absolute,
+            top: px(8),
+            left: px(8),
+            padding: px(6).all(),
+            ..default()
+        },
         Hud,
     ));
     // Picture-in-picture of the agent's own pixels, top right, enlarged without smoothing.
     if let Some((_, w, h)) = session.pixels() {
         let mut image = Image::new_fill(
-            Extent3d { width: w as u32, height: h as u32, depth_or_array_layers: 1 },
+            Extent3d {
+                width: w as u32,
+                height: h as u32,
+                depth_or_array_layers: 1,
+            },
             TextureDimension::D2,
             &[0, 0, 0, 255],
             TextureFormat::Rgba8UnormSrgb,
@@ -232,7 +325,9 @@ fn setup(
         );
         image.sampler = ImageSampler::nearest();
         let handle = images.add(image);
-        let scale = (256.0 / w.max(h) as f32).max(1.0);
+        // About a third of the window's height, at least one screen pixel per agent pixel.
+        let side = (window_height.0 * 0.4).clamp(64.0, 320.0);
+        let scale = (side / w.max(h) as f32).max(1.0);
         commands.spawn((
             ImageNode::new(handle.clone()),
             Node {
@@ -250,7 +345,12 @@ fn setup(
     }
 }
 
-fn keyboard(keys: Res<ButtonInput<KeyCode>>, mut sim: ResMut<Sim>, mut cameras: Query<&mut OrbitCamera>, mut exit: MessageWriter<AppExit>) {
+fn keyboard(
+    keys: Res<ButtonInput<KeyCode>>,
+    mut sim: ResMut<Sim>,
+    mut cameras: Query<&mut OrbitCamera>,
+    mut exit: MessageWriter<AppExit>,
+) {
     if keys.just_pressed(KeyCode::Escape) {
         exit.write(AppExit::Success);
     }
@@ -276,7 +376,8 @@ fn keyboard(keys: Res<ButtonInput<KeyCode>>, mut sim: ResMut<Sim>, mut cameras: 
         let (episode, step) = s.position();
         if keys.just_pressed(KeyCode::KeyR) {
             s.reset()
-        } else if paused && (keys.just_pressed(KeyCode::Period) || keys.just_pressed(KeyCode::KeyS)) {
+        } else if paused && (keys.just_pressed(KeyCode::Period) || keys.just_pressed(KeyCode::KeyS))
+        {
             s.advance()
         } else if keys.just_pressed(KeyCode::KeyN) {
             s.goto_episode(episode as isize + 1)
@@ -296,7 +397,12 @@ fn keyboard(keys: Res<ButtonInput<KeyCode>>, mut sim: ResMut<Sim>, mut cameras: 
     }
 }
 
-fn step_sim(time: Res<Time>, mut sim: ResMut<Sim>, plan: Option<Res<ScreenshotPlan>>, mut exit: MessageWriter<AppExit>) {
+fn step_sim(
+    time: Res<Time>,
+    mut sim: ResMut<Sim>,
+    plan: Option<Res<ScreenshotPlan>>,
+    mut exit: MessageWriter<AppExit>,
+) {
     if sim.paused {
         return;
     }
@@ -326,12 +432,25 @@ fn step_sim(time: Res<Time>, mut sim: ResMut<Sim>, plan: Option<Res<ScreenshotPl
     }
 }
 
-fn sync_visuals(sim: Res<Sim>, mut meshes: ResMut<Assets<Mesh>>, mut query: Query<(&mut VisualEntity, &mut Transform, &mut Visibility, &mut Mesh3d)>) {
+fn sync_visuals(
+    sim: Res<Sim>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut query: Query<(
+        &mut VisualEntity,
+        &mut Transform,
+        &mut Visibility,
+        &mut Mesh3d,
+    )>,
+) {
     let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((world, scene)) = session.scene() else { return };
+    let Some((world, scene)) = session.scene() else {
+        return;
+    };
     let poses = scene.world_poses(world);
     for (mut ve, mut transform, mut visibility, mut mesh) in &mut query {
-        let Some(visual) = scene.visuals.get(ve.index) else { continue };
+        let Some(visual) = scene.visuals.get(ve.index) else {
+            continue;
+        };
         if visual.shape != ve.shape {
             ve.shape = visual.shape.clone();
             mesh.0 = meshes.add(mesh_of(&visual.shape));
@@ -365,16 +484,26 @@ fn orbit_camera(
         if scroll.delta.y != 0.0 {
             cam.distance = (cam.distance * (1.0 - scroll.delta.y * 0.1)).clamp(0.05, 1000.0);
         }
-        if cam.follow && let Some(f) = focus {
+        if cam.follow
+            && let Some(f) = focus
+        {
             cam.focus = f;
         }
-        let offset = Vec3::new(cam.yaw.sin() * cam.pitch.cos(), cam.pitch.sin(), cam.yaw.cos() * cam.pitch.cos()) * cam.distance;
+        let offset = Vec3::new(
+            cam.yaw.sin() * cam.pitch.cos(),
+            cam.pitch.sin(),
+            cam.yaw.cos() * cam.pitch.cos(),
+        ) * cam.distance;
         *transform = Transform::from_translation(cam.focus + offset).looking_at(cam.focus, Vec3::Y);
     }
 }
 
 fn update_hud(sim: Res<Sim>, mut query: Query<&mut Text, With<Hud>>) {
-    let text = sim.session.lock().unwrap_or_else(|e| e.into_inner()).hud(sim.speed, sim.paused);
+    let text = sim
+        .session
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .hud(sim.speed, sim.paused);
     for mut t in &mut query {
         if t.0 != text {
             t.0.clone_from(&text);
@@ -385,17 +514,30 @@ fn update_hud(sim: Res<Sim>, mut query: Query<&mut Text, With<Hud>>) {
 fn update_pip(sim: Res<Sim>, pip: Option<Res<Pip>>, mut images: ResMut<Assets<Image>>) {
     let Some(pip) = pip else { return };
     let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((rgb, _, _)) = session.pixels() else { return };
-    let Some(mut image) = images.get_mut(&pip.0) else { return };
-    let rgba: Vec<u8> = rgb.chunks_exact(3).flat_map(|c| [c[0], c[1], c[2], 255]).collect();
+    let Some((rgb, _, _)) = session.pixels() else {
+        return;
+    };
+    let Some(mut image) = images.get_mut(&pip.0) else {
+        return;
+    };
+    let rgba: Vec<u8> = rgb
+        .chunks_exact(3)
+        .flat_map(|c| [c[0], c[1], c[2], 255])
+        .collect();
     image.data = Some(rgba);
 }
 
-fn screenshot(mut commands: Commands, mut plan: ResMut<ScreenshotPlan>, mut exit: MessageWriter<AppExit>) {
+fn screenshot(
+    mut commands: Commands,
+    mut plan: ResMut<ScreenshotPlan>,
+    mut exit: MessageWriter<AppExit>,
+) {
     plan.frame += 1;
     if !plan.requested && plan.frame >= plan.at_frame {
         plan.requested = true;
-        commands.spawn(Screenshot::primary_window()).observe(save_to_disk(plan.path.clone()));
+        commands
+            .spawn(Screenshot::primary_window())
+            .observe(save_to_disk(plan.path.clone()));
     }
     if plan.requested && plan.path.exists() {
         exit.write(AppExit::Success);

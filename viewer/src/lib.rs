@@ -65,8 +65,13 @@ fn overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
     }
     let mut map = serde_json::Map::new();
     for pair in pairs {
-        let (k, v) = pair.split_once('=').with_context(|| format!("`--set {pair}`: expected key=value"))?;
-        map.insert(k.trim().into(), serde_json::from_str(v).unwrap_or_else(|_| v.into()));
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("`--set {pair}`: expected key=value"))?;
+        map.insert(
+            k.trim().into(),
+            serde_json::from_str(v).unwrap_or_else(|_| v.into()),
+        );
     }
     Ok(Some(map.into()))
 }
@@ -94,7 +99,10 @@ pub fn run(args: ViewArgs, registry: &Registry) -> anyhow::Result<()> {
         args.width,
         args.height
     );
-    anyhow::ensure!(args.speed.is_finite() && args.speed > 0.0, "--speed must be positive");
+    anyhow::ensure!(
+        args.speed.is_finite() && args.speed > 0.0,
+        "--speed must be positive"
+    );
     anyhow::ensure!(args.frames >= 1, "--frames must be at least 1");
     let source = match (&args.env, &args.replay) {
         (_, Some(dir)) => Source::Replay { dir: dir.clone() },
@@ -111,10 +119,15 @@ pub fn run(args: ViewArgs, registry: &Registry) -> anyhow::Result<()> {
     check_display()?;
     if let Some(path) = &args.screenshot {
         if path.exists() {
-            std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot replace {}", path.display()))?;
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            anyhow::ensure!(dir.is_dir(), "cannot save the screenshot: {} is not a folder", dir.display());
+            anyhow::ensure!(
+                dir.is_dir(),
+                "cannot save the screenshot: {} is not a folder",
+                dir.display()
+            );
         }
     }
     app::run(

@@ -58,7 +58,10 @@ pub struct Session {
 /// The env config with pixels added, if the env takes an `obs` setting.
 fn with_pixels(registry: &Registry, id: &str, overrides: Option<&Json>) -> (Box<dyn Env>, bool) {
     let mut o = overrides.cloned().unwrap_or_else(|| serde_json::json!({}));
-    if o.get("obs").and_then(Json::as_str).is_none_or(|m| m == "state") {
+    if o.get("obs")
+        .and_then(Json::as_str)
+        .is_none_or(|m| m == "state")
+    {
         o["obs"] = "both".into();
     }
     match registry.make(id, Some(&o)) {
@@ -92,19 +95,33 @@ impl Session {
     /// the picture-in-picture) and resets it.
     pub fn new(source: &Source, registry: &Registry) -> anyhow::Result<Self> {
         match source {
-            Source::Live { env, overrides, policy, seed } => {
+            Source::Live {
+                env,
+                overrides,
+                policy,
+                seed,
+            } => {
                 if policy != "random" {
                     bail!("unknown policy `{policy}`; the viewer knows: random");
                 }
                 // Fail on a bad id or config with the registry's own message.
-                registry.make(env, overrides.as_ref()).with_context(|| format!("cannot build {env}"))?;
+                registry
+                    .make(env, overrides.as_ref())
+                    .with_context(|| format!("cannot build {env}"))?;
                 let (env_box, has_pixels) = with_pixels(registry, env, overrides.as_ref());
-                let mut s = Self::with_env(env_box, env, true, has_pixels, ChaCha8Rng::seed_from_u64(*seed));
+                let mut s = Self::with_env(
+                    env_box,
+                    env,
+                    true,
+                    has_pixels,
+                    ChaCha8Rng::seed_from_u64(*seed),
+                );
                 s.start(Some(*seed))?;
                 Ok(s)
             }
             Source::Replay { dir } => {
-                let dataset = Dataset::open(dir).with_context(|| format!("cannot open the replay {}", dir.display()))?;
+                let dataset = Dataset::open(dir)
+                    .with_context(|| format!("cannot open the replay {}", dir.display()))?;
                 let report = dataset.load();
                 if report.episodes.is_empty() {
                     bail!(
@@ -118,7 +135,13 @@ impl Session {
                     .make(&meta.env_id, Some(&meta.env_config))
                     .with_context(|| format!("cannot rebuild {} for the replay", meta.env_id))?;
                 let (env, has_pixels) = with_pixels(registry, &meta.env_id, Some(&meta.env_config));
-                let mut s = Self::with_env(env, &meta.env_id, false, has_pixels, ChaCha8Rng::seed_from_u64(0));
+                let mut s = Self::with_env(
+                    env,
+                    &meta.env_id,
+                    false,
+                    has_pixels,
+                    ChaCha8Rng::seed_from_u64(0),
+                );
                 s.damaged_chunks = report.damaged.len();
                 s.episodes = report.episodes;
                 s.start(Some(s.episodes[0].seed))?;
@@ -127,7 +150,13 @@ impl Session {
         }
     }
 
-    fn with_env(env: Box<dyn Env>, id: &str, live: bool, has_pixels: bool, policy_rng: ChaCha8Rng) -> Self {
+    fn with_env(
+        env: Box<dyn Env>,
+        id: &str,
+        live: bool,
+        has_pixels: bool,
+        policy_rng: ChaCha8Rng,
+    ) -> Self {
         Self {
             env,
             env_id: id.to_string(),
@@ -268,10 +297,17 @@ impl Session {
         if !self.has_pixels {
             return None;
         }
-        fn find<'a>(space: &dreamgym_envs::Space, v: &'a Value) -> Option<(&'a [u8], usize, usize)> {
+        fn find<'a>(
+            space: &dreamgym_envs::Space,
+            v: &'a Value,
+        ) -> Option<(&'a [u8], usize, usize)> {
             match (space, v) {
-                (dreamgym_envs::Space::Box(b), Value::U8(px)) if b.shape.len() == 3 => Some((px, b.shape[1], b.shape[0])),
-                (dreamgym_envs::Space::Dict(d), Value::Dict(m)) => find(d.spaces.get("pixels")?, m.get("pixels")?),
+                (dreamgym_envs::Space::Box(b), Value::U8(px)) if b.shape.len() == 3 => {
+                    Some((px, b.shape[1], b.shape[0]))
+                }
+                (dreamgym_envs::Space::Dict(d), Value::Dict(m)) => {
+                    find(d.spaces.get("pixels")?, m.get("pixels")?)
+                }
                 _ => None,
             }
         }
@@ -282,7 +318,13 @@ impl Session {
     pub fn hud(&self, speed: f32, paused: bool) -> String {
         let action = match &self.last_action {
             None => "-".to_string(),
-            Some(Value::F32(v)) => format!("[{}]", v.iter().map(|x| format!("{x:+.2}")).collect::<Vec<_>>().join(", ")),
+            Some(Value::F32(v)) => format!(
+                "[{}]",
+                v.iter()
+                    .map(|x| format!("{x:+.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Some(Value::Int(i)) => i.to_string(),
             Some(other) => other.describe(),
         };
@@ -304,16 +346,16 @@ impl Session {
             status.push(format!("{} damaged chunk(s) skipped", self.damaged_chunks));
         }
         let keys = if self.live {
-            "space pause · . step · +/- speed · r reset · f follow · drag orbit · wheel zoom · esc quit"
+            "space pause | . step | +/- speed | r reset | f follow | drag orbit | wheel zoom | esc quit"
         } else {
-            "space pause · . step · +/- speed · r restart · n/p episode · ←/→ scrub (shift ×10) · f follow · esc quit"
+            "space pause | . step | +/- speed | r restart | n/p episode | left/right scrub (shift x10) | f follow | esc quit"
         };
         format!(
             "{}  {}  step {}  speed {speed}x  {}\nreward {:+.3}  return {:.3}  action {action}\n{keys}",
             self.env_id,
             episode,
             self.step,
-            status.join(" · "),
+            status.join(" | "),
             self.last_reward,
             self.episode_return,
         )
@@ -334,7 +376,12 @@ mod tests {
     use super::*;
 
     fn live(env: &str, seed: u64) -> Session {
-        let source = Source::Live { env: env.into(), overrides: None, policy: "random".into(), seed };
+        let source = Source::Live {
+            env: env.into(),
+            overrides: None,
+            policy: "random".into(),
+            seed,
+        };
         Session::new(&source, &Registry::with_builtins()).unwrap()
     }
 
@@ -363,7 +410,8 @@ mod tests {
 
     #[test]
     fn a_replay_reproduces_the_recording_and_scrubs() {
-        let dir = std::env::temp_dir().join(format!("dreamgym-viewer-replay-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("dreamgym-viewer-replay-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let registry = Registry::with_builtins();
         // Record two Reacher episodes headless.
@@ -376,7 +424,8 @@ mod tests {
             "random",
             Some(1),
         );
-        let mut w = dreamgym_envs::recording::EpisodeWriter::create(&dir, meta, Default::default()).unwrap();
+        let mut w = dreamgym_envs::recording::EpisodeWriter::create(&dir, meta, Default::default())
+            .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for seed in [11, 12] {
             let (obs, _) = env.reset(Some(seed), &Info::new()).unwrap();
@@ -415,18 +464,33 @@ mod tests {
     fn bad_sources_are_clear_errors() {
         let registry = Registry::with_builtins();
         let err = Session::new(
-            &Source::Live { env: "Nope-v0".into(), overrides: None, policy: "random".into(), seed: 0 },
+            &Source::Live {
+                env: "Nope-v0".into(),
+                overrides: None,
+                policy: "random".into(),
+                seed: 0,
+            },
             &registry,
         )
         .err()
         .unwrap();
         assert!(format!("{err:#}").contains("CartPole-v0"));
-        let err = Session::new(&Source::Replay { dir: "/nonexistent/replay".into() }, &registry).err().unwrap();
+        let err = Session::new(
+            &Source::Replay {
+                dir: "/nonexistent/replay".into(),
+            },
+            &registry,
+        )
+        .err()
+        .unwrap();
         assert!(format!("{err:#}").contains("cannot open the replay"));
-        let empty = std::env::temp_dir().join(format!("dreamgym-viewer-empty-{}", std::process::id()));
+        let empty =
+            std::env::temp_dir().join(format!("dreamgym-viewer-empty-{}", std::process::id()));
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::write(empty.join("dataset.json"), "{not json").unwrap();
-        let err = Session::new(&Source::Replay { dir: empty.clone() }, &registry).err().unwrap();
+        let err = Session::new(&Source::Replay { dir: empty.clone() }, &registry)
+            .err()
+            .unwrap();
         assert!(format!("{err:#}").contains("not valid"), "{err:#}");
         std::fs::remove_dir_all(&empty).unwrap();
     }
