@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use dreamgym_envs::recording::{DatasetMeta, Episode, EpisodeWriter, WriterOptions};
-use dreamgym_envs::{AutoresetMode, Env, Info, Registry, ThreadedVecEnv, VecEnv};
+use dreamgym_envs::{AutoresetMode, Env, Info, Registry, ThreadedVecEnv, Value, VecEnv};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -142,7 +142,7 @@ pub fn collect(
         &config.policy,
         Some(config.seed),
     );
-    let mut writer = EpisodeWriter::create(
+    let writer = EpisodeWriter::create(
         &config.out,
         meta,
         WriterOptions {
@@ -151,6 +151,20 @@ pub fn collect(
         },
     )
     .with_context(|| format!("cannot record to {}", config.out.display()))?;
+    // Encoding and writing chunks happens on its own thread, so stepping goes on meanwhile.
+    let (episodes_tx, episodes_rx) = crossbeam_channel::bounded::<Episode>(256);
+    let writer_thread = std::thread::Builder::new()
+        .name("dreamgym-writer".into())
+        .spawn(
+            move || -> Result<(usize, usize), dreamgym_envs::recording::RecordError> {
+                let mut writer = writer;
+                for episode in episodes_rx {
+                    writer.push(episode)?;
+                }
+                writer.finish()
+            },
+        )
+        .context("cannot start the writer thread")?;
     let mut venv = ThreadedVecEnv::new(envs, config.workers, AutoresetMode::NextStep)?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -187,31 +201,41 @@ pub fn collect(
         }
         let actions: Vec<_> = rngs.iter_mut().map(|r| action_space.sample(r)).collect();
         let step = venv.step(&actions)?;
-        for (i, action) in actions.into_iter().enumerate() {
+        let results = actions
+            .into_iter()
+            .zip(step.obs)
+            .zip(step.infos)
+            .enumerate();
+        for (i, ((action, obs), info)) in results {
             if step.autoreset[i] {
-                current[i] = Episode::new(episode_seed(&step.infos[i]), step.obs[i].clone());
+                current[i] = Episode::new(episode_seed(&info), obs);
                 continue;
             }
-            current[i].push(
-                action,
-                step.obs[i].clone(),
-                step.rewards[i],
-                step.terminated[i],
-                step.truncated[i],
-            );
-            if (step.terminated[i] || step.truncated[i]) && finished < config.episodes {
-                let episode =
-                    std::mem::replace(&mut current[i], Episode::new(0, step.obs[i].clone()));
+            let (terminated, truncated) = (step.terminated[i], step.truncated[i]);
+            current[i].push(action, obs, step.rewards[i], terminated, truncated);
+            if (terminated || truncated) && finished < config.episodes {
+                // The next step resets this env (NEXT_STEP) and replaces the placeholder.
+                let episode = std::mem::replace(&mut current[i], Episode::new(0, Value::Int(0)));
                 steps += episode.len();
                 total_return += episode.total_reward();
                 finished += 1;
-                writer.push(episode)?;
+                if episodes_tx.send(episode).is_err() {
+                    // The writer stopped: its error is reported below.
+                    break;
+                }
                 pb.inc(1);
             }
         }
+        if writer_thread.is_finished() {
+            break;
+        }
     }
     venv.close();
-    let (episodes, written_steps) = writer.finish()?;
+    drop(episodes_tx);
+    let (episodes, written_steps) = writer_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+        .with_context(|| format!("recording to {}", config.out.display()))?;
     pb.finish_and_clear();
     debug_assert_eq!(written_steps, steps);
     Ok(RolloutSummary {

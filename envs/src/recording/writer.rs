@@ -295,7 +295,10 @@ pub(crate) fn encode_chunk(
     let mut metadata = BTreeMap::new();
     metadata.insert("format".to_string(), FORMAT.to_string());
     metadata.insert("version".to_string(), VERSION.to_string());
-    let data: Vec<u8> = cols.values().flatten().copied().collect();
+    let mut data = Vec::with_capacity(cols.values().map(Vec::len).sum());
+    for c in cols.values() {
+        data.extend_from_slice(c);
+    }
     metadata.insert(
         "crc32".to_string(),
         format!("{:08x}", crc32fast::hash(&data)),
