@@ -226,3 +226,122 @@ fn run_executes_an_experiment_file_and_keeps_its_config() {
     assert!(t.contains("episodes     2"), "{t}");
     assert!(data.join("experiment.toml").exists());
 }
+
+#[test]
+fn pixel_rollouts_export_to_gifs_and_state_datasets_say_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("px");
+    let o = dreamgym(&[
+        "rollout",
+        "--env",
+        "CartPole-v0",
+        "--obs",
+        "pixels",
+        "--set",
+        "width=32",
+        "--set",
+        "height=24",
+        "--episodes",
+        "3",
+        "--num-envs",
+        "2",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let gif_path = dir.path().join("ep.gif");
+    let o = dreamgym(&[
+        "export-gif",
+        data.to_str().unwrap(),
+        "--episode",
+        "1",
+        gif_path.to_str().unwrap(),
+        "--scale",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let episodes = dreamgym::envs::recording::Dataset::open(&data)
+        .unwrap()
+        .load()
+        .episodes;
+    let mut decoder = gif::DecodeOptions::new();
+    decoder.set_color_output(gif::ColorOutput::RGBA);
+    let mut reader = decoder
+        .read_info(std::fs::File::open(&gif_path).unwrap())
+        .unwrap();
+    assert_eq!((reader.width(), reader.height()), (64, 48));
+    let mut frames = 0;
+    while reader.read_next_frame().unwrap().is_some() {
+        frames += 1;
+    }
+    assert_eq!(frames, episodes[1].observations.len());
+    // Out of range, and a dataset without pixels.
+    assert_clean_error(
+        &dreamgym(&[
+            "export-gif",
+            data.to_str().unwrap(),
+            "--episode",
+            "9",
+            gif_path.to_str().unwrap(),
+        ]),
+        "out of range",
+    );
+    let state = dir.path().join("state");
+    assert!(
+        dreamgym(&[
+            "rollout",
+            "--env",
+            "CartPole-v0",
+            "--episodes",
+            "1",
+            "--out",
+            state.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert_clean_error(
+        &dreamgym(&[
+            "export-gif",
+            state.to_str().unwrap(),
+            gif_path.to_str().unwrap(),
+        ]),
+        "--obs pixels",
+    );
+}
+
+#[test]
+fn render_writes_the_agents_picture_as_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.png");
+    let o = dreamgym(&[
+        "render",
+        "--env",
+        "Reacher-v0",
+        "--width",
+        "48",
+        "--height",
+        "40",
+        "--steps",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
+        .read_info()
+        .unwrap();
+    assert_eq!((reader.info().width, reader.info().height), (48, 40));
+    assert_clean_error(
+        &dreamgym(&[
+            "render",
+            "--env",
+            "Reacher-v0",
+            "--width",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "image size",
+    );
+}
