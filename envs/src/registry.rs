@@ -178,6 +178,24 @@ impl Registry {
     }
 }
 
+/// Parses `key=value` config overrides, as the command line's `--set` takes them: a value is
+/// JSON when it parses as JSON (`force_mag=5`, `flag=true`, `obs="pixels"`), a string otherwise
+/// (`obs=pixels`). `None` for no pairs.
+pub fn parse_overrides(pairs: &[String]) -> Result<Option<Json>, String> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut map = serde_json::Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`--set {pair}`: expected key=value"))?;
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Json::String(v.into()));
+        map.insert(k.trim().to_string(), value);
+    }
+    Ok(Some(Json::Object(map)))
+}
+
 /// Checks that `id` looks like `Name-vN`.
 fn check_id(id: &str) -> Result<(), EnvError> {
     let ok = id.rsplit_once("-v").is_some_and(|(name, version)| {
@@ -198,6 +216,23 @@ fn check_id(id: &str) -> Result<(), EnvError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_parse_json_values_and_fall_back_to_strings() {
+        let pairs = [
+            "a=5".to_string(),
+            "b=true".into(),
+            "c=pixels".into(),
+            "d=[1,2]".into(),
+        ];
+        let v = parse_overrides(&pairs).unwrap().unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": 5, "b": true, "c": "pixels", "d": [1, 2]})
+        );
+        assert!(parse_overrides(&["novalue".to_string()]).is_err());
+        assert_eq!(parse_overrides(&[]).unwrap(), None);
+    }
 
     #[test]
     fn ids_must_carry_a_version() {

@@ -95,21 +95,9 @@ pub struct NoViewer {
     rest: Vec<String>,
 }
 
-/// Parses `key=value` env-config overrides; values are JSON when they parse as JSON
-/// (`force_mag=5`, `flag=true`), strings otherwise.
+/// Parses `key=value` env-config overrides (see [`dreamgym_envs::parse_overrides`]).
 pub(crate) fn parse_overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
-    if pairs.is_empty() {
-        return Ok(None);
-    }
-    let mut map = serde_json::Map::new();
-    for pair in pairs {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("`--set {pair}`: expected key=value"))?;
-        let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
-        map.insert(k.trim().to_string(), value);
-    }
-    Ok(Some(serde_json::Value::Object(map)))
+    dreamgym_envs::parse_overrides(pairs).map_err(anyhow::Error::msg)
 }
 
 /// A progress bar in dreamgym's style (hidden when stderr is not a terminal).

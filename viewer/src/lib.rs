@@ -58,24 +58,6 @@ pub struct ViewArgs {
     pub speed: f32,
 }
 
-/// Parses `key=value` overrides (JSON values where they parse, strings otherwise).
-fn overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
-    if pairs.is_empty() {
-        return Ok(None);
-    }
-    let mut map = serde_json::Map::new();
-    for pair in pairs {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("`--set {pair}`: expected key=value"))?;
-        map.insert(
-            k.trim().into(),
-            serde_json::from_str(v).unwrap_or_else(|_| v.into()),
-        );
-    }
-    Ok(Some(map.into()))
-}
-
 /// Errors unless a display is available, saying how to run without one.
 pub fn check_display() -> anyhow::Result<()> {
     if cfg!(target_os = "linux") && std::env::var_os("DISPLAY").is_none_or(|d| d.is_empty()) {
@@ -108,7 +90,7 @@ pub fn run(args: ViewArgs, registry: &Registry) -> anyhow::Result<()> {
         (_, Some(dir)) => Source::Replay { dir: dir.clone() },
         (Some(env), None) => Source::Live {
             env: env.clone(),
-            overrides: overrides(&args.set)?,
+            overrides: dreamgym_envs::parse_overrides(&args.set).map_err(anyhow::Error::msg)?,
             policy: args.policy.clone(),
             seed: args.seed,
         },

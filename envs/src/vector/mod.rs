@@ -193,3 +193,24 @@ pub(crate) fn common_spaces(envs: &[Box<dyn Env>]) -> Result<(Space, Space), Env
 pub(crate) fn env_seed(seed: Option<u64>, i: usize) -> Option<u64> {
     seed.map(|s| s.wrapping_add(i as u64))
 }
+
+/// Checks a batch of actions before any env moves: one per env, each acceptable to the action
+/// space, so that a bad batch changes nothing.
+pub(crate) fn check_batch(
+    space: &Space,
+    num_envs: usize,
+    actions: &[Value],
+) -> Result<(), EnvError> {
+    if actions.len() != num_envs {
+        return Err(EnvError::InvalidAction(format!(
+            "expected {num_envs} actions (one per env), got {}",
+            actions.len()
+        )));
+    }
+    for (i, a) in actions.iter().enumerate() {
+        space
+            .check_action(a)
+            .map_err(|e| EnvError::InvalidAction(format!("env {i}: {e}")))?;
+    }
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! `SyncVecEnv`: N envs stepped one after another on the calling thread.
 
-use super::{AutoresetMode, Slot, VecEnv, VecStep, common_spaces, env_seed};
+use super::{AutoresetMode, Slot, VecEnv, VecStep, check_batch, common_spaces, env_seed};
 use crate::{Env, EnvError, Info, Space, Value};
 
 /// Steps its envs in order on the calling thread.
@@ -59,18 +59,7 @@ impl VecEnv for SyncVecEnv {
         Ok((obs, infos))
     }
     fn step(&mut self, actions: &[Value]) -> Result<VecStep, EnvError> {
-        if actions.len() != self.slots.len() {
-            return Err(EnvError::InvalidAction(format!(
-                "expected {} actions (one per env), got {}",
-                self.slots.len(),
-                actions.len()
-            )));
-        }
-        for (i, a) in actions.iter().enumerate() {
-            self.action_space
-                .check_action(a)
-                .map_err(|e| EnvError::InvalidAction(format!("env {i}: {e}")))?;
-        }
+        check_batch(&self.action_space, self.slots.len(), actions)?;
         let mut out = VecStep::with_capacity(self.slots.len());
         for (i, (slot, action)) in self.slots.iter_mut().zip(actions).enumerate() {
             out.push(slot.step(action).map_err(|e| prefix(i, e))?);

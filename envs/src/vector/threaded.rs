@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError, bounded};
 
 use super::sync::prefix;
-use super::{AutoresetMode, Slot, SlotStep, VecEnv, VecStep, common_spaces, env_seed};
+use super::{AutoresetMode, Slot, SlotStep, VecEnv, VecStep, check_batch, common_spaces, env_seed};
 use crate::{Env, EnvError, Info, Space, Value};
 
 enum Command {
@@ -251,18 +251,7 @@ impl VecEnv for ThreadedVecEnv {
         if self.closed {
             return Err(EnvError::Worker("the vector env is closed".into()));
         }
-        if actions.len() != self.num_envs {
-            return Err(EnvError::InvalidAction(format!(
-                "expected {} actions (one per env), got {}",
-                self.num_envs,
-                actions.len()
-            )));
-        }
-        for (i, a) in actions.iter().enumerate() {
-            self.action_space
-                .check_action(a)
-                .map_err(|e| EnvError::InvalidAction(format!("env {i}: {e}")))?;
-        }
+        check_batch(&self.action_space, self.num_envs, actions)?;
         for w in &self.workers {
             self.send(w, Command::Step(actions[w.envs.clone()].to_vec()))?;
         }
