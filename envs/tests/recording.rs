@@ -81,7 +81,7 @@ fn chunks_are_plain_safetensors_with_a_checksum_of_the_data_section() {
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let data = &bytes[8 + n..];
     assert_eq!(header["__metadata__"]["format"], "dreamgym-episodes");
-    assert_eq!(header["__metadata__"]["version"], "1");
+    assert_eq!(header["__metadata__"]["version"], "2");
     let crc = u32::from_str_radix(header["__metadata__"]["crc32"].as_str().unwrap(), 16).unwrap();
     assert_eq!(crc, crc32fast::hash(data));
     let steps: usize = episodes.iter().map(Episode::len).sum();
@@ -256,4 +256,127 @@ fn windows_cover_every_start_once_in_a_seeded_order() {
         .map(|w| (w.episode, w.start))
         .collect();
     assert_eq!(again, in_order);
+}
+
+/// Records pixel episodes of `id` with `config`.
+fn record_pixel_episodes(
+    id: &str,
+    config: serde_json::Value,
+    n: usize,
+) -> (DatasetMeta, Vec<Episode>) {
+    let registry = Registry::with_builtins();
+    let mut env = registry.make(id, Some(&config)).unwrap();
+    let meta = DatasetMeta::new(
+        id,
+        registry.resolve_config(id, Some(&config)).unwrap(),
+        env.observation_space().clone(),
+        env.action_space().clone(),
+        "random",
+        Some(0),
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut episodes = Vec::new();
+    for seed in 0..n as u64 {
+        let (obs, _) = env.reset(Some(seed), &Info::new()).unwrap();
+        let mut e = Episode::new(seed, obs);
+        for _ in 0..60 {
+            let a = env.action_space().sample(&mut rng);
+            let s = env.step(&a).unwrap();
+            let done = s.done();
+            e.push(a, s.obs, s.reward, s.terminated, s.truncated);
+            if done {
+                break;
+            }
+        }
+        episodes.push(e);
+    }
+    (meta, episodes)
+}
+
+#[test]
+fn pixel_columns_are_zlib_compressed_and_round_trip() {
+    for (mode, column) in [("pixels", "obs"), ("both", "obs.pixels")] {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, episodes) = record_pixel_episodes(
+            "Racer-v0",
+            serde_json::json!({"obs": mode, "width": 32, "height": 32}),
+            3,
+        );
+        write(dir.path(), &meta, &episodes, 10);
+        assert_eq!(
+            Dataset::open(dir.path()).unwrap().load().episodes,
+            episodes,
+            "obs={mode}"
+        );
+        // What a Python user does: find `<column>.zlib`, zlib-decompress it, reshape.
+        let bytes = std::fs::read(dir.path().join("chunk-000000.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let entry = &header[format!("{column}.zlib")];
+        assert_eq!(entry["dtype"], "U8", "{header}");
+        assert!(
+            header.get(column).is_none(),
+            "the raw column is not stored too"
+        );
+        let [a, b] = [0, 1].map(|k| entry["data_offsets"][k].as_u64().unwrap() as usize);
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::ZlibDecoder::new(&bytes[8 + n + a..8 + n + b]),
+            &mut raw,
+        )
+        .unwrap();
+        let rows: usize = episodes.iter().map(|e| e.observations.len()).sum();
+        assert_eq!(raw.len(), rows * 32 * 32 * 3);
+        assert!(
+            (b - a) * 4 < raw.len(),
+            "compressed {} of {} bytes",
+            b - a,
+            raw.len()
+        );
+        let first = match &episodes[0].observations[0] {
+            Value::U8(v) => v.clone(),
+            Value::Dict(d) => match &d["pixels"] {
+                Value::U8(v) => v.clone(),
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        };
+        assert_eq!(&raw[..32 * 32 * 3], &first[..]);
+    }
+}
+
+#[test]
+fn version_1_datasets_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, episodes) = record_episodes("CartPole-v0", 2, 8);
+    write(dir.path(), &meta, &episodes, 10);
+    // Turn it into a version-1 dataset (no compressed columns: the layout is the same).
+    let meta_path = dir.path().join("dataset.json");
+    let text = std::fs::read_to_string(&meta_path)
+        .unwrap()
+        .replace("\"version\": 2", "\"version\": 1");
+    std::fs::write(&meta_path, text).unwrap();
+    let chunk = dir.path().join("chunk-000000.safetensors");
+    let bytes = std::fs::read(&chunk).unwrap();
+    let mut fixed = bytes.clone();
+    let needle = b"\"version\":\"2\"";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+        + 11;
+    fixed[at] = b'1';
+    std::fs::write(&chunk, fixed).unwrap();
+    let ds = Dataset::open(dir.path()).unwrap();
+    assert_eq!(ds.meta().version, 1);
+    let report = ds.load();
+    assert!(report.damaged.is_empty(), "{:?}", report.damaged);
+    assert_eq!(report.episodes, episodes);
+    // A future version is refused with a clear message.
+    let text = std::fs::read_to_string(&meta_path)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 9");
+    std::fs::write(&meta_path, text).unwrap();
+    let err = Dataset::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("version 9"), "{err}");
 }

@@ -9,7 +9,9 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::SafeTensors;
 
 use super::writer::data_section;
-use super::{DatasetMeta, Episode, FORMAT, LeafKind, RecordError, VERSION, io_error, leaves};
+use super::{
+    DatasetMeta, Episode, FORMAT, LeafKind, OLDEST_READABLE, RecordError, VERSION, io_error, leaves,
+};
 use crate::{Space, Value};
 
 /// A dataset folder opened for reading.
@@ -51,9 +53,10 @@ impl Dataset {
                 meta.format
             )));
         }
-        if meta.version != VERSION {
+        if !(OLDEST_READABLE..=VERSION).contains(&meta.version) {
             return Err(RecordError::Format(format!(
-                "{}: format version {} is not supported (this build reads version {VERSION})",
+                "{}: format version {} is not supported (this build reads versions \
+                 {OLDEST_READABLE} to {VERSION})",
                 meta_path.display(),
                 meta.version
             )));
@@ -133,9 +136,10 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
     if info.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(format!("not a {FORMAT} chunk"));
     }
-    if info.get("version").map(String::as_str) != Some(&VERSION.to_string()) {
+    let version: Option<u32> = info.get("version").and_then(|v| v.parse().ok());
+    if !version.is_some_and(|v| (OLDEST_READABLE..=VERSION).contains(&v)) {
         return Err(format!(
-            "chunk version {:?} is not {VERSION}",
+            "chunk version {:?} is not one this build reads ({OLDEST_READABLE} to {VERSION})",
             info.get("version")
         ));
     }
@@ -175,9 +179,41 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
             truncated.len()
         ));
     }
+    // Decompressed image columns live here for as long as the columns borrow them.
+    let mut unpacked: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for name in st.names() {
+        if let Some(column) = name.strip_suffix(".zlib") {
+            let packed = tensor(name)?;
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::ZlibDecoder::new(packed.data()),
+                &mut raw,
+            )
+            .map_err(|e| format!("tensor `{name}` does not decompress: {e}"))?;
+            unpacked.insert(column.to_string(), raw);
+        }
+    }
     let columns = |space: &Space, prefix: &str, rows: usize| -> Result<Columns<'_>, String> {
         let mut cols = BTreeMap::new();
         for leaf in leaves(space, prefix) {
+            let row_bytes = leaf.row_shape.iter().product::<usize>()
+                * match leaf.kind {
+                    LeafKind::F32 => 4,
+                    LeafKind::U8 => 1,
+                    LeafKind::I64 => 8,
+                };
+            if let Some(raw) = unpacked.get(&leaf.name) {
+                if raw.len() != rows * row_bytes {
+                    return Err(format!(
+                        "column `{}` decompresses to {} bytes, expected {}",
+                        leaf.name,
+                        raw.len(),
+                        rows * row_bytes
+                    ));
+                }
+                cols.insert(leaf.name.clone(), (leaf, raw.as_slice()));
+                continue;
+            }
             let t = tensor(&leaf.name)?;
             let mut shape = vec![rows];
             shape.extend(&leaf.row_shape);

@@ -292,6 +292,28 @@ pub(crate) fn encode_chunk(
         TensorView::new(*dtype, shape.clone(), data)
             .map_err(|e| RecordError::Mismatch(format!("column {name}: {e}")))?;
     }
+    // Image columns are stored zlib-compressed, as a 1-D u8 tensor named `<column>.zlib`.
+    let images: Vec<String> = shapes
+        .iter()
+        .filter(|(_, (dtype, shape))| *dtype == StDtype::U8 && shape.len() == 4)
+        .map(|(name, _)| name.clone())
+        .filter(|name| name.starts_with("obs"))
+        .collect();
+    for name in images {
+        let raw = cols.remove(&name).unwrap_or_default();
+        shapes.remove(&name);
+        let mut encoder = flate2::write::ZlibEncoder::new(
+            Vec::with_capacity(raw.len() / 8),
+            flate2::Compression::fast(),
+        );
+        std::io::Write::write_all(&mut encoder, &raw)
+            .and_then(|_| encoder.finish())
+            .map(|packed| {
+                shapes.insert(format!("{name}.zlib"), (StDtype::U8, vec![packed.len()]));
+                cols.insert(format!("{name}.zlib"), packed);
+            })
+            .map_err(|e| RecordError::Format(format!("cannot compress {name}: {e}")))?;
+    }
     let mut metadata = BTreeMap::new();
     metadata.insert("format".to_string(), FORMAT.to_string());
     metadata.insert("version".to_string(), VERSION.to_string());
