@@ -55,8 +55,13 @@ pub struct Session {
     has_pixels: bool,
 }
 
-/// The env config with pixels added, if the env takes an `obs` setting.
-fn with_pixels(registry: &Registry, id: &str, overrides: Option<&Json>) -> (Box<dyn Env>, bool) {
+/// The env built with pixels added when the env takes an `obs` setting (for the
+/// picture-in-picture), else as configured; and whether it observes an image.
+fn with_pixels(
+    registry: &Registry,
+    id: &str,
+    overrides: Option<&Json>,
+) -> anyhow::Result<(Box<dyn Env>, bool)> {
     let mut o = overrides.cloned().unwrap_or_else(|| serde_json::json!({}));
     if o.get("obs")
         .and_then(Json::as_str)
@@ -64,22 +69,14 @@ fn with_pixels(registry: &Registry, id: &str, overrides: Option<&Json>) -> (Box<
     {
         o["obs"] = "both".into();
     }
-    match registry.make(id, Some(&o)) {
-        Ok(env) => (env, true),
-        Err(_) => match registry.make(id, overrides) {
-            Ok(env) => {
-                let pixels = has_image(env.observation_space());
-                (env, pixels)
-            }
-            Err(_) => unreachable_env(),
-        },
+    if let Ok(env) = registry.make(id, Some(&o)) {
+        return Ok((env, true));
     }
-}
-
-fn unreachable_env() -> ! {
-    // `Session::new` builds the env once with the user's config first, so this cannot fail
-    // here; keep a clear message rather than a bare panic in case that changes.
-    panic!("env construction succeeded once and then failed with the same config")
+    let env = registry
+        .make(id, overrides)
+        .with_context(|| format!("cannot build {id}"))?;
+    let pixels = has_image(env.observation_space());
+    Ok((env, pixels))
 }
 
 fn has_image(space: &dreamgym_envs::Space) -> bool {
@@ -104,11 +101,8 @@ impl Session {
                 if policy != "random" {
                     bail!("unknown policy `{policy}`; the viewer knows: random");
                 }
-                // Fail on a bad id or config with the registry's own message.
-                registry
-                    .make(env, overrides.as_ref())
-                    .with_context(|| format!("cannot build {env}"))?;
-                let (env_box, has_pixels) = with_pixels(registry, env, overrides.as_ref());
+                // A bad id or config fails here with the registry's own message.
+                let (env_box, has_pixels) = with_pixels(registry, env, overrides.as_ref())?;
                 let mut s = Self::with_env(
                     env_box,
                     env,
@@ -131,10 +125,8 @@ impl Session {
                     );
                 }
                 let meta = dataset.meta();
-                registry
-                    .make(&meta.env_id, Some(&meta.env_config))
+                let (env, has_pixels) = with_pixels(registry, &meta.env_id, Some(&meta.env_config))
                     .with_context(|| format!("cannot rebuild {} for the replay", meta.env_id))?;
-                let (env, has_pixels) = with_pixels(registry, &meta.env_id, Some(&meta.env_config));
                 let mut s = Self::with_env(
                     env,
                     &meta.env_id,
