@@ -178,3 +178,62 @@ fn bad_inputs_are_errors() {
     // A NaN force was refused, so the world still steps cleanly.
     world.step().unwrap();
 }
+
+#[test]
+fn multibody_joints_start_undamped() {
+    let mut world = World::new(WorldConfig::default());
+    let base = world.add_body("base", RigidBodyBuilder::fixed()).unwrap();
+    let arm = world
+        .add_body(
+            "arm",
+            RigidBodyBuilder::dynamic().translation(Vector::new(1.0, 0.0, 0.0)),
+        )
+        .unwrap();
+    let hinge = world
+        .add_multibody_joint(
+            "hinge",
+            base,
+            arm,
+            RevoluteJointBuilder::new(Vector::Z)
+                .local_anchor2(Vector::new(-1.0, 0.0, 0.0))
+                .build(),
+        )
+        .unwrap();
+    let (multibody, _) = world.multibody_mut(hinge).unwrap();
+    assert!(
+        multibody.damping().iter().all(|&d| d == 0.0),
+        "{:?}",
+        multibody.damping()
+    );
+    // Spinning freely without gravity, the hinge keeps its speed.
+    let mut world = World::new(WorldConfig {
+        gravity: [0.0; 3],
+        solver_iterations: 1,
+        ..WorldConfig::default()
+    });
+    let base = world.add_body("base", RigidBodyBuilder::fixed()).unwrap();
+    let arm = world
+        .add_body(
+            "arm",
+            RigidBodyBuilder::dynamic()
+                .additional_mass(1.0)
+                .translation(Vector::new(1.0, 0.0, 0.0)),
+        )
+        .unwrap();
+    let hinge = world
+        .add_multibody_joint(
+            "hinge",
+            base,
+            arm,
+            RevoluteJointBuilder::new(Vector::Z)
+                .local_anchor2(Vector::new(-1.0, 0.0, 0.0))
+                .build(),
+        )
+        .unwrap();
+    world.set_joint_dofs(&[(hinge, 0.0, 2.0)]).unwrap();
+    for _ in 0..50 {
+        world.step().unwrap();
+    }
+    let (_, speed) = world.joint_dof(hinge).unwrap();
+    assert!((speed - 2.0).abs() < 1e-4, "hinge speed {speed}");
+}

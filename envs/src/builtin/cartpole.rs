@@ -193,11 +193,6 @@ impl CartPole {
                 .local_anchor2(Vector::new(0.0, -POLE_HALF_LENGTH, 0.0))
                 .build(),
         )?;
-        // Rapier gives every angular multibody DOF a default damping of 0.1 (folded implicitly
-        // into the mass matrix); Gymnasium's cart-pole has none.
-        if let Some((multibody, _)) = world.multibody_mut(hinge) {
-            multibody.damping_mut().fill(0.0);
-        }
         let initial = world.snapshot();
         let high = [X_THRESHOLD * 2.0, f32::MAX, THETA_THRESHOLD * 2.0, f32::MAX];
         let mut scene = Scene {
