@@ -255,13 +255,18 @@ impl World {
             .multibody_joints
             .insert(parent, child, joint, true)
             .ok_or_else(|| SimError::JointRejected(name.to_string()))?;
-        // Rapier gives every new angular DOF a damping of 0.1, folded implicitly into the mass
-        // matrix: a silent drag (it put a cart-pole 12% off its equations of motion). Joints
+        // Rapier gives every new angular DOF (the joint's, and a new multibody's root joint's) a
+        // damping of 0.1, folded implicitly into the mass matrix: a silent drag (it put a cart-pole 12% off its equations of motion). Joints
         // here start undamped; set damping explicitly through `multibody_mut`.
         if let Some((multibody, link_id)) = self.state.multibody_joints.get_mut(handle)
             && let Some(link) = multibody.link(link_id)
         {
-            let (start, ndofs) = (link.assembly_id(), link.joint().ndofs());
+            // A joint that creates the multibody also created its root joint, damped too.
+            let (start, ndofs) = if multibody.num_links() == 2 {
+                (0, multibody.damping().len())
+            } else {
+                (link.assembly_id(), link.joint().ndofs())
+            };
             multibody.damping_mut().rows_mut(start, ndofs).fill(0.0);
         }
         let joint = JointRef::Multibody(handle);
