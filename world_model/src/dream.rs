@@ -1,0 +1,238 @@
+//! The dream: an [`Env`] whose state is M's (z, h, c) and whose step samples M.
+//!
+//! Observations are `[z, h]` (what the controller C reads); the action space is the real env's.
+//! An episode starts from the (μ, σ) of a real first frame drawn from the list it was given,
+//! sampled as V would encode it. Rewards and done flags come from M's heads; with no reward head
+//! the reward is 0 and with no done head episodes only end at `max_steps` (truncated).
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use dreamgym_envs::{
+    BoxSpace, Env, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value,
+};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use crate::mdn::{MdnRnn, sample_mixture, standard_normal};
+
+/// How the dream behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DreamConfig {
+    /// Sampling temperature τ (the paper's CarRacing dream used 1.0, Doom 1.15).
+    pub temperature: f32,
+    /// Steps before the episode is truncated.
+    pub max_steps: u64,
+    /// A step ends the episode when M's done probability exceeds this.
+    pub done_threshold: f32,
+}
+
+impl Default for DreamConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            max_steps: 1000,
+            done_threshold: 0.5,
+        }
+    }
+}
+
+/// A starting latent: a real first frame's encoder output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartLatent {
+    /// μ of the frame.
+    pub mu: Vec<f32>,
+    /// log σ² of the frame.
+    pub logvar: Vec<f32>,
+}
+
+/// M as an environment.
+pub struct DreamEnv {
+    model: Arc<MdnRnn>,
+    config: DreamConfig,
+    starts: Arc<Vec<StartLatent>>,
+    obs_space: Space,
+    action_space: Space,
+    seeder: EpisodeSeeder,
+    rng: Option<dreamgym_envs::EnvRng>,
+    episode: EpisodeState,
+    z: Vec<f32>,
+    h: Tensor,
+    c: Tensor,
+}
+
+impl DreamEnv {
+    /// A dream of `model`, starting from `starts`, acting in `action_space` (a Box whose size is
+    /// M's `action_size`).
+    pub fn new(
+        model: Arc<MdnRnn>,
+        starts: Arc<Vec<StartLatent>>,
+        action_space: Space,
+        config: DreamConfig,
+    ) -> Result<Self, EnvError> {
+        let cfg = model.config().clone();
+        let bad = |m: String| EnvError::InvalidConfig {
+            env: "dream".into(),
+            message: m,
+        };
+        match action_space.as_box() {
+            Some(b) if b.len() == cfg.action_size => {}
+            _ => {
+                return Err(bad(format!(
+                    "the action space must be a Box of {} values (M's action_size)",
+                    cfg.action_size
+                )));
+            }
+        }
+        if starts.is_empty() {
+            return Err(bad("no starting latents".into()));
+        }
+        if let Some(s) = starts
+            .iter()
+            .find(|s| s.mu.len() != cfg.z_size || s.logvar.len() != cfg.z_size)
+        {
+            return Err(bad(format!(
+                "a starting latent has {} values, M's z_size is {}",
+                s.mu.len(),
+                cfg.z_size
+            )));
+        }
+        if !(config.temperature > 0.0) || config.max_steps == 0 {
+            return Err(bad("temperature must be > 0 and max_steps >= 1".into()));
+        }
+        let obs_space = Space::Box(BoxSpace::uniform(
+            vec![cfg.z_size + cfg.hidden],
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+        ));
+        let (h, c) = model
+            .initial_state(1)
+            .map_err(|e| EnvError::Other(e.to_string()))?;
+        Ok(Self {
+            model,
+            config,
+            starts,
+            obs_space,
+            action_space,
+            seeder: EpisodeSeeder::default(),
+            rng: None,
+            episode: EpisodeState::default(),
+            z: Vec::new(),
+            h,
+            c,
+        })
+    }
+
+    fn obs(&self) -> Result<Value, EnvError> {
+        let h: Vec<f32> = self
+            .h
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(candle_err)?;
+        let mut v = self.z.clone();
+        v.extend_from_slice(&h);
+        Ok(Value::F32(v))
+    }
+
+    /// The current latent z (to decode into an image with V).
+    pub fn latent(&self) -> &[f32] {
+        &self.z
+    }
+}
+
+fn candle_err(e: candle_core::Error) -> EnvError {
+    EnvError::Other(format!("dream: {e}"))
+}
+
+impl Env for DreamEnv {
+    fn observation_space(&self) -> &Space {
+        &self.obs_space
+    }
+
+    fn action_space(&self) -> &Space {
+        &self.action_space
+    }
+
+    fn reset(&mut self, seed: Option<u64>, _options: &Info) -> Result<(Value, Info), EnvError> {
+        let (episode_seed, mut rng) = self.seeder.next_episode(seed);
+        let start = &self.starts[rng.random_range(0..self.starts.len())];
+        self.z = start
+            .mu
+            .iter()
+            .zip(&start.logvar)
+            .map(|(m, lv)| m + (0.5 * lv).exp() * standard_normal(&mut rng))
+            .collect();
+        let (h, c) = self.model.initial_state(1).map_err(candle_err)?;
+        self.h = h;
+        self.c = c;
+        self.rng = Some(rng);
+        self.episode = EpisodeState {
+            running: true,
+            steps: 0,
+        };
+        let mut info = Info::new();
+        info.insert("episode_seed".into(), episode_seed.into());
+        Ok((self.obs()?, info))
+    }
+
+    fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
+        self.episode.check_running("dream")?;
+        self.action_space
+            .check_action(action)
+            .map_err(EnvError::InvalidAction)?;
+        let a = action
+            .as_f32()
+            .ok_or_else(|| EnvError::InvalidAction("expected floats".into()))?;
+        let dev = Device::Cpu;
+        let cfg = self.model.config();
+        let z = Tensor::from_slice(&self.z, (1, cfg.z_size), &dev).map_err(candle_err)?;
+        let a = Tensor::from_slice(a, (1, cfg.action_size), &dev).map_err(candle_err)?;
+        let dev_model = self.model.device().clone();
+        let (z, a) = (
+            z.to_device(&dev_model).map_err(candle_err)?,
+            a.to_device(&dev_model).map_err(candle_err)?,
+        );
+        let (out, h, c) = self
+            .model
+            .step(&z, &a, &self.h, &self.c)
+            .map_err(candle_err)?;
+        let vec = |t: &Tensor| -> Result<Vec<f32>, EnvError> {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(candle_err)
+        };
+        let (lp, mu, ls) = (
+            vec(&out.mixture.log_pi)?,
+            vec(&out.mixture.mu)?,
+            vec(&out.mixture.log_sigma)?,
+        );
+        let rng = self.rng.as_mut().expect("reset sets the rng");
+        self.z = sample_mixture(&lp, &mu, &ls, cfg.mixtures, self.config.temperature, rng);
+        self.h = h;
+        self.c = c;
+        let reward = match &out.reward {
+            Some(r) => vec(r)?[0] as f64,
+            None => 0.0,
+        };
+        let terminated = match &out.done_logit {
+            Some(d) => {
+                let p = 1.0 / (1.0 + (-vec(d)?[0]).exp());
+                p > self.config.done_threshold
+            }
+            None => false,
+        };
+        self.episode.steps += 1;
+        let truncated = !terminated && self.episode.steps >= self.config.max_steps;
+        if terminated || truncated {
+            self.episode.running = false;
+        }
+        Ok(Step {
+            obs: self.obs()?,
+            reward,
+            terminated,
+            truncated,
+            info: Info::new(),
+        })
+    }
+}

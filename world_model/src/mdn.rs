@@ -1,0 +1,314 @@
+//! M: the mixture-density recurrent network of "World Models": an LSTM over [z_t, a_t] whose
+//! output parameterises p(z_{t+1}) as a mixture of Gaussians per latent dimension, with optional
+//! reward and done heads.
+
+use candle_core::{D, Device, Tensor};
+use candle_nn::VarMap;
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
+
+use crate::WmError;
+use crate::lstm::Lstm;
+use crate::nn::{Linear, ParamInit};
+
+/// M's architecture and loss weights. The defaults are the paper's CarRacing model (LSTM 256,
+/// 5 mixtures over z = 32) plus reward and done heads for dreaming.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MdnRnnConfig {
+    /// Latent size (V's `z_size`).
+    pub z_size: usize,
+    /// Action size.
+    pub action_size: usize,
+    /// LSTM units.
+    pub hidden: usize,
+    /// Gaussians per latent dimension.
+    pub mixtures: usize,
+    /// Predict the step's reward (squared error, weighted by `reward_weight`).
+    pub reward_head: bool,
+    /// Predict whether the step ended the episode (logistic loss, weighted by `done_weight`).
+    pub done_head: bool,
+    /// Weight of the reward loss.
+    pub reward_weight: f32,
+    /// Weight of the done loss.
+    pub done_weight: f32,
+}
+
+impl Default for MdnRnnConfig {
+    fn default() -> Self {
+        Self {
+            z_size: 32,
+            action_size: 3,
+            hidden: 256,
+            mixtures: 5,
+            reward_head: true,
+            done_head: true,
+            reward_weight: 1.0,
+            done_weight: 1.0,
+        }
+    }
+}
+
+impl MdnRnnConfig {
+    /// Checks sizes are positive.
+    pub fn validate(&self) -> Result<(), WmError> {
+        if self.z_size == 0 || self.action_size == 0 || self.hidden == 0 || self.mixtures == 0 {
+            return Err(WmError::Config(
+                "mdnrnn: z_size, action_size, hidden and mixtures must be positive".into(),
+            ));
+        }
+        if !(self.reward_weight >= 0.0 && self.done_weight >= 0.0) {
+            return Err(WmError::Config("mdnrnn: loss weights must be >= 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Mixture parameters for each (row, latent dimension): `[N, Z, K]` each, `log_pi` normalised.
+pub struct Mixture {
+    /// Log mixture weights (log-softmax over K).
+    pub log_pi: Tensor,
+    /// Means.
+    pub mu: Tensor,
+    /// Log standard deviations.
+    pub log_sigma: Tensor,
+}
+
+/// M's outputs for a batch of sequences (rows are `batch * time`).
+pub struct MdnOutput {
+    /// The next-z mixture.
+    pub mixture: Mixture,
+    /// Predicted rewards `[N]`, if there is a reward head.
+    pub reward: Option<Tensor>,
+    /// Done logits `[N]`, if there is a done head.
+    pub done_logit: Option<Tensor>,
+}
+
+/// The terms of M's loss (scalars).
+pub struct MdnLoss {
+    /// What is minimised: z NLL + weighted reward and done losses.
+    pub total: Tensor,
+    /// Mean negative log-likelihood of z_{t+1} per latent dimension.
+    pub z_nll: Tensor,
+    /// Mean squared reward error (zero without a reward head).
+    pub reward: Tensor,
+    /// Mean logistic loss of the done flag (zero without a done head).
+    pub done: Tensor,
+}
+
+/// A training batch: `z` `[B, T+1, Z]`, `actions` `[B, T, A]`, `rewards` and `dones` `[B, T]`.
+pub struct SeqBatch {
+    /// Latents of T+1 consecutive frames.
+    pub z: Tensor,
+    /// The T actions between them.
+    pub actions: Tensor,
+    /// The T rewards.
+    pub rewards: Tensor,
+    /// The T terminated flags (0 or 1).
+    pub dones: Tensor,
+}
+
+const LOG_SQRT_2PI: f64 = 0.918_938_533_204_672_7;
+
+/// M. Parameter names: `lstm.*`, `mdn`, `reward`, `done` (PyTorch layouts).
+pub struct MdnRnn {
+    config: MdnRnnConfig,
+    varmap: VarMap,
+    device: Device,
+    lstm: Lstm,
+    mdn: Linear,
+    reward: Option<Linear>,
+    done: Option<Linear>,
+}
+
+impl MdnRnn {
+    /// A freshly initialised M (PyTorch's default initialisation, from `seed`).
+    pub fn new(config: MdnRnnConfig, device: &Device, seed: u64) -> Result<Self, WmError> {
+        config.validate()?;
+        let varmap = VarMap::new();
+        let mut init = ParamInit::new(&varmap, device, seed);
+        let h = config.hidden;
+        let lstm = Lstm::new(&mut init, "lstm", config.z_size + config.action_size, h)?;
+        let mdn = Linear::new(&mut init, "mdn", h, config.z_size * config.mixtures * 3)?;
+        let reward = if config.reward_head {
+            Some(Linear::new(&mut init, "reward", h, 1)?)
+        } else {
+            None
+        };
+        let done = if config.done_head {
+            Some(Linear::new(&mut init, "done", h, 1)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            varmap,
+            device: device.clone(),
+            lstm,
+            mdn,
+            reward,
+            done,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &MdnRnnConfig {
+        &self.config
+    }
+
+    /// The parameters.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A zero (h, c) for `batch` sequences.
+    pub fn initial_state(&self, batch: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let z = Tensor::zeros(
+            (batch, self.config.hidden),
+            candle_core::DType::F32,
+            &self.device,
+        )?;
+        Ok((z.clone(), z))
+    }
+
+    /// The heads applied to hidden states `[N, H]`.
+    pub fn heads(&self, h: &Tensor) -> candle_core::Result<MdnOutput> {
+        let n = h.dim(0)?;
+        let (z, k) = (self.config.z_size, self.config.mixtures);
+        // Per latent dimension a block of 3K numbers: K log-weights, K means, K log-sigmas.
+        let out = self.mdn.forward(h)?.reshape((n, z, 3, k))?;
+        let logits = out.narrow(2, 0, 1)?.squeeze(2)?;
+        let log_pi = logits.broadcast_sub(&logits.log_sum_exp(D::Minus1)?.unsqueeze(D::Minus1)?)?;
+        let mu = out.narrow(2, 1, 1)?.squeeze(2)?;
+        let log_sigma = out.narrow(2, 2, 1)?.squeeze(2)?;
+        let reward = match &self.reward {
+            Some(l) => Some(l.forward(h)?.squeeze(1)?),
+            None => None,
+        };
+        let done_logit = match &self.done {
+            Some(l) => Some(l.forward(h)?.squeeze(1)?),
+            None => None,
+        };
+        Ok(MdnOutput {
+            mixture: Mixture {
+                log_pi,
+                mu,
+                log_sigma,
+            },
+            reward,
+            done_logit,
+        })
+    }
+
+    /// Runs over `z` `[B, T, Z]` and `actions` `[B, T, A]` from a zero state; outputs for the
+    /// `B*T` rows in batch-major order.
+    pub fn forward(&self, z: &Tensor, actions: &Tensor) -> candle_core::Result<MdnOutput> {
+        let (b, t, _) = z.dims3()?;
+        let x = Tensor::cat(&[z, actions], 2)?;
+        let (h0, c0) = self.initial_state(b)?;
+        let (hs, _, _) = self.lstm.forward_seq(&x, &h0, &c0)?;
+        self.heads(&hs.reshape((b * t, self.config.hidden))?)
+    }
+
+    /// One step from state (h, c): `z` `[B, Z]`, `action` `[B, A]` → outputs and (h', c').
+    pub fn step(
+        &self,
+        z: &Tensor,
+        action: &Tensor,
+        h: &Tensor,
+        c: &Tensor,
+    ) -> candle_core::Result<(MdnOutput, Tensor, Tensor)> {
+        let x = Tensor::cat(&[z, action], 1)?;
+        let (h, c) = self.lstm.step(&x, h, c)?;
+        Ok((self.heads(&h)?, h, c))
+    }
+
+    /// M's loss on a batch (see [`mixture_nll`] for the z term).
+    pub fn loss(&self, batch: &SeqBatch) -> candle_core::Result<MdnLoss> {
+        let (b, t1, z) = batch.z.dims3()?;
+        let t = t1 - 1;
+        let inputs = batch.z.narrow(1, 0, t)?;
+        let targets = batch.z.narrow(1, 1, t)?.reshape((b * t, z))?;
+        let out = self.forward(&inputs, &batch.actions)?;
+        let z_nll = mixture_nll(&out.mixture, &targets)?;
+        let zero = Tensor::zeros((), candle_core::DType::F32, &self.device)?;
+        let reward = match &out.reward {
+            Some(r) => (r - batch.rewards.reshape(b * t)?)?.sqr()?.mean_all()?,
+            None => zero.clone(),
+        };
+        let done = match &out.done_logit {
+            Some(l) => bce_with_logits(l, &batch.dones.reshape(b * t)?)?,
+            None => zero,
+        };
+        let total = ((&z_nll + (&reward * self.config.reward_weight as f64)?)?
+            + (&done * self.config.done_weight as f64)?)?;
+        Ok(MdnLoss {
+            total,
+            z_nll,
+            reward,
+            done,
+        })
+    }
+}
+
+/// Mean over rows and latent dimensions of `-log sum_k pi_k N(y; mu_k, sigma_k)`, through
+/// log-sum-exp; `y` is `[N, Z]`.
+pub fn mixture_nll(m: &Mixture, y: &Tensor) -> candle_core::Result<Tensor> {
+    let y = y.unsqueeze(D::Minus1)?;
+    let scaled = (y.broadcast_sub(&m.mu)? / m.log_sigma.exp()?)?;
+    let log_normal = ((scaled.sqr()? * -0.5)? - &m.log_sigma)? - LOG_SQRT_2PI;
+    let v = (&m.log_pi + log_normal?)?.log_sum_exp(D::Minus1)?;
+    v.mean_all()?.neg()
+}
+
+/// Numerically stable mean logistic loss: `max(x, 0) - x y + log(1 + exp(-|x|))`.
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let soft = ((logits.abs()?.neg()?.exp()? + 1.0)?).log()?;
+    ((logits.relu()? - (logits * targets)?)? + soft)?.mean_all()
+}
+
+/// Samples one z per row from the mixture of row `row` (`[N, Z, K]` tensors already on the
+/// CPU as vectors) with temperature `tau`: mixture logits divided by τ, noise scaled by √τ.
+pub fn sample_mixture<R: Rng + ?Sized>(
+    log_pi: &[f32],
+    mu: &[f32],
+    log_sigma: &[f32],
+    k: usize,
+    tau: f32,
+    rng: &mut R,
+) -> Vec<f32> {
+    let z = log_pi.len() / k;
+    let mut out = Vec::with_capacity(z);
+    let tau = tau.max(1e-6);
+    for d in 0..z {
+        let lp = &log_pi[d * k..(d + 1) * k];
+        let max = lp.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b / tau));
+        let w: Vec<f32> = lp.iter().map(|&l| (l / tau - max).exp()).collect();
+        let total: f32 = w.iter().sum();
+        let mut u = rng.random::<f32>() * total;
+        let mut pick = k - 1;
+        for (j, wj) in w.iter().enumerate() {
+            if u < *wj {
+                pick = j;
+                break;
+            }
+            u -= wj;
+        }
+        let eps = standard_normal(rng);
+        let i = d * k + pick;
+        out.push(mu[i] + log_sigma[i].exp() * eps * tau.sqrt());
+    }
+    out
+}
+
+/// A standard normal draw (Box-Muller; portable across platforms given the same generator).
+pub fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f32 {
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
