@@ -9,6 +9,7 @@ pub mod lstm;
 pub mod mdn;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod vae;
 
 pub use dream::{DreamConfig, DreamEnv};

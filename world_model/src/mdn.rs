@@ -76,6 +76,9 @@ pub struct Mixture {
 
 /// M's outputs for a batch of sequences (rows are `batch * time`).
 pub struct MdnOutput {
+    /// The mixture head's raw output `[N, Z*3K]`: per latent dimension K logits, K means, K
+    /// log-sigmas.
+    pub raw: Tensor,
     /// The next-z mixture.
     pub mixture: Mixture,
     /// Predicted rewards `[N]`, if there is a reward head.
@@ -109,6 +112,119 @@ pub struct SeqBatch {
 }
 
 const LOG_SQRT_2PI: f64 = 0.918_938_533_204_672_7;
+
+/// Fused mixture NLL: (raw head output `[N, Z*3K]`, targets `[N, Z]`) → `[N, Z]` losses.
+/// The composed version runs ~40 elementwise ops over `[N, Z, K]` forward and backward; this
+/// is one pass each way. Backward (γ the posterior of each component, π its weight,
+/// s = (y - μ)/σ): dl/dlogit = π - γ, dl/dμ = -γ s/σ, dl/dlogσ = -γ (s² - 1).
+struct FusedNll {
+    k: usize,
+}
+
+struct FusedNllBackward {
+    k: usize,
+}
+
+fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => candle_core::bail!("mixture nll: expects contiguous f32"),
+    }
+}
+
+/// For one (row, dim): log π (normalised), the component log-densities' sum v, and per-k terms.
+fn nll_cell(block: &[f32], y: f32, k: usize, lp: &mut [f32], s: &mut [f32]) -> f32 {
+    let (logits, mu, ls) = (&block[..k], &block[k..2 * k], &block[2 * k..3 * k]);
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut vmax = f32::NEG_INFINITY;
+    for j in 0..k {
+        s[j] = (y - mu[j]) * (-ls[j]).exp();
+        lp[j] = logits[j] - lse - 0.5 * s[j] * s[j] - ls[j] - LOG_SQRT_2PI as f32;
+        vmax = vmax.max(lp[j]);
+    }
+    vmax + lp.iter().map(|&v| (v - vmax).exp()).sum::<f32>().ln()
+}
+
+impl candle_core::CustomOp2 for FusedNll {
+    fn name(&self) -> &'static str {
+        "dreamgym-mixture-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (out, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (n, z) = l2.shape().dims2()?;
+        let k = self.k;
+        if out.len() != n * z * 3 * k {
+            candle_core::bail!("mixture nll: head output does not fit {n}x{z} targets");
+        }
+        let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
+        let loss: Vec<f32> = (0..n * z)
+            .map(|i| -nll_cell(&out[i * 3 * k..(i + 1) * 3 * k], y[i], k, &mut lp, &mut s))
+            .collect();
+        Ok((
+            candle_core::CpuStorage::F32(loss),
+            candle_core::Shape::from((n, z)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        out: &Tensor,
+        y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = out.apply_op3_no_bwd(y, &grad.contiguous()?, &FusedNllBackward { k: self.k })?;
+        Ok((Some(g), None))
+    }
+}
+
+impl candle_core::CustomOp3 for FusedNllBackward {
+    fn name(&self) -> &'static str {
+        "dreamgym-mixture-nll-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (out, y, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let k = self.k;
+        let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
+        let mut dout = vec![0f32; out.len()];
+        for i in 0..y.len() {
+            let block = &out[i * 3 * k..(i + 1) * 3 * k];
+            let v = nll_cell(block, y[i], k, &mut lp, &mut s);
+            let (logits, ls) = (&block[..k], &block[2 * k..]);
+            let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let total: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+            let d = &mut dout[i * 3 * k..(i + 1) * 3 * k];
+            for j in 0..k {
+                let gamma = (lp[j] - v).exp();
+                let pi = (logits[j] - max).exp() / total;
+                d[j] = grad[i] * (pi - gamma);
+                d[k + j] = grad[i] * (-gamma * s[j] * (-ls[j]).exp());
+                d[2 * k + j] = grad[i] * (-gamma * (s[j] * s[j] - 1.0));
+            }
+        }
+        Ok((candle_core::CpuStorage::F32(dout), l1.shape().clone()))
+    }
+}
 
 /// M. Parameter names: `lstm.*`, `mdn`, `reward`, `done` (PyTorch layouts).
 pub struct MdnRnn {
@@ -181,7 +297,8 @@ impl MdnRnn {
         let n = h.dim(0)?;
         let (z, k) = (self.config.z_size, self.config.mixtures);
         // Per latent dimension a block of 3K numbers: K log-weights, K means, K log-sigmas.
-        let out = self.mdn.forward(h)?.reshape((n, z, 3, k))?;
+        let raw = self.mdn.forward(h)?;
+        let out = raw.reshape((n, z, 3, k))?;
         let logits = out.narrow(2, 0, 1)?.squeeze(2)?;
         let log_pi = logits.broadcast_sub(&logits.log_sum_exp(D::Minus1)?.unsqueeze(D::Minus1)?)?;
         let mu = out.narrow(2, 1, 1)?.squeeze(2)?;
@@ -195,6 +312,7 @@ impl MdnRnn {
             None => None,
         };
         Ok(MdnOutput {
+            raw,
             mixture: Mixture {
                 log_pi,
                 mu,
@@ -235,7 +353,19 @@ impl MdnRnn {
         let inputs = batch.z.narrow(1, 0, t)?;
         let targets = batch.z.narrow(1, 1, t)?.reshape((b * t, z))?;
         let out = self.forward(&inputs, &batch.actions)?;
-        let z_nll = mixture_nll(&out.mixture, &targets)?;
+        let z_nll = if self.device.is_cpu() {
+            out.raw
+                .contiguous()?
+                .apply_op2(
+                    &targets.contiguous()?,
+                    FusedNll {
+                        k: self.config.mixtures,
+                    },
+                )?
+                .mean_all()?
+        } else {
+            mixture_nll(&out.mixture, &targets)?
+        };
         let zero = Tensor::zeros((), candle_core::DType::F32, &self.device)?;
         let reward = match &out.reward {
             Some(r) => (r - batch.rewards.reshape(b * t)?)?.sqr()?.mean_all()?,

@@ -171,6 +171,44 @@ fn vae_loss_equals_hand_computation() {
 }
 
 #[test]
+fn fused_mdn_loss_matches_the_composed_loss_and_its_gradients() {
+    // M's loss uses a fused NLL on the CPU; mixture_nll (plain candle ops) is the reference.
+    let cfg = tiny_mdn();
+    let m = MdnRnn::new(cfg.clone(), &Device::Cpu, 71).unwrap();
+    let batch = seq_batch(&cfg, 3, 4, 72);
+    let fused = m.loss(&batch).unwrap().z_nll;
+    let out = m
+        .forward(&batch.z.narrow(1, 0, 4).unwrap(), &batch.actions)
+        .unwrap();
+    let targets = batch.z.narrow(1, 1, 4).unwrap().reshape((12, 3)).unwrap();
+    let composed = mixture_nll(&out.mixture, &targets).unwrap();
+    assert!((scalar(&fused) - scalar(&composed)).abs() < 1e-5);
+    let (g1, g2) = (fused.backward().unwrap(), composed.backward().unwrap());
+    for (name, var) in sorted_vars(m.varmap()) {
+        if name.starts_with("reward") || name.starts_with("done") {
+            continue;
+        }
+        let a: Vec<f32> = g1
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = g2
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{name}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
 fn mixture_nll_equals_direct_density() {
     // Two rows, two latent dims, three components, fixed numbers.
     let lp = [
