@@ -1,9 +1,10 @@
 //! `dreamgym run`: an experiment described by one TOML file.
 //!
-//! Today an experiment is a rollout stage (collect and record episodes) followed by a summary
-//! of the recorded dataset; the world-model and policy stages join it as they land. Every field
-//! has a default, so a config names only what it changes. The config is written beside the
-//! data as `experiment.toml`.
+//! An experiment is a rollout stage (collect and record episodes), then, when the config has a
+//! `[world_models]` section, the World Models pipeline on the recorded pixels: train V, encode,
+//! train M, train C (real env or dream), evaluate, report. The run folder is the parent of
+//! `rollout.out`. Every field has a default, so a config names only what it changes. The
+//! config is written beside the data as `experiment.toml`.
 
 use std::path::PathBuf;
 
@@ -12,13 +13,13 @@ use dreamgym_envs::Registry;
 use serde::{Deserialize, Serialize};
 
 /// The embedded default experiment, used when `dreamgym run` gets no file.
-pub const DEFAULT_EXPERIMENT: &str = include_str!("../../experiments/default.toml");
+pub const DEFAULT_EXPERIMENT: &str = include_str!("../../experiments/world-models-racer.toml");
 
 /// Arguments of `dreamgym run`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Experiment config (TOML). Without one, the embedded default runs
-    /// (`experiments/default.toml`).
+    /// (`experiments/world-models-racer.toml`).
     config: Option<PathBuf>,
     /// Override the output folder.
     #[arg(long)]
@@ -26,6 +27,9 @@ pub struct Args {
     /// Print the resolved config and exit.
     #[arg(long)]
     print_config: bool,
+    /// Compute device of the World Models stages: `cpu`, `cuda`, `cuda:N`.
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// One experiment.
@@ -36,6 +40,8 @@ pub struct Experiment {
     pub name: String,
     /// The collection stage.
     pub rollout: RolloutConfig,
+    /// The World Models stages (absent: collection only).
+    pub world_models: Option<dreamgym_agents::WorldModelsConfig>,
 }
 
 impl Default for Experiment {
@@ -43,6 +49,7 @@ impl Default for Experiment {
         Self {
             name: "default".into(),
             rollout: RolloutConfig::default(),
+            world_models: None,
         }
     }
 }
@@ -127,8 +134,38 @@ pub fn parse_experiment(text: &str, origin: &str) -> anyhow::Result<Experiment> 
     toml::from_str(text).with_context(|| format!("{origin} is not a valid experiment config"))
 }
 
-pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
-    let (text, origin) = match &args.config {
+impl Experiment {
+    /// The run folder of the World Models stages: the parent of `rollout.out`.
+    pub fn run_dir(&self) -> PathBuf {
+        match self.rollout.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Checks every section.
+    pub fn validate(&self, registry: &Registry) -> anyhow::Result<()> {
+        self.rollout.validate(registry)?;
+        if let Some(wm) = &self.world_models {
+            wm.validate().context("invalid [world_models]")?;
+        }
+        Ok(())
+    }
+
+    /// The `[world_models]` section, or an error saying the config has none.
+    pub fn world_models(&self) -> anyhow::Result<&dreamgym_agents::WorldModelsConfig> {
+        self.world_models
+            .as_ref()
+            .context("this experiment has no [world_models] section (see experiments/world-models-racer.toml)")
+    }
+}
+
+/// Reads an experiment file (or the embedded default) and applies `--out`.
+pub fn load(
+    config: Option<&std::path::Path>,
+    out: Option<PathBuf>,
+) -> anyhow::Result<(Experiment, String)> {
+    let (text, origin) = match config {
         Some(path) => (
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read experiment config {}", path.display()))?,
@@ -140,21 +177,41 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         ),
     };
     let mut exp = parse_experiment(&text, &origin)?;
-    if let Some(out) = args.out {
+    if let Some(out) = out {
         exp.rollout.out = out;
+    }
+    Ok((exp, origin))
+}
+
+pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (mut exp, origin) = load(args.config.as_deref(), args.out)?;
+    if let (Some(d), Some(wm)) = (args.device, exp.world_models.as_mut()) {
+        wm.device = d;
     }
     if args.print_config {
         print!("{}", toml::to_string_pretty(&exp)?);
         return Ok(());
     }
-    exp.rollout.validate(registry)?;
+    exp.validate(registry)?;
     eprintln!("experiment `{}` ({origin})", exp.name);
-    let summary = super::rollout::collect(registry, &exp.rollout, true)?;
-    let config_path = exp.rollout.out.join("experiment.toml");
-    std::fs::write(&config_path, toml::to_string_pretty(&exp)?)
+    let data = &exp.rollout.out;
+    if exp.world_models.is_some() && data.join("dataset.json").exists() && !exp.rollout.append {
+        eprintln!(
+            "collect: {} already holds a dataset; reusing it",
+            data.display()
+        );
+    } else {
+        let summary = super::rollout::collect(registry, &exp.rollout, true)?;
+        println!("{summary}");
+    }
+    let config_path = data.join("experiment.toml");
+    dreamgym_world_model::nn::write_atomic(&config_path, toml::to_string_pretty(&exp)?.as_bytes())
         .with_context(|| format!("cannot write {}", config_path.display()))?;
-    println!("{summary}");
-    super::inspect::print_summary(&exp.rollout.out)?;
+    super::inspect::print_summary(data)?;
+    if let Some(wm) = &exp.world_models {
+        super::world_models::pipeline(&exp, wm, registry, started)?;
+    }
     Ok(())
 }
 
@@ -165,7 +222,32 @@ mod tests {
     #[test]
     fn the_embedded_default_parses_and_validates() {
         let exp = parse_experiment(DEFAULT_EXPERIMENT, "default").unwrap();
-        exp.rollout.validate(&Registry::with_builtins()).unwrap();
+        exp.validate(&Registry::with_builtins()).unwrap();
+    }
+
+    #[test]
+    fn shipped_world_models_configs_parse_and_validate() {
+        for name in [
+            "world-models-racer.toml",
+            "world-models-racer-dream.toml",
+            "world-models-paper.toml",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("experiments")
+                .join(name);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut exp = parse_experiment(&text, name).unwrap();
+            // The paper-scale config asks for CUDA, which this test build lacks.
+            exp.world_models.as_mut().expect(name).device = "cpu".into();
+            exp.validate(&Registry::with_builtins()).unwrap();
+        }
+        let bad = "[world_models.vae.model]\nimage_size = 50\n";
+        let exp = parse_experiment(bad, "x").unwrap();
+        let err = format!(
+            "{:#}",
+            exp.validate(&Registry::with_builtins()).unwrap_err()
+        );
+        assert!(err.contains("image_size"), "{err}");
     }
 
     #[test]

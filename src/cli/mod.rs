@@ -7,6 +7,7 @@ mod experiment;
 mod images;
 mod inspect;
 mod rollout;
+mod world_models;
 
 use clap::{Parser, Subcommand};
 use dreamgym_envs::Registry;
@@ -49,6 +50,14 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// World Models: train V (the VAE) on an experiment's recorded frames.
+    TrainVae(world_models::StageArgs),
+    /// World Models: encode the frames with V, then train M (the MDN-RNN).
+    TrainMdnrnn(world_models::StageArgs),
+    /// World Models: train C with CMA-ES in the real env or the dream.
+    TrainController(world_models::StageArgs),
+    /// World Models: evaluate C against a random policy, then write the report.
+    Eval(world_models::StageArgs),
 }
 
 /// Parses the process arguments and runs the command with `registry`, printing errors with
@@ -83,6 +92,12 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
              `dreamgym render`, `dreamgym export-gif`)"
         ),
         Command::Bench(c) => bench::run(c, registry),
+        Command::TrainVae(a) => world_models::stage(world_models::Stage::Vae, a, registry),
+        Command::TrainMdnrnn(a) => world_models::stage(world_models::Stage::Mdn, a, registry),
+        Command::TrainController(a) => {
+            world_models::stage(world_models::Stage::Controller, a, registry)
+        }
+        Command::Eval(a) => world_models::stage(world_models::Stage::Eval, a, registry),
     }
 }
 

@@ -1,0 +1,202 @@
+//! The `[world_models]` section of an experiment config.
+
+use dreamgym_policies::CmaEsConfig;
+use dreamgym_world_model::{DreamConfig, MdnRnnConfig, VaeConfig};
+use serde::{Deserialize, Serialize};
+
+/// Everything after data collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldModelsConfig {
+    /// `cpu`, or `cuda` / `cuda:N` with the `cuda` feature.
+    pub device: String,
+    /// Seed of initialisation, shuffling and sampling.
+    pub seed: u64,
+    /// V and its training.
+    pub vae: VaeStage,
+    /// M and its training.
+    pub mdnrnn: MdnStage,
+    /// C and CMA-ES.
+    pub controller: ControllerStage,
+    /// Final evaluation.
+    pub eval: EvalStage,
+}
+
+impl Default for WorldModelsConfig {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            seed: 0,
+            vae: VaeStage::default(),
+            mdnrnn: MdnStage::default(),
+            controller: ControllerStage::default(),
+            eval: EvalStage::default(),
+        }
+    }
+}
+
+/// V's training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaeStage {
+    /// Architecture (the paper's by default).
+    pub model: VaeConfig,
+    /// Passes over the frames.
+    pub epochs: usize,
+    /// Frames per minibatch (the paper: 100).
+    pub batch_size: usize,
+    /// Adam's learning rate (the paper: 1e-4).
+    pub lr: f64,
+}
+
+impl Default for VaeStage {
+    fn default() -> Self {
+        Self {
+            model: VaeConfig::default(),
+            epochs: 10,
+            batch_size: 100,
+            lr: 1e-4,
+        }
+    }
+}
+
+/// M's training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MdnStage {
+    /// Architecture; `z_size` and `action_size` are taken from V and the env.
+    pub model: MdnRnnConfig,
+    /// Passes over the sequences.
+    pub epochs: usize,
+    /// Sequences per minibatch (the paper: 100).
+    pub batch_size: usize,
+    /// Steps per training sequence (the paper: 999; shorter episodes are skipped).
+    pub seq_len: usize,
+    /// Adam's learning rate (the paper: 1e-3).
+    pub lr: f64,
+    /// Gradient clipping by value (the paper: 1.0).
+    pub grad_clip: f64,
+}
+
+impl Default for MdnStage {
+    fn default() -> Self {
+        Self {
+            model: MdnRnnConfig::default(),
+            epochs: 20,
+            batch_size: 100,
+            seq_len: 100,
+            lr: 1e-3,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// C's training with CMA-ES.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerStage {
+    /// Train in M's dream instead of the real env.
+    pub in_dream: bool,
+    /// CMA-ES generations.
+    pub generations: usize,
+    /// CMA-ES settings (the paper: population 64, sigma0 0.1).
+    pub cmaes: CmaEsConfig,
+    /// Rollouts averaged per candidate (the paper: 16).
+    pub rollouts: usize,
+    /// Step limit of each rollout.
+    pub max_steps: u64,
+    /// Threads evaluating candidates.
+    pub workers: usize,
+    /// The dream's settings (temperature, done threshold).
+    pub dream: DreamConfig,
+}
+
+impl Default for ControllerStage {
+    fn default() -> Self {
+        Self {
+            in_dream: false,
+            generations: 100,
+            cmaes: CmaEsConfig {
+                population: 64,
+                sigma0: 0.1,
+                seed: 0,
+            },
+            rollouts: 16,
+            max_steps: 1000,
+            workers: 2,
+            dream: DreamConfig::default(),
+        }
+    }
+}
+
+/// The final evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalStage {
+    /// Episodes (seeds) for the trained controller and for the random baseline.
+    pub episodes: usize,
+    /// First evaluation seed (distinct from the training seeds by default).
+    pub seed: u64,
+    /// Step limit per episode.
+    pub max_steps: u64,
+}
+
+impl Default for EvalStage {
+    fn default() -> Self {
+        Self {
+            episodes: 100,
+            seed: 1_000_000,
+            max_steps: 1000,
+        }
+    }
+}
+
+impl WorldModelsConfig {
+    /// Checks ranges and that the parts fit together, naming the first bad field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.vae.model.validate()?;
+        anyhow::ensure!(self.vae.epochs >= 1, "vae.epochs must be at least 1");
+        anyhow::ensure!(
+            self.vae.batch_size >= 1,
+            "vae.batch_size must be at least 1"
+        );
+        anyhow::ensure!(self.vae.lr > 0.0, "vae.lr must be positive");
+        anyhow::ensure!(self.mdnrnn.epochs >= 1, "mdnrnn.epochs must be at least 1");
+        anyhow::ensure!(
+            self.mdnrnn.batch_size >= 1,
+            "mdnrnn.batch_size must be at least 1"
+        );
+        anyhow::ensure!(
+            self.mdnrnn.seq_len >= 1,
+            "mdnrnn.seq_len must be at least 1"
+        );
+        anyhow::ensure!(self.mdnrnn.lr > 0.0, "mdnrnn.lr must be positive");
+        anyhow::ensure!(
+            self.mdnrnn.grad_clip > 0.0,
+            "mdnrnn.grad_clip must be positive"
+        );
+        anyhow::ensure!(
+            self.controller.generations >= 1,
+            "controller.generations must be at least 1"
+        );
+        anyhow::ensure!(
+            self.controller.rollouts >= 1,
+            "controller.rollouts must be at least 1"
+        );
+        anyhow::ensure!(
+            self.controller.max_steps >= 1,
+            "controller.max_steps must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=256).contains(&self.controller.workers),
+            "controller.workers must be in 1..=256"
+        );
+        anyhow::ensure!(self.eval.episodes >= 1, "eval.episodes must be at least 1");
+        anyhow::ensure!(
+            self.eval.max_steps >= 1,
+            "eval.max_steps must be at least 1"
+        );
+        dreamgym_world_model::device(&self.device)?;
+        Ok(())
+    }
+}
