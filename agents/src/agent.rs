@@ -62,12 +62,84 @@ impl WorldModel {
     pub fn encode_frames(&self, frames: &[u8], n: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let c = self.vae.config();
         let x = frames_to_tensor(frames, n, c.image_size, c.channels, self.vae.device())?;
-        self.vae.encode(&x)
+        // Detached: an inference result must not keep its forward graph (and every
+        // intermediate buffer) alive.
+        let (mu, logvar) = self.vae.encode(&x)?;
+        Ok((mu.detach(), logvar.detach()))
     }
 
     /// Size of C's input [z, h].
     pub fn feature_size(&self) -> usize {
         self.vae.config().z_size + self.mdn.config().hidden
+    }
+}
+
+/// V, M and C acting together in a real env, one frame at a time: V encodes the frame to μ,
+/// C acts on [μ, h], and M's LSTM takes [μ, a] to the next h.
+pub struct WorldModelPolicy<'a> {
+    wm: &'a WorldModel,
+    controller: &'a LinearController,
+    h: Tensor,
+    c: Tensor,
+}
+
+impl<'a> WorldModelPolicy<'a> {
+    /// A policy at the start of an episode.
+    pub fn new(wm: &'a WorldModel, controller: &'a LinearController) -> anyhow::Result<Self> {
+        let (h, c) = wm.mdn.initial_state(1)?;
+        Ok(Self {
+            wm,
+            controller,
+            h,
+            c,
+        })
+    }
+
+    /// Forgets the episode (h = c = 0).
+    pub fn reset(&mut self) -> anyhow::Result<()> {
+        (self.h, self.c) = self.wm.mdn.initial_state(1)?;
+        Ok(())
+    }
+
+    /// The action for observation `obs`; also returns the frame's μ (`[1, z]`).
+    pub fn act(&mut self, obs: &Value) -> anyhow::Result<(Value, Tensor)> {
+        let dev = self.wm.mdn.device().clone();
+        let (mu, _) = self.wm.encode_frames(frame_of(obs)?, 1)?;
+        let mut x: Vec<f32> = mu.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
+        x.extend(
+            self.h
+                .flatten_all()?
+                .to_device(&Device::Cpu)?
+                .to_vec1::<f32>()?,
+        );
+        let action = self.controller.act(&x);
+        let values = action.as_f32().expect("the controller gives floats");
+        let a = Tensor::from_slice(values, (1, values.len()), &Device::Cpu)?.to_device(&dev)?;
+        let (_, h, c) = self
+            .wm
+            .mdn
+            .step(&mu.to_device(&dev)?, &a, &self.h, &self.c)?;
+        // Detached, or every step's graph would stay reachable from h.
+        (self.h, self.c) = (h.detach(), c.detach());
+        Ok((action, mu))
+    }
+}
+
+impl WorldModel {
+    /// V's reconstruction of a frame (through μ), as u8 HWC.
+    pub fn reconstruct(&self, frame: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let (mu, _) = self.encode_frames(frame, 1)?;
+        Ok(dreamgym_world_model::vae::tensor_to_frames(
+            &self.vae.decode(&mu)?.detach(),
+        )?)
+    }
+
+    /// V's decoding of a latent `z`, as u8 HWC.
+    pub fn decode_latent(&self, z: &[f32]) -> anyhow::Result<Vec<u8>> {
+        let t = Tensor::from_slice(z, (1, z.len()), &Device::Cpu)?.to_device(self.vae.device())?;
+        Ok(dreamgym_world_model::vae::tensor_to_frames(
+            &self.vae.decode(&t)?.detach(),
+        )?)
     }
 }
 
@@ -79,23 +151,11 @@ pub fn real_episode(
     seed: u64,
     max_steps: u64,
 ) -> anyhow::Result<(f64, u64)> {
-    let dev = wm.mdn.device().clone();
+    let mut policy = WorldModelPolicy::new(wm, controller)?;
     let (mut obs, _) = env.reset(Some(seed), &Info::new())?;
-    let (mut h, mut c) = wm.mdn.initial_state(1)?;
     let (mut ret, mut steps) = (0.0, 0);
     while steps < max_steps {
-        let (mu, _) = wm.encode_frames(frame_of(&obs)?, 1)?;
-        let mut x: Vec<f32> = mu.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
-        x.extend(h.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
-        let action = controller.act(&x);
-        let a = Tensor::from_slice(
-            action.as_f32().expect("controller gives floats"),
-            (1, controller_outputs(&action)),
-            &Device::Cpu,
-        )?
-        .to_device(&dev)?;
-        let (_, hn, cn) = wm.mdn.step(&mu.to_device(&dev)?, &a, &h, &c)?;
-        (h, c) = (hn, cn);
+        let (action, _) = policy.act(&obs)?;
         let s = env.step(&action)?;
         ret += s.reward;
         steps += 1;
@@ -106,10 +166,6 @@ pub fn real_episode(
         }
     }
     Ok((ret, steps))
-}
-
-fn controller_outputs(a: &Value) -> usize {
-    a.as_f32().map(|v| v.len()).unwrap_or(0)
 }
 
 /// Runs one episode of any env whose observations are already C's features (the dream).

@@ -9,5 +9,6 @@ pub mod agent;
 pub mod config;
 pub mod plot;
 pub mod stages;
+pub mod testing;
 
 pub use config::WorldModelsConfig;

@@ -299,8 +299,9 @@ pub fn encode(
                 &device,
             )?;
             let (mu, lv) = vae.encode(&x)?;
-            mus.push(mu.to_device(&Device::Cpu)?);
-            lvs.push(lv.to_device(&Device::Cpu)?);
+            // Detached: stored results must not keep the forward graph's buffers alive.
+            mus.push(mu.detach().to_device(&Device::Cpu)?);
+            lvs.push(lv.detach().to_device(&Device::Cpu)?);
         }
         let t = n - 1;
         tensors.insert(format!("ep{i}.mu"), Tensor::cat(&mus, 0)?);
@@ -1024,4 +1025,63 @@ pub fn check_action_space(space: &Space) -> anyhow::Result<()> {
         "World Models' controller needs a bounded Box action space"
     );
     Ok(())
+}
+
+/// A trained run loaded for watching: V and M, C if trained, the dataset's description, and
+/// the dream's starting latents if the run was encoded.
+pub struct LoadedRun {
+    /// V and M.
+    pub wm: WorldModel,
+    /// C, when `controller.json` exists.
+    pub controller: Option<LinearController>,
+    /// The recorded dataset's description (env id, config, spaces) from `<run>/data`.
+    pub meta: DatasetMeta,
+    /// Every episode's first latent (empty without `series.safetensors`).
+    pub starts: Vec<StartLatent>,
+}
+
+/// Loads a run folder (`vae.*`, `mdnrnn.*`, optional `controller.json` and
+/// `series.safetensors`, the dataset in `data/`) on the CPU.
+pub fn load_run(run: &Path) -> anyhow::Result<LoadedRun> {
+    let device = Device::Cpu;
+    let data = run.join("data");
+    let meta = Dataset::open(&data)
+        .with_context(|| {
+            format!(
+                "{} has no dataset in data/ (is it a World Models run folder?)",
+                run.display()
+            )
+        })?
+        .meta()
+        .clone();
+    let wm = WorldModel {
+        vae: Arc::new(
+            load_vae(run, &device).with_context(|| format!("{}: no trained V", run.display()))?,
+        ),
+        mdn: Arc::new(
+            load_mdn(run, &device).with_context(|| format!("{}: no trained M", run.display()))?,
+        ),
+    };
+    let controller = match std::fs::read(run.join("controller.json")) {
+        Ok(bytes) => {
+            let f: ControllerFile =
+                serde_json::from_slice(&bytes).context("controller.json is damaged")?;
+            Some(
+                LinearController::new(f.inputs, &meta.action_space, f.params)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+        Err(_) => None,
+    };
+    let starts = if run.join("series.safetensors").exists() {
+        start_latents(&load_series(run)?)?
+    } else {
+        Vec::new()
+    };
+    Ok(LoadedRun {
+        wm,
+        controller,
+        meta,
+        starts,
+    })
 }

@@ -1,113 +1,16 @@
 //! The whole World Models pipeline on a tiny dataset and tiny models: every stage writes what
 //! the next reads, resumes, refuses bad input, and is deterministic for a seed.
 
-use std::path::Path;
-
-use dreamgym_agents::WorldModelsConfig;
-use dreamgym_agents::config::{ControllerStage, EvalStage, MdnStage, VaeStage};
 use dreamgym_agents::stages;
-use dreamgym_envs::recording::{DatasetMeta, EpisodeWriter, WriterOptions};
-use dreamgym_envs::{Env, Info, Registry};
-use dreamgym_policies::CmaEsConfig;
-use dreamgym_world_model::{DreamConfig, MdnRnnConfig, VaeConfig};
-use rand::SeedableRng;
-
-const OVERRIDES: &str = r#"{"obs": "pixels", "width": 16, "height": 16}"#;
-
-/// Records `episodes` random Racer episodes of at most `steps` steps at 16x16 pixels.
-fn record(dir: &Path, episodes: usize, steps: usize) {
-    let registry = Registry::with_builtins();
-    let overrides: serde_json::Value = serde_json::from_str(OVERRIDES).unwrap();
-    let mut env = registry.make("Racer-v0", Some(&overrides)).unwrap();
-    let resolved = registry
-        .resolve_config("Racer-v0", Some(&overrides))
-        .unwrap();
-    let meta = DatasetMeta::new(
-        "Racer-v0",
-        resolved,
-        env.observation_space().clone(),
-        env.action_space().clone(),
-        "random",
-        Some(0),
-    );
-    let mut w = EpisodeWriter::create(dir, meta, WriterOptions::default()).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    for e in 0..episodes {
-        let (obs, _) = env.reset(Some(e as u64), &Info::new()).unwrap();
-        let mut ep = dreamgym_envs::recording::Episode::new(e as u64, obs);
-        for _ in 0..steps {
-            let a = env.action_space().sample(&mut rng);
-            let s = env.step(&a).unwrap();
-            let done = s.done();
-            ep.push(a, s.obs, s.reward, s.terminated, s.truncated);
-            if done {
-                break;
-            }
-        }
-        w.push(ep).unwrap();
-    }
-    w.finish().unwrap();
-}
-
-fn tiny_config() -> WorldModelsConfig {
-    WorldModelsConfig {
-        device: "cpu".into(),
-        seed: 3,
-        vae: VaeStage {
-            model: VaeConfig {
-                image_size: 16,
-                z_size: 4,
-                encoder_channels: vec![4, 8],
-                decoder_dense: 16,
-                decoder_channels: vec![4],
-                decoder_kernels: vec![6, 6],
-                ..Default::default()
-            },
-            epochs: 2,
-            batch_size: 16,
-            lr: 1e-3,
-        },
-        mdnrnn: MdnStage {
-            model: MdnRnnConfig {
-                hidden: 8,
-                mixtures: 2,
-                ..Default::default()
-            },
-            epochs: 2,
-            batch_size: 4,
-            seq_len: 8,
-            lr: 1e-3,
-            grad_clip: 1.0,
-        },
-        controller: ControllerStage {
-            in_dream: false,
-            generations: 2,
-            cmaes: CmaEsConfig {
-                population: 4,
-                sigma0: 0.1,
-                seed: 0,
-            },
-            rollouts: 1,
-            max_steps: 10,
-            workers: 2,
-            dream: DreamConfig {
-                max_steps: 10,
-                ..Default::default()
-            },
-        },
-        eval: EvalStage {
-            episodes: 3,
-            seed: 100,
-            max_steps: 10,
-        },
-    }
-}
+use dreamgym_agents::testing::{record, tiny_config};
+use dreamgym_envs::Registry;
+use dreamgym_world_model::VaeConfig;
 
 #[test]
 fn the_pipeline_runs_end_to_end_resumes_and_is_deterministic() {
     let root = tempfile::tempdir().unwrap();
     let (data, run) = (root.path().join("data"), root.path().to_path_buf());
-    record(&data, 4, 30);
+    record(&data, 4, 30).unwrap();
     let registry = Registry::with_builtins();
     let mut cfg = tiny_config();
 
@@ -185,7 +88,7 @@ fn stages_refuse_bad_input_with_clear_errors() {
     );
     assert!(err.contains("cannot open dataset"), "{err}");
     // Stages out of order name what is missing.
-    record(&data, 2, 12);
+    record(&data, 2, 12).unwrap();
     let err = format!("{:#}", stages::train_mdn(&cfg, &run, false).unwrap_err());
     assert!(err.contains("series.safetensors"), "{err}");
     let err = format!(

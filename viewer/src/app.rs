@@ -48,6 +48,10 @@ struct ScreenshotPlan {
 #[derive(Resource)]
 struct Pip(Handle<Image>);
 
+/// V's reconstruction, shown under the agent's pixels when a World Models run is attached.
+#[derive(Resource)]
+struct ReconPip(Handle<Image>);
+
 /// The window's height in logical pixels, for sizing the picture-in-picture.
 #[derive(Resource)]
 struct WindowHeight(f32);
@@ -310,23 +314,37 @@ fn setup(
         },
         Hud,
     ));
-    // Picture-in-picture of the agent's own pixels, top right, enlarged without smoothing.
-    if let Some((_, w, h)) = session.pixels() {
-        let mut image = Image::new_fill(
-            Extent3d {
-                width: w as u32,
-                height: h as u32,
-                depth_or_array_layers: 1,
-            },
-            TextureDimension::D2,
-            &[0, 0, 0, 255],
-            TextureFormat::Rgba8UnormSrgb,
-            RenderAssetUsages::default(),
-        );
-        image.sampler = ImageSampler::nearest();
-        let handle = images.add(image);
-        // About a third of the window's height, at least one screen pixel per agent pixel.
+    // Picture-in-picture of the agent's own pixels, top right, enlarged without smoothing
+    // (a dream has no 3D scene: its decoded frames take most of the window); V's
+    // reconstruction below it when a World Models run is attached.
+    let big = session.scene().is_none();
+    if let Some((_, w, h)) = session.reconstruction() {
+        let handle = images.add(pip_image(w, h));
         let side = (window_height.0 * 0.4).clamp(64.0, 320.0);
+        let scale = (side / w.max(h) as f32).max(1.0);
+        commands.spawn((
+            ImageNode::new(handle.clone()),
+            Node {
+                position_type: PositionType::Absolute,
+                top: px(20.0 + h as f32 * scale),
+                right: px(8),
+                width: px(w as f32 * scale),
+                height: px(h as f32 * scale),
+                border: px(2).all(),
+                ..default()
+            },
+            BorderColor::all(Color::srgb(1.0, 0.8, 0.2)),
+        ));
+        commands.insert_resource(ReconPip(handle));
+    }
+    if let Some((_, w, h)) = session.pixels() {
+        let handle = images.add(pip_image(w, h));
+        // About a third of the window's height, at least one screen pixel per agent pixel.
+        let side = if big {
+            window_height.0 * 0.85
+        } else {
+            (window_height.0 * 0.4).clamp(64.0, 320.0)
+        };
         let scale = (side / w.max(h) as f32).max(1.0);
         commands.spawn((
             ImageNode::new(handle.clone()),
@@ -511,20 +529,47 @@ fn update_hud(sim: Res<Sim>, mut query: Query<&mut Text, With<Hud>>) {
     }
 }
 
-fn update_pip(sim: Res<Sim>, pip: Option<Res<Pip>>, mut images: ResMut<Assets<Image>>) {
-    let Some(pip) = pip else { return };
+/// A black RGBA image shown without smoothing.
+fn pip_image(w: usize, h: usize) -> Image {
+    let mut image = Image::new_fill(
+        Extent3d {
+            width: w as u32,
+            height: h as u32,
+            depth_or_array_layers: 1,
+        },
+        TextureDimension::D2,
+        &[0, 0, 0, 255],
+        TextureFormat::Rgba8UnormSrgb,
+        RenderAssetUsages::default(),
+    );
+    image.sampler = ImageSampler::nearest();
+    image
+}
+
+fn update_pip(
+    sim: Res<Sim>,
+    pip: Option<Res<Pip>>,
+    recon: Option<Res<ReconPip>>,
+    mut images: ResMut<Assets<Image>>,
+) {
     let session = sim.session.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((rgb, _, _)) = session.pixels() else {
-        return;
-    };
-    let Some(mut image) = images.get_mut(&pip.0) else {
-        return;
-    };
-    let rgba: Vec<u8> = rgb
-        .chunks_exact(3)
-        .flat_map(|c| [c[0], c[1], c[2], 255])
-        .collect();
-    image.data = Some(rgba);
+    let targets = [
+        (pip.map(|p| p.0.clone()), session.pixels()),
+        (recon.map(|p| p.0.clone()), session.reconstruction()),
+    ];
+    for (handle, picture) in targets {
+        let (Some(handle), Some((rgb, _, _))) = (handle, picture) else {
+            continue;
+        };
+        let Some(mut image) = images.get_mut(&handle) else {
+            continue;
+        };
+        let rgba: Vec<u8> = rgb
+            .chunks_exact(3)
+            .flat_map(|c| [c[0], c[1], c[2], 255])
+            .collect();
+        image.data = Some(rgba);
+    }
 }
 
 fn screenshot(

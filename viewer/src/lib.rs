@@ -26,9 +26,17 @@ use dreamgym_envs::Registry;
 /// Arguments of `dreamgym view`.
 #[derive(Debug, clap::Args)]
 pub struct ViewArgs {
-    /// Environment id for a live view.
-    #[arg(long, required_unless_present = "replay", conflicts_with = "replay")]
+    /// Environment id for a live view (with `--world-model`: defaults to the run's env).
+    #[arg(long, required_unless_present_any = ["replay", "world_model", "dream"], conflicts_with_all = ["replay", "dream"])]
     pub env: Option<String>,
+    /// A World Models run folder (from `dreamgym run`): its C drives the live env, and V's
+    /// reconstruction of each frame is shown beside the agent's pixels.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["replay", "dream"])]
+    pub world_model: Option<PathBuf>,
+    /// Play M's dream of a World Models run folder, decoded to images by V (C drives when
+    /// trained).
+    #[arg(long, value_name = "RUN", conflicts_with = "replay")]
+    pub dream: Option<PathBuf>,
     /// A dataset folder (from `dreamgym rollout`) to replay instead.
     #[arg(long)]
     pub replay: Option<PathBuf>,
@@ -86,15 +94,38 @@ pub fn run(args: ViewArgs, registry: &Registry) -> anyhow::Result<()> {
         "--speed must be positive"
     );
     anyhow::ensure!(args.frames >= 1, "--frames must be at least 1");
-    let source = match (&args.env, &args.replay) {
-        (_, Some(dir)) => Source::Replay { dir: dir.clone() },
-        (Some(env), None) => Source::Live {
+    let source = match (&args.env, &args.replay, &args.dream, &args.world_model) {
+        (_, Some(dir), _, _) => Source::Replay { dir: dir.clone() },
+        (_, None, Some(run), _) => Source::Dream {
+            run: run.clone(),
+            seed: args.seed,
+        },
+        (Some(env), None, None, wm) => Source::Live {
             env: env.clone(),
             overrides: dreamgym_envs::parse_overrides(&args.set).map_err(anyhow::Error::msg)?,
             policy: args.policy.clone(),
             seed: args.seed,
+            world_model: wm.clone(),
         },
-        (None, None) => anyhow::bail!("give --env ID for a live view or --replay DIR"),
+        (None, None, None, Some(run)) => {
+            // The run's own env and config, as recorded.
+            let meta = dreamgym_envs::recording::Dataset::open(run.join("data"))
+                .with_context(|| format!("{} has no dataset in data/", run.display()))?
+                .meta()
+                .clone();
+            Source::Live {
+                env: meta.env_id.clone(),
+                overrides: Some(meta.env_config.clone()),
+                policy: args.policy.clone(),
+                seed: args.seed,
+                world_model: Some(run.clone()),
+            }
+        }
+        (None, None, None, None) => {
+            anyhow::bail!(
+                "give --env ID for a live view, --replay DIR, --world-model RUN or --dream RUN"
+            )
+        }
     };
     // Bad sources fail here, before any window opens.
     let session = Session::new(&source, registry)?;

@@ -6,8 +6,11 @@
 //! its seed and actions, flagging any divergence from the recording.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use dreamgym_agents::agent::{WorldModel, frame_of};
+use dreamgym_agents::stages::{LoadedRun, load_run};
 use dreamgym_envs::recording::{Dataset, Episode};
 use dreamgym_envs::{Env, Info, Registry, Value};
 use dreamgym_sim::{Scene, World};
@@ -27,6 +30,16 @@ pub enum Source {
         /// Policy name (`random`).
         policy: String,
         /// Seed of the first episode and of the policy.
+        seed: u64,
+        /// A World Models run folder: C drives (random actions if it has no C yet) and V's
+        /// reconstruction of each frame is shown beside it.
+        world_model: Option<PathBuf>,
+    },
+    /// M's dream of a World Models run, decoded to images by V; C drives when trained.
+    Dream {
+        /// The run folder.
+        run: PathBuf,
+        /// Seed of the first dream.
         seed: u64,
     },
     /// Episodes recorded by `dreamgym rollout`.
@@ -53,6 +66,19 @@ pub struct Session {
     done: bool,
     diverged: bool,
     has_pixels: bool,
+    world: Option<WorldModelView>,
+}
+
+/// V, M and C attached to a session.
+struct WorldModelView {
+    wm: WorldModel,
+    controller: Option<dreamgym_policies::LinearController>,
+    /// M's (h, c) in a live real-env view.
+    state: Option<(candle_core::Tensor, candle_core::Tensor)>,
+    /// V's picture: the reconstruction of the frame (live) or the dream's decoded latent.
+    picture: Vec<u8>,
+    side: usize,
+    dream: bool,
 }
 
 /// The env built with pixels added when the env takes an `obs` setting (for the
@@ -97,9 +123,12 @@ impl Session {
                 overrides,
                 policy,
                 seed,
+                world_model,
             } => {
                 if policy != "random" {
-                    bail!("unknown policy `{policy}`; the viewer knows: random");
+                    bail!(
+                        "unknown policy `{policy}`; the viewer knows: random (or give --world-model RUN)"
+                    );
                 }
                 // A bad id or config fails here with the registry's own message.
                 let (env_box, has_pixels) = with_pixels(registry, env, overrides.as_ref())?;
@@ -110,6 +139,57 @@ impl Session {
                     has_pixels,
                     ChaCha8Rng::seed_from_u64(*seed),
                 );
+                if let Some(run) = world_model {
+                    let LoadedRun { wm, controller, .. } = load_run(run)?;
+                    dreamgym_agents::agent::check_pixels(s.env.observation_space(), &wm.vae)
+                        .with_context(|| format!("{} does not fit {env}", run.display()))?;
+                    let side = wm.vae.config().image_size;
+                    s.world = Some(WorldModelView {
+                        wm,
+                        controller,
+                        state: None,
+                        picture: Vec::new(),
+                        side,
+                        dream: false,
+                    });
+                }
+                s.start(Some(*seed))?;
+                Ok(s)
+            }
+            Source::Dream { run, seed } => {
+                let LoadedRun {
+                    wm,
+                    controller,
+                    meta,
+                    starts,
+                } = load_run(run)?;
+                anyhow::ensure!(
+                    !starts.is_empty(),
+                    "{}: no series.safetensors (run `dreamgym train-mdnrnn` first)",
+                    run.display()
+                );
+                let dream = dreamgym_world_model::DreamEnv::new(
+                    wm.mdn.clone(),
+                    Arc::new(starts),
+                    meta.action_space.clone(),
+                    dreamgym_world_model::DreamConfig::default(),
+                )?;
+                let side = wm.vae.config().image_size;
+                let mut s = Self::with_env(
+                    Box::new(dream),
+                    &format!("dream of {}", meta.env_id),
+                    true,
+                    true,
+                    ChaCha8Rng::seed_from_u64(*seed),
+                );
+                s.world = Some(WorldModelView {
+                    wm,
+                    controller,
+                    state: None,
+                    picture: Vec::new(),
+                    side,
+                    dream: true,
+                });
                 s.start(Some(*seed))?;
                 Ok(s)
             }
@@ -165,7 +245,57 @@ impl Session {
             done: false,
             diverged: false,
             has_pixels,
+            world: None,
         }
+    }
+
+    /// Refreshes V's picture (and, live, resets M's state at an episode start).
+    fn update_world_model(&mut self, episode_start: bool) -> anyhow::Result<()> {
+        let Some(w) = &mut self.world else {
+            return Ok(());
+        };
+        if w.dream {
+            let z: Vec<f32> = self
+                .obs
+                .as_f32()
+                .map(|x| x[..w.wm.vae.config().z_size].to_vec())
+                .unwrap_or_default();
+            w.picture = w.wm.decode_latent(&z)?;
+        } else {
+            if episode_start {
+                w.state = Some(w.wm.mdn.initial_state(1)?);
+            }
+            w.picture = w.wm.reconstruct(frame_of(&self.obs)?)?;
+        }
+        Ok(())
+    }
+
+    /// The action of the session's policy: C on [z, h] when a trained C is attached, else
+    /// random.
+    fn policy_action(&mut self) -> anyhow::Result<Value> {
+        let Some(w) = &mut self.world else {
+            return Ok(self.env.action_space().sample(&mut self.policy_rng));
+        };
+        let Some(c) = &w.controller else {
+            return Ok(self.env.action_space().sample(&mut self.policy_rng));
+        };
+        if w.dream {
+            return Ok(c.act(self.obs.as_f32().unwrap_or(&[])));
+        }
+        let (h, cell) = match &w.state {
+            Some(s) => s.clone(),
+            None => w.wm.mdn.initial_state(1)?,
+        };
+        let (mu, _) = w.wm.encode_frames(frame_of(&self.obs)?, 1)?;
+        let mut x: Vec<f32> = mu.flatten_all()?.to_vec1()?;
+        x.extend(h.flatten_all()?.to_vec1::<f32>()?);
+        let action = c.act(&x);
+        let values = action.as_f32().unwrap_or(&[]);
+        let a =
+            candle_core::Tensor::from_slice(values, (1, values.len()), &candle_core::Device::Cpu)?;
+        let (_, h2, c2) = w.wm.mdn.step(&mu, &a, &h, &cell)?;
+        w.state = Some((h2.detach(), c2.detach()));
+        Ok(action)
     }
 
     fn start(&mut self, seed: Option<u64>) -> anyhow::Result<()> {
@@ -177,7 +307,7 @@ impl Session {
         self.last_action = None;
         self.done = false;
         self.diverged = false;
-        Ok(())
+        self.update_world_model(true)
     }
 
     /// Advances one step. Live: a finished episode is followed by a reset (the seeded stream
@@ -191,7 +321,7 @@ impl Session {
             return Ok(());
         }
         let action = if self.live {
-            self.env.action_space().sample(&mut self.policy_rng)
+            self.policy_action()?
         } else {
             let e = &self.episodes[self.episode];
             match e.actions.get(self.step) {
@@ -218,7 +348,7 @@ impl Session {
         }
         self.obs = step.obs;
         self.last_action = Some(action);
-        Ok(())
+        self.update_world_model(false)
     }
 
     /// Starts the current episode again (live: a new episode).
@@ -284,8 +414,25 @@ impl Session {
         self.env.scene()
     }
 
-    /// The agent's picture: RGB bytes, width, height.
+    /// V's reconstruction of the agent's current frame, when a World Models run is attached
+    /// to a live view: RGB bytes, width, height.
+    pub fn reconstruction(&self) -> Option<(&[u8], usize, usize)> {
+        match &self.world {
+            Some(w) if !w.dream && !w.picture.is_empty() => Some((&w.picture, w.side, w.side)),
+            _ => None,
+        }
+    }
+
+    /// Whether a trained C drives this session.
+    pub fn has_controller(&self) -> bool {
+        self.world.as_ref().is_some_and(|w| w.controller.is_some())
+    }
+
+    /// The agent's picture: RGB bytes, width, height (in a dream: V's decoding of M's latent).
     pub fn pixels(&self) -> Option<(&[u8], usize, usize)> {
+        if let Some(w) = self.world.as_ref().filter(|w| w.dream) {
+            return Some((&w.picture, w.side, w.side));
+        }
         if !self.has_pixels {
             return None;
         }
@@ -373,6 +520,7 @@ mod tests {
             overrides: None,
             policy: "random".into(),
             seed,
+            world_model: None,
         };
         Session::new(&source, &Registry::with_builtins()).unwrap()
     }
@@ -461,6 +609,7 @@ mod tests {
                 overrides: None,
                 policy: "random".into(),
                 seed: 0,
+                world_model: None,
             },
             &registry,
         )
@@ -485,5 +634,75 @@ mod tests {
             .unwrap();
         assert!(format!("{err:#}").contains("not valid"), "{err:#}");
         std::fs::remove_dir_all(&empty).unwrap();
+    }
+
+    #[test]
+    fn a_world_model_run_drives_the_env_shows_reconstructions_and_dreams() {
+        let dir = tempfile::tempdir().unwrap();
+        dreamgym_agents::testing::tiny_run(dir.path()).unwrap();
+        let registry = Registry::with_builtins();
+        let source = Source::Live {
+            env: "Racer-v0".into(),
+            overrides: Some(serde_json::json!({"obs": "pixels", "width": 16, "height": 16})),
+            policy: "random".into(),
+            seed: 4,
+            world_model: Some(dir.path().to_path_buf()),
+        };
+        let mut s = Session::new(&source, &registry).unwrap();
+        assert!(s.has_controller());
+        for _ in 0..5 {
+            s.advance().unwrap();
+            let (px, w, h) = s.pixels().unwrap();
+            let (recon, rw, rh) = s.reconstruction().unwrap();
+            assert_eq!((w, h, rw, rh), (16, 16, 16, 16));
+            assert_eq!(px.len(), recon.len());
+        }
+        // C acts as it does headless: the same actions as the pipeline's own policy.
+        let run = dreamgym_agents::stages::load_run(dir.path()).unwrap();
+        let c = run.controller.as_ref().unwrap();
+        let mut policy = dreamgym_agents::agent::WorldModelPolicy::new(&run.wm, c).unwrap();
+        let mut env = registry
+            .make(
+                "Racer-v0",
+                Some(&serde_json::json!({"obs": "pixels", "width": 16, "height": 16})),
+            )
+            .unwrap();
+        let mut viewed = Session::new(&source, &registry).unwrap();
+        let (mut obs, _) = env.reset(Some(4), &Info::new()).unwrap();
+        for _ in 0..5 {
+            let (a, _) = policy.act(&obs).unwrap();
+            viewed.advance().unwrap();
+            assert_eq!(viewed.last_action.as_ref(), Some(&a));
+            obs = env.step(&a).unwrap().obs;
+        }
+
+        // The dream: no 3D scene, V's decoding of M's latent as the picture.
+        let mut d = Session::new(
+            &Source::Dream {
+                run: dir.path().to_path_buf(),
+                seed: 1,
+            },
+            &registry,
+        )
+        .unwrap();
+        assert!(d.scene().is_none());
+        let first = d.pixels().unwrap().0.to_vec();
+        assert_eq!(first.len(), 16 * 16 * 3);
+        d.advance().unwrap();
+        assert_ne!(d.pixels().unwrap().0, &first[..], "the dream moves");
+        assert!(d.reconstruction().is_none());
+
+        // A folder that is not a run: a clear error.
+        let empty = tempfile::tempdir().unwrap();
+        let err = Session::new(
+            &Source::Dream {
+                run: empty.path().to_path_buf(),
+                seed: 0,
+            },
+            &registry,
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{err:#}").contains("data/"), "{err:#}");
     }
 }

@@ -76,7 +76,7 @@ fn main() -> candle_core::Result<()> {
                 rewards: Tensor::zeros((batch, seq), candle_core::DType::F32, &dev)?,
                 dones: Tensor::zeros((batch, seq), candle_core::DType::F32, &dev)?,
             };
-            let mut step = |opt: &mut Adam| -> candle_core::Result<f32> {
+            let step = |opt: &mut Adam| -> candle_core::Result<f32> {
                 let loss = m.loss(&b)?;
                 opt.step(loss.total.backward()?)?;
                 loss.total.to_scalar::<f32>()

@@ -209,8 +209,9 @@ impl Env for DreamEnv {
         );
         let rng = self.rng.as_mut().expect("reset sets the rng");
         self.z = sample_mixture(&lp, &mu, &ls, cfg.mixtures, self.config.temperature, rng);
-        self.h = h;
-        self.c = c;
+        // Detached, or every dream step's graph would stay reachable from (h, c).
+        self.h = h.detach();
+        self.c = c.detach();
         let reward = match &out.reward {
             Some(r) => vec(r)?[0] as f64,
             None => 0.0,

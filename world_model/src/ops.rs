@@ -14,7 +14,7 @@
 //! On devices other than the CPU the same functions run candle's own NCHW kernels (permuting
 //! around them); a test checks both paths agree on the CPU.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// Geometry of a square-kernel, unpadded, strided convolution over NHWC images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,50 +58,57 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     }
 }
 
-/// `[B, H, W, C]` → `[B*OH*OW, KH*KW*C]`, each row one output pixel's receptive field in
-/// (kh, kw, c) order.
+/// `[B, H, W, C]` → `[B*OH*OW, C*KH*KW]`, each row one output pixel's receptive field in
+/// (c, kh, kw) order.
 struct Im2Col(Geometry);
 
-/// The adjoint of [`Im2Col`]: `[B*OH*OW, KH*KW*C]` → `[B, H, W, C]`, summing overlaps.
+/// The adjoint of [`Im2Col`]: `[B*OH*OW, C*KH*KW]` → `[B, H, W, C]`, summing overlaps.
 struct Col2Im(Geometry);
 
 fn im2col(g: &Geometry, src: &[f32], dst: &mut [f32]) {
     let cols = g.cols();
-    let row_len = g.kernel * g.channels;
+    let kk = g.kernel * g.kernel;
     let per_image = g.oh * g.ow;
     let img_size = g.h * g.w * g.channels;
-    // One output row at a time; kernel rows are contiguous runs of kernel*channels floats.
-    let fill = |(r, row): (usize, &mut [f32])| {
+    // One output pixel per row, columns in (c, ky, kx) order: PyTorch's weight layout
+    // [out, in, kh, kw] is then a plain [out, in*kh*kw] matrix, with no copy.
+    for (r, row) in dst.chunks_mut(cols).enumerate() {
         let b = r / per_image;
         let rem = r % per_image;
         let (oy, ox) = (rem / g.ow, rem % g.ow);
         let img = &src[b * img_size..(b + 1) * img_size];
         for ky in 0..g.kernel {
             let y = oy * g.stride + ky;
-            let start = (y * g.w + ox * g.stride) * g.channels;
-            row[ky * row_len..(ky + 1) * row_len].copy_from_slice(&img[start..start + row_len]);
+            for kx in 0..g.kernel {
+                let start = (y * g.w + ox * g.stride + kx) * g.channels;
+                let px = &img[start..start + g.channels];
+                let base = ky * g.kernel + kx;
+                for (c, v) in px.iter().enumerate() {
+                    row[c * kk + base] = *v;
+                }
+            }
         }
-    };
-    dst.chunks_mut(cols).enumerate().for_each(fill);
+    }
 }
 
 fn col2im(g: &Geometry, src: &[f32], dst: &mut [f32]) {
     let cols = g.cols();
-    let row_len = g.kernel * g.channels;
+    let kk = g.kernel * g.kernel;
     let per_image = g.oh * g.ow;
     let img_size = g.h * g.w * g.channels;
-    // Each image is written by its own rows only, so images can be filled independently.
     for (b, img) in dst.chunks_mut(img_size).enumerate() {
         let rows = &src[b * per_image * cols..(b + 1) * per_image * cols];
         for (rem, row) in rows.chunks(cols).enumerate() {
             let (oy, ox) = (rem / g.ow, rem % g.ow);
             for ky in 0..g.kernel {
                 let y = oy * g.stride + ky;
-                let start = (y * g.w + ox * g.stride) * g.channels;
-                let out = &mut img[start..start + row_len];
-                let inp = &row[ky * row_len..(ky + 1) * row_len];
-                for (o, i) in out.iter_mut().zip(inp) {
-                    *o += i;
+                for kx in 0..g.kernel {
+                    let start = (y * g.w + ox * g.stride + kx) * g.channels;
+                    let px = &mut img[start..start + g.channels];
+                    let base = ky * g.kernel + kx;
+                    for (c, o) in px.iter_mut().enumerate() {
+                        *o += row[c * kk + base];
+                    }
                 }
             }
         }
@@ -148,6 +155,191 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// `relu(x + b)` over the last dimension of `x` (`[.., C]`, `b` `[C]`), one pass each way.
+struct BiasRelu;
+
+/// The gradient mask of [`BiasRelu`]: (output, upstream gradient) → gradient where output > 0.
+struct ReluMask;
+
+impl CustomOp2 for BiasRelu {
+    fn name(&self) -> &'static str {
+        "dreamgym-bias-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "bias_relu")?;
+        let b = contiguous_f32(s2, l2, "bias_relu")?;
+        let c = b.len();
+        if c == 0 || x.len() % c != 0 || l1.dims().last() != Some(&c) {
+            candle_core::bail!(
+                "bias_relu: bias {:?} does not fit input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for (o, xr) in out.chunks_mut(c).zip(x.chunks(c)) {
+            for ((o, x), b) in o.iter_mut().zip(xr).zip(b) {
+                *o = (x + b).max(0.0);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = res.apply_op2_no_bwd(&grad.contiguous()?, &ReluMask)?;
+        let c = b.dim(0)?;
+        let gb = gx.reshape(((), c))?.sum(0)?;
+        Ok((Some(gx), Some(gb)))
+    }
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "dreamgym-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(s1, l1, "relu_mask")?;
+        let g = contiguous_f32(s2, l2, "relu_mask")?;
+        let out = y
+            .iter()
+            .zip(g)
+            .map(|(y, g)| if *y > 0.0 { *g } else { 0.0 })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `relu(x + bias)`, bias over the last dimension; fused on the CPU.
+pub fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu)
+    } else {
+        x.broadcast_add(bias)?.relu()
+    }
+}
+
+/// Per-sample summed squared error of `sigmoid(logits)` against `target` (`[B, ..]` each):
+/// `[B]`. One pass each way on the CPU.
+struct SigmoidSse;
+
+/// (logits, target, upstream `[B]`) → gradient of the logits.
+struct SigmoidSseBackward;
+
+impl CustomOp2 for SigmoidSse {
+    fn name(&self) -> &'static str {
+        "dreamgym-sigmoid-sse"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let l = contiguous_f32(s1, l1, "sigmoid_sse")?;
+        let t = contiguous_f32(s2, l2, "sigmoid_sse")?;
+        if l1.dims() != l2.dims() || l1.dims().is_empty() {
+            candle_core::bail!(
+                "sigmoid_sse: logits {:?} and target {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let b = l1.dims()[0];
+        let per = l.len() / b.max(1);
+        let out = (0..b)
+            .map(|i| {
+                let (lr, tr) = (&l[i * per..(i + 1) * per], &t[i * per..(i + 1) * per]);
+                lr.iter()
+                    .zip(tr)
+                    .map(|(l, t)| {
+                        let d = 1.0 / (1.0 + (-l).exp()) - t;
+                        (d * d) as f64
+                    })
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(b)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = logits.apply_op3_no_bwd(target, &grad.contiguous()?, &SigmoidSseBackward)?;
+        Ok((Some(g), None))
+    }
+}
+
+impl candle_core::CustomOp3 for SigmoidSseBackward {
+    fn name(&self) -> &'static str {
+        "dreamgym-sigmoid-sse-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let l = contiguous_f32(s1, l1, "sigmoid_sse")?;
+        let t = contiguous_f32(s2, l2, "sigmoid_sse")?;
+        let g = contiguous_f32(s3, l3, "sigmoid_sse")?;
+        let per = l.len() / g.len().max(1);
+        let out = l
+            .iter()
+            .zip(t)
+            .enumerate()
+            .map(|(i, (l, t))| {
+                let y = 1.0 / (1.0 + (-l).exp());
+                g[i / per] * 2.0 * (y - t) * y * (1.0 - y)
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Per-sample `sum((sigmoid(logits) - target)^2)`, `[B]`; fused on the CPU.
+pub fn sigmoid_sse(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    if logits.device().is_cpu() {
+        logits
+            .contiguous()?
+            .apply_op2(&target.contiguous()?, SigmoidSse)
+    } else {
+        (candle_nn::ops::sigmoid(logits)? - target)?
+            .sqr()?
+            .flatten_from(1)?
+            .sum(1)
+    }
+}
+
 fn check_f32(x: &Tensor, what: &str) -> Result<()> {
     if x.dtype() != DType::F32 {
         candle_core::bail!("{what}: expected f32, got {:?}", x.dtype());
@@ -158,6 +350,17 @@ fn check_f32(x: &Tensor, what: &str) -> Result<()> {
 /// Unpadded strided convolution of NHWC `x` (`[B, H, W, Cin]`) with a PyTorch-layout weight
 /// `[Cout, Cin, K, K]` and bias `[Cout]`; returns `[B, OH, OW, Cout]`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize) -> Result<Tensor> {
+    conv2d_act(x, weight, bias, stride, false)
+}
+
+/// [`conv2d`] followed by ReLU when `relu` (bias and ReLU fused on the CPU).
+pub fn conv2d_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    relu: bool,
+) -> Result<Tensor> {
     check_f32(x, "conv2d")?;
     let (b, h, w, cin) = x.dims4()?;
     let (cout, wcin, k, k2) = weight.dims4()?;
@@ -174,7 +377,8 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize) -> Resu
             .permute((0, 3, 1, 2))?
             .conv2d(weight, 0, stride, 1, 1)?
             .broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
-        return y.permute((0, 2, 3, 1))?.contiguous();
+        let y = y.permute((0, 2, 3, 1))?.contiguous()?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     let g = Geometry {
         batch: b,
@@ -187,14 +391,15 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize) -> Resu
         ow,
     };
     let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
-    // [Cout, Cin, K, K] -> [K, K, Cin, Cout] -> [K*K*Cin, Cout]: rows in im2col's order.
-    let wmat = weight
-        .permute((2, 3, 1, 0))?
-        .contiguous()?
-        .reshape((k * k * cin, cout))?;
-    cols.matmul(&wmat)?
-        .broadcast_add(bias)?
-        .reshape((b, oh, ow, cout))
+    // [Cout, Cin, K, K] is [Cout, Cin*K*K] in im2col's column order: a view, transposed.
+    let wmat = weight.reshape((cout, cin * k * k))?.t()?;
+    let y = cols.matmul(&wmat)?;
+    let y = if relu {
+        bias_relu(&y, bias)?
+    } else {
+        y.broadcast_add(bias)?
+    };
+    y.reshape((b, oh, ow, cout))
 }
 
 /// Unpadded strided transposed convolution of NHWC `x` (`[B, H, W, Cin]`) with a PyTorch-layout
@@ -204,6 +409,17 @@ pub fn conv_transpose2d(
     weight: &Tensor,
     bias: &Tensor,
     stride: usize,
+) -> Result<Tensor> {
+    conv_transpose2d_act(x, weight, bias, stride, false)
+}
+
+/// [`conv_transpose2d`] followed by ReLU when `relu` (bias and ReLU fused on the CPU).
+pub fn conv_transpose2d_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    relu: bool,
 ) -> Result<Tensor> {
     check_f32(x, "conv_transpose2d")?;
     let (b, h, w, cin) = x.dims4()?;
@@ -224,7 +440,8 @@ pub fn conv_transpose2d(
             .permute((0, 3, 1, 2))?
             .conv_transpose2d(weight, 0, 0, stride, 1)?
             .broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
-        return y.permute((0, 2, 3, 1))?.contiguous();
+        let y = y.permute((0, 2, 3, 1))?.contiguous()?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     // The transposed convolution's output is the image a convolution of the same geometry reads.
     let g = Geometry {
@@ -237,13 +454,15 @@ pub fn conv_transpose2d(
         oh: h,
         ow: w,
     };
-    // [Cin, Cout, K, K] -> [Cin, K, K, Cout] -> [Cin, K*K*Cout]
-    let wmat = weight
-        .permute((0, 2, 3, 1))?
-        .contiguous()?
-        .reshape((cin, k * k * cout))?;
+    // [Cin, Cout, K, K] is [Cin, Cout*K*K] in col2im's column order: a view.
+    let wmat = weight.reshape((cin, cout * k * k))?;
     let cols = x.reshape((b * h * w, cin))?.matmul(&wmat)?;
-    cols.apply_op1(Col2Im(g))?.broadcast_add(bias)
+    let y = cols.apply_op1(Col2Im(g))?;
+    if relu {
+        bias_relu(&y, bias)
+    } else {
+        y.broadcast_add(bias)
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +564,13 @@ mod tests {
         };
         let x = rand(&[2, 7, 6, 3], 9);
         let y = rand(&[2 * 3 * 2, 27], 10);
+        // Column order (c, ky, kx): column 9 of the first row is channel 1 at (0, 0).
+        let cols = x.apply_op1(Im2Col(g)).unwrap().to_vec2::<f32>().unwrap();
+        let img = x.to_vec3::<f32>().map(|_| ()).err();
+        assert!(img.is_some(), "x is 4-d");
+        let x4: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(cols[0][9], x4[1]);
+        assert_eq!(cols[0][1], x4[3], "(c 0, ky 0, kx 1) is pixel (0, 1)");
         let lhs = (x.apply_op1(Im2Col(g)).unwrap() * &y).unwrap();
         let rhs = (y.apply_op1(Col2Im(g)).unwrap() * &x).unwrap();
         let (l, r) = (
@@ -352,6 +578,52 @@ mod tests {
             rhs.sum_all().unwrap().to_scalar::<f32>().unwrap(),
         );
         assert!((l - r).abs() < 1e-4, "{l} vs {r}");
+    }
+
+    #[test]
+    fn fused_bias_relu_and_sigmoid_sse_match_composed_ops() {
+        let x = Var::from_tensor(&rand(&[4, 3, 5], 11)).unwrap();
+        let b = Var::from_tensor(&rand(&[5], 12)).unwrap();
+        let up = rand(&[4, 3, 5], 13);
+        let fused = bias_relu(&x, &b).unwrap();
+        let composed = x.broadcast_add(&b).unwrap().relu().unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-7);
+        let g1 = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (composed * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &b] {
+            assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
+        }
+        let l = Var::from_tensor(&(rand(&[3, 4, 4, 2], 14) * 3.0).unwrap()).unwrap();
+        let t = ((rand(&[3, 4, 4, 2], 15) + 1.0).unwrap() * 0.5).unwrap();
+        let w = rand(&[3], 16);
+        let fused = sigmoid_sse(&l, &t).unwrap();
+        let composed = (candle_nn::ops::sigmoid(&l).unwrap() - &t)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .sum(1)
+            .unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        let g1 = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(max_diff(g1.get(&l).unwrap(), g2.get(&l).unwrap()) < 1e-6);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::WmError;
 use crate::nn::{Linear, ParamInit};
-use crate::ops::{conv_out_size, conv_transpose_out_size, conv_transpose2d, conv2d};
+use crate::ops::{
+    conv_out_size, conv_transpose_out_size, conv_transpose2d_act, conv2d_act, sigmoid_sse,
+};
 
 /// V's architecture and loss. The defaults are the paper's (4,348,547 parameters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,7 +210,7 @@ impl Vae {
     pub fn encode(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let mut h = x.clone();
         for c in &self.encoder {
-            h = conv2d(&h, &c.weight, &c.bias, 2)?.relu()?;
+            h = conv2d_act(&h, &c.weight, &c.bias, 2, true)?;
         }
         // Flatten in PyTorch's NCHW order so the dense weights mean the same thing there.
         let b = h.dim(0)?;
@@ -218,6 +220,11 @@ impl Vae {
 
     /// `[B, z]` → images `[B, H, W, C]` in (0, 1).
     pub fn decode(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::sigmoid(&self.decode_logits(z)?)
+    }
+
+    /// The decoder before its final sigmoid.
+    pub fn decode_logits(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         let b = z.dim(0)?;
         let mut h = self
             .decoder_input
@@ -225,12 +232,7 @@ impl Vae {
             .reshape((b, 1, 1, self.config.decoder_dense))?;
         let last = self.decoder.len() - 1;
         for (i, c) in self.decoder.iter().enumerate() {
-            h = conv_transpose2d(&h, &c.weight, &c.bias, 2)?;
-            h = if i == last {
-                candle_nn::ops::sigmoid(&h)?
-            } else {
-                h.relu()?
-            };
+            h = conv_transpose2d_act(&h, &c.weight, &c.bias, 2, i != last)?;
         }
         Ok(h)
     }
@@ -249,8 +251,7 @@ impl Vae {
     pub fn loss(&self, x: &Tensor, eps: &Tensor) -> candle_core::Result<VaeLoss> {
         let (mu, logvar) = self.encode(x)?;
         let z = Self::reparameterize(&mu, &logvar, eps)?;
-        let y = self.decode(&z)?;
-        let reconstruction = (y - x)?.sqr()?.flatten_from(1)?.sum(1)?.mean(0)?;
+        let reconstruction = sigmoid_sse(&self.decode_logits(&z)?, x)?.mean(0)?;
         // KL(N(mu, sigma) || N(0, 1)) = -0.5 * sum(1 + logvar - mu^2 - exp(logvar)).
         let kl = ((logvar.exp()? + mu.sqr()? - logvar)? - 1.0)?.sum(D::Minus1)? * 0.5;
         let floor = (self.config.kl_tolerance * self.config.z_size as f32) as f64;
