@@ -341,7 +341,7 @@ fn setup(
         let handle = images.add(pip_image(w, h));
         // About a third of the window's height, at least one screen pixel per agent pixel.
         let side = if big {
-            window_height.0 * 0.85
+            window_height.0 * 0.7
         } else {
             (window_height.0 * 0.4).clamp(64.0, 320.0)
         };
