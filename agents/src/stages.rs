@@ -534,7 +534,7 @@ pub fn make_env(registry: &Registry, meta: &DatasetMeta) -> anyhow::Result<Box<d
 /// Where C's episodes run.
 enum Arena {
     Real(Box<dyn Env>),
-    Dream(DreamEnv),
+    Dream(Box<DreamEnv>),
 }
 
 impl Arena {
@@ -547,7 +547,7 @@ impl Arena {
     ) -> anyhow::Result<(f64, u64)> {
         match self {
             Arena::Real(env) => real_episode(env.as_mut(), wm, c, seed, max_steps),
-            Arena::Dream(env) => feature_episode(env, c, seed, max_steps),
+            Arena::Dream(env) => feature_episode(env.as_mut(), c, seed, max_steps),
         }
     }
 }
@@ -570,7 +570,7 @@ fn arenas(
                     meta.action_space.clone(),
                     cfg.controller.dream.clone(),
                 )?;
-                Ok(Arena::Dream(env))
+                Ok(Arena::Dream(Box::new(env)))
             } else {
                 Ok(Arena::Real(make_env(registry, meta)?))
             }

@@ -24,6 +24,8 @@ fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
 }
 
 fn main() -> candle_core::Result<()> {
+    // As in the dreamgym binary: keep freed memory mapped (mi_option_purge_delay = -1).
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("vae");
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);

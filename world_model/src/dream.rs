@@ -98,7 +98,7 @@ impl DreamEnv {
                 cfg.z_size
             )));
         }
-        if !(config.temperature > 0.0) || config.max_steps == 0 {
+        if config.temperature.is_nan() || config.temperature <= 0.0 || config.max_steps == 0 {
             return Err(bad("temperature must be > 0 and max_steps >= 1".into()));
         }
         let obs_space = Space::Box(BoxSpace::uniform(
@@ -202,10 +202,11 @@ impl Env for DreamEnv {
                 .and_then(|t| t.to_vec1())
                 .map_err(candle_err)
         };
+        let mixture = out.mixture().map_err(candle_err)?;
         let (lp, mu, ls) = (
-            vec(&out.mixture.log_pi)?,
-            vec(&out.mixture.mu)?,
-            vec(&out.mixture.log_sigma)?,
+            vec(&mixture.log_pi)?,
+            vec(&mixture.mu)?,
+            vec(&mixture.log_sigma)?,
         );
         let rng = self.rng.as_mut().expect("reset sets the rng");
         self.z = sample_mixture(&lp, &mu, &ls, cfg.mixtures, self.config.temperature, rng);

@@ -79,12 +79,30 @@ pub struct MdnOutput {
     /// The mixture head's raw output `[N, Z*3K]`: per latent dimension K logits, K means, K
     /// log-sigmas.
     pub raw: Tensor,
-    /// The next-z mixture.
-    pub mixture: Mixture,
+    z_size: usize,
+    mixtures: usize,
     /// Predicted rewards `[N]`, if there is a reward head.
     pub reward: Option<Tensor>,
     /// Done logits `[N]`, if there is a done head.
     pub done_logit: Option<Tensor>,
+}
+
+impl MdnOutput {
+    /// The next-z mixture (computed on demand: the training loss reads `raw` directly).
+    pub fn mixture(&self) -> candle_core::Result<Mixture> {
+        let n = self.raw.dim(0)?;
+        // Per latent dimension a block of 3K numbers: K log-weights, K means, K log-sigmas.
+        let out = self.raw.reshape((n, self.z_size, 3, self.mixtures))?;
+        let logits = out.narrow(2, 0, 1)?.squeeze(2)?;
+        let log_pi = logits.broadcast_sub(&logits.log_sum_exp(D::Minus1)?.unsqueeze(D::Minus1)?)?;
+        let mu = out.narrow(2, 1, 1)?.squeeze(2)?;
+        let log_sigma = out.narrow(2, 2, 1)?.squeeze(2)?;
+        Ok(Mixture {
+            log_pi,
+            mu,
+            log_sigma,
+        })
+    }
 }
 
 /// The terms of M's loss (scalars).
@@ -294,15 +312,7 @@ impl MdnRnn {
 
     /// The heads applied to hidden states `[N, H]`.
     pub fn heads(&self, h: &Tensor) -> candle_core::Result<MdnOutput> {
-        let n = h.dim(0)?;
-        let (z, k) = (self.config.z_size, self.config.mixtures);
-        // Per latent dimension a block of 3K numbers: K log-weights, K means, K log-sigmas.
         let raw = self.mdn.forward(h)?;
-        let out = raw.reshape((n, z, 3, k))?;
-        let logits = out.narrow(2, 0, 1)?.squeeze(2)?;
-        let log_pi = logits.broadcast_sub(&logits.log_sum_exp(D::Minus1)?.unsqueeze(D::Minus1)?)?;
-        let mu = out.narrow(2, 1, 1)?.squeeze(2)?;
-        let log_sigma = out.narrow(2, 2, 1)?.squeeze(2)?;
         let reward = match &self.reward {
             Some(l) => Some(l.forward(h)?.squeeze(1)?),
             None => None,
@@ -313,11 +323,8 @@ impl MdnRnn {
         };
         Ok(MdnOutput {
             raw,
-            mixture: Mixture {
-                log_pi,
-                mu,
-                log_sigma,
-            },
+            z_size: self.config.z_size,
+            mixtures: self.config.mixtures,
             reward,
             done_logit,
         })
@@ -364,7 +371,7 @@ impl MdnRnn {
                 )?
                 .mean_all()?
         } else {
-            mixture_nll(&out.mixture, &targets)?
+            mixture_nll(&out.mixture()?, &targets)?
         };
         let zero = Tensor::zeros((), candle_core::DType::F32, &self.device)?;
         let reward = match &out.reward {

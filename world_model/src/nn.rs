@@ -147,7 +147,7 @@ pub fn safetensors_bytes(varmap: &VarMap) -> Result<Vec<u8>, WmError> {
         payload.extend_from_slice(&bytes);
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + payload.len());

@@ -100,7 +100,7 @@ impl VaeConfig {
                 self.decoder_kernels, self.image_size
             ));
         }
-        if !(self.kl_tolerance >= 0.0) {
+        if self.kl_tolerance.is_nan() || self.kl_tolerance < 0.0 {
             return bad("kl_tolerance must be >= 0".into());
         }
         Ok(())

@@ -130,7 +130,8 @@ fn vae_loss_equals_hand_computation() {
     let loss = vae.loss(&x, &eps).unwrap();
     // By hand from the encoder's and decoder's outputs.
     let (mu, logvar) = vae.encode(&x).unwrap();
-    let (mu, lv, e): (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) = (
+    type Rows = Vec<Vec<f32>>;
+    let (mu, lv, e): (Rows, Rows, Rows) = (
         mu.to_vec2().unwrap(),
         logvar.to_vec2().unwrap(),
         eps.to_vec2().unwrap(),
@@ -181,7 +182,7 @@ fn fused_mdn_loss_matches_the_composed_loss_and_its_gradients() {
         .forward(&batch.z.narrow(1, 0, 4).unwrap(), &batch.actions)
         .unwrap();
     let targets = batch.z.narrow(1, 1, 4).unwrap().reshape((12, 3)).unwrap();
-    let composed = mixture_nll(&out.mixture, &targets).unwrap();
+    let composed = mixture_nll(&out.mixture().unwrap(), &targets).unwrap();
     assert!((scalar(&fused) - scalar(&composed)).abs() < 1e-5);
     let (g1, g2) = (fused.backward().unwrap(), composed.backward().unwrap());
     for (name, var) in sorted_vars(m.varmap()) {
