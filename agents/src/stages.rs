@@ -533,8 +533,12 @@ pub fn make_env(registry: &Registry, meta: &DatasetMeta) -> anyhow::Result<Box<d
 
 /// Where C's episodes run.
 enum Arena {
+    /// The real env, C acting through V and M.
     Real(Box<dyn Env>),
+    /// M's dream, C acting on its [z, h] observations.
     Dream(Box<DreamEnv>),
+    /// The real env with uniformly random actions (the baseline; C is ignored).
+    Random(Box<dyn Env>),
 }
 
 impl Arena {
@@ -548,6 +552,7 @@ impl Arena {
         match self {
             Arena::Real(env) => real_episode(env.as_mut(), wm, c, seed, max_steps),
             Arena::Dream(env) => feature_episode(env.as_mut(), c, seed, max_steps),
+            Arena::Random(env) => random_episode(env.as_mut(), seed, max_steps),
         }
     }
 }
@@ -774,40 +779,16 @@ pub fn evaluate(
     let controller = run_parallel(&mut real, &wm, std::slice::from_ref(&c), &jobs, e.max_steps)?;
     pb.inc(1);
     // The random baseline on the same seeds, in parallel.
-    let random: Vec<f64> = {
-        let n = workers.max(1);
-        let mut out = vec![0.0; seeds.len()];
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let hs: Vec<_> = (0..n)
-                .map(|w| {
-                    let seeds = &seeds;
-                    let meta = &meta;
-                    s.spawn(move || -> anyhow::Result<Vec<(usize, f64)>> {
-                        let mut env = make_env(registry, meta)?;
-                        seeds
-                            .iter()
-                            .enumerate()
-                            .skip(w)
-                            .step_by(n)
-                            .map(|(i, sd)| {
-                                Ok((i, random_episode(env.as_mut(), *sd, e.max_steps)?.0))
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            for h in hs {
-                for (i, r) in h
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a thread panicked"))??
-                {
-                    out[i] = r;
-                }
-            }
-            Ok(())
-        })?;
-        out
-    };
+    let mut baseline = (0..workers)
+        .map(|_| Ok(Arena::Random(make_env(registry, &meta)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let random = run_parallel(
+        &mut baseline,
+        &wm,
+        std::slice::from_ref(&c),
+        &jobs,
+        e.max_steps,
+    )?;
     pb.inc(1);
     let dream = if wm.mdn.config().reward_head && run.join("series.safetensors").exists() {
         let starts = Arc::new(start_latents(&load_series(run)?)?);

@@ -9,9 +9,21 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::nn::{Linear, ParamInit};
+use crate::ops::contiguous_f32;
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
+}
+
+/// The four gate activations (input, forget, cell, output) of unit `j` from the pre-activations
+/// `g` (`[4H]`, PyTorch's i, f, g, o order).
+fn activations(g: &[f32], h: usize, j: usize) -> (f32, f32, f32, f32) {
+    (
+        sigmoid(g[j]),
+        sigmoid(g[h + j]),
+        tanh(g[2 * h + j]),
+        sigmoid(g[3 * h + j]),
+    )
 }
 
 /// tanh through one `exp` (glibc's `tanhf` goes through `expm1f` and was 10% of M's step).
@@ -20,17 +32,6 @@ fn tanh(x: f32) -> f32 {
         return x.signum();
     }
     1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => candle_core::bail!("{op}: only f32 is supported"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: inputs must be contiguous"),
-    }
 }
 
 /// (gates `[B, 4H]`, c `[B, H]`) → `[B, 2H]` = (h', c').
@@ -51,8 +52,8 @@ impl CustomOp2 for Cell {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gates = slice(s1, l1, "lstm cell")?;
-        let c = slice(s2, l2, "lstm cell")?;
+        let gates = contiguous_f32(s1, l1, "lstm cell")?;
+        let c = contiguous_f32(s2, l2, "lstm cell")?;
         let (b, h4) = l1.shape().dims2()?;
         let h = h4 / 4;
         if l2.shape().dims2()? != (b, h) || h4 != 4 * h {
@@ -68,10 +69,7 @@ impl CustomOp2 for Cell {
             let cr = &c[r * h..(r + 1) * h];
             let o = &mut out[r * 2 * h..(r + 1) * 2 * h];
             for j in 0..h {
-                let i = sigmoid(g[j]);
-                let f = sigmoid(g[h + j]);
-                let gg = tanh(g[2 * h + j]);
-                let og = sigmoid(g[3 * h + j]);
+                let (i, f, gg, og) = activations(g, h, j);
                 let cn = f * cr[j] + i * gg;
                 o[j] = og * tanh(cn);
                 o[h + j] = cn;
@@ -110,9 +108,9 @@ impl CustomOp3 for CellBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gates = slice(s1, l1, "lstm cell backward")?;
-        let c = slice(s2, l2, "lstm cell backward")?;
-        let grad = slice(s3, l3, "lstm cell backward")?;
+        let gates = contiguous_f32(s1, l1, "lstm cell backward")?;
+        let c = contiguous_f32(s2, l2, "lstm cell backward")?;
+        let grad = contiguous_f32(s3, l3, "lstm cell backward")?;
         let (b, h) = l2.shape().dims2()?;
         let h4 = 4 * h;
         let mut out = vec![0f32; b * 5 * h];
@@ -122,10 +120,7 @@ impl CustomOp3 for CellBackward {
             let gr = &grad[r * 2 * h..(r + 1) * 2 * h];
             let o = &mut out[r * 5 * h..(r + 1) * 5 * h];
             for j in 0..h {
-                let i = sigmoid(g[j]);
-                let f = sigmoid(g[h + j]);
-                let gg = tanh(g[2 * h + j]);
-                let og = sigmoid(g[3 * h + j]);
+                let (i, f, gg, og) = activations(g, h, j);
                 let cn = f * cr[j] + i * gg;
                 let tc = tanh(cn);
                 let dh = gr[j];
@@ -196,8 +191,8 @@ impl CustomOp2 for LstmSeq {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let proj = slice(s1, l1, "lstm seq")?;
-        let w = slice(s2, l2, "lstm seq")?;
+        let proj = contiguous_f32(s1, l1, "lstm seq")?;
+        let w = contiguous_f32(s2, l2, "lstm seq")?;
         let (b, t, h4) = l1.shape().dims3()?;
         let (wr, h) = l2.shape().dims2()?;
         if wr != h4 || h4 != 4 * h {
@@ -247,10 +242,7 @@ impl CustomOp2 for LstmSeq {
                 let hcur = (r * t + step) * h;
                 for j in 0..h {
                     let g = &state[cur + h..cur + h5];
-                    let i = sigmoid(g[j]);
-                    let f = sigmoid(g[h + j]);
-                    let gg = tanh(g[2 * h + j]);
-                    let o = sigmoid(g[3 * h + j]);
+                    let (i, f, gg, o) = activations(g, h, j);
                     let c_prev = if step > 0 { state[cur - h5 + j] } else { 0.0 };
                     let c = f * c_prev + i * gg;
                     state[cur + j] = c;
@@ -294,9 +286,9 @@ impl CustomOp3 for LstmSeqBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let hs = slice(s1, l1, "lstm seq backward")?;
-        let w = slice(s2, l2, "lstm seq backward")?;
-        let grad = slice(s3, l3, "lstm seq backward")?;
+        let hs = contiguous_f32(s1, l1, "lstm seq backward")?;
+        let w = contiguous_f32(s2, l2, "lstm seq backward")?;
+        let grad = contiguous_f32(s3, l3, "lstm seq backward")?;
         let (b, t, h) = l1.shape().dims3()?;
         let (h4, h5) = (4 * h, 5 * h);
         let state = self.state.lock().unwrap();
@@ -314,10 +306,7 @@ impl CustomOp3 for LstmSeqBackward {
                 let gr = &grad[(r * t + step) * h..(r * t + step + 1) * h];
                 let d = &mut dproj[(r * t + step) * h4..(r * t + step + 1) * h4];
                 for j in 0..h {
-                    let i = sigmoid(g[j]);
-                    let f = sigmoid(g[h + j]);
-                    let gg = tanh(g[2 * h + j]);
-                    let o = sigmoid(g[3 * h + j]);
+                    let (i, f, gg, o) = activations(g, h, j);
                     let c = state[cur + j];
                     let c_prev = if step > 0 { state[cur - h5 + j] } else { 0.0 };
                     let tc = tanh(c);

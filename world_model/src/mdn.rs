@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::WmError;
 use crate::lstm::Lstm;
 use crate::nn::{Linear, ParamInit};
+use crate::ops::contiguous_f32;
 
 /// M's architecture and loss weights. The defaults are the paper's CarRacing model (LSTM 256,
 /// 5 mixtures over z = 32) plus reward and done heads for dreaming.
@@ -143,16 +144,6 @@ struct FusedNllBackward {
     k: usize,
 }
 
-fn f32_slice<'a>(
-    s: &'a candle_core::CpuStorage,
-    l: &candle_core::Layout,
-) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (candle_core::CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("mixture nll: expects contiguous f32"),
-    }
-}
-
 /// For one (row, dim): log π (normalised), the component log-densities' sum v, and per-k terms.
 fn nll_cell(block: &[f32], y: f32, k: usize, lp: &mut [f32], s: &mut [f32]) -> f32 {
     let (logits, mu, ls) = (&block[..k], &block[k..2 * k], &block[2 * k..3 * k]);
@@ -179,7 +170,10 @@ impl candle_core::CustomOp2 for FusedNll {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (out, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (out, y) = (
+            contiguous_f32(s1, l1, "mixture nll")?,
+            contiguous_f32(s2, l2, "mixture nll")?,
+        );
         let (n, z) = l2.shape().dims2()?;
         let k = self.k;
         if out.len() != n * z * 3 * k {
@@ -221,7 +215,11 @@ impl candle_core::CustomOp3 for FusedNllBackward {
         s3: &candle_core::CpuStorage,
         l3: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (out, y, grad) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (out, y, grad) = (
+            contiguous_f32(s1, l1, "mixture nll")?,
+            contiguous_f32(s2, l2, "mixture nll")?,
+            contiguous_f32(s3, l3, "mixture nll")?,
+        );
         let k = self.k;
         let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
         let mut dout = vec![0f32; out.len()];

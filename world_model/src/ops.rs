@@ -47,7 +47,12 @@ pub fn conv_transpose_out_size(size: usize, kernel: usize, stride: usize) -> usi
     (size - 1) * stride + kernel
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 data of a custom op's CPU input, or an error naming `op`.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
     let data = match storage {
         CpuStorage::F32(d) => d.as_slice(),
         _ => candle_core::bail!("{op}: only f32 is supported"),
