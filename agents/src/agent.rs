@@ -76,20 +76,21 @@ impl WorldModel {
 
 /// V, M and C acting together in a real env, one frame at a time: V encodes the frame to μ,
 /// C acts on [μ, h], and M's LSTM takes [μ, a] to the next h.
-pub struct WorldModelPolicy<'a> {
-    wm: &'a WorldModel,
-    controller: &'a LinearController,
+pub struct WorldModelPolicy {
+    wm: WorldModel,
+    controller: LinearController,
     h: Tensor,
     c: Tensor,
 }
 
-impl<'a> WorldModelPolicy<'a> {
-    /// A policy at the start of an episode.
-    pub fn new(wm: &'a WorldModel, controller: &'a LinearController) -> anyhow::Result<Self> {
+impl WorldModelPolicy {
+    /// A policy at the start of an episode (V and M are shared, C is copied: 867 floats at
+    /// the paper's sizes).
+    pub fn new(wm: &WorldModel, controller: &LinearController) -> anyhow::Result<Self> {
         let (h, c) = wm.mdn.initial_state(1)?;
         Ok(Self {
-            wm,
-            controller,
+            wm: wm.clone(),
+            controller: controller.clone(),
             h,
             c,
         })

@@ -145,6 +145,23 @@ pub fn load_mdn(run: &Path, device: &Device) -> anyhow::Result<MdnRnn> {
     Ok(m)
 }
 
+/// Loads V and M from a run folder and checks that they fit together (M reads V's z).
+pub fn load_world_model(run: &Path, device: &Device) -> anyhow::Result<WorldModel> {
+    let vae = load_vae(run, device).with_context(|| format!("{}: no trained V", run.display()))?;
+    let mdn = load_mdn(run, device).with_context(|| format!("{}: no trained M", run.display()))?;
+    anyhow::ensure!(
+        vae.config().z_size == mdn.config().z_size,
+        "{}: V's z_size {} does not match M's {} (were they trained in different runs?)",
+        run.display(),
+        vae.config().z_size,
+        mdn.config().z_size
+    );
+    Ok(WorldModel {
+        vae: Arc::new(vae),
+        mdn: Arc::new(mdn),
+    })
+}
+
 /// The epoch a checkpoint with the same config reached, if any.
 fn resume_point<C: serde::de::DeserializeOwned + PartialEq>(
     stem: &Path,
@@ -632,10 +649,7 @@ pub fn train_controller(
 ) -> anyhow::Result<ControllerFile> {
     let device = dreamgym_world_model::device(&cfg.device)?;
     let meta = Dataset::open(data)?.meta().clone();
-    let wm = WorldModel {
-        vae: Arc::new(load_vae(run, &device)?),
-        mdn: Arc::new(load_mdn(run, &device)?),
-    };
+    let wm = load_world_model(run, &device)?;
     check_pixels(&meta.observation_space, &wm.vae)?;
     let stage = &cfg.controller;
     let starts = Arc::new(if stage.in_dream {
@@ -742,10 +756,7 @@ pub fn evaluate(
 ) -> anyhow::Result<EvalSummary> {
     let device = dreamgym_world_model::device(&cfg.device)?;
     let meta = Dataset::open(data)?.meta().clone();
-    let wm = WorldModel {
-        vae: Arc::new(load_vae(run, &device)?),
-        mdn: Arc::new(load_mdn(run, &device)?),
-    };
+    let wm = load_world_model(run, &device)?;
     let path = run.join("controller.json");
     let file: ControllerFile =
         serde_json::from_slice(&std::fs::read(&path).with_context(|| {
@@ -1035,14 +1046,7 @@ pub fn load_run(run: &Path) -> anyhow::Result<LoadedRun> {
         })?
         .meta()
         .clone();
-    let wm = WorldModel {
-        vae: Arc::new(
-            load_vae(run, &device).with_context(|| format!("{}: no trained V", run.display()))?,
-        ),
-        mdn: Arc::new(
-            load_mdn(run, &device).with_context(|| format!("{}: no trained M", run.display()))?,
-        ),
-    };
+    let wm = load_world_model(run, &device)?;
     let controller = match std::fs::read(run.join("controller.json")) {
         Ok(bytes) => {
             let f: ControllerFile =

@@ -73,6 +73,15 @@ fn the_pipeline_runs_end_to_end_resumes_and_is_deterministic() {
     cfg.controller.in_dream = true;
     let d = stages::train_controller(&cfg, &data, &run, &registry, false).unwrap();
     assert!(d.in_dream && d.best_fitness.is_finite());
+
+    // A V retrained with another z_size no longer fits M: a clear error, not a shape panic.
+    cfg.vae.model.z_size = 5;
+    stages::train_vae(&cfg, &data, &run, false).unwrap();
+    let err = format!(
+        "{:#}",
+        stages::train_controller(&cfg, &data, &run, &registry, false).unwrap_err()
+    );
+    assert!(err.contains("z_size"), "{err}");
 }
 
 #[test]

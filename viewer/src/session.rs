@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use dreamgym_agents::agent::{WorldModel, frame_of};
+use dreamgym_agents::agent::{WorldModel, WorldModelPolicy, frame_of};
 use dreamgym_agents::stages::{LoadedRun, load_run};
 use dreamgym_envs::recording::{Dataset, Episode};
 use dreamgym_envs::{Env, Info, Registry, Value};
@@ -73,8 +73,8 @@ pub struct Session {
 struct WorldModelView {
     wm: WorldModel,
     controller: Option<dreamgym_policies::LinearController>,
-    /// M's (h, c) in a live real-env view.
-    state: Option<(candle_core::Tensor, candle_core::Tensor)>,
+    /// C acting through V and M in a live real-env view (the headless pipeline's own policy).
+    policy: Option<WorldModelPolicy>,
     /// V's picture: the reconstruction of the frame (live) or the dream's decoded latent.
     picture: Vec<u8>,
     side: usize,
@@ -147,7 +147,7 @@ impl Session {
                     s.world = Some(WorldModelView {
                         wm,
                         controller,
-                        state: None,
+                        policy: None,
                         picture: Vec::new(),
                         side,
                         dream: false,
@@ -185,7 +185,7 @@ impl Session {
                 s.world = Some(WorldModelView {
                     wm,
                     controller,
-                    state: None,
+                    policy: None,
                     picture: Vec::new(),
                     side,
                     dream: true,
@@ -263,7 +263,10 @@ impl Session {
             w.picture = w.wm.decode_latent(&z)?;
         } else {
             if episode_start {
-                w.state = Some(w.wm.mdn.initial_state(1)?);
+                w.policy = match &w.controller {
+                    Some(c) => Some(WorldModelPolicy::new(&w.wm, c)?),
+                    None => None,
+                };
             }
             w.picture = w.wm.reconstruct(frame_of(&self.obs)?)?;
         }
@@ -282,20 +285,10 @@ impl Session {
         if w.dream {
             return Ok(c.act(self.obs.as_f32().unwrap_or(&[])));
         }
-        let (h, cell) = match &w.state {
-            Some(s) => s.clone(),
-            None => w.wm.mdn.initial_state(1)?,
-        };
-        let (mu, _) = w.wm.encode_frames(frame_of(&self.obs)?, 1)?;
-        let mut x: Vec<f32> = mu.flatten_all()?.to_vec1()?;
-        x.extend(h.flatten_all()?.to_vec1::<f32>()?);
-        let action = c.act(&x);
-        let values = action.as_f32().unwrap_or(&[]);
-        let a =
-            candle_core::Tensor::from_slice(values, (1, values.len()), &candle_core::Device::Cpu)?;
-        let (_, h2, c2) = w.wm.mdn.step(&mu, &a, &h, &cell)?;
-        w.state = Some((h2.detach(), c2.detach()));
-        Ok(action)
+        match &mut w.policy {
+            Some(p) => Ok(p.act(&self.obs)?.0),
+            None => bail!("no policy: the episode was not started"),
+        }
     }
 
     fn start(&mut self, seed: Option<u64>) -> anyhow::Result<()> {

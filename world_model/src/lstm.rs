@@ -409,21 +409,12 @@ impl Lstm {
         self.hidden
     }
 
-    /// Runs over `x` `[B, T, in]` from state (h, c) (`[B, H]` each); returns every step's h
-    /// stacked `[B, T, H]` and the final (h, c). From a zero state on the CPU the sequence is
-    /// one fused op, and the returned final c carries no gradient (h's do).
-    pub fn forward_seq(
-        &self,
-        x: &Tensor,
-        h0: &Tensor,
-        c0: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    /// Runs over `x` `[B, T, in]` from a zero state (training); returns every step's h
+    /// `[B, T, H]` and the final (h, c). On the CPU the sequence is one fused op, and the
+    /// returned final c carries no gradient (every h does).
+    pub fn forward_from_zero(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, inp) = x.dims3()?;
-        // From a zero state on the CPU (training), the whole sequence is one fused op.
-        let zero_state = h0.device().is_cpu()
-            && h0.flatten_all()?.abs()?.max(0)?.to_scalar::<f32>()? == 0.0
-            && c0.flatten_all()?.abs()?.max(0)?.to_scalar::<f32>()? == 0.0;
-        if zero_state && t > 0 {
+        if x.device().is_cpu() && t > 0 {
             let h = self.hidden;
             let proj = self
                 .input
@@ -448,7 +439,26 @@ impl Lstm {
             let c_last = Tensor::from_vec(c_last, (b, h), x.device())?;
             return Ok((hs, h_last, c_last));
         }
-        // Otherwise step by step. Each step's input projection is its own matmul: slicing one projection of the whole
+        let (h0, c0) = self.zero_state(b, x.device())?;
+        self.forward_seq(x, &h0, &c0)
+    }
+
+    /// A zero (h, c) for `b` sequences.
+    pub fn zero_state(&self, b: usize, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let z = Tensor::zeros((b, self.hidden), candle_core::DType::F32, device)?;
+        Ok((z.clone(), z))
+    }
+
+    /// Runs over `x` `[B, T, in]` from state (h, c) (`[B, H]` each); returns every step's h
+    /// stacked `[B, T, H]` and the final (h, c), one step at a time.
+    pub fn forward_seq(
+        &self,
+        x: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let t = x.dim(1)?;
+        // Each step's input projection is its own matmul: slicing one projection of the whole
         // sequence would make every step's backward pass materialise a zero-padded gradient of
         // the full [B, T, 4H] tensor (candle's narrow backward), 100x the work at T = 100.
         let (mut h, mut c) = (h0.clone(), c0.clone());
@@ -502,9 +512,8 @@ mod tests {
         let x = rand(&[3, 7, 4], 9);
         let up = rand(&[3, 7, 6], 10);
         let zeros = Tensor::zeros((3, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let (fused, hf, cf) = lstm.forward_seq(&x, &zeros, &zeros).unwrap();
-        // The per-step path, forced by a state that is not all zero (and then zeroed by hand
-        // through an op that keeps it a different code path): (h0 * 0).
+        let (fused, hf, cf) = lstm.forward_from_zero(&x).unwrap();
+        // The per-step path, one cell at a time.
         let mut hs = Vec::new();
         let (mut h, mut c) = (zeros.clone(), zeros.clone());
         for t in 0..7 {

@@ -300,12 +300,7 @@ impl MdnRnn {
 
     /// A zero (h, c) for `batch` sequences.
     pub fn initial_state(&self, batch: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let z = Tensor::zeros(
-            (batch, self.config.hidden),
-            candle_core::DType::F32,
-            &self.device,
-        )?;
-        Ok((z.clone(), z))
+        self.lstm.zero_state(batch, &self.device)
     }
 
     /// The heads applied to hidden states `[N, H]`.
@@ -333,8 +328,7 @@ impl MdnRnn {
     pub fn forward(&self, z: &Tensor, actions: &Tensor) -> candle_core::Result<MdnOutput> {
         let (b, t, _) = z.dims3()?;
         let x = Tensor::cat(&[z, actions], 2)?;
-        let (h0, c0) = self.initial_state(b)?;
-        let (hs, _, _) = self.lstm.forward_seq(&x, &h0, &c0)?;
+        let (hs, _, _) = self.lstm.forward_from_zero(&x)?;
         self.heads(&hs.reshape((b * t, self.config.hidden))?)
     }
 
