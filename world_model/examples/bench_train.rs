@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
 use dreamgym_world_model::mdn::SeqBatch;
-use dreamgym_world_model::optim::{Adam, AdamConfig};
+use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
 use dreamgym_world_model::{MdnRnn, MdnRnnConfig, Vae, VaeConfig};
 
 fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
@@ -38,7 +38,7 @@ fn main() -> candle_core::Result<()> {
         "vae" => {
             let (batch, steps) = (arg(2, 32), arg(3, 10));
             let vae = Vae::new(VaeConfig::default(), &dev, 0).unwrap();
-            let mut opt = Adam::new(vae.varmap().all_vars(), adam)?;
+            let mut opt = Adam::new(sorted_vars(vae.varmap()), adam)?;
             let x = randn(&[batch, 64, 64, 3], 1, 1.0);
             let eps = randn(&[batch, 32], 2, 1.0);
             // One warm-up step (allocations, thread pool).
@@ -65,7 +65,7 @@ fn main() -> candle_core::Result<()> {
             };
             let m = MdnRnn::new(cfg, &dev, 0).unwrap();
             let mut opt = Adam::new(
-                m.varmap().all_vars(),
+                sorted_vars(m.varmap()),
                 AdamConfig {
                     lr: 1e-3,
                     clip_value: Some(1.0),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use dreamgym_world_model::mdn::SeqBatch;
-use dreamgym_world_model::nn::{save_checkpoint, sorted_vars};
+use dreamgym_nn::{save_checkpoint, sorted_vars};
 use dreamgym_world_model::{MdnRnn, MdnRnnConfig, Vae, VaeConfig};
 use rand::{RngExt, SeedableRng};
 
@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         "vae",
         vae.config(),
         vae.varmap(),
+        None,
         serde_json::json!({}),
     )?;
     candle_core::safetensors::save(&t, out.join("vae_io.safetensors"))?;
@@ -88,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         "mdnrnn",
         m.config(),
         m.varmap(),
+        None,
         serde_json::json!({}),
     )?;
     candle_core::safetensors::save(&t, out.join("mdnrnn_io.safetensors"))?;

@@ -8,9 +8,7 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::WmError;
-use crate::lstm::Lstm;
-use crate::nn::{Linear, ParamInit};
-use crate::ops::contiguous_f32;
+use dreamgym_nn::{Linear, Lstm, ParamInit, contiguous_f32};
 
 /// M's architecture and loss weights. The defaults are the paper's CarRacing model (LSTM 256,
 /// 5 mixtures over z = 32) plus reward and done heads for dreaming.
@@ -435,9 +433,4 @@ pub fn sample_mixture<R: Rng + ?Sized>(
     out
 }
 
-/// A standard normal draw (Box-Muller; portable across platforms given the same generator).
-pub fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f32 {
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random::<f64>();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
+pub use dreamgym_nn::standard_normal;

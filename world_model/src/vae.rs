@@ -5,9 +5,9 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use crate::WmError;
-use crate::nn::{Linear, ParamInit};
-use crate::ops::{
-    conv_out_size, conv_transpose_out_size, conv_transpose2d_act, conv2d_act, sigmoid_sse,
+use dreamgym_nn::{
+    Linear, ParamInit, conv_out_size, conv_transpose_out_size, conv_transpose2d_act, conv2d_act,
+    sigmoid_sse,
 };
 
 /// V's architecture and loss. The defaults are the paper's (4,348,547 parameters).

@@ -8,7 +8,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use dreamgym_envs::{BoxSpace, Space, check_env};
 use dreamgym_world_model::dream::StartLatent;
 use dreamgym_world_model::mdn::{Mixture, SeqBatch, mixture_nll};
-use dreamgym_world_model::nn::{load_weights, param_count, save_checkpoint, sorted_vars};
+use dreamgym_nn::{load_weights, param_count, save_checkpoint, sorted_vars};
 use dreamgym_world_model::{DreamConfig, DreamEnv, MdnRnn, MdnRnnConfig, Vae, VaeConfig};
 use rand::{RngExt, SeedableRng};
 
@@ -367,6 +367,7 @@ fn checkpoints_round_trip_and_refuse_damage_and_mismatch() {
         "vae",
         vae.config(),
         vae.varmap(),
+        None,
         serde_json::json!({"step": 3}),
     )
     .unwrap();
@@ -398,7 +399,7 @@ fn checkpoints_round_trip_and_refuse_damage_and_mismatch() {
         "{err}"
     );
     // The wrong kind.
-    let err = dreamgym_world_model::nn::read_checkpoint_meta::<MdnRnnConfig>(&stem, "mdnrnn")
+    let err = dreamgym_nn::read_checkpoint_meta::<MdnRnnConfig>(&stem, "mdnrnn")
         .err()
         .unwrap()
         .to_string();

@@ -1,0 +1,16 @@
+//! What every dreamgym crate shares, written once:
+//!
+//! - [`write_atomic`]: a file appears whole or not at all (temporary file, fsync, rename,
+//!   fsync of the folder). Every file the project keeps is written through it.
+//! - [`JsonlWriter`] / [`read_jsonl`]: an append-only log of JSON records, each fsynced as it
+//!   is written; a record torn by a crash is ignored on reading, never half-read.
+//! - [`derive_seed`]: one function `(seed, stream, index) → seed` with named [`Stream`]s, so
+//!   that no two uses of one user seed draw from the same random numbers.
+
+mod atomic;
+mod jsonl;
+mod seed;
+
+pub use atomic::{IoError, write_atomic};
+pub use jsonl::{JsonlError, JsonlWriter, read_jsonl};
+pub use seed::{Stream, derive_seed};

@@ -1,0 +1,280 @@
+//! Fused CPU ops, each one pass forward and one backward, with a composition of candle ops
+//! (which carries gradients on every device) as the fallback off the CPU:
+//! `relu(x + bias)` and the per-sample squared error of `sigmoid(logits)`.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// The contiguous f32 data of a custom op's CPU input, or an error naming `op`.
+pub fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("{op}: only f32 is supported"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// `relu(x + b)` over the last dimension of `x` (`[.., C]`, `b` `[C]`), one pass each way.
+struct BiasRelu;
+
+/// The gradient mask of [`BiasRelu`]: (output, upstream gradient) → gradient where output > 0.
+struct ReluMask;
+
+impl CustomOp2 for BiasRelu {
+    fn name(&self) -> &'static str {
+        "dreamgym-bias-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "bias_relu")?;
+        let b = contiguous_f32(s2, l2, "bias_relu")?;
+        let c = b.len();
+        if c == 0 || x.len() % c != 0 || l1.dims().last() != Some(&c) {
+            candle_core::bail!(
+                "bias_relu: bias {:?} does not fit input {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for (o, xr) in out.chunks_mut(c).zip(x.chunks(c)) {
+            for ((o, x), b) in o.iter_mut().zip(xr).zip(b) {
+                *o = (x + b).max(0.0);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = res.apply_op2_no_bwd(&grad.contiguous()?, &ReluMask)?;
+        let c = b.dim(0)?;
+        let gb = gx.reshape(((), c))?.sum(0)?;
+        Ok((Some(gx), Some(gb)))
+    }
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "dreamgym-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(s1, l1, "relu_mask")?;
+        let g = contiguous_f32(s2, l2, "relu_mask")?;
+        let out = y
+            .iter()
+            .zip(g)
+            .map(|(y, g)| if *y > 0.0 { *g } else { 0.0 })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `relu(x + bias)`, bias over the last dimension; fused on the CPU.
+pub fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu)
+    } else {
+        x.broadcast_add(bias)?.relu()
+    }
+}
+
+/// Per-sample summed squared error of `sigmoid(logits)` against `target` (`[B, ..]` each):
+/// `[B]`. One pass each way on the CPU.
+struct SigmoidSse;
+
+/// (logits, target, upstream `[B]`) → gradient of the logits.
+struct SigmoidSseBackward;
+
+impl CustomOp2 for SigmoidSse {
+    fn name(&self) -> &'static str {
+        "dreamgym-sigmoid-sse"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let l = contiguous_f32(s1, l1, "sigmoid_sse")?;
+        let t = contiguous_f32(s2, l2, "sigmoid_sse")?;
+        if l1.dims() != l2.dims() || l1.dims().is_empty() {
+            candle_core::bail!(
+                "sigmoid_sse: logits {:?} and target {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let b = l1.dims()[0];
+        let per = l.len() / b.max(1);
+        let out = (0..b)
+            .map(|i| {
+                let (lr, tr) = (&l[i * per..(i + 1) * per], &t[i * per..(i + 1) * per]);
+                lr.iter()
+                    .zip(tr)
+                    .map(|(l, t)| {
+                        let d = 1.0 / (1.0 + (-l).exp()) - t;
+                        (d * d) as f64
+                    })
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(b)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = logits.apply_op3_no_bwd(target, &grad.contiguous()?, &SigmoidSseBackward)?;
+        Ok((Some(g), None))
+    }
+}
+
+impl candle_core::CustomOp3 for SigmoidSseBackward {
+    fn name(&self) -> &'static str {
+        "dreamgym-sigmoid-sse-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let l = contiguous_f32(s1, l1, "sigmoid_sse")?;
+        let t = contiguous_f32(s2, l2, "sigmoid_sse")?;
+        let g = contiguous_f32(s3, l3, "sigmoid_sse")?;
+        let per = l.len() / g.len().max(1);
+        let out = l
+            .iter()
+            .zip(t)
+            .enumerate()
+            .map(|(i, (l, t))| {
+                let y = 1.0 / (1.0 + (-l).exp());
+                g[i / per] * 2.0 * (y - t) * y * (1.0 - y)
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Per-sample `sum((sigmoid(logits) - target)^2)`, `[B]`; fused on the CPU.
+pub fn sigmoid_sse(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    if logits.device().is_cpu() {
+        logits
+            .contiguous()?
+            .apply_op2(&target.contiguous()?, SigmoidSse)
+    } else {
+        (candle_nn::ops::sigmoid(logits)? - target)?
+            .sqr()?
+            .flatten_from(1)?
+            .sum(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// candle's own NCHW kernels, the reference the fast path must match.
+    #[test]
+    fn fused_bias_relu_and_sigmoid_sse_match_composed_ops() {
+        let x = Var::from_tensor(&rand(&[4, 3, 5], 11)).unwrap();
+        let b = Var::from_tensor(&rand(&[5], 12)).unwrap();
+        let up = rand(&[4, 3, 5], 13);
+        let fused = bias_relu(&x, &b).unwrap();
+        let composed = x.broadcast_add(&b).unwrap().relu().unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-7);
+        let g1 = (fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (composed * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &b] {
+            assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
+        }
+        let l = Var::from_tensor(&(rand(&[3, 4, 4, 2], 14) * 3.0).unwrap()).unwrap();
+        let t = ((rand(&[3, 4, 4, 2], 15) + 1.0).unwrap() * 0.5).unwrap();
+        let w = rand(&[3], 16);
+        let fused = sigmoid_sse(&l, &t).unwrap();
+        let composed = (candle_nn::ops::sigmoid(&l).unwrap() - &t)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .sum(1)
+            .unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        let g1 = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (composed * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(max_diff(g1.get(&l).unwrap(), g2.get(&l).unwrap()) < 1e-6);
+    }
+}
