@@ -224,7 +224,9 @@ fn run_executes_an_experiment_file_and_keeps_its_config() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("episodes     2"), "{t}");
-    assert!(data.join("experiment.toml").exists());
+    // The run folder is the dataset's parent; the resolved config is kept there.
+    assert!(dir.path().join("experiment.toml").exists());
+    assert!(data.join("dataset.json").exists());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 #[allow(dead_code)]
 mod pendulum;
 
-use dreamgym::cli::{RolloutConfig, collect};
+use dreamgym::cli::{CollectConfig, collect};
 use dreamgym::envs::recording::Dataset;
 use dreamgym::envs::{Registry, check_env};
 use pendulum::{Pendulum, PendulumConfig};
@@ -28,15 +28,14 @@ fn a_custom_env_passes_the_checker_and_records() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let config = RolloutConfig {
+    let config = CollectConfig {
         env: "Pendulum-v1".into(),
         episodes: 6,
         num_envs: 3,
         workers: 2,
-        out: dir.path().join("data"),
-        ..RolloutConfig::default()
+        ..CollectConfig::default()
     };
-    let summary = collect(&r, &config, false).unwrap();
+    let summary = collect(&r, &config, &dir.path().join("data"), &()).unwrap();
     assert_eq!((summary.episodes, summary.steps), (6, 1200));
     let report = Dataset::open(dir.path().join("data")).unwrap().load();
     assert_eq!(report.episodes.len(), 6);

@@ -1,14 +1,38 @@
-//! The World Models pipeline (Ha & Schmidhuber, 2018) over recorded pixel episodes:
-//! train V → encode the dataset → train M → train C with CMA-ES (in the real env or in M's
-//! dream) → evaluate over many seeds against a random policy → write a report.
+//! Experiments as a library: everything between "a config file" and "a report", with no
+//! printing (work reports through [`Progress`]).
 //!
-//! Every stage reads and writes files in one run folder, so each can also run alone; training
-//! stages checkpoint atomically after every epoch (or generation) and resume from there.
+//! - [`Experiment`]: one config with a section per pipeline; [`run_experiment`] runs it in a
+//!   [`RunDir`] (`runs/<name>/`, dataset in `runs/<name>/data/`).
+//! - [`collect`]: N envs on worker threads, driven by any policy, recorded to disk.
+//! - [`run_episode`] and [`run_jobs`]: the one episode loop, and parallel evaluation with
+//!   every policy on the same seeds.
+//! - [`load_policy`]: policies from specs (`random`, a run folder, a controller file).
+//! - [`world_models`]: V, M and C trained, evaluated and reported.
+//! - [`MetricsLog`], [`figures`], [`tensorboard`]: metrics as CSV and TensorBoard event files,
+//!   figures with labelled axes.
 
-pub mod agent;
-pub mod config;
-pub mod plot;
-pub mod stages;
+mod collect;
+mod episode;
+mod evaluate;
+mod experiment;
+pub mod figures;
+mod metrics;
+mod policy_spec;
+mod progress;
+mod run_dir;
+pub mod tensorboard;
 pub mod testing;
+pub mod world_models;
 
-pub use config::WorldModelsConfig;
+pub use collect::{CollectConfig, CollectSummary, collect};
+pub use episode::{EpisodeStats, run_episode};
+pub use evaluate::{mean_std, run_jobs};
+pub use experiment::{
+    DEFAULT_EXPERIMENT, Experiment, ExperimentOutcome, load_experiment, parse_experiment,
+    run_experiment,
+};
+pub use metrics::{MetricsLog, read_csv};
+pub use policy_spec::{POLICY_KINDS, PolicyKind, check_policy_spec, load_policy};
+pub use progress::{Interrupted, Progress, StopFlag};
+pub use run_dir::RunDir;
+pub use world_models::WorldModelsConfig;

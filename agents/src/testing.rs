@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
-use crate::WorldModelsConfig;
-use crate::config::{ControllerStage, EvalStage, MdnStage, VaeStage};
+use crate::world_models::{
+    ControllerStage, EvalStage, MdnStage, Stage, VaeStage, WorldModelsConfig, run_world_models,
+};
+use crate::RunDir;
 use dreamgym_envs::recording::{DatasetMeta, EpisodeWriter, WriterOptions};
 use dreamgym_envs::{Env, Info, Registry};
 use dreamgym_policies::CmaEsConfig;
@@ -102,15 +104,14 @@ pub fn tiny_config() -> WorldModelsConfig {
     }
 }
 
-/// Records a tiny dataset into `<run>/data` and runs every stage on it.
+/// Records a tiny dataset into `<run>/data` and trains V, M and C on it.
 pub fn tiny_run(run: &Path) -> anyhow::Result<()> {
-    let data = run.join("data");
-    record(&data, 4, 30)?;
+    let run = RunDir::new(run);
+    record(&run.data(), 4, 30)?;
     let cfg = tiny_config();
     let registry = Registry::with_builtins();
-    crate::stages::train_vae(&cfg, &data, run, false)?;
-    crate::stages::encode(&cfg, &data, run, false)?;
-    crate::stages::train_mdn(&cfg, run, false)?;
-    crate::stages::train_controller(&cfg, &data, run, &registry, false)?;
+    for stage in [Stage::Vae, Stage::Mdn, Stage::Controller] {
+        run_world_models(&cfg, &run, &registry, stage, &(), None)?;
+    }
     Ok(())
 }

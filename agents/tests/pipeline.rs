@@ -1,44 +1,53 @@
 //! The whole World Models pipeline on a tiny dataset and tiny models: every stage writes what
-//! the next reads, resumes, refuses bad input, and is deterministic for a seed.
+//! the next reads, resumes exactly, refuses bad input, and is deterministic for a seed.
 
-use dreamgym_agents::stages;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use dreamgym_agents::testing::{record, tiny_config};
+use dreamgym_agents::world_models::{Stage, run_world_models};
+use dreamgym_agents::{Progress, RunDir, WorldModelsConfig};
 use dreamgym_envs::Registry;
 use dreamgym_world_model::VaeConfig;
+
+fn stage(
+    cfg: &WorldModelsConfig,
+    run: &RunDir,
+    which: Stage,
+) -> anyhow::Result<dreamgym_agents::world_models::Outcome> {
+    run_world_models(cfg, run, &Registry::with_builtins(), which, &(), None)
+}
 
 #[test]
 fn the_pipeline_runs_end_to_end_resumes_and_is_deterministic() {
     let root = tempfile::tempdir().unwrap();
-    let (data, run) = (root.path().join("data"), root.path().to_path_buf());
-    record(&data, 4, 30).unwrap();
-    let registry = Registry::with_builtins();
+    let run = RunDir::new(root.path());
+    record(&run.data(), 4, 30).unwrap();
     let mut cfg = tiny_config();
 
-    let v = stages::train_vae(&cfg, &data, &run, false).unwrap();
+    let v = stage(&cfg, &run, Stage::Vae).unwrap().vae.unwrap();
     assert!(v.final_loss.is_finite() && v.steps > 0);
-    let first = std::fs::read(run.join("vae.safetensors")).unwrap();
+    let first = std::fs::read(run.file("vae.safetensors")).unwrap();
     // Done already: a second call resumes after the last epoch and takes no step.
-    assert_eq!(
-        stages::train_vae(&cfg, &data, &run, false).unwrap().steps,
-        0
-    );
+    assert_eq!(stage(&cfg, &run, Stage::Vae).unwrap().vae.unwrap().steps, 0);
     // Asking for more epochs resumes from the checkpoint instead of starting over.
     cfg.vae.epochs = 3;
-    let more = stages::train_vae(&cfg, &data, &run, false).unwrap();
+    let more = stage(&cfg, &run, Stage::Vae).unwrap().vae.unwrap();
     assert_eq!(more.steps, v.steps / 2, "one more epoch only");
+    assert_eq!(more.resumed_from, 2);
     cfg.vae.epochs = 2;
 
-    assert_eq!(stages::encode(&cfg, &data, &run, false).unwrap(), 4 * 31);
-    let m = stages::train_mdn(&cfg, &run, false).unwrap();
+    let m = stage(&cfg, &run, Stage::Mdn).unwrap();
+    assert_eq!(m.encoded_frames, Some(4 * 31));
+    let m = m.mdn.unwrap();
     assert!(m.final_loss.is_finite() && m.steps > 0);
-    let c = stages::train_controller(&cfg, &data, &run, &registry, false).unwrap();
+    let c = stage(&cfg, &run, Stage::Controller).unwrap().controller.unwrap();
     assert_eq!(c.params.len(), (4 + 8) * 3 + 3);
-    let e = stages::evaluate(&cfg, &data, &run, &registry, false).unwrap();
+    let out = stage(&cfg, &run, Stage::Eval).unwrap();
+    let e = out.eval.unwrap();
     assert_eq!(e.controller.len(), 3);
     assert_eq!(e.random.len(), 3);
     assert_eq!(e.dream.as_ref().map(|d| d.len()), Some(3));
-    let report = stages::report(&cfg, &data, &run, Some(1.0)).unwrap();
-    let text = std::fs::read_to_string(report).unwrap();
+    let text = std::fs::read_to_string(out.report.unwrap()).unwrap();
     for needle in [
         "reconstructions.png",
         "dream.png",
@@ -56,80 +65,134 @@ fn the_pipeline_runs_end_to_end_resumes_and_is_deterministic() {
         "mdnrnn_loss",
         "controller",
     ] {
-        assert!(
-            run.join("figures").join(format!("{f}.png")).exists(),
-            "{f}.png"
-        );
+        assert!(run.figures().join(format!("{f}.png")).exists(), "{f}.png");
+    }
+    // Every stage's metrics are also TensorBoard event files.
+    for s in ["vae", "mdnrnn", "controller"] {
+        let files: Vec<_> = std::fs::read_dir(run.tensorboard(s)).unwrap().collect();
+        assert_eq!(files.len(), 1, "{s}");
     }
 
     // Same seed, fresh folder: the same V bytes (2 epochs).
     let other = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(other.path()).unwrap();
-    stages::train_vae(&cfg, &data, other.path(), false).unwrap();
-    let again = std::fs::read(other.path().join("vae.safetensors")).unwrap();
+    let other = RunDir::new(other.path());
+    record(&other.data(), 4, 30).unwrap();
+    stage(&cfg, &other, Stage::Vae).unwrap();
+    let again = std::fs::read(other.file("vae.safetensors")).unwrap();
     assert_eq!(first, again, "same seed, same V");
 
     // The controller can also train in the dream.
     cfg.controller.in_dream = true;
-    let d = stages::train_controller(&cfg, &data, &run, &registry, false).unwrap();
+    let d = stage(&cfg, &run, Stage::Controller)
+        .unwrap()
+        .controller
+        .unwrap();
     assert!(d.in_dream && d.best_fitness.is_finite());
 
     // A V retrained with another z_size no longer fits M: a clear error, not a shape panic.
     cfg.vae.model.z_size = 5;
-    stages::train_vae(&cfg, &data, &run, false).unwrap();
-    let err = format!(
-        "{:#}",
-        stages::train_controller(&cfg, &data, &run, &registry, false).unwrap_err()
-    );
+    stage(&cfg, &run, Stage::Vae).unwrap();
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Controller).unwrap_err());
     assert!(err.contains("z_size"), "{err}");
+}
+
+/// Asks to stop once `limit` units of work are done (Ctrl-C at a known moment).
+struct StopAfter {
+    done: AtomicU64,
+    limit: u64,
+}
+
+impl Progress for StopAfter {
+    fn advance(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::SeqCst);
+    }
+    fn interrupted(&self) -> bool {
+        self.done.load(Ordering::SeqCst) >= self.limit
+    }
+}
+
+#[test]
+fn a_training_stage_killed_mid_epoch_resumes_bit_identically() {
+    let cfg = {
+        let mut c = tiny_config();
+        c.vae.epochs = 3;
+        c.mdnrnn.epochs = 3;
+        c
+    };
+    let registry = Registry::with_builtins();
+    let straight = tempfile::tempdir().unwrap();
+    let straight = RunDir::new(straight.path());
+    let resumed = tempfile::tempdir().unwrap();
+    let resumed = RunDir::new(resumed.path());
+    for run in [&straight, &resumed] {
+        record(&run.data(), 4, 30).unwrap();
+    }
+    for which in [Stage::Vae, Stage::Mdn] {
+        stage(&cfg, &straight, which).unwrap();
+        // Stopped one batch into the second epoch (V: 8 batches per epoch; M: 3; the encode
+        // stage's 4 episodes come first for M).
+        let limit = if which == Stage::Vae { 8 + 1 } else { 4 + 3 + 1 };
+        let stop = StopAfter {
+            done: AtomicU64::new(0),
+            limit,
+        };
+        let err = run_world_models(&cfg, &resumed, &registry, which, &stop, None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("after epoch 1"),
+            "{which:?}: {err:#}"
+        );
+        let out = run_world_models(&cfg, &resumed, &registry, which, &(), None).unwrap();
+        let summary = out.vae.or(out.mdn).unwrap();
+        assert_eq!(summary.resumed_from, 1, "{which:?}");
+    }
+    for file in [
+        "vae.safetensors",
+        "vae.optimizer.safetensors",
+        "metrics/vae.csv",
+        "mdnrnn.safetensors",
+        "mdnrnn.optimizer.safetensors",
+        "metrics/mdnrnn.csv",
+    ] {
+        let (a, b) = (
+            std::fs::read(straight.file(file)).unwrap(),
+            std::fs::read(resumed.file(file)).unwrap(),
+        );
+        assert!(a == b, "{file} differs after a resume");
+    }
 }
 
 #[test]
 fn stages_refuse_bad_input_with_clear_errors() {
     let root = tempfile::tempdir().unwrap();
-    let (data, run) = (root.path().join("data"), root.path().to_path_buf());
+    let run = RunDir::new(root.path());
     let cfg = tiny_config();
-    let registry = Registry::with_builtins();
     // No dataset.
-    let err = format!(
-        "{:#}",
-        stages::train_vae(&cfg, &data, &run, false).unwrap_err()
-    );
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Vae).unwrap_err());
     assert!(err.contains("cannot open dataset"), "{err}");
     // Stages out of order name what is missing.
-    record(&data, 2, 12).unwrap();
-    let err = format!("{:#}", stages::train_mdn(&cfg, &run, false).unwrap_err());
-    assert!(err.contains("series.safetensors"), "{err}");
-    let err = format!(
-        "{:#}",
-        stages::evaluate(&cfg, &data, &run, &registry, false).unwrap_err()
-    );
+    record(&run.data(), 2, 12).unwrap();
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Mdn).unwrap_err());
+    assert!(err.contains("vae"), "{err}");
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Eval).unwrap_err());
     assert!(err.contains("vae"), "{err}");
     // V sized for other images.
     let mut big = tiny_config();
     big.vae.model = VaeConfig::default();
-    let err = format!(
-        "{:#}",
-        stages::train_vae(&big, &data, &run, false).unwrap_err()
-    );
+    let err = format!("{:#}", stage(&big, &run, Stage::Vae).unwrap_err());
     assert!(err.contains("[16, 16, 3]") && err.contains("64"), "{err}");
     // Episodes shorter than M's sequences.
-    stages::train_vae(&cfg, &data, &run, false).unwrap();
-    stages::encode(&cfg, &data, &run, false).unwrap();
+    stage(&cfg, &run, Stage::Vae).unwrap();
     let mut long = tiny_config();
     long.mdnrnn.seq_len = 500;
-    let err = format!("{:#}", stages::train_mdn(&long, &run, false).unwrap_err());
+    let err = format!("{:#}", stage(&long, &run, Stage::Mdn).unwrap_err());
     assert!(err.contains("seq_len"), "{err}");
     // A damaged checkpoint is named, not a panic.
-    let path = run.join("vae.safetensors");
+    let path = run.file("vae.safetensors");
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
     bytes[n - 1] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let err = format!(
-        "{:#}",
-        stages::encode(&cfg, &data, &run, false).unwrap_err()
-    );
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Mdn).unwrap_err());
     assert!(err.contains("damaged"), "{err}");
     // Config ranges.
     let mut bad = tiny_config();
@@ -138,4 +201,51 @@ fn stages_refuse_bad_input_with_clear_errors() {
     bad = tiny_config();
     bad.device = "tpu".into();
     assert!(format!("{:#}", bad.validate().unwrap_err()).contains("unknown device"));
+}
+
+#[test]
+fn a_trained_run_is_a_policy_that_drives_rollouts() {
+    let root = tempfile::tempdir().unwrap();
+    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
+    let run = RunDir::new(root.path());
+    let registry = Registry::with_builtins();
+    let meta = dreamgym_agents::world_models::dataset_meta(&run.data()).unwrap();
+    let config = dreamgym_agents::CollectConfig {
+        env: "Racer-v0".into(),
+        env_config: toml::Table::try_from(meta.env_config.clone()).unwrap(),
+        policy: root.path().display().to_string(),
+        episodes: 3,
+        num_envs: 2,
+        workers: 2,
+        seed: 7,
+        out: None,
+        append: false,
+    };
+    let out = root.path().join("expert");
+    let summary = dreamgym_agents::collect(&registry, &config, &out, &()).unwrap();
+    assert_eq!(summary.episodes, 3);
+    // The recorded actions are the agent's: replaying episode 0 through the agent gives them.
+    let ds = dreamgym_envs::recording::Dataset::open(&out).unwrap().load();
+    let ep = &ds.episodes[0];
+    let mut agent = dreamgym_agents::load_policy(
+        &config.policy,
+        &meta.observation_space,
+        &meta.action_space,
+        7,
+    )
+    .unwrap();
+    agent.reset(ep.seed).unwrap();
+    for (obs, action) in ep.observations.iter().zip(&ep.actions).take(5) {
+        assert_eq!(&agent.act(obs).unwrap(), action);
+    }
+    // A policy for another env is refused with the reason.
+    let err = dreamgym_agents::load_policy(
+        &config.policy,
+        &meta.observation_space,
+        &dreamgym_envs::Space::Discrete(dreamgym_envs::Discrete::new(2)),
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(format!("{err:#}").contains("trained on Racer-v0"), "{err:#}");
 }

@@ -13,4 +13,4 @@ mod seed;
 
 pub use atomic::{IoError, write_atomic};
 pub use jsonl::{JsonlError, JsonlWriter, read_jsonl};
-pub use seed::{Stream, derive_seed};
+pub use seed::derive_seed;

@@ -6,6 +6,7 @@
 //! a seeded ChaCha generator, so a seed fixes the whole run. Candidates can be evaluated in any
 //! order or on any number of threads; `tell` takes the fitnesses in `ask`'s order.
 
+use crate::PolicyError;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -70,13 +71,16 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
 
 impl CmaEs {
     /// Starts at `x0`.
-    pub fn new(x0: &[f64], config: &CmaEsConfig) -> Result<Self, String> {
+    pub fn new(x0: &[f64], config: &CmaEsConfig) -> Result<Self, PolicyError> {
         let n = x0.len();
         if n == 0 {
-            return Err("CMA-ES needs at least one parameter".into());
+            return Err(PolicyError::Config("CMA-ES needs at least one parameter".into()));
         }
         if !(config.sigma0 > 0.0 && config.sigma0.is_finite()) {
-            return Err(format!("sigma0 must be positive, got {}", config.sigma0));
+            return Err(PolicyError::Config(format!(
+                "sigma0 must be positive, got {}",
+                config.sigma0
+            )));
         }
         let nf = n as f64;
         let lambda = if config.population == 0 {
@@ -85,7 +89,7 @@ impl CmaEs {
             config.population
         };
         if lambda < 2 {
-            return Err("the population must be at least 2".into());
+            return Err(PolicyError::Config("the population must be at least 2".into()));
         }
         let mu = lambda / 2;
         let raw: Vec<f64> = (1..=mu)
@@ -168,16 +172,16 @@ impl CmaEs {
     }
 
     /// Updates from the fitnesses (higher is better) of the last `ask`'s candidates, in order.
-    pub fn tell(&mut self, fitness: &[f64]) -> Result<(), String> {
+    pub fn tell(&mut self, fitness: &[f64]) -> Result<(), PolicyError> {
         if fitness.len() != self.last.len() || self.last.is_empty() {
-            return Err(format!(
+            return Err(PolicyError::Config(format!(
                 "tell needs {} fitnesses (one per asked candidate), got {}",
                 self.last.len(),
                 fitness.len()
-            ));
+            )));
         }
         if fitness.iter().any(|f| f.is_nan()) {
-            return Err("a fitness is NaN".into());
+            return Err(PolicyError::Config("a fitness is NaN".into()));
         }
         let n = self.n as f64;
         let mut order: Vec<usize> = (0..fitness.len()).collect();

@@ -1,7 +1,20 @@
-//! Controllers and their optimisers: World Models' linear controller C and CMA-ES.
+//! The [`Policy`] seam and its implementations.
+//!
+//! A policy takes an observation and returns an action, forgets its recurrent state at the
+//! start of each episode, and can be forked into independent copies, one per env of a vector
+//! env ([`PolicyBatch`]). The CLI, the experiment library and the viewer drive envs only
+//! through it. This crate holds the policies that need no world model: [`RandomPolicy`] and
+//! the [`LinearController`] (World Models' C) with [`CmaEs`] to train it; the World Models
+//! agent (V + M + C) lives in `dreamgym-agents`, which can load any of them from a spec.
 
-pub mod cmaes;
-pub mod linear;
+mod cmaes;
+mod error;
+mod linear;
+mod policy;
+mod random;
 
 pub use cmaes::{CmaEs, CmaEsConfig};
+pub use error::PolicyError;
 pub use linear::LinearController;
+pub use policy::{Policy, PolicyBatch};
+pub use random::RandomPolicy;

@@ -2,6 +2,8 @@
 
 use dreamgym_envs::{Space, Value};
 
+use crate::{Policy, PolicyError};
+
 /// A linear controller over a feature vector (World Models: `x = [z, h]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearController {
@@ -21,21 +23,27 @@ impl LinearController {
 
     /// A controller with `params` (`W` row-major, then `b`) acting in `action_space`, which must
     /// be a bounded Box.
-    pub fn new(inputs: usize, action_space: &Space, params: Vec<f32>) -> Result<Self, String> {
+    pub fn new(inputs: usize, action_space: &Space, params: Vec<f32>) -> Result<Self, PolicyError> {
         let b = action_space
             .as_box()
             .filter(|b| b.is_bounded())
-            .ok_or("the linear controller needs a bounded Box action space")?;
+            .ok_or_else(|| {
+                PolicyError::Incompatible(
+                    "the linear controller needs a bounded Box action space".into(),
+                )
+            })?;
         let outputs = b.len();
         if params.len() != Self::param_count(inputs, outputs) {
-            return Err(format!(
+            return Err(PolicyError::Config(format!(
                 "{} parameters given, {} needed for {inputs} inputs and {outputs} actions",
                 params.len(),
                 Self::param_count(inputs, outputs)
-            ));
+            )));
         }
         if params.iter().any(|p| !p.is_finite()) {
-            return Err("controller parameters must be finite".into());
+            return Err(PolicyError::Config(
+                "controller parameters must be finite".into(),
+            ));
         }
         Ok(Self {
             inputs,
@@ -95,5 +103,36 @@ mod tests {
     #[test]
     fn papers_controller_has_867_parameters() {
         assert_eq!(LinearController::param_count(32 + 256, 3), 867);
+    }
+}
+
+/// C acting directly on float observations (features such as the dream's `[z, h]`, or a state
+/// vector): the observation must hold exactly `inputs` floats.
+impl Policy for LinearController {
+    fn describe(&self) -> String {
+        format!("linear controller ({} inputs)", self.inputs)
+    }
+
+    fn reset(&mut self, _episode_seed: u64) -> Result<(), PolicyError> {
+        Ok(())
+    }
+
+    fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
+        match obs.as_f32() {
+            Some(x) if x.len() == self.inputs => Ok(LinearController::act(self, x)),
+            Some(x) => Err(PolicyError::Incompatible(format!(
+                "the linear controller takes {} features, the observation has {}",
+                self.inputs,
+                x.len()
+            ))),
+            None => Err(PolicyError::Incompatible(format!(
+                "the linear controller needs float observations, got {}",
+                obs.describe()
+            ))),
+        }
+    }
+
+    fn fork(&self) -> Box<dyn Policy> {
+        Box::new(self.clone())
     }
 }

@@ -6,14 +6,17 @@ mod envs;
 mod experiment;
 mod images;
 mod inspect;
+mod policies;
+mod progress;
 mod rollout;
 mod world_models;
 
 use clap::{Parser, Subcommand};
+use dreamgym_agents::world_models::Stage;
 use dreamgym_envs::Registry;
 
-pub use experiment::{Experiment, RolloutConfig};
-pub use rollout::{RolloutSummary, collect};
+pub use dreamgym_agents::{CollectConfig, CollectSummary, Experiment, collect};
+pub use progress::CliProgress;
 
 /// dreamgym: simulate, record and benchmark reinforcement-learning environments headless.
 #[derive(Debug, Parser)]
@@ -31,6 +34,8 @@ pub enum Command {
     Envs(envs::Args),
     /// Collect episodes with a policy on worker threads and record them to disk.
     Rollout(rollout::Args),
+    /// List the kinds of policy that `--policy` accepts.
+    Policies(policies::Args),
     /// Summarize a recorded dataset (episodes, steps, returns, spaces, damaged chunks).
     Inspect(inspect::Args),
     /// Run the conformance checker on an environment.
@@ -78,6 +83,7 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
     match cli.command {
         Command::Envs(a) => envs::run(a, registry),
         Command::Rollout(a) => rollout::run(a, registry),
+        Command::Policies(a) => policies::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Check(a) => check::run(a, registry),
         Command::Run(a) => experiment::run(a, registry),
@@ -92,12 +98,12 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
              `dreamgym render`, `dreamgym export-gif`)"
         ),
         Command::Bench(c) => bench::run(c, registry),
-        Command::TrainVae(a) => world_models::stage(world_models::Stage::Vae, a, registry),
-        Command::TrainMdnrnn(a) => world_models::stage(world_models::Stage::Mdn, a, registry),
+        Command::TrainVae(a) => world_models::stage(Stage::Vae, a, registry),
+        Command::TrainMdnrnn(a) => world_models::stage(Stage::Mdn, a, registry),
         Command::TrainController(a) => {
-            world_models::stage(world_models::Stage::Controller, a, registry)
+            world_models::stage(Stage::Controller, a, registry)
         }
-        Command::Eval(a) => world_models::stage(world_models::Stage::Eval, a, registry),
+        Command::Eval(a) => world_models::stage(Stage::Eval, a, registry),
     }
 }
 
@@ -113,16 +119,4 @@ pub struct NoViewer {
 /// Parses `key=value` env-config overrides (see [`dreamgym_envs::parse_overrides`]).
 pub(crate) fn parse_overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
     dreamgym_envs::parse_overrides(pairs).map_err(anyhow::Error::msg)
-}
-
-/// A progress bar in dreamgym's style (hidden when stderr is not a terminal).
-pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(len);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}}) {{msg}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
 }

@@ -9,13 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use dreamgym_agents::agent::{WorldModel, WorldModelPolicy, frame_of};
-use dreamgym_agents::stages::{LoadedRun, load_run};
+use dreamgym_agents::RunDir;
+use dreamgym_agents::world_models::{LoadedRun, WorldModel, WorldModelsAgent, frame_of, load_run};
 use dreamgym_envs::recording::{Dataset, Episode};
 use dreamgym_envs::{Env, Info, Registry, Value};
+use dreamgym_policies::{Policy, RandomPolicy};
 use dreamgym_sim::{Scene, World};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde_json::Value as Json;
 
 /// Where the viewer's episodes come from.
@@ -27,7 +26,7 @@ pub enum Source {
         env: String,
         /// Env config overrides.
         overrides: Option<Json>,
-        /// Policy name (`random`).
+        /// Policy spec: `random`, a run folder or a controller file (`dreamgym policies`).
         policy: String,
         /// Seed of the first episode and of the policy.
         seed: u64,
@@ -54,7 +53,10 @@ pub struct Session {
     env: Box<dyn Env>,
     env_id: String,
     live: bool,
-    policy_rng: ChaCha8Rng,
+    /// What acts in a live session (none in a replay).
+    policy: Option<Box<dyn Policy>>,
+    /// Whether the policy is a trained controller (not random).
+    trained: bool,
     episodes: Vec<Episode>,
     damaged_chunks: usize,
     episode: usize,
@@ -69,12 +71,9 @@ pub struct Session {
     world: Option<WorldModelView>,
 }
 
-/// V, M and C attached to a session.
+/// V and M attached to a session, for their pictures.
 struct WorldModelView {
     wm: WorldModel,
-    controller: Option<dreamgym_policies::LinearController>,
-    /// C acting through V and M in a live real-env view (the headless pipeline's own policy).
-    policy: Option<WorldModelPolicy>,
     /// V's picture: the reconstruction of the frame (live) or the dream's decoded latent.
     picture: Vec<u8>,
     side: usize,
@@ -125,29 +124,30 @@ impl Session {
                 seed,
                 world_model,
             } => {
-                if policy != "random" {
-                    bail!(
-                        "unknown policy `{policy}`; the viewer knows: random (or give --world-model RUN)"
-                    );
-                }
                 // A bad id or config fails here with the registry's own message.
                 let (env_box, has_pixels) = with_pixels(registry, env, overrides.as_ref())?;
-                let mut s = Self::with_env(
-                    env_box,
-                    env,
-                    true,
-                    has_pixels,
-                    ChaCha8Rng::seed_from_u64(*seed),
+                let (obs_space, act_space) = (
+                    env_box.observation_space().clone(),
+                    env_box.action_space().clone(),
                 );
+                let mut s = Self::with_env(env_box, env, true, has_pixels);
+                s.policy = Some(
+                    dreamgym_agents::load_policy(policy, &obs_space, &act_space, *seed)
+                        .with_context(|| format!("cannot use policy `{policy}` on {env}"))?,
+                );
+                s.trained = policy != "random";
                 if let Some(run) = world_model {
-                    let LoadedRun { wm, controller, .. } = load_run(run)?;
-                    dreamgym_agents::agent::check_pixels(s.env.observation_space(), &wm.vae)
+                    let LoadedRun { wm, controller, .. } = load_run(&RunDir::new(run))?;
+                    dreamgym_agents::world_models::check_pixels(&obs_space, &wm.vae)
                         .with_context(|| format!("{} does not fit {env}", run.display()))?;
+                    // The run's C drives, unless another policy was asked for.
+                    if let (Some(c), "random") = (&controller, policy.as_str()) {
+                        s.policy = Some(Box::new(WorldModelsAgent::new(&wm, c)?));
+                        s.trained = true;
+                    }
                     let side = wm.vae.config().image_size;
                     s.world = Some(WorldModelView {
                         wm,
-                        controller,
-                        policy: None,
                         picture: Vec::new(),
                         side,
                         dream: false,
@@ -162,7 +162,7 @@ impl Session {
                     controller,
                     meta,
                     starts,
-                } = load_run(run)?;
+                } = load_run(&RunDir::new(run))?;
                 anyhow::ensure!(
                     !starts.is_empty(),
                     "{}: no series.safetensors (run `dreamgym train-mdnrnn` first)",
@@ -180,12 +180,15 @@ impl Session {
                     &format!("dream of {}", meta.env_id),
                     true,
                     true,
-                    ChaCha8Rng::seed_from_u64(*seed),
                 );
+                // C acts on the dream's [z, h]; random actions until one is trained.
+                s.trained = controller.is_some();
+                s.policy = Some(match controller {
+                    Some(c) => Box::new(c),
+                    None => Box::new(RandomPolicy::new(meta.action_space.clone(), *seed)),
+                });
                 s.world = Some(WorldModelView {
                     wm,
-                    controller,
-                    policy: None,
                     picture: Vec::new(),
                     side,
                     dream: true,
@@ -207,13 +210,7 @@ impl Session {
                 let meta = dataset.meta();
                 let (env, has_pixels) = with_pixels(registry, &meta.env_id, Some(&meta.env_config))
                     .with_context(|| format!("cannot rebuild {} for the replay", meta.env_id))?;
-                let mut s = Self::with_env(
-                    env,
-                    &meta.env_id,
-                    false,
-                    has_pixels,
-                    ChaCha8Rng::seed_from_u64(0),
-                );
+                let mut s = Self::with_env(env, &meta.env_id, false, has_pixels);
                 s.damaged_chunks = report.damaged.len();
                 s.episodes = report.episodes;
                 s.start(Some(s.episodes[0].seed))?;
@@ -222,18 +219,13 @@ impl Session {
         }
     }
 
-    fn with_env(
-        env: Box<dyn Env>,
-        id: &str,
-        live: bool,
-        has_pixels: bool,
-        policy_rng: ChaCha8Rng,
-    ) -> Self {
+    fn with_env(env: Box<dyn Env>, id: &str, live: bool, has_pixels: bool) -> Self {
         Self {
             env,
             env_id: id.to_string(),
             live,
-            policy_rng,
+            policy: None,
+            trained: false,
             episodes: Vec::new(),
             damaged_chunks: 0,
             episode: 0,
@@ -249,8 +241,8 @@ impl Session {
         }
     }
 
-    /// Refreshes V's picture (and, live, resets M's state at an episode start).
-    fn update_world_model(&mut self, episode_start: bool) -> anyhow::Result<()> {
+    /// Refreshes V's picture.
+    fn update_world_model(&mut self) -> anyhow::Result<()> {
         let Some(w) = &mut self.world else {
             return Ok(());
         };
@@ -262,37 +254,21 @@ impl Session {
                 .unwrap_or_default();
             w.picture = w.wm.decode_latent(&z)?;
         } else {
-            if episode_start {
-                w.policy = match &w.controller {
-                    Some(c) => Some(WorldModelPolicy::new(&w.wm, c)?),
-                    None => None,
-                };
-            }
             w.picture = w.wm.reconstruct(frame_of(&self.obs)?)?;
         }
         Ok(())
     }
 
-    /// The action of the session's policy: C on [z, h] when a trained C is attached, else
-    /// random.
-    fn policy_action(&mut self) -> anyhow::Result<Value> {
-        let Some(w) = &mut self.world else {
-            return Ok(self.env.action_space().sample(&mut self.policy_rng));
-        };
-        let Some(c) = &w.controller else {
-            return Ok(self.env.action_space().sample(&mut self.policy_rng));
-        };
-        if w.dream {
-            return Ok(c.act(self.obs.as_f32().unwrap_or(&[])));
-        }
-        match &mut w.policy {
-            Some(p) => Ok(p.act(&self.obs)?.0),
-            None => bail!("no policy: the episode was not started"),
-        }
-    }
-
     fn start(&mut self, seed: Option<u64>) -> anyhow::Result<()> {
-        let (obs, _) = self.env.reset(seed, &Info::new())?;
+        let (obs, info) = self.env.reset(seed, &Info::new())?;
+        if let Some(p) = &mut self.policy {
+            let episode_seed = info
+                .get("episode_seed")
+                .and_then(|v| v.as_u64())
+                .or(seed)
+                .unwrap_or(0);
+            p.reset(episode_seed)?;
+        }
         self.obs = obs;
         self.step = 0;
         self.episode_return = 0.0;
@@ -300,7 +276,7 @@ impl Session {
         self.last_action = None;
         self.done = false;
         self.diverged = false;
-        self.update_world_model(true)
+        self.update_world_model()
     }
 
     /// Advances one step. Live: a finished episode is followed by a reset (the seeded stream
@@ -314,7 +290,10 @@ impl Session {
             return Ok(());
         }
         let action = if self.live {
-            self.policy_action()?
+            match &mut self.policy {
+                Some(p) => p.act(&self.obs)?,
+                None => bail!("a live session without a policy"),
+            }
         } else {
             let e = &self.episodes[self.episode];
             match e.actions.get(self.step) {
@@ -341,7 +320,7 @@ impl Session {
         }
         self.obs = step.obs;
         self.last_action = Some(action);
-        self.update_world_model(false)
+        self.update_world_model()
     }
 
     /// Starts the current episode again (live: a new episode).
@@ -418,7 +397,12 @@ impl Session {
 
     /// Whether a trained C drives this session.
     pub fn has_controller(&self) -> bool {
-        self.world.as_ref().is_some_and(|w| w.controller.is_some())
+        self.live && self.trained
+    }
+
+    /// What drives a live session (`random`, `World Models agent (V + M + C)`, ...).
+    pub fn policy_description(&self) -> Option<String> {
+        self.policy.as_ref().map(|p| p.describe())
     }
 
     /// The agent's picture: RGB bytes, width, height (in a dream: V's decoding of M's latent).
@@ -524,16 +508,20 @@ mod tests {
             let mut s = live(id, 5);
             let registry = Registry::with_builtins();
             let mut env = registry.make(id, None).unwrap();
-            let mut rng = ChaCha8Rng::seed_from_u64(5);
-            let (mut obs, _) = env.reset(Some(5), &Info::new()).unwrap();
+            // The headless side: the same policy, reset with each episode's seed.
+            let mut policy = RandomPolicy::new(env.action_space().clone(), 5);
+            let (mut obs, info) = env.reset(Some(5), &Info::new()).unwrap();
+            policy.reset(info["episode_seed"].as_u64().unwrap()).unwrap();
             for _ in 0..300 {
                 assert_eq!(state_part(s.observation()), &obs, "{id}");
                 let done_before = s.done;
                 s.advance().unwrap();
                 if done_before {
-                    obs = env.reset(None, &Info::new()).unwrap().0;
+                    let (o, info) = env.reset(None, &Info::new()).unwrap();
+                    policy.reset(info["episode_seed"].as_u64().unwrap()).unwrap();
+                    obs = o;
                 } else {
-                    let step = env.step(&env.action_space().sample(&mut rng)).unwrap();
+                    let step = env.step(&policy.act(&obs).unwrap()).unwrap();
                     obs = step.obs;
                 }
             }
@@ -559,12 +547,13 @@ mod tests {
         );
         let mut w = dreamgym_envs::recording::EpisodeWriter::create(&dir, meta, Default::default())
             .unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut policy = RandomPolicy::new(env.action_space().clone(), 1);
         for seed in [11, 12] {
+            policy.reset(seed).unwrap();
             let (obs, _) = env.reset(Some(seed), &Info::new()).unwrap();
             let mut e = Episode::new(seed, obs);
             loop {
-                let a = env.action_space().sample(&mut rng);
+                let a = policy.act(&Value::Int(0)).unwrap();
                 let s = env.step(&a).unwrap();
                 let done = s.done();
                 e.push(a, s.obs, s.reward, s.terminated, s.truncated);
@@ -651,9 +640,9 @@ mod tests {
             assert_eq!(px.len(), recon.len());
         }
         // C acts as it does headless: the same actions as the pipeline's own policy.
-        let run = dreamgym_agents::stages::load_run(dir.path()).unwrap();
+        let run = load_run(&RunDir::new(dir.path())).unwrap();
         let c = run.controller.as_ref().unwrap();
-        let mut policy = dreamgym_agents::agent::WorldModelPolicy::new(&run.wm, c).unwrap();
+        let mut policy = WorldModelsAgent::new(&run.wm, c).unwrap();
         let mut env = registry
             .make(
                 "Racer-v0",
@@ -663,11 +652,29 @@ mod tests {
         let mut viewed = Session::new(&source, &registry).unwrap();
         let (mut obs, _) = env.reset(Some(4), &Info::new()).unwrap();
         for _ in 0..5 {
-            let (a, _) = policy.act(&obs).unwrap();
+            let (a, _) = policy.act_with_latent(&obs).unwrap();
             viewed.advance().unwrap();
             assert_eq!(viewed.last_action.as_ref(), Some(&a));
             obs = env.step(&a).unwrap().obs;
         }
+
+        // The same agent from a policy spec (as `--policy RUN`), without the run attached.
+        let by_spec = Source::Live {
+            env: "Racer-v0".into(),
+            overrides: Some(serde_json::json!({"obs": "pixels", "width": 16, "height": 16})),
+            policy: dir.path().display().to_string(),
+            seed: 4,
+            world_model: None,
+        };
+        let mut spec = Session::new(&by_spec, &registry).unwrap();
+        let mut fresh = Session::new(&source, &registry).unwrap();
+        assert!(spec.has_controller() && spec.reconstruction().is_none());
+        for _ in 0..5 {
+            spec.advance().unwrap();
+            fresh.advance().unwrap();
+            assert_eq!(spec.last_action, fresh.last_action);
+        }
+        assert!(spec.policy_description().unwrap().contains("World Models"));
 
         // The dream: no 3D scene, V's decoding of M's latent as the picture.
         let mut d = Session::new(

@@ -4,12 +4,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
-use dreamgym_envs::{Env, Info, Space, Value};
-use dreamgym_policies::LinearController;
+use dreamgym_envs::{Space, Value};
+use dreamgym_policies::{LinearController, Policy, PolicyError};
 use dreamgym_world_model::vae::frames_to_tensor;
 use dreamgym_world_model::{MdnRnn, Vae};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
 /// V and M, shared read-only between worker threads.
 #[derive(Clone)]
@@ -74,19 +72,25 @@ impl WorldModel {
     }
 }
 
-/// V, M and C acting together in a real env, one frame at a time: V encodes the frame to μ,
-/// C acts on [μ, h], and M's LSTM takes [μ, a] to the next h.
-pub struct WorldModelPolicy {
+/// The World Models agent: V, M and C acting together in a real env, one frame at a time. V
+/// encodes the frame to μ, C acts on [μ, h], and M's LSTM takes [μ, a] to the next h.
+pub struct WorldModelsAgent {
     wm: WorldModel,
     controller: LinearController,
     h: Tensor,
     c: Tensor,
 }
 
-impl WorldModelPolicy {
-    /// A policy at the start of an episode (V and M are shared, C is copied: 867 floats at
-    /// the paper's sizes).
+impl WorldModelsAgent {
+    /// An agent at the start of an episode (V and M are shared, C is copied: 867 floats at
+    /// the paper's sizes). C must take V's z and M's h.
     pub fn new(wm: &WorldModel, controller: &LinearController) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            controller.inputs() == wm.feature_size(),
+            "the controller takes {} inputs, V and M give {}",
+            controller.inputs(),
+            wm.feature_size()
+        );
         let (h, c) = wm.mdn.initial_state(1)?;
         Ok(Self {
             wm: wm.clone(),
@@ -97,13 +101,13 @@ impl WorldModelPolicy {
     }
 
     /// Forgets the episode (h = c = 0).
-    pub fn reset(&mut self) -> anyhow::Result<()> {
+    pub fn reset_state(&mut self) -> anyhow::Result<()> {
         (self.h, self.c) = self.wm.mdn.initial_state(1)?;
         Ok(())
     }
 
     /// The action for observation `obs`; also returns the frame's μ (`[1, z]`).
-    pub fn act(&mut self, obs: &Value) -> anyhow::Result<(Value, Tensor)> {
+    pub fn act_with_latent(&mut self, obs: &Value) -> anyhow::Result<(Value, Tensor)> {
         let dev = self.wm.mdn.device().clone();
         let (mu, _) = self.wm.encode_frames(frame_of(obs)?, 1)?;
         let mut x: Vec<f32> = mu.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?;
@@ -114,7 +118,9 @@ impl WorldModelPolicy {
                 .to_vec1::<f32>()?,
         );
         let action = self.controller.act(&x);
-        let values = action.as_f32().expect("the controller gives floats");
+        let values = action
+            .as_f32()
+            .context("the controller gives float actions")?;
         let a = Tensor::from_slice(values, (1, values.len()), &Device::Cpu)?.to_device(&dev)?;
         let (_, h, c) = self
             .wm
@@ -123,6 +129,33 @@ impl WorldModelPolicy {
         // Detached, or every step's graph would stay reachable from h.
         (self.h, self.c) = (h.detach(), c.detach());
         Ok((action, mu))
+    }
+}
+
+fn policy_error(e: anyhow::Error) -> PolicyError {
+    PolicyError::Incompatible(format!("{e:#}"))
+}
+
+impl Policy for WorldModelsAgent {
+    fn describe(&self) -> String {
+        "World Models agent (V + M + C)".into()
+    }
+
+    fn reset(&mut self, _episode_seed: u64) -> Result<(), PolicyError> {
+        self.reset_state().map_err(policy_error)
+    }
+
+    fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
+        self.act_with_latent(obs).map(|(a, _)| a).map_err(policy_error)
+    }
+
+    fn fork(&self) -> Box<dyn Policy> {
+        Box::new(Self {
+            wm: self.wm.clone(),
+            controller: self.controller.clone(),
+            h: self.h.zeros_like().unwrap_or_else(|_| self.h.clone()),
+            c: self.c.zeros_like().unwrap_or_else(|_| self.c.clone()),
+        })
     }
 }
 
@@ -144,69 +177,3 @@ impl WorldModel {
     }
 }
 
-/// Runs one real episode with C acting on [μ(frame), h]; returns (return, steps).
-pub fn real_episode(
-    env: &mut dyn Env,
-    wm: &WorldModel,
-    controller: &LinearController,
-    seed: u64,
-    max_steps: u64,
-) -> anyhow::Result<(f64, u64)> {
-    let mut policy = WorldModelPolicy::new(wm, controller)?;
-    let (mut obs, _) = env.reset(Some(seed), &Info::new())?;
-    let (mut ret, mut steps) = (0.0, 0);
-    while steps < max_steps {
-        let (action, _) = policy.act(&obs)?;
-        let s = env.step(&action)?;
-        ret += s.reward;
-        steps += 1;
-        let done = s.done();
-        obs = s.obs;
-        if done {
-            break;
-        }
-    }
-    Ok((ret, steps))
-}
-
-/// Runs one episode of any env whose observations are already C's features (the dream).
-pub fn feature_episode(
-    env: &mut dyn Env,
-    controller: &LinearController,
-    seed: u64,
-    max_steps: u64,
-) -> anyhow::Result<(f64, u64)> {
-    let (mut obs, _) = env.reset(Some(seed), &Info::new())?;
-    let (mut ret, mut steps) = (0.0, 0);
-    while steps < max_steps {
-        let x = obs
-            .as_f32()
-            .context("feature observations must be floats")?;
-        let s = env.step(&controller.act(x))?;
-        ret += s.reward;
-        steps += 1;
-        let done = s.done();
-        obs = s.obs;
-        if done {
-            break;
-        }
-    }
-    Ok((ret, steps))
-}
-
-/// Runs one episode with uniformly random actions (the baseline); returns (return, steps).
-pub fn random_episode(env: &mut dyn Env, seed: u64, max_steps: u64) -> anyhow::Result<(f64, u64)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9E37_79B9_7F4A_7C15);
-    env.reset(Some(seed), &Info::new())?;
-    let space = env.action_space().clone();
-    let (mut ret, mut steps) = (0.0, 0);
-    while steps < max_steps {
-        let s = env.step(&space.sample(&mut rng))?;
-        ret += s.reward;
-        steps += 1;
-        if s.done() {
-            break;
-        }
-    }
-    Ok((ret, steps))
-}

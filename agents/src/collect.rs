@@ -1,0 +1,265 @@
+//! Collection: step N envs on worker threads with a policy and record every episode.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use dreamgym_envs::recording::{DatasetMeta, Episode, EpisodeWriter, WriterOptions};
+use dreamgym_envs::{AutoresetMode, Env, Info, Registry, ThreadedVecEnv, Value, VecEnv};
+use dreamgym_policies::PolicyBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::{Progress, check_policy_spec, load_policy};
+
+/// Settings of a rollout: which env, which policy, how many episodes (the `[rollout]` section
+/// of an experiment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectConfig {
+    /// Environment id.
+    pub env: String,
+    /// Overrides of the env's default config.
+    pub env_config: toml::Table,
+    /// The policy that acts: `random`, a run folder or a controller file (`dreamgym policies`).
+    pub policy: String,
+    /// Episodes to record.
+    pub episodes: usize,
+    /// Environments stepped together (the data do not depend on `workers`).
+    pub num_envs: usize,
+    /// Worker threads.
+    pub workers: usize,
+    /// Seed of the first env (env `i` gets `seed + i`) and of the policy.
+    pub seed: u64,
+    /// Deprecated: the dataset folder. Experiments now record into `<run>/data`; when given,
+    /// this must be that folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+    /// Add to an existing dataset of the same env instead of refusing.
+    pub append: bool,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        Self {
+            env: "CartPole-v0".into(),
+            env_config: toml::Table::new(),
+            policy: "random".into(),
+            episodes: 100,
+            num_envs: 8,
+            workers: 2,
+            seed: 0,
+            out: None,
+            append: false,
+        }
+    }
+}
+
+impl CollectConfig {
+    /// Checks the ranges, naming the first bad field.
+    pub fn validate(&self, registry: &Registry) -> anyhow::Result<()> {
+        registry.spec(&self.env)?;
+        anyhow::ensure!(self.episodes >= 1, "rollout.episodes must be at least 1");
+        anyhow::ensure!(
+            (1..=4096).contains(&self.num_envs),
+            "rollout.num_envs must be in 1..=4096, got {}",
+            self.num_envs
+        );
+        anyhow::ensure!(
+            (1..=256).contains(&self.workers),
+            "rollout.workers must be in 1..=256, got {}",
+            self.workers
+        );
+        check_policy_spec(&self.policy).context("rollout.policy")?;
+        Ok(())
+    }
+
+    /// The env-config overrides as JSON.
+    pub fn env_overrides(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        if self.env_config.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            serde_json::to_value(&self.env_config).context("env_config is not representable")?,
+        ))
+    }
+}
+
+/// What a rollout did.
+#[derive(Debug, Clone)]
+pub struct CollectSummary {
+    /// Episodes written.
+    pub episodes: usize,
+    /// Steps written.
+    pub steps: usize,
+    /// Mean episode return.
+    pub mean_return: f64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Whether the user stopped it early.
+    pub interrupted: bool,
+    /// Where the data went.
+    pub out: PathBuf,
+}
+
+impl std::fmt::Display for CollectSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}wrote {} episodes ({} steps, mean return {:.2}) to {} in {:.1} s ({:.0} steps/s)",
+            if self.interrupted {
+                "interrupted: "
+            } else {
+                ""
+            },
+            self.episodes,
+            self.steps,
+            self.mean_return,
+            self.out.display(),
+            self.seconds,
+            self.steps as f64 / self.seconds.max(1e-9)
+        )
+    }
+}
+
+fn episode_seed(info: &Info) -> u64 {
+    info.get("episode_seed")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
+
+/// Collects `config.episodes` episodes with `config.policy` and records them under `out`.
+///
+/// The data are a function of the env, its config, `num_envs`, the seed and the policy only:
+/// any number of workers records the same bytes. When `progress` reports an interruption,
+/// collection stops and every episode already finished is written.
+pub fn collect(
+    registry: &Registry,
+    config: &CollectConfig,
+    out: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<CollectSummary> {
+    config.validate(registry)?;
+    let overrides = config.env_overrides()?;
+    let resolved = registry.resolve_config(&config.env, overrides.as_ref())?;
+    let envs = (0..config.num_envs)
+        .map(|_| registry.make(&config.env, overrides.as_ref()))
+        .collect::<Result<Vec<Box<dyn Env>>, _>>()
+        .with_context(|| format!("cannot build {}", config.env))?;
+    let observation_space = envs[0].observation_space().clone();
+    let action_space = envs[0].action_space().clone();
+    let policy = load_policy(&config.policy, &observation_space, &action_space, config.seed)
+        .with_context(|| format!("cannot use policy `{}` on {}", config.policy, config.env))?;
+    let mut policies = PolicyBatch::new(policy.as_ref(), config.num_envs);
+    let meta = DatasetMeta::new(
+        &config.env,
+        resolved,
+        observation_space,
+        action_space,
+        &config.policy,
+        Some(config.seed),
+    );
+    let writer = EpisodeWriter::create(
+        out,
+        meta,
+        WriterOptions {
+            append: config.append,
+            ..WriterOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot record to {}", out.display()))?;
+    // Encoding and writing chunks happens on its own thread, so stepping goes on meanwhile.
+    let (episodes_tx, episodes_rx) = crossbeam_channel::bounded::<Episode>(256);
+    let writer_thread = std::thread::Builder::new()
+        .name("dreamgym-writer".into())
+        .spawn(
+            move || -> Result<(usize, usize), dreamgym_envs::recording::RecordError> {
+                let mut writer = writer;
+                for episode in episodes_rx {
+                    writer.push(episode)?;
+                }
+                writer.finish()
+            },
+        )
+        .context("cannot start the writer thread")?;
+    let mut venv = ThreadedVecEnv::new(envs, config.workers, AutoresetMode::NextStep)?;
+    progress.begin("collect", config.episodes as u64);
+    let started = Instant::now();
+    let (obs, infos) = venv.reset(Some(config.seed), &Info::new())?;
+    let mut current = Vec::with_capacity(config.num_envs);
+    for (i, (o, info)) in obs.into_iter().zip(&infos).enumerate() {
+        policies.reset(i, episode_seed(info))?;
+        current.push(Episode::new(episode_seed(info), o));
+    }
+    let (mut finished, mut steps, mut total_return) = (0usize, 0usize, 0.0f64);
+    let mut interrupted = false;
+    let mut acting_error = None;
+    while finished < config.episodes {
+        if progress.interrupted() {
+            interrupted = true;
+            break;
+        }
+        let last: Vec<Value> = current
+            .iter()
+            .map(|e| e.observations.last().cloned().unwrap_or(Value::Int(0)))
+            .collect();
+        let actions = match policies.act(&last) {
+            Ok(a) => a,
+            Err(e) => {
+                acting_error = Some(e);
+                break;
+            }
+        };
+        let step = venv.step(&actions)?;
+        let results = actions
+            .into_iter()
+            .zip(step.obs)
+            .zip(step.infos)
+            .enumerate();
+        for (i, ((action, obs), info)) in results {
+            if step.autoreset[i] {
+                policies.reset(i, episode_seed(&info))?;
+                current[i] = Episode::new(episode_seed(&info), obs);
+                continue;
+            }
+            let (terminated, truncated) = (step.terminated[i], step.truncated[i]);
+            current[i].push(action, obs, step.rewards[i], terminated, truncated);
+            if (terminated || truncated) && finished < config.episodes {
+                // The next step resets this env (NEXT_STEP) and replaces the placeholder.
+                let last_obs = current[i].observations.last().cloned().unwrap_or(Value::Int(0));
+                let episode = std::mem::replace(&mut current[i], Episode::new(0, last_obs));
+                steps += episode.len();
+                total_return += episode.total_reward();
+                finished += 1;
+                if episodes_tx.send(episode).is_err() {
+                    // The writer stopped: its error is reported below.
+                    break;
+                }
+                progress.advance(1);
+            }
+        }
+        if writer_thread.is_finished() {
+            break;
+        }
+    }
+    venv.close();
+    drop(episodes_tx);
+    let (episodes, _) = writer_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
+        .with_context(|| format!("recording to {}", out.display()))?;
+    progress.end();
+    if let Some(e) = acting_error {
+        return Err(anyhow::Error::new(e).context(format!(
+            "policy `{}` failed after {episodes} episodes were written",
+            config.policy
+        )));
+    }
+    Ok(CollectSummary {
+        episodes,
+        steps,
+        mean_return: total_return / finished.max(1) as f64,
+        seconds: started.elapsed().as_secs_f64(),
+        interrupted,
+        out: out.to_path_buf(),
+    })
+}

@@ -1,0 +1,74 @@
+//! The run folder: the one place a run's files live.
+//!
+//! ```text
+//! runs/<name>/
+//!   experiment.toml           the resolved config the run was made with
+//!   data/                     the recorded dataset (dataset.json + chunks)
+//!   vae.{safetensors,json}    V, with vae.optimizer.safetensors while training
+//!   series.safetensors        every frame encoded by V
+//!   mdnrnn.{safetensors,json} M
+//!   controller.json           C
+//!   eval.json, report.md, figures/*.png
+//!   metrics/<stage>.csv       one row per step (or generation)
+//!   tb/<stage>/events.out.tfevents.*   the same metrics for TensorBoard
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// A run folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The run folder at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The default folder of a run named `name`: `runs/<name>`.
+    pub fn for_name(name: &str) -> Self {
+        Self::new(Path::new("runs").join(name))
+    }
+
+    /// The folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The recorded dataset: `<run>/data`.
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// A file in the run folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// A checkpoint stem (`vae` → `<run>/vae.safetensors` + `<run>/vae.json`).
+    pub fn checkpoint(&self, stem: &str) -> PathBuf {
+        self.root.join(stem)
+    }
+
+    /// The resolved experiment config: `<run>/experiment.toml`.
+    pub fn experiment(&self) -> PathBuf {
+        self.root.join("experiment.toml")
+    }
+
+    /// A stage's metrics CSV: `<run>/metrics/<stage>.csv`.
+    pub fn metrics(&self, stage: &str) -> PathBuf {
+        self.root.join("metrics").join(format!("{stage}.csv"))
+    }
+
+    /// A stage's TensorBoard folder: `<run>/tb/<stage>`.
+    pub fn tensorboard(&self, stage: &str) -> PathBuf {
+        self.root.join("tb").join(stage)
+    }
+
+    /// The figures folder: `<run>/figures`.
+    pub fn figures(&self) -> PathBuf {
+        self.root.join("figures")
+    }
+}

@@ -1,0 +1,182 @@
+//! The World Models stages' inputs: the recorded pixel dataset (decoded once per process) and
+//! the encoded series V writes for M.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use dreamgym_envs::recording::{Dataset, DatasetMeta};
+use dreamgym_envs::{Env, Registry, Value};
+use dreamgym_world_model::dream::StartLatent;
+
+use super::agent::frame_of;
+use crate::Progress;
+
+/// One recorded episode, flattened for training.
+pub struct EpisodeFrames {
+    /// `T + 1` frames, u8 HWC, concatenated.
+    pub frames: Vec<u8>,
+    /// `T` actions, each `action_size` floats, concatenated.
+    pub actions: Vec<f32>,
+    /// `T` rewards.
+    pub rewards: Vec<f32>,
+    /// `T` terminated flags.
+    pub dones: Vec<f32>,
+}
+
+/// A pixel dataset, decoded.
+pub struct PixelData {
+    /// The dataset's description (env, config, spaces).
+    pub meta: DatasetMeta,
+    /// Every undamaged episode.
+    pub episodes: Vec<EpisodeFrames>,
+}
+
+impl PixelData {
+    /// Loads every episode of a pixel dataset; damaged chunks are skipped and reported through
+    /// `progress`.
+    pub fn load(dir: &Path, progress: &dyn Progress) -> anyhow::Result<Self> {
+        let ds = Dataset::open(dir)
+            .with_context(|| format!("cannot open dataset {}", dir.display()))?;
+        let report = ds.load();
+        for (path, err) in &report.damaged {
+            progress.note(&format!(
+                "skipping damaged chunk {}: {err}",
+                path.display()
+            ));
+        }
+        let meta = ds.meta().clone();
+        let mut episodes = Vec::new();
+        for ep in report.episodes {
+            let mut frames = Vec::new();
+            for o in &ep.observations {
+                frames.extend_from_slice(frame_of(o)?);
+            }
+            let mut actions = Vec::new();
+            for a in &ep.actions {
+                match a {
+                    Value::F32(v) => actions.extend_from_slice(v),
+                    other => {
+                        anyhow::bail!("World Models needs Box actions, got {}", other.describe())
+                    }
+                }
+            }
+            episodes.push(EpisodeFrames {
+                frames,
+                actions,
+                rewards: ep.rewards.iter().map(|r| *r as f32).collect(),
+                dones: ep.terminated.iter().map(|d| *d as u8 as f32).collect(),
+            });
+        }
+        anyhow::ensure!(
+            !episodes.is_empty(),
+            "dataset {} has no episodes",
+            dir.display()
+        );
+        Ok(Self { meta, episodes })
+    }
+
+    /// Values per action.
+    pub fn action_size(&self) -> anyhow::Result<usize> {
+        action_size(&self.meta)
+    }
+}
+
+/// Values per action of a dataset's Box action space.
+pub fn action_size(meta: &DatasetMeta) -> anyhow::Result<usize> {
+    meta.action_space
+        .as_box()
+        .map(|b| b.len())
+        .context("World Models needs a Box action space")
+}
+
+/// The dataset's description alone (no episodes decoded).
+pub fn dataset_meta(dir: &Path) -> anyhow::Result<DatasetMeta> {
+    Ok(Dataset::open(dir)
+        .with_context(|| format!("cannot open dataset {}", dir.display()))?
+        .meta()
+        .clone())
+}
+
+/// Builds an env from a dataset's recorded id and resolved config.
+pub fn make_env(registry: &Registry, meta: &DatasetMeta) -> anyhow::Result<Box<dyn Env>> {
+    registry
+        .make(&meta.env_id, Some(&meta.env_config))
+        .with_context(|| format!("cannot build {}", meta.env_id))
+}
+
+/// One encoded episode.
+pub struct Series {
+    /// `[T+1, z]`
+    pub mu: Tensor,
+    /// `[T+1, z]`
+    pub logvar: Tensor,
+    /// `[T, A]`
+    pub actions: Tensor,
+    /// `[T]`
+    pub rewards: Tensor,
+    /// `[T]`
+    pub dones: Tensor,
+}
+
+/// Writes the series as `series.safetensors` (per episode `ep{i}.mu`, `.logvar`, `.actions`,
+/// `.rewards`, `.dones`), atomically and byte-stable.
+pub fn save_series(path: &Path, series: &[Series]) -> anyhow::Result<()> {
+    let mut tensors = BTreeMap::new();
+    for (i, s) in series.iter().enumerate() {
+        for (k, t) in [
+            ("mu", &s.mu),
+            ("logvar", &s.logvar),
+            ("actions", &s.actions),
+            ("rewards", &s.rewards),
+            ("dones", &s.dones),
+        ] {
+            tensors.insert(format!("ep{i}.{k}"), t.clone());
+        }
+    }
+    dreamgym_base::write_atomic(path, &dreamgym_nn::tensors_bytes(&tensors)?)?;
+    Ok(())
+}
+
+/// Reads `series.safetensors`.
+pub fn load_series(path: &Path) -> anyhow::Result<Vec<Series>> {
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| {
+        format!(
+            "cannot read {} (run the encode stage first)",
+            path.display()
+        )
+    })?;
+    let mut out = Vec::new();
+    for i in 0.. {
+        let Some(mu) = t.remove(&format!("ep{i}.mu")) else {
+            break;
+        };
+        let mut take = |k: &str| {
+            t.remove(&format!("ep{i}.{k}"))
+                .with_context(|| format!("{}: ep{i}.{k} missing", path.display()))
+        };
+        out.push(Series {
+            mu,
+            logvar: take("logvar")?,
+            actions: take("actions")?,
+            rewards: take("rewards")?,
+            dones: take("dones")?,
+        });
+    }
+    anyhow::ensure!(!out.is_empty(), "{} holds no episodes", path.display());
+    Ok(out)
+}
+
+/// The starting latents of the dream: every episode's first frame.
+pub fn start_latents(series: &[Series]) -> anyhow::Result<Vec<StartLatent>> {
+    series
+        .iter()
+        .map(|s| {
+            Ok(StartLatent {
+                mu: s.mu.get(0)?.to_vec1()?,
+                logvar: s.logvar.get(0)?.to_vec1()?,
+            })
+        })
+        .collect()
+}

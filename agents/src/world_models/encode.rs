@@ -1,0 +1,56 @@
+//! Stage 2: V encodes every frame; M trains on the series.
+
+use candle_core::{Device, Tensor};
+use dreamgym_world_model::Vae;
+use dreamgym_world_model::vae::frames_to_tensor;
+
+use super::agent::check_pixels;
+use super::data::{PixelData, Series, save_series};
+use crate::{Progress, RunDir};
+
+/// Encodes every frame with V (μ and log σ², 256 frames per batch) and writes
+/// `series.safetensors`; returns the series.
+pub fn encode(
+    data: &PixelData,
+    vae: &Vae,
+    run: &RunDir,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<Series>> {
+    check_pixels(&data.meta.observation_space, vae)?;
+    let a = data.action_size()?;
+    let c = vae.config().clone();
+    let device = vae.device().clone();
+    let frame_len = c.image_size * c.image_size * c.channels;
+    progress.begin("encode", data.episodes.len() as u64);
+    let mut out = Vec::with_capacity(data.episodes.len());
+    for ep in &data.episodes {
+        let n = ep.frames.len() / frame_len;
+        let (mut mus, mut lvs) = (Vec::new(), Vec::new());
+        for start in (0..n).step_by(256) {
+            let m = (n - start).min(256);
+            let x = frames_to_tensor(
+                &ep.frames[start * frame_len..(start + m) * frame_len],
+                m,
+                c.image_size,
+                c.channels,
+                &device,
+            )?;
+            let (mu, lv) = vae.encode(&x)?;
+            // Detached: stored results must not keep the forward graph's buffers alive.
+            mus.push(mu.detach().to_device(&Device::Cpu)?);
+            lvs.push(lv.detach().to_device(&Device::Cpu)?);
+        }
+        let t = n - 1;
+        out.push(Series {
+            mu: Tensor::cat(&mus, 0)?,
+            logvar: Tensor::cat(&lvs, 0)?,
+            actions: Tensor::from_slice(&ep.actions, (t, a), &Device::Cpu)?,
+            rewards: Tensor::from_slice(&ep.rewards, t, &Device::Cpu)?,
+            dones: Tensor::from_slice(&ep.dones, t, &Device::Cpu)?,
+        });
+        progress.advance(1);
+    }
+    progress.end();
+    save_series(&run.file("series.safetensors"), &out)?;
+    Ok(out)
+}

@@ -1,0 +1,117 @@
+//! The World Models pipeline (Ha & Schmidhuber, 2018) over recorded pixel episodes:
+//! train V → encode the dataset → train M → train C with CMA-ES (in the real env or in M's
+//! dream) → evaluate over many seeds against a random policy → write a report.
+//!
+//! Every stage reads and writes files in one [`RunDir`](crate::RunDir), so each can also run
+//! alone; V and M checkpoint (weights and Adam's moments) after every epoch and resume exactly
+//! from there.
+
+mod agent;
+mod config;
+mod data;
+mod encode;
+mod evaluate;
+mod pipeline;
+mod report;
+mod saved;
+mod train_controller;
+mod train_mdn;
+mod train_vae;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use agent::{WorldModel, WorldModelsAgent, check_pixels, frame_of};
+pub use config::{ControllerStage, EvalStage, MdnStage, VaeStage, WorldModelsConfig};
+pub use data::{
+    EpisodeFrames, PixelData, Series, action_size, dataset_meta, load_series, make_env,
+    save_series, start_latents,
+};
+pub use encode::encode;
+pub use evaluate::{EvalSummary, evaluate};
+pub use pipeline::{Outcome, Stage, run_world_models};
+pub use report::report;
+pub use saved::{ControllerFile, LoadedRun, load_mdn, load_run, load_vae, load_world_model};
+pub use train_controller::train_controller;
+pub use train_mdn::{mdn_config, train_mdn};
+pub use train_vae::train_vae;
+
+use crate::Progress;
+
+/// What a training stage did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Epochs done in total (including resumed ones).
+    pub epochs: usize,
+    /// Epochs the checkpoint already held when this call started.
+    pub resumed_from: usize,
+    /// Optimiser steps this call took.
+    pub steps: usize,
+    /// Mean loss of the last epoch this call trained.
+    pub final_loss: f64,
+    /// Samples (frames or sequences) per second this call.
+    pub throughput: f64,
+    /// Seconds this call took.
+    pub seconds: f64,
+}
+
+/// Where a training stage starts: epochs and optimiser steps its checkpoint holds.
+pub(crate) struct ResumePoint {
+    pub epochs: usize,
+    pub steps: usize,
+}
+
+/// Restores a training stage from the checkpoint at `stem` when it was made with the same
+/// model `config`: the weights, Adam's moments and the counters. Anything else starts fresh,
+/// and says why through `progress`.
+pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
+    stem: &Path,
+    kind: &str,
+    config: &C,
+    varmap: &candle_nn::VarMap,
+    opt: &mut dreamgym_nn::Adam,
+    progress: &dyn Progress,
+) -> anyhow::Result<ResumePoint> {
+    let fresh = ResumePoint {
+        epochs: 0,
+        steps: 0,
+    };
+    if !dreamgym_nn::checkpoint_paths(stem).1.exists() {
+        return Ok(fresh);
+    }
+    let (saved, state): (C, serde_json::Value) =
+        match dreamgym_nn::read_checkpoint_meta(stem, kind) {
+            Ok(x) => x,
+            Err(e) => {
+                progress.note(&format!("{kind}: not resuming ({e}); training from scratch"));
+                return Ok(fresh);
+            }
+        };
+    if &saved != config {
+        progress.note(&format!(
+            "{kind}: the saved model has another architecture; training from scratch"
+        ));
+        return Ok(fresh);
+    }
+    let epochs = state
+        .get("epochs_done")
+        .and_then(|e| e.as_u64())
+        .unwrap_or(0) as usize;
+    if epochs == 0 {
+        return Ok(fresh);
+    }
+    dreamgym_nn::load_weights(stem, varmap)?;
+    if !dreamgym_nn::load_optimizer(stem, opt)? {
+        progress.note(&format!(
+            "{kind}: the checkpoint has no optimiser state (made by an older dreamgym); resuming with fresh Adam moments"
+        ));
+    }
+    let steps = state
+        .get("steps_done")
+        .and_then(|e| e.as_u64())
+        .unwrap_or(0) as usize;
+    progress.note(&format!("{kind}: resuming after epoch {epochs}"));
+    Ok(ResumePoint { epochs, steps })
+}

@@ -1,0 +1,215 @@
+//! The World Models pipeline in order, each stage loading what it needs once: in one process
+//! the dataset is decoded once and V and M are handed from stage to stage, not reloaded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dreamgym_envs::Registry;
+use dreamgym_world_model::dream::StartLatent;
+
+use super::agent::WorldModel;
+use super::data::{PixelData, Series, dataset_meta, load_series, start_latents};
+use super::encode::encode;
+use super::evaluate::{EvalSummary, evaluate};
+use super::report::report;
+use super::saved::{ControllerFile, load_vae, load_world_model};
+use super::train_controller::train_controller;
+use super::train_mdn::train_mdn;
+use super::train_vae::train_vae;
+use super::{TrainSummary, WorldModelsConfig};
+use crate::{Progress, RunDir, mean_std};
+
+/// Which part of the pipeline to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Train V.
+    Vae,
+    /// Encode the frames with V, then train M.
+    Mdn,
+    /// Train C.
+    Controller,
+    /// Evaluate C, then write the report.
+    Eval,
+    /// Everything, in order.
+    All,
+}
+
+/// What the stages that ran did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// V's training.
+    pub vae: Option<TrainSummary>,
+    /// Frames encoded.
+    pub encoded_frames: Option<usize>,
+    /// M's training.
+    pub mdn: Option<TrainSummary>,
+    /// C.
+    pub controller: Option<ControllerFile>,
+    /// The evaluation.
+    pub eval: Option<EvalSummary>,
+    /// The report.
+    pub report: Option<PathBuf>,
+}
+
+fn train_line(name: &str, s: &TrainSummary, unit: &str) -> String {
+    if s.steps == 0 {
+        return format!(
+            "{name}: already trained ({} epochs); nothing to do",
+            s.epochs
+        );
+    }
+    let resumed = if s.resumed_from > 0 {
+        format!(" (resumed after epoch {})", s.resumed_from)
+    } else {
+        String::new()
+    };
+    format!(
+        "{name}: {} epochs{resumed}, {} steps, final epoch loss {:.4}, {:.1} {unit}, {:.1} s",
+        s.epochs, s.steps, s.final_loss, s.throughput, s.seconds
+    )
+}
+
+fn series_frames(series: &[Series]) -> usize {
+    series.iter().map(|s| s.mu.dim(0).unwrap_or(0)).sum()
+}
+
+fn starts_of(run: &RunDir) -> anyhow::Result<Arc<Vec<StartLatent>>> {
+    let path = run.file("series.safetensors");
+    Ok(Arc::new(if path.exists() {
+        start_latents(&load_series(&path)?)?
+    } else {
+        Vec::new()
+    }))
+}
+
+/// Runs `stage` of the World Models pipeline on the run folder `run` (dataset in
+/// `<run>/data`), reporting through `progress`. `started` is when the whole run began (for
+/// the report's wall time).
+pub fn run_world_models(
+    cfg: &WorldModelsConfig,
+    run: &RunDir,
+    registry: &Registry,
+    stage: Stage,
+    progress: &dyn Progress,
+    started: Option<std::time::Instant>,
+) -> anyhow::Result<Outcome> {
+    let device = dreamgym_nn::device(&cfg.device)?;
+    let mut out = Outcome::default();
+    match stage {
+        Stage::Vae => {
+            let data = PixelData::load(&run.data(), progress)?;
+            let (_, s) = train_vae(cfg, &data, run, progress)?;
+            progress.done(&train_line("V", &s, "frames/s"));
+            out.vae = Some(s);
+        }
+        Stage::Mdn => {
+            let data = PixelData::load(&run.data(), progress)?;
+            let vae = load_vae(run, &device)?;
+            let series = encode(&data, &vae, run, progress)?;
+            progress.done(&format!("encoded {} frames", series_frames(&series)));
+            out.encoded_frames = Some(series_frames(&series));
+            let (_, s) = train_mdn(cfg, &series, run, progress)?;
+            progress.done(&train_line("M", &s, "sequences/s"));
+            out.mdn = Some(s);
+        }
+        Stage::Controller => {
+            let meta = dataset_meta(&run.data())?;
+            let wm = load_world_model(run, &device)?;
+            let starts = if cfg.controller.in_dream {
+                starts_of(run)?
+            } else {
+                Arc::new(Vec::new())
+            };
+            let c = train_controller(cfg, &meta, &wm, &starts, run, registry, progress)?;
+            progress.done(&controller_line(&c));
+            out.controller = Some(c);
+        }
+        Stage::Eval => {
+            let data = PixelData::load(&run.data(), progress)?;
+            let wm = load_world_model(run, &device)?;
+            let file = ControllerFile::read(&run.file("controller.json"))?;
+            let c = file.controller(&data.meta)?;
+            let starts = starts_of(run)?;
+            let e = evaluate(
+                cfg, &data.meta, &wm, &c, file.in_dream, &starts, run, registry, progress,
+            )?;
+            progress.done(&eval_line(&e));
+            out.eval = Some(e);
+            let r = report(cfg, &data, &wm, Some(&c), &starts, run, None)?;
+            progress.done(&format!("report: {}", r.display()));
+            out.report = Some(r);
+        }
+        Stage::All => {
+            let data = PixelData::load(&run.data(), progress)?;
+            let (vae, s) = train_vae(cfg, &data, run, progress)?;
+            progress.done(&train_line("V", &s, "frames/s"));
+            out.vae = Some(s);
+            let series = encode(&data, &vae, run, progress)?;
+            progress.done(&format!("encoded {} frames", series_frames(&series)));
+            out.encoded_frames = Some(series_frames(&series));
+            let (mdn, s) = train_mdn(cfg, &series, run, progress)?;
+            progress.done(&train_line("M", &s, "sequences/s"));
+            out.mdn = Some(s);
+            let starts = Arc::new(start_latents(&series)?);
+            drop(series);
+            let wm = WorldModel {
+                vae: Arc::new(vae),
+                mdn: Arc::new(mdn),
+            };
+            let file = train_controller(cfg, &data.meta, &wm, &starts, run, registry, progress)?;
+            progress.done(&controller_line(&file));
+            let c = file.controller(&data.meta)?;
+            out.controller = Some(file);
+            let e = evaluate(
+                cfg,
+                &data.meta,
+                &wm,
+                &c,
+                cfg.controller.in_dream,
+                &starts,
+                run,
+                registry,
+                progress,
+            )?;
+            progress.done(&eval_line(&e));
+            out.eval = Some(e);
+            let wall = started.map(|t| t.elapsed().as_secs_f64());
+            let r = report(cfg, &data, &wm, Some(&c), &starts, run, wall)?;
+            progress.done(&format!(
+                "report: {}{}",
+                r.display(),
+                wall.map(|w| format!(" ({w:.0} s in all)")).unwrap_or_default()
+            ));
+            out.report = Some(r);
+        }
+    }
+    Ok(out)
+}
+
+fn controller_line(c: &ControllerFile) -> String {
+    format!(
+        "C: {} generations {}, best mean training return {:.1}",
+        c.generations,
+        if c.in_dream {
+            "in the dream"
+        } else {
+            "in the real env"
+        },
+        c.best_fitness
+    )
+}
+
+fn eval_line(e: &EvalSummary) -> String {
+    let (cm, cs) = mean_std(&e.controller);
+    let (rm, rs) = mean_std(&e.random);
+    let mut line = format!(
+        "eval on {} seeds of {}: C {cm:.1} ± {cs:.1}, random {rm:.1} ± {rs:.1}",
+        e.controller.len(),
+        e.env
+    );
+    if let Some(d) = &e.dream {
+        let (dm, ds) = mean_std(d);
+        line.push_str(&format!("; C in the dream (M's predicted reward): {dm:.1} ± {ds:.1}"));
+    }
+    line
+}
