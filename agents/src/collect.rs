@@ -147,8 +147,13 @@ pub fn collect(
         .with_context(|| format!("cannot build {}", config.env))?;
     let observation_space = envs[0].observation_space().clone();
     let action_space = envs[0].action_space().clone();
-    let policy = load_policy(&config.policy, &observation_space, &action_space, config.seed)
-        .with_context(|| format!("cannot use policy `{}` on {}", config.policy, config.env))?;
+    let policy = load_policy(
+        &config.policy,
+        &observation_space,
+        &action_space,
+        config.seed,
+    )
+    .with_context(|| format!("cannot use policy `{}` on {}", config.policy, config.env))?;
     let mut policies = PolicyBatch::new(policy.as_ref(), config.num_envs);
     let meta = DatasetMeta::new(
         &config.env,
@@ -225,7 +230,11 @@ pub fn collect(
             current[i].push(action, obs, step.rewards[i], terminated, truncated);
             if (terminated || truncated) && finished < config.episodes {
                 // The next step resets this env (NEXT_STEP) and replaces the placeholder.
-                let last_obs = current[i].observations.last().cloned().unwrap_or(Value::Int(0));
+                let last_obs = current[i]
+                    .observations
+                    .last()
+                    .cloned()
+                    .unwrap_or(Value::Int(0));
                 let episode = std::mem::replace(&mut current[i], Episode::new(0, last_obs));
                 steps += episode.len();
                 total_return += episode.total_reward();

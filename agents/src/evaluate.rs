@@ -35,7 +35,10 @@ pub fn run_jobs(
                         if progress.interrupted() {
                             anyhow::bail!("interrupted");
                         }
-                        out.push((j, run_episode(env.as_mut(), forks[p].as_mut(), seed, max_steps)?));
+                        out.push((
+                            j,
+                            run_episode(env.as_mut(), forks[p].as_mut(), seed, max_steps)?,
+                        ));
                         progress.advance(1);
                     }
                     Ok(out)

@@ -217,5 +217,9 @@ mod tests {
         assert!(err.contains("<run>/data"), "{err}");
         let exp = parse_experiment("name = \"a\"\nout = \"r\"\n", "x").unwrap();
         assert_eq!(exp.run_dir().unwrap().data(), Path::new("r/data"));
+        // A config from before run folders had one definition still loads.
+        let legacy = "name = \"a\"\n[rollout]\nout = \"old/b/data\"\n";
+        let exp = parse_experiment(legacy, "x").unwrap();
+        assert_eq!(exp.run_dir().unwrap().root(), Path::new("old/b"));
     }
 }

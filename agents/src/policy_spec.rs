@@ -8,7 +8,9 @@ use dreamgym_envs::Space;
 use dreamgym_policies::{Policy, RandomPolicy};
 
 use crate::RunDir;
-use crate::world_models::{ControllerFile, WorldModelsAgent, check_pixels, dataset_meta, load_world_model};
+use crate::world_models::{
+    ControllerFile, WorldModelsAgent, check_pixels, dataset_meta, load_world_model,
+};
 
 /// A kind of policy a spec can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +75,10 @@ pub fn load_policy(
     let (run, controller_path) = if path.is_dir() {
         (Some(RunDir::new(path)), path.join("controller.json"))
     } else if path.is_file() {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let is_run = dir.join("vae.json").exists() && dir.join("mdnrnn.json").exists();
         (is_run.then(|| RunDir::new(dir)), path.to_path_buf())
     } else {

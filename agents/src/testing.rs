@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use crate::RunDir;
 use crate::world_models::{
     ControllerStage, EvalStage, MdnStage, Stage, VaeStage, WorldModelsConfig, run_world_models,
 };
-use crate::RunDir;
 use dreamgym_envs::recording::{DatasetMeta, EpisodeWriter, WriterOptions};
 use dreamgym_envs::{Env, Info, Registry};
 use dreamgym_policies::CmaEsConfig;

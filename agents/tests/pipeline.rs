@@ -40,7 +40,10 @@ fn the_pipeline_runs_end_to_end_resumes_and_is_deterministic() {
     assert_eq!(m.encoded_frames, Some(4 * 31));
     let m = m.mdn.unwrap();
     assert!(m.final_loss.is_finite() && m.steps > 0);
-    let c = stage(&cfg, &run, Stage::Controller).unwrap().controller.unwrap();
+    let c = stage(&cfg, &run, Stage::Controller)
+        .unwrap()
+        .controller
+        .unwrap();
     assert_eq!(c.params.len(), (4 + 8) * 3 + 3);
     let out = stage(&cfg, &run, Stage::Eval).unwrap();
     let e = out.eval.unwrap();
@@ -131,7 +134,11 @@ fn a_training_stage_killed_mid_epoch_resumes_bit_identically() {
         stage(&cfg, &straight, which).unwrap();
         // Stopped one batch into the second epoch (V: 8 batches per epoch; M: 3; the encode
         // stage's 4 episodes come first for M).
-        let limit = if which == Stage::Vae { 8 + 1 } else { 4 + 3 + 1 };
+        let limit = if which == Stage::Vae {
+            8 + 1
+        } else {
+            4 + 3 + 1
+        };
         let stop = StopAfter {
             done: AtomicU64::new(0),
             limit,
@@ -225,7 +232,9 @@ fn a_trained_run_is_a_policy_that_drives_rollouts() {
     let summary = dreamgym_agents::collect(&registry, &config, &out, &()).unwrap();
     assert_eq!(summary.episodes, 3);
     // The recorded actions are the agent's: replaying episode 0 through the agent gives them.
-    let ds = dreamgym_envs::recording::Dataset::open(&out).unwrap().load();
+    let ds = dreamgym_envs::recording::Dataset::open(&out)
+        .unwrap()
+        .load();
     let ep = &ds.episodes[0];
     let mut agent = dreamgym_agents::load_policy(
         &config.policy,
@@ -247,5 +256,8 @@ fn a_trained_run_is_a_policy_that_drives_rollouts() {
     )
     .err()
     .unwrap();
-    assert!(format!("{err:#}").contains("trained on Racer-v0"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("trained on Racer-v0"),
+        "{err:#}"
+    );
 }

@@ -97,7 +97,13 @@ mod tests {
         assert_eq!(std::fs::read(target.join("keep")).unwrap(), b"x");
         let stray = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("tmp")
+            })
             .count();
         assert_eq!(stray, 0);
     }

@@ -41,7 +41,8 @@ impl JsonlWriter {
     /// Opens (or creates) the log at `path` for appending.
     pub fn open(path: &Path) -> Result<Self, JsonlError> {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| IoError::new("cannot create folder", dir, e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| IoError::new("cannot create folder", dir, e))?;
         }
         let existed = path.exists();
         let file = OpenOptions::new()
@@ -51,7 +52,11 @@ impl JsonlWriter {
             .open(path)
             .map_err(|e| IoError::new("cannot open", path, e))?;
         let bytes = std::fs::read(path).map_err(|e| IoError::new("cannot read", path, e))?;
-        if let Some(last) = bytes.iter().rposition(|b| *b == b'\n').map(|i| i + 1).or(Some(0))
+        if let Some(last) = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|i| i + 1)
+            .or(Some(0))
             && last < bytes.len()
         {
             // A torn last record: cut it (it was never reported written).
@@ -105,10 +110,7 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(IoError::new("cannot read", path, e).into()),
     };
-    let complete = bytes
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |i| i + 1);
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut out = Vec::new();
     for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -140,8 +142,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("labels.jsonl");
         let mut w = JsonlWriter::open(&path).unwrap();
-        w.append(&Label { pair: 1, choice: "left".into() }).unwrap();
-        w.append(&Label { pair: 2, choice: "right".into() }).unwrap();
+        w.append(&Label {
+            pair: 1,
+            choice: "left".into(),
+        })
+        .unwrap();
+        w.append(&Label {
+            pair: 2,
+            choice: "right".into(),
+        })
+        .unwrap();
         drop(w);
         // A crash in the middle of a third record.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -149,9 +159,19 @@ mod tests {
         drop(f);
         let read: Vec<Label> = read_jsonl(&path).unwrap();
         assert_eq!(read.len(), 2);
-        assert_eq!(read[1], Label { pair: 2, choice: "right".into() });
+        assert_eq!(
+            read[1],
+            Label {
+                pair: 2,
+                choice: "right".into()
+            }
+        );
         let mut w = JsonlWriter::open(&path).unwrap();
-        w.append(&Label { pair: 3, choice: "equal".into() }).unwrap();
+        w.append(&Label {
+            pair: 3,
+            choice: "equal".into(),
+        })
+        .unwrap();
         let read: Vec<Label> = read_jsonl(&path).unwrap();
         assert_eq!(read.iter().map(|l| l.pair).collect::<Vec<_>>(), [1, 2, 3]);
     }

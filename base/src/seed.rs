@@ -33,7 +33,12 @@ mod tests {
     fn streams_and_indices_give_distinct_fixed_seeds() {
         let mut seen = std::collections::HashSet::new();
         for seed in 0..4 {
-            for stream in ["policy.actions", "vae.shuffle", "vae.noise", "mdnrnn.shuffle"] {
+            for stream in [
+                "policy.actions",
+                "vae.shuffle",
+                "vae.noise",
+                "mdnrnn.shuffle",
+            ] {
                 for index in 0..16 {
                     assert!(seen.insert(derive_seed(seed, stream, index)));
                 }

@@ -78,6 +78,14 @@ pub enum EnvError {
     Other(String),
 }
 
+/// An action outside its space is an invalid action: `space.check_action(a)?` in an env's
+/// `step`.
+impl From<crate::space::SpaceError> for EnvError {
+    fn from(e: crate::space::SpaceError) -> Self {
+        EnvError::InvalidAction(e.0)
+    }
+}
+
 /// A reinforcement-learning environment with Gymnasium 1.x semantics.
 ///
 /// - `reset(seed, options)` starts an episode. With `Some(seed)`, the episode and every

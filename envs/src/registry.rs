@@ -24,11 +24,28 @@ use serde_json::Value as Json;
 use crate::wrappers::TimeLimit;
 use crate::{Env, EnvError};
 
+/// A config value out of range: what [`EnvConfig::validate`] returns, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<String> for ConfigError {
+    fn from(message: String) -> Self {
+        ConfigError(message)
+    }
+}
+
+impl From<&str> for ConfigError {
+    fn from(message: &str) -> Self {
+        ConfigError(message.to_string())
+    }
+}
+
 /// A typed environment configuration: deserialized from JSON/TOML with unknown fields
 /// rejected, and validated before the env is built.
 pub trait EnvConfig: Serialize + DeserializeOwned + Default + Clone + Send + 'static {
     /// Checks value ranges, describing the first bad field.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
 }
@@ -100,12 +117,10 @@ impl Registry {
                     env: env_id.clone(),
                     message: e.to_string(),
                 })?;
-            config
-                .validate()
-                .map_err(|message| EnvError::InvalidConfig {
-                    env: env_id.clone(),
-                    message,
-                })?;
+            config.validate().map_err(|e| EnvError::InvalidConfig {
+                env: env_id.clone(),
+                message: e.0,
+            })?;
             Ok(Box::new(make(config)?) as Box<dyn Env>)
         });
         let default_config =
@@ -181,7 +196,7 @@ impl Registry {
 /// Parses `key=value` config overrides, as the command line's `--set` takes them: a value is
 /// JSON when it parses as JSON (`force_mag=5`, `flag=true`, `obs="pixels"`), a string otherwise
 /// (`obs=pixels`). `None` for no pairs.
-pub fn parse_overrides(pairs: &[String]) -> Result<Option<Json>, String> {
+pub fn parse_overrides(pairs: &[String]) -> Result<Option<Json>, ConfigError> {
     if pairs.is_empty() {
         return Ok(None);
     }

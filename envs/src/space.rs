@@ -9,6 +9,23 @@ use std::fmt;
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
+/// A malformed space, or an action that does not belong to its space.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpaceError(pub String);
+
+impl From<String> for SpaceError {
+    fn from(message: String) -> Self {
+        SpaceError(message)
+    }
+}
+
+impl From<&str> for SpaceError {
+    fn from(message: &str) -> Self {
+        SpaceError(message.to_string())
+    }
+}
+
 /// An observation or an action. The shape of a `F32`/`U8` array is given by its [`BoxSpace`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -126,25 +143,27 @@ impl BoxSpace {
 
     /// Clips a float action into the box, writing it to `out`. Returns whether anything had to
     /// be clipped, or an error for a wrong length or a non-finite value.
-    pub fn clip_into(&self, action: &Value, out: &mut [f32]) -> Result<bool, String> {
+    pub fn clip_into(&self, action: &Value, out: &mut [f32]) -> Result<bool, SpaceError> {
         let Value::F32(v) = action else {
             return Err(format!(
                 "expected an f32 array of length {}, got {}",
                 self.len(),
                 action.describe()
-            ));
+            )
+            .into());
         };
         if v.len() != self.len() || out.len() != self.len() {
             return Err(format!(
                 "expected an f32 array of length {}, got length {}",
                 self.len(),
                 v.len()
-            ));
+            )
+            .into());
         }
         let mut clipped = false;
         for (i, &x) in v.iter().enumerate() {
             if !x.is_finite() {
-                return Err(format!("action element {i} is {x}, not a finite number"));
+                return Err(format!("action element {i} is {x}, not a finite number").into());
             }
             let y = x.clamp(self.low[i], self.high[i]);
             clipped |= y != x;
@@ -285,7 +304,7 @@ impl Space {
     }
 
     /// Checks that the space is well formed, describing the first problem found.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpaceError> {
         match self {
             Space::Box(b) => {
                 let n = b.len();
@@ -295,12 +314,13 @@ impl Space {
                         b.shape,
                         b.low.len(),
                         b.high.len()
-                    ));
+                    )
+                    .into());
                 }
                 for i in 0..n {
                     let (lo, hi) = (b.low[i], b.high[i]);
                     if lo.is_nan() || hi.is_nan() || lo > hi {
-                        return Err(format!("Box element {i} has bounds [{lo}, {hi}]"));
+                        return Err(format!("Box element {i} has bounds [{lo}, {hi}]").into());
                     }
                 }
                 if b.dtype == Dtype::U8
@@ -331,14 +351,14 @@ impl Space {
     /// Checks that `action` could be passed to `step` for this action space: the right kind
     /// and shape, finite, and (for discrete spaces) in range. Out-of-range Box values pass:
     /// envs clip them and flag it in `info`.
-    pub fn check_action(&self, action: &Value) -> Result<(), String> {
+    pub fn check_action(&self, action: &Value) -> Result<(), SpaceError> {
         match (self, action) {
             (Space::Box(b), Value::F32(v)) if b.dtype == Dtype::F32 => {
                 if v.len() != b.len() {
-                    return Err(format!("expected {} elements, got {}", b.len(), v.len()));
+                    return Err(format!("expected {} elements, got {}", b.len(), v.len()).into());
                 }
                 match v.iter().position(|x| !x.is_finite()) {
-                    Some(i) => Err(format!("element {i} is {}, not a finite number", v[i])),
+                    Some(i) => Err(format!("element {i} is {}, not a finite number", v[i]).into()),
                     None => Ok(()),
                 }
             }
@@ -351,7 +371,7 @@ impl Space {
                 }
                 Ok(())
             }
-            _ => Err(format!("{} is not an action of {self}", action.describe())),
+            _ => Err(format!("{} is not an action of {self}", action.describe()).into()),
         }
     }
 

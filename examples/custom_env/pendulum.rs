@@ -21,7 +21,8 @@
 //! Never terminates; truncated after 200 steps by the registry's `TimeLimit`.
 
 use dreamgym::envs::{
-    BoxSpace, Env, EnvConfig, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value,
+    BoxSpace, ConfigError, Env, EnvConfig, EnvError, EpisodeSeeder, EpisodeState, Info, Space,
+    Step, Value,
 };
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
@@ -41,11 +42,11 @@ impl Default for PendulumConfig {
 }
 
 impl EnvConfig for PendulumConfig {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.g.is_finite() && (0.0..=100.0).contains(&self.g) {
             Ok(())
         } else {
-            Err(format!("g must be in [0, 100] m/s², got {}", self.g))
+            Err(format!("g must be in [0, 100] m/s², got {}", self.g).into())
         }
     }
 }
@@ -108,10 +109,8 @@ impl Env for Pendulum {
     fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
         self.episode.check_running("Pendulum-v1")?;
         let mut u = [0.0f32];
-        let clipped = self
-            .action_box
-            .clip_into(action, &mut u)
-            .map_err(EnvError::InvalidAction)?;
+        // A malformed action is an `EnvError::InvalidAction` through `?`.
+        let clipped = self.action_box.clip_into(action, &mut u)?;
         let u = u[0];
         let (m, l, dt) = (1.0f32, 1.0f32, 0.05f32);
         let pi = std::f32::consts::PI;

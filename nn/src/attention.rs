@@ -17,7 +17,15 @@ pub fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
     }
     let offset = t_k - t_q;
     let m: Vec<f32> = (0..t_q)
-        .flat_map(|i| (0..t_k).map(move |j| if j <= i + offset { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..t_k).map(move |j| {
+                if j <= i + offset {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(m, (t_q, t_k), device)
 }
@@ -48,11 +56,31 @@ mod tests {
 
     #[test]
     fn rows_are_convex_combinations_of_past_values_only() {
-        let (q, k, v) = (rand((1, 2, 5, 3), 1), rand((1, 2, 5, 3), 2), rand((1, 2, 5, 3), 3));
+        let (q, k, v) = (
+            rand((1, 2, 5, 3), 1),
+            rand((1, 2, 5, 3), 2),
+            rand((1, 2, 5, 3), 3),
+        );
         let y = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor()).unwrap();
         // The first query sees only the first key: its output is the first value.
-        let y0: Vec<f32> = y.get(0).unwrap().get(1).unwrap().get(0).unwrap().to_vec1().unwrap();
-        let v0: Vec<f32> = v.get(0).unwrap().get(1).unwrap().get(0).unwrap().to_vec1().unwrap();
+        let y0: Vec<f32> = y
+            .get(0)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let v0: Vec<f32> = v
+            .get(0)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for (a, b) in y0.iter().zip(&v0) {
             assert!((a - b).abs() < 1e-6);
         }
@@ -77,14 +105,22 @@ mod tests {
             .unwrap();
         for h in 0..2 {
             for t in 0..5 {
-                assert_eq!(diff[h * 5 + t] > 1e-6, t == 4, "head {h} position {t}: {diff:?}");
+                assert_eq!(
+                    diff[h * 5 + t] > 1e-6,
+                    t == 4,
+                    "head {h} position {t}: {diff:?}"
+                );
             }
         }
     }
 
     #[test]
     fn attention_gradients_match_finite_differences() {
-        let (q, k, v) = (rand((2, 2, 4, 3), 4), rand((2, 2, 4, 3), 5), rand((2, 2, 4, 3), 6));
+        let (q, k, v) = (
+            rand((2, 2, 4, 3), 4),
+            rand((2, 2, 4, 3), 5),
+            rand((2, 2, 4, 3), 6),
+        );
         let loss = || {
             causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor())?
                 .sin()?

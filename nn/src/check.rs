@@ -19,7 +19,10 @@ pub fn check_gradients_reach_every_parameter(
         match grads.get(var.as_tensor()) {
             None => bad.push(format!("{name}: no gradient")),
             Some(g) => {
-                let v: Vec<f32> = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                let v: Vec<f32> = g
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
                 if v.iter().any(|x| !x.is_finite()) {
                     bad.push(format!("{name}: non-finite gradient"));
                 } else if v.iter().all(|x| *x == 0.0) {
@@ -71,7 +74,9 @@ pub fn finite_difference_check(
         let mut v = flat.clone();
         v[i] = value;
         var.set(&Tensor::from_vec(v, original.shape(), original.device())?)?;
-        loss()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+        loss()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()
     };
     for p in 0..probes.min(n) {
         let i = p * n / probes.min(n);
@@ -104,9 +109,10 @@ mod tests {
         let mut init = ParamInit::new(&varmap, &Device::Cpu, 1);
         let used = init.uniform("used", &[3], 1.0).unwrap();
         let _unused = init.uniform("unused", &[3], 1.0).unwrap();
-        let err = check_gradients_reach_every_parameter(&varmap, &used.sqr().unwrap().sum_all().unwrap())
-            .unwrap_err()
-            .to_string();
+        let err =
+            check_gradients_reach_every_parameter(&varmap, &used.sqr().unwrap().sum_all().unwrap())
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("unused: no gradient"), "{err}");
         assert_eq!(err.matches("no gradient").count(), 1, "{err}");
         // candle's fused softmax has no backward: the check catches it.
@@ -114,19 +120,27 @@ mod tests {
         let mut init = ParamInit::new(&varmap, &Device::Cpu, 1);
         let w = init.uniform("w", &[2, 3], 1.0).unwrap();
         let y = candle_nn::ops::softmax_last_dim(&w).unwrap();
-        let loss = (y * Tensor::new(&[[1f32, 2., 3.], [3., 1., 2.]], &Device::Cpu).unwrap()).unwrap();
+        let loss =
+            (y * Tensor::new(&[[1f32, 2., 3.], [3., 1., 2.]], &Device::Cpu).unwrap()).unwrap();
         assert!(check_gradients_reach_every_parameter(&varmap, &loss.sum_all().unwrap()).is_err());
     }
 
     #[test]
     fn finite_differences_agree_on_a_known_function_and_catch_a_wrong_gradient() {
-        let x = Var::from_tensor(&Tensor::new(&[0.3f32, -1.2, 2.0], &Device::Cpu).unwrap()).unwrap();
+        let x =
+            Var::from_tensor(&Tensor::new(&[0.3f32, -1.2, 2.0], &Device::Cpu).unwrap()).unwrap();
         let good = || (x.as_tensor().sqr()? * x.as_tensor().sin()?)?.sum_all();
         let r = finite_difference_check(&good, &x, 1e-2, 3).unwrap();
         assert_eq!(r.probed, 3);
         assert!(r.max_rel_err < 1e-2, "{r:?}");
         // A "gradient-free" path: detach hides x from back-propagation.
-        let wrong = || x.as_tensor().detach().sqr()?.sum_all()?.broadcast_add(&(x.as_tensor() * 0.0)?.sum_all()?);
+        let wrong = || {
+            x.as_tensor()
+                .detach()
+                .sqr()?
+                .sum_all()?
+                .broadcast_add(&(x.as_tensor() * 0.0)?.sum_all()?)
+        };
         let r = finite_difference_check(&wrong, &x, 1e-2, 3).unwrap();
         assert!(r.max_abs_err > 0.5, "{r:?}");
         assert_eq!(x.to_vec1::<f32>().unwrap(), vec![0.3, -1.2, 2.0]);

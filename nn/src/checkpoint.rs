@@ -40,7 +40,9 @@ fn optimizer_path(stem: &Path) -> PathBuf {
     stem.with_extension("optimizer.safetensors")
 }
 
-fn lock(varmap: &VarMap) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Var>>, NnError> {
+fn lock(
+    varmap: &VarMap,
+) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Var>>, NnError> {
     varmap
         .data()
         .lock()

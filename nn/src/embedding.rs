@@ -15,7 +15,13 @@ pub struct Embedding {
 impl Embedding {
     /// A new table named `name.weight`, drawn from `N(0, std²)` (GPT-2 uses 0.02; PyTorch's
     /// default is 1).
-    pub fn new(init: &mut ParamInit, name: &str, vocab: usize, dim: usize, std: f32) -> Result<Self> {
+    pub fn new(
+        init: &mut ParamInit,
+        name: &str,
+        vocab: usize,
+        dim: usize,
+        std: f32,
+    ) -> Result<Self> {
         Ok(Self {
             weight: init.normal(&format!("{name}.weight"), &[vocab, dim], std)?,
             dim,
@@ -32,7 +38,11 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let vocab = self.weight.dim(0)?;
         let flat = ids.flatten_all()?.to_dtype(candle_core::DType::U32)?;
-        if let Some(bad) = flat.to_vec1::<u32>()?.into_iter().find(|i| *i as usize >= vocab) {
+        if let Some(bad) = flat
+            .to_vec1::<u32>()?
+            .into_iter()
+            .find(|i| *i as usize >= vocab)
+        {
             candle_core::bail!("embedding: id {bad} is outside the table of {vocab} rows");
         }
         let mut shape = ids.dims().to_vec();
@@ -56,7 +66,10 @@ mod tests {
         let y = e.forward(&ids).unwrap();
         assert_eq!(y.dims(), &[2, 2, 4]);
         let row3: Vec<f32> = e.weight.get(3).unwrap().to_vec1().unwrap();
-        assert_eq!(y.get(0).unwrap().get(1).unwrap().to_vec1::<f32>().unwrap(), row3);
+        assert_eq!(
+            y.get(0).unwrap().get(1).unwrap().to_vec1::<f32>().unwrap(),
+            row3
+        );
         let grads = y.sum_all().unwrap().backward().unwrap();
         let g: Vec<Vec<f32>> = grads.get(&e.weight).unwrap().to_vec2().unwrap();
         // Row 3 was used twice, rows 1 and 0 once, rows 2 and 4 never.

@@ -59,7 +59,12 @@ impl<'a> ParamInit<'a> {
         self.insert(name, vec![value; n], shape)
     }
 
-    fn insert(&mut self, name: &str, data: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
+    fn insert(
+        &mut self,
+        name: &str,
+        data: Vec<f32>,
+        shape: &[usize],
+    ) -> candle_core::Result<Tensor> {
         let t = Tensor::from_vec(data, shape, self.device)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();

@@ -33,4 +33,3 @@ impl Linear {
         x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
     }
 }
-

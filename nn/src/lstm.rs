@@ -8,8 +8,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::{Linear, ParamInit};
 use crate::fused::contiguous_f32;
+use crate::{Linear, ParamInit};
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())

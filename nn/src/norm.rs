@@ -97,7 +97,14 @@ mod tests {
         let x = input();
         let ours = ln.forward(x.as_tensor()).unwrap();
         let theirs = candle_nn::ops::layer_norm(x.as_tensor(), &w, &b, 1e-5).unwrap();
-        let d = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "{d}");
         let loss = || {
             let y = ln.forward(x.as_tensor())?;

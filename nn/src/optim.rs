@@ -164,7 +164,11 @@ impl Adam {
         let mut sum = 0.0f64;
         for (_, v) in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                sum += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                sum += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         Ok(sum.sqrt())
@@ -275,7 +279,10 @@ impl Adam {
             };
             let (m, v) = (get("m")?, get("v")?);
             restored.push(if var.device().is_cpu() {
-                Moments::Cpu(Mutex::new((m.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?)))
+                Moments::Cpu(Mutex::new((
+                    m.flatten_all()?.to_vec1()?,
+                    v.flatten_all()?.to_vec1()?,
+                )))
             } else {
                 Moments::Device(m.to_device(var.device())?, v.to_device(var.device())?)
             });
@@ -483,11 +490,17 @@ mod tests {
         clipped.step(grads(&a, 0.05)).unwrap();
         manual.step(grads(&b, 0.05)).unwrap();
         plain.step(grads(&c, 0.05)).unwrap();
-        let (x, y, z): (Vec<f32>, Vec<f32>, Vec<f32>) =
-            (a.to_vec1().unwrap(), b.to_vec1().unwrap(), c.to_vec1().unwrap());
+        let (x, y, z): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            a.to_vec1().unwrap(),
+            b.to_vec1().unwrap(),
+            c.to_vec1().unwrap(),
+        );
         for (p, q) in x.iter().zip(&y) {
             assert!((p - q).abs() < 1e-5, "{x:?} vs {y:?}");
         }
-        assert!((x[0] - z[0]).abs() > 1e-3, "clipping changed nothing: {x:?} vs {z:?}");
+        assert!(
+            (x[0] - z[0]).abs() > 1e-3,
+            "clipping changed nothing: {x:?} vs {z:?}"
+        );
     }
 }

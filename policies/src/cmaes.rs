@@ -74,7 +74,9 @@ impl CmaEs {
     pub fn new(x0: &[f64], config: &CmaEsConfig) -> Result<Self, PolicyError> {
         let n = x0.len();
         if n == 0 {
-            return Err(PolicyError::Config("CMA-ES needs at least one parameter".into()));
+            return Err(PolicyError::Config(
+                "CMA-ES needs at least one parameter".into(),
+            ));
         }
         if !(config.sigma0 > 0.0 && config.sigma0.is_finite()) {
             return Err(PolicyError::Config(format!(
@@ -89,7 +91,9 @@ impl CmaEs {
             config.population
         };
         if lambda < 2 {
-            return Err(PolicyError::Config("the population must be at least 2".into()));
+            return Err(PolicyError::Config(
+                "the population must be at least 2".into(),
+            ));
         }
         let mu = lambda / 2;
         let raw: Vec<f64> = (1..=mu)

@@ -33,7 +33,8 @@ impl Policy for RandomPolicy {
     }
 
     fn reset(&mut self, episode_seed: u64) -> Result<(), PolicyError> {
-        self.rng = ChaCha8Rng::seed_from_u64(derive_seed(self.seed, "policy.actions", episode_seed));
+        self.rng =
+            ChaCha8Rng::seed_from_u64(derive_seed(self.seed, "policy.actions", episode_seed));
         Ok(())
     }
 
@@ -57,7 +58,9 @@ mod tests {
         let mut p = RandomPolicy::new(space.clone(), 9);
         let run = |p: &mut RandomPolicy, s| {
             p.reset(s).unwrap();
-            (0..5).map(|_| p.act(&Value::Int(0)).unwrap()).collect::<Vec<_>>()
+            (0..5)
+                .map(|_| p.act(&Value::Int(0)).unwrap())
+                .collect::<Vec<_>>()
         };
         let a = run(&mut p, 1);
         let b = run(&mut p, 2);

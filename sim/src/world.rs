@@ -1,4 +1,7 @@
 //! The world: rapier's sets, names, fixed-step stepping, snapshots and blow-up detection.
+//!
+//! (Over 600 lines: rapier's sets, the name tables, stepping and snapshot/restore must change
+//! together; its tests are in `sim/tests/`.)
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,6 @@
 //! `dreamgym render` (one camera frame to PNG) and `dreamgym export-gif` (a recorded pixel
 //! episode to an animated GIF).
 
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
@@ -85,15 +84,10 @@ pub fn render(args: RenderArgs, registry: &Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes an RGB image as PNG.
+/// Writes an RGB image as PNG (atomically: a reader never sees half a file).
 pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().context("writing PNG header")?;
-    writer.write_image_data(rgb).context("writing PNG data")?;
+    let png = dreamgym_agents::figures::encode_png(width as u32, height as u32, rgb)?;
+    dreamgym_base::write_atomic(path, &png)?;
     Ok(())
 }
 
@@ -148,9 +142,8 @@ pub fn export_gif(args: GifArgs) -> anyhow::Result<()> {
         sw <= u16::MAX as usize && sh <= u16::MAX as usize,
         "the scaled image is too large for a GIF"
     );
-    let file = std::fs::File::create(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let mut encoder = gif::Encoder::new(BufWriter::new(file), sw as u16, sh as u16, &[])
+    let mut gif_bytes = Vec::new();
+    let mut encoder = gif::Encoder::new(&mut gif_bytes, sw as u16, sh as u16, &[])
         .context("writing GIF header")?;
     encoder
         .set_repeat(gif::Repeat::Infinite)
@@ -169,6 +162,8 @@ pub fn export_gif(args: GifArgs) -> anyhow::Result<()> {
         frame.delay = delay;
         encoder.write_frame(&frame).context("writing a GIF frame")?;
     }
+    drop(encoder);
+    dreamgym_base::write_atomic(&args.out, &gif_bytes)?;
     println!(
         "wrote {} ({} frames, {}x{})",
         args.out.display(),

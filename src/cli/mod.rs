@@ -100,9 +100,7 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Bench(c) => bench::run(c, registry),
         Command::TrainVae(a) => world_models::stage(Stage::Vae, a, registry),
         Command::TrainMdnrnn(a) => world_models::stage(Stage::Mdn, a, registry),
-        Command::TrainController(a) => {
-            world_models::stage(Stage::Controller, a, registry)
-        }
+        Command::TrainController(a) => world_models::stage(Stage::Controller, a, registry),
         Command::Eval(a) => world_models::stage(Stage::Eval, a, registry),
     }
 }

@@ -1,6 +1,8 @@
 //! What the viewer shows, without bevy: a live env driven by a policy, or recorded episodes
 //! replayed through their env, plus the numbers for the HUD and the agent's pixels.
 //!
+//! (Over 600 lines: about 220 are unit tests that need the session's private state.)
+//!
 //! The session only reads env and sim state: a live session takes exactly the steps a headless
 //! run with the same seed takes (tested), and a replay re-simulates each recorded episode from
 //! its seed and actions, flagging any divergence from the recording.
@@ -511,14 +513,18 @@ mod tests {
             // The headless side: the same policy, reset with each episode's seed.
             let mut policy = RandomPolicy::new(env.action_space().clone(), 5);
             let (mut obs, info) = env.reset(Some(5), &Info::new()).unwrap();
-            policy.reset(info["episode_seed"].as_u64().unwrap()).unwrap();
+            policy
+                .reset(info["episode_seed"].as_u64().unwrap())
+                .unwrap();
             for _ in 0..300 {
                 assert_eq!(state_part(s.observation()), &obs, "{id}");
                 let done_before = s.done;
                 s.advance().unwrap();
                 if done_before {
                     let (o, info) = env.reset(None, &Info::new()).unwrap();
-                    policy.reset(info["episode_seed"].as_u64().unwrap()).unwrap();
+                    policy
+                        .reset(info["episode_seed"].as_u64().unwrap())
+                        .unwrap();
                     obs = o;
                 } else {
                     let step = env.step(&policy.act(&obs).unwrap()).unwrap();

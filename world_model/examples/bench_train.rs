@@ -11,8 +11,8 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{Device, Tensor};
-use dreamgym_world_model::mdn::SeqBatch;
 use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
+use dreamgym_world_model::mdn::SeqBatch;
 use dreamgym_world_model::{MdnRnn, MdnRnnConfig, Vae, VaeConfig};
 
 fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use dreamgym_world_model::mdn::SeqBatch;
 use dreamgym_nn::{save_checkpoint, sorted_vars};
+use dreamgym_world_model::mdn::SeqBatch;
 use dreamgym_world_model::{MdnRnn, MdnRnnConfig, Vae, VaeConfig};
 use rand::{RngExt, SeedableRng};
 

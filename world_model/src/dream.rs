@@ -180,7 +180,7 @@ impl Env for DreamEnv {
         self.episode.check_running("dream")?;
         self.action_space
             .check_action(action)
-            .map_err(EnvError::InvalidAction)?;
+            .map_err(|e| EnvError::InvalidAction(e.0))?;
         let a = action
             .as_f32()
             .ok_or_else(|| EnvError::InvalidAction("expected floats".into()))?;

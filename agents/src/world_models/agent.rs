@@ -146,7 +146,9 @@ impl Policy for WorldModelsAgent {
     }
 
     fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
-        self.act_with_latent(obs).map(|(a, _)| a).map_err(policy_error)
+        self.act_with_latent(obs)
+            .map(|(a, _)| a)
+            .map_err(policy_error)
     }
 
     fn fork(&self) -> Box<dyn Policy> {
@@ -176,4 +178,3 @@ impl WorldModel {
         )?)
     }
 }
-

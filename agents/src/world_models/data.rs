@@ -37,14 +37,11 @@ impl PixelData {
     /// Loads every episode of a pixel dataset; damaged chunks are skipped and reported through
     /// `progress`.
     pub fn load(dir: &Path, progress: &dyn Progress) -> anyhow::Result<Self> {
-        let ds = Dataset::open(dir)
-            .with_context(|| format!("cannot open dataset {}", dir.display()))?;
+        let ds =
+            Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
         let report = ds.load();
         for (path, err) in &report.damaged {
-            progress.note(&format!(
-                "skipping damaged chunk {}: {err}",
-                path.display()
-            ));
+            progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
         }
         let meta = ds.meta().clone();
         let mut episodes = Vec::new();

@@ -38,7 +38,7 @@ pub use train_controller::train_controller;
 pub use train_mdn::{mdn_config, train_mdn};
 pub use train_vae::train_vae;
 
-use crate::Progress;
+use crate::{Interrupted, Progress};
 
 /// What a training stage did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,14 +81,16 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     if !dreamgym_nn::checkpoint_paths(stem).1.exists() {
         return Ok(fresh);
     }
-    let (saved, state): (C, serde_json::Value) =
-        match dreamgym_nn::read_checkpoint_meta(stem, kind) {
-            Ok(x) => x,
-            Err(e) => {
-                progress.note(&format!("{kind}: not resuming ({e}); training from scratch"));
-                return Ok(fresh);
-            }
-        };
+    let (saved, state): (C, serde_json::Value) = match dreamgym_nn::read_checkpoint_meta(stem, kind)
+    {
+        Ok(x) => x,
+        Err(e) => {
+            progress.note(&format!(
+                "{kind}: not resuming ({e}); training from scratch"
+            ));
+            return Ok(fresh);
+        }
+    };
     if &saved != config {
         progress.note(&format!(
             "{kind}: the saved model has another architecture; training from scratch"
@@ -114,4 +116,23 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
         .unwrap_or(0) as usize;
     progress.note(&format!("{kind}: resuming after epoch {epochs}"));
     Ok(ResumePoint { epochs, steps })
+}
+
+/// Returns [`Interrupted`] (ending the stage's progress) when the user asked to stop; `what`
+/// has been saved after `epochs_done` epochs.
+pub(crate) fn stop_if_interrupted(
+    progress: &dyn Progress,
+    stage: &str,
+    what: &str,
+    epochs_done: usize,
+) -> anyhow::Result<()> {
+    if progress.interrupted() {
+        progress.end();
+        return Err(Interrupted {
+            stage: stage.into(),
+            saved: format!("{what} is saved after epoch {epochs_done}; run again to resume"),
+        }
+        .into());
+    }
+    Ok(())
 }

@@ -131,7 +131,15 @@ pub fn run_world_models(
             let c = file.controller(&data.meta)?;
             let starts = starts_of(run)?;
             let e = evaluate(
-                cfg, &data.meta, &wm, &c, file.in_dream, &starts, run, registry, progress,
+                cfg,
+                &data.meta,
+                &wm,
+                &c,
+                file.in_dream,
+                &starts,
+                run,
+                registry,
+                progress,
             )?;
             progress.done(&eval_line(&e));
             out.eval = Some(e);
@@ -178,7 +186,8 @@ pub fn run_world_models(
             progress.done(&format!(
                 "report: {}{}",
                 r.display(),
-                wall.map(|w| format!(" ({w:.0} s in all)")).unwrap_or_default()
+                wall.map(|w| format!(" ({w:.0} s in all)"))
+                    .unwrap_or_default()
             ));
             out.report = Some(r);
         }
@@ -209,7 +218,9 @@ fn eval_line(e: &EvalSummary) -> String {
     );
     if let Some(d) = &e.dream {
         let (dm, ds) = mean_std(d);
-        line.push_str(&format!("; C in the dream (M's predicted reward): {dm:.1} ± {ds:.1}"));
+        line.push_str(&format!(
+            "; C in the dream (M's predicted reward): {dm:.1} ± {ds:.1}"
+        ));
     }
     line
 }

@@ -85,7 +85,11 @@ pub fn report(
     md.push_str("## V: originals (top) and reconstructions from μ (bottom)\n\n![](figures/reconstructions.png)\n\n");
     // Learning curves.
     for (name, title, y) in [
-        ("vae", "V: loss per step", "loss (squared error + KL, per frame)"),
+        (
+            "vae",
+            "V: loss per step",
+            "loss (squared error + KL, per frame)",
+        ),
         (
             "mdnrnn",
             "M: negative log-likelihood of the next z",
@@ -129,8 +133,14 @@ pub fn report(
             "generation",
             "mean return over the rollouts",
         )
-        .series("population mean", rows.iter().map(|r| (r[0], r[1])).collect())
-        .series("best candidate", rows.iter().map(|r| (r[0], r[2])).collect());
+        .series(
+            "population mean",
+            rows.iter().map(|r| (r[0], r[1])).collect(),
+        )
+        .series(
+            "best candidate",
+            rows.iter().map(|r| (r[0], r[2])).collect(),
+        );
         write("controller.png", line_chart_png(&chart)?)?;
         let last = &rows[rows.len() - 1];
         md.push_str(&format!(
@@ -167,10 +177,7 @@ pub fn report(
             .to_device(&device)?;
         let frames = tensor_to_frames(&vae.decode(&z)?.detach())?;
         let imgs: Vec<Vec<u8>> = frames.chunks(flen).map(|c| c.to_vec()).collect();
-        write(
-            "dream.png",
-            image_grid_png(&imgs, vc.image_size, 8, 2, "")?,
-        )?;
+        write("dream.png", image_grid_png(&imgs, vc.image_size, 8, 2, "")?)?;
         md.push_str(&format!(
             "## A dream: {} of M's imagined steps decoded by V (τ = {})\n\n![](figures/dream.png)\n\n",
             imgs.len(),

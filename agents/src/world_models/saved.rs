@@ -70,7 +70,10 @@ impl ControllerFile {
     /// Reads a controller file.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path).with_context(|| {
-            format!("cannot read {} (train the controller first)", path.display())
+            format!(
+                "cannot read {} (train the controller first)",
+                path.display()
+            )
         })?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a controller file", path.display()))

@@ -9,10 +9,10 @@ use dreamgym_policies::{CmaEs, LinearController, Policy};
 use dreamgym_world_model::DreamEnv;
 use dreamgym_world_model::dream::StartLatent;
 
+use super::WorldModelsConfig;
 use super::agent::{WorldModel, WorldModelsAgent, check_pixels};
 use super::data::{action_size, make_env};
 use super::saved::ControllerFile;
-use super::WorldModelsConfig;
 use crate::progress::StopOnly;
 use crate::{Interrupted, MetricsLog, Progress, RunDir, run_jobs};
 
@@ -74,7 +74,15 @@ pub fn train_controller(
         !stage.in_dream || !starts.is_empty(),
         "training in the dream needs the encoded series (run the encode stage first)"
     );
-    let mut envs = arenas(stage.workers, stage.in_dream, cfg, registry, meta, wm, starts)?;
+    let mut envs = arenas(
+        stage.workers,
+        stage.in_dream,
+        cfg,
+        registry,
+        meta,
+        wm,
+        starts,
+    )?;
     let inputs = wm.feature_size();
     let n = LinearController::param_count(inputs, action_size(meta)?);
     let mut es_cfg = stage.cmaes.clone();
@@ -121,11 +129,16 @@ pub fn train_controller(
         let jobs: Vec<(usize, u64)> = (0..xs.len())
             .flat_map(|c| seeds.iter().map(move |s| (c, *s)))
             .collect();
-        let returns: Vec<f64> =
-            run_jobs(&mut envs, &refs, &jobs, stage.max_steps, &StopOnly(progress))?
-                .iter()
-                .map(|s| s.total_return)
-                .collect();
+        let returns: Vec<f64> = run_jobs(
+            &mut envs,
+            &refs,
+            &jobs,
+            stage.max_steps,
+            &StopOnly(progress),
+        )?
+        .iter()
+        .map(|s| s.total_return)
+        .collect();
         let fitness: Vec<f64> = returns
             .chunks(stage.rollouts)
             .map(|r| r.iter().sum::<f64>() / r.len() as f64)

@@ -10,12 +10,14 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::data::Series;
-use super::{TrainSummary, WorldModelsConfig, resume};
-use crate::{Interrupted, MetricsLog, Progress, RunDir};
+use super::{TrainSummary, WorldModelsConfig, resume, stop_if_interrupted};
+use crate::{MetricsLog, Progress, RunDir};
 
 /// M's config as trained: the stage's with V's `z_size` and the env's action size.
 pub fn mdn_config(cfg: &WorldModelsConfig, series: &[Series]) -> anyhow::Result<MdnRnnConfig> {
-    let first = series.first().ok_or_else(|| anyhow::anyhow!("no encoded episodes"))?;
+    let first = series
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no encoded episodes"))?;
     let mut m = cfg.mdnrnn.model.clone();
     m.z_size = first.mu.dim(1)?;
     m.action_size = first.actions.dim(1)?;
@@ -34,7 +36,11 @@ pub fn train_mdn(
     let device = dreamgym_nn::device(&cfg.device)?;
     let stage = &cfg.mdnrnn;
     let mcfg = mdn_config(cfg, series)?;
-    let m = MdnRnn::new(mcfg.clone(), &device, derive_seed(cfg.seed, "mdnrnn.init", 0))?;
+    let m = MdnRnn::new(
+        mcfg.clone(),
+        &device,
+        derive_seed(cfg.seed, "mdnrnn.init", 0),
+    )?;
     let stem = run.checkpoint("mdnrnn");
     let mut opt = Adam::new(
         sorted_vars(m.varmap()),
@@ -70,7 +76,8 @@ pub fn train_mdn(
     let batches = windows.len().div_ceil(stage.batch_size);
     progress.begin("train M", ((stage.epochs - start) * batches) as u64);
     let t0 = std::time::Instant::now();
-    let (mut steps, mut total_steps, mut seqs, mut last_mean) = (0usize, point.steps, 0usize, f64::NAN);
+    let (mut steps, mut total_steps, mut seqs, mut last_mean) =
+        (0usize, point.steps, 0usize, f64::NAN);
     for epoch in start..stage.epochs {
         let mut order = windows.clone();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
@@ -82,14 +89,7 @@ pub fn train_mdn(
             ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "mdnrnn.noise", epoch as u64));
         let mut sum = 0.0;
         for chunk in order.chunks(stage.batch_size) {
-            if progress.interrupted() {
-                progress.end();
-                return Err(Interrupted {
-                    stage: "train M".into(),
-                    saved: format!("M is saved after epoch {epoch}; run again to resume"),
-                }
-                .into());
-            }
+            stop_if_interrupted(progress, "train M", "M", epoch)?;
             let (mut zs, mut acts, mut rews, mut dones) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for &(e, s0) in chunk {

@@ -12,8 +12,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::agent::check_pixels;
 use super::data::PixelData;
-use super::{TrainSummary, WorldModelsConfig, resume};
-use crate::{Interrupted, MetricsLog, Progress, RunDir};
+use super::{TrainSummary, WorldModelsConfig, resume, stop_if_interrupted};
+use crate::{MetricsLog, Progress, RunDir};
 
 /// Trains V on every frame of the dataset, checkpointing (weights and Adam's moments) after
 /// every epoch; resumes from `vae.*` when it holds the same architecture. Returns the trained
@@ -70,14 +70,7 @@ pub fn train_vae(
         let mut noise = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "vae.noise", epoch as u64));
         let mut sum = 0.0;
         for (b, chunk) in order.chunks(stage.batch_size).enumerate() {
-            if progress.interrupted() {
-                progress.end();
-                return Err(Interrupted {
-                    stage: "train V".into(),
-                    saved: format!("V is saved after epoch {epoch}; run again to resume"),
-                }
-                .into());
-            }
+            stop_if_interrupted(progress, "train V", "V", epoch)?;
             let mut frames = Vec::with_capacity(chunk.len() * frame_len);
             for &(e, i) in chunk {
                 frames.extend_from_slice(
@@ -101,7 +94,13 @@ pub fn train_vae(
                 "vae: the loss became {l} at epoch {epoch}, batch {b}"
             );
             opt.step(loss.total.backward()?)?;
-            metrics.push(&[epoch as f64, total_steps as f64, l as f64, r as f64, k as f64])?;
+            metrics.push(&[
+                epoch as f64,
+                total_steps as f64,
+                l as f64,
+                r as f64,
+                k as f64,
+            ])?;
             sum += l as f64;
             steps += 1;
             total_steps += 1;

@@ -48,6 +48,7 @@ use dreamgym_sim::{JointRef, Snapshot, World, WorldConfig};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::ConfigError;
 use crate::builtin::pixels::{ObsMode, Pixels, check_image_size};
 use crate::builtin::{option_f32, reject_unknown_options};
 use crate::{
@@ -99,24 +100,19 @@ impl Default for CartPoleConfig {
 }
 
 impl crate::EnvConfig for CartPoleConfig {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(self.force_mag.is_finite() && self.force_mag > 0.0 && self.force_mag <= 1.0e4) {
-            return Err(format!(
-                "force_mag must be in (0, 1e4] N, got {}",
-                self.force_mag
-            ));
+            return Err(format!("force_mag must be in (0, 1e4] N, got {}", self.force_mag).into());
         }
         if !(self.gravity.is_finite() && self.gravity.abs() <= 1.0e3) {
             return Err(format!(
                 "gravity must be finite and at most 1e3, got {}",
                 self.gravity
-            ));
+            )
+            .into());
         }
         if !(1..=100).contains(&self.substeps) {
-            return Err(format!(
-                "substeps must be in 1..=100, got {}",
-                self.substeps
-            ));
+            return Err(format!("substeps must be in 1..=100, got {}", self.substeps).into());
         }
         check_image_size(self.width, self.height)
     }
@@ -143,7 +139,7 @@ impl CartPole {
     pub fn new(config: CartPoleConfig) -> Result<Self, EnvError> {
         crate::EnvConfig::validate(&config).map_err(|message| EnvError::InvalidConfig {
             env: ID.into(),
-            message,
+            message: message.0,
         })?;
         let mut world = World::try_new(WorldConfig {
             dt: 0.02,

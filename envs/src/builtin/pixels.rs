@@ -21,8 +21,8 @@ pub enum ObsMode {
 }
 
 /// Checks an image size from an env config.
-pub(crate) fn check_image_size(width: usize, height: usize) -> Result<(), String> {
-    dreamgym_sim::camera::check_size(width, height).map_err(|e| e.to_string())
+pub(crate) fn check_image_size(width: usize, height: usize) -> Result<(), crate::ConfigError> {
+    dreamgym_sim::camera::check_size(width, height).map_err(|e| crate::ConfigError(e.to_string()))
 }
 
 /// Renders and packs observations for one env.

@@ -45,6 +45,7 @@ use dreamgym_sim::{JointRef, Snapshot, World, WorldConfig};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::ConfigError;
 use crate::builtin::pixels::{ObsMode, Pixels, check_image_size, ground_quad};
 use crate::builtin::reject_unknown_options;
 use crate::{BoxSpace, Env, EnvError, EpisodeSeeder, EpisodeState, Info, Space, Step, Value};
@@ -95,25 +96,20 @@ impl Default for ReacherConfig {
 }
 
 impl crate::EnvConfig for ReacherConfig {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(self.gear.is_finite() && self.gear > 0.0 && self.gear <= 1.0e4) {
-            return Err(format!("gear must be in (0, 1e4] N·m, got {}", self.gear));
+            return Err(format!("gear must be in (0, 1e4] N·m, got {}", self.gear).into());
         }
         for (name, w) in [
             ("reward_dist_weight", self.reward_dist_weight),
             ("reward_control_weight", self.reward_control_weight),
         ] {
             if !(w.is_finite() && w >= 0.0) {
-                return Err(format!(
-                    "{name} must be a finite non-negative number, got {w}"
-                ));
+                return Err(format!("{name} must be a finite non-negative number, got {w}").into());
             }
         }
         if !(1..=100).contains(&self.substeps) {
-            return Err(format!(
-                "substeps must be in 1..=100, got {}",
-                self.substeps
-            ));
+            return Err(format!("substeps must be in 1..=100, got {}", self.substeps).into());
         }
         check_image_size(self.width, self.height)
     }
@@ -142,7 +138,7 @@ impl Reacher {
     pub fn new(config: ReacherConfig) -> Result<Self, EnvError> {
         crate::EnvConfig::validate(&config).map_err(|message| EnvError::InvalidConfig {
             env: ID.into(),
-            message,
+            message: message.0,
         })?;
         let mut world = World::try_new(WorldConfig {
             dt: 0.02,

@@ -196,20 +196,11 @@ pub(crate) fn io_error(
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, then
 /// renamed over `path`.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io_error("cannot create", &tmp))?;
-    f.write_all(bytes).map_err(io_error("cannot write", &tmp))?;
-    f.sync_all().map_err(io_error("cannot sync", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_error("cannot rename into place", path))?;
-    if let Some(dir) = path.parent() {
-        // Make the rename durable; not every platform can open a directory, so best effort.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    dreamgym_base::write_atomic(path, bytes).map_err(|e| RecordError::Io {
+        action: e.what,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// One column of a chunk: a tensor name, its element type and per-row shape.

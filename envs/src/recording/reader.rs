@@ -110,7 +110,7 @@ impl Dataset {
         let bytes = std::fs::read(path).map_err(io_error("cannot read", path))?;
         decode_chunk(&self.meta, &bytes).map_err(|reason| RecordError::Corrupt {
             path: path.to_path_buf(),
-            reason,
+            reason: reason.0,
         })
     }
 
@@ -127,21 +127,44 @@ impl Dataset {
     }
 }
 
-fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String> {
+/// Why a chunk's contents do not decode (reported as a damaged chunk).
+#[derive(Debug)]
+struct Malformed(String);
+
+impl From<String> for Malformed {
+    fn from(message: String) -> Self {
+        Malformed(message)
+    }
+}
+
+impl From<&str> for Malformed {
+    fn from(message: &str) -> Self {
+        Malformed(message.to_string())
+    }
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, Malformed> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("bad header: {e}"))?;
     let info = header
         .metadata()
         .clone()
         .ok_or("no metadata in the header")?;
     if info.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(format!("not a {FORMAT} chunk"));
+        return Err(format!("not a {FORMAT} chunk").into());
     }
     let version: Option<u32> = info.get("version").and_then(|v| v.parse().ok());
     if !version.is_some_and(|v| (OLDEST_READABLE..=VERSION).contains(&v)) {
         return Err(format!(
             "chunk version {:?} is not one this build reads ({OLDEST_READABLE} to {VERSION})",
             info.get("version")
-        ));
+        )
+        .into());
     }
     let expected = info.get("crc32").ok_or("no crc32 in the metadata")?;
     let data = data_section(bytes).map_err(|e| e.to_string())?;
@@ -149,7 +172,8 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
     if &actual != expected {
         return Err(format!(
             "checksum mismatch (stored {expected}, computed {actual}): truncated or corrupted"
-        ));
+        )
+        .into());
     }
     let st = SafeTensors::deserialize(bytes).map_err(|e| format!("bad tensors: {e}"))?;
     let tensor = |name: &str| st.tensor(name).map_err(|e| format!("tensor `{name}`: {e}"));
@@ -177,7 +201,8 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
             rewards.len(),
             terminated.len(),
             truncated.len()
-        ));
+        )
+        .into());
     }
     // Decompressed image columns live here for as long as the columns borrow them.
     let mut unpacked: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -193,7 +218,7 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
             unpacked.insert(column.to_string(), raw);
         }
     }
-    let columns = |space: &Space, prefix: &str, rows: usize| -> Result<Columns<'_>, String> {
+    let columns = |space: &Space, prefix: &str, rows: usize| -> Result<Columns<'_>, Malformed> {
         let mut cols = BTreeMap::new();
         for leaf in leaves(space, prefix) {
             let row_bytes = leaf.row_shape.iter().product::<usize>()
@@ -209,7 +234,8 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
                         leaf.name,
                         raw.len(),
                         rows * row_bytes
-                    ));
+                    )
+                    .into());
                 }
                 cols.insert(leaf.name.clone(), (leaf, raw.as_slice()));
                 continue;
@@ -222,7 +248,8 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, String
                     "tensor `{}` has shape {:?}, expected {shape:?}",
                     leaf.name,
                     t.shape()
-                ));
+                )
+                .into());
             }
             cols.insert(leaf.name.clone(), (leaf, t.data()));
         }
@@ -267,7 +294,7 @@ fn decode_row(
     prefix: &str,
     cols: &Columns<'_>,
     row: usize,
-) -> Result<Value, String> {
+) -> Result<Value, Malformed> {
     if let Space::Dict(d) = space {
         let mut out = BTreeMap::new();
         for (k, s) in &d.spaces {

@@ -37,7 +37,7 @@ impl<E: Env> Env for ClipAction<E> {
         let mut out = vec![0.0; self.inner.len()];
         self.inner
             .clip_into(action, &mut out)
-            .map_err(EnvError::InvalidAction)?;
+            .map_err(|e| EnvError::InvalidAction(e.0))?;
         self.env.step(&Value::F32(out))
     }
     fn close(&mut self) {
