@@ -79,33 +79,6 @@ impl LinearController {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use dreamgym_envs::BoxSpace;
-
-    #[test]
-    fn acts_linearly_through_tanh_into_the_box() {
-        let space = Space::Box(BoxSpace::new(vec![-1.0, 0.0], vec![1.0, 1.0]));
-        // W = [[1, 0], [0, 2]], b = [0, -1]
-        let c = LinearController::new(2, &space, vec![1.0, 0.0, 0.0, 2.0, 0.0, -1.0]).unwrap();
-        let Value::F32(a) = c.act(&[0.5, 0.5]) else {
-            panic!()
-        };
-        assert!((a[0] - 0.5f32.tanh()).abs() < 1e-6);
-        assert!((a[1] - (0.0f32.tanh() + 1.0) / 2.0).abs() < 1e-6);
-        assert!(space.contains(&c.act(&[100.0, -100.0])));
-        assert!(LinearController::new(2, &space, vec![0.0; 5]).is_err());
-        let unbounded = Space::Box(BoxSpace::uniform(vec![2], f32::NEG_INFINITY, f32::INFINITY));
-        assert!(LinearController::new(2, &unbounded, vec![0.0; 6]).is_err());
-    }
-
-    #[test]
-    fn papers_controller_has_867_parameters() {
-        assert_eq!(LinearController::param_count(32 + 256, 3), 867);
-    }
-}
-
 /// C acting directly on float observations (features such as the dream's `[z, h]`, or a state
 /// vector): the observation must hold exactly `inputs` floats.
 impl Policy for LinearController {
@@ -134,5 +107,32 @@ impl Policy for LinearController {
 
     fn fork(&self) -> Box<dyn Policy> {
         Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dreamgym_envs::BoxSpace;
+
+    #[test]
+    fn acts_linearly_through_tanh_into_the_box() {
+        let space = Space::Box(BoxSpace::new(vec![-1.0, 0.0], vec![1.0, 1.0]));
+        // W = [[1, 0], [0, 2]], b = [0, -1]
+        let c = LinearController::new(2, &space, vec![1.0, 0.0, 0.0, 2.0, 0.0, -1.0]).unwrap();
+        let Value::F32(a) = c.act(&[0.5, 0.5]) else {
+            panic!()
+        };
+        assert!((a[0] - 0.5f32.tanh()).abs() < 1e-6);
+        assert!((a[1] - (0.0f32.tanh() + 1.0) / 2.0).abs() < 1e-6);
+        assert!(space.contains(&c.act(&[100.0, -100.0])));
+        assert!(LinearController::new(2, &space, vec![0.0; 5]).is_err());
+        let unbounded = Space::Box(BoxSpace::uniform(vec![2], f32::NEG_INFINITY, f32::INFINITY));
+        assert!(LinearController::new(2, &unbounded, vec![0.0; 6]).is_err());
+    }
+
+    #[test]
+    fn papers_controller_has_867_parameters() {
+        assert_eq!(LinearController::param_count(32 + 256, 3), 867);
     }
 }

@@ -116,5 +116,5 @@ pub struct NoViewer {
 
 /// Parses `key=value` env-config overrides (see [`dreamgym_envs::parse_overrides`]).
 pub(crate) fn parse_overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
-    dreamgym_envs::parse_overrides(pairs).map_err(anyhow::Error::msg)
+    Ok(dreamgym_envs::parse_overrides(pairs)?)
 }

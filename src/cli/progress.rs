@@ -31,6 +31,12 @@ pub struct CliProgress {
     bar: Mutex<Option<ProgressBar>>,
 }
 
+impl Default for CliProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CliProgress {
     /// A reporter with Ctrl-C wired to [`Progress::interrupted`].
     pub fn new() -> Self {

@@ -43,7 +43,8 @@ pub struct ViewArgs {
     /// Env config overrides, `key=value` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Policy for a live view.
+    /// The policy of a live view: `random`, a World Models run folder, or a controller file
+    /// (`dreamgym policies` lists them).
     #[arg(long, default_value = "random")]
     pub policy: String,
     /// Seed of the first episode and of the policy.
@@ -102,7 +103,7 @@ pub fn run(args: ViewArgs, registry: &Registry) -> anyhow::Result<()> {
         },
         (Some(env), None, None, wm) => Source::Live {
             env: env.clone(),
-            overrides: dreamgym_envs::parse_overrides(&args.set).map_err(anyhow::Error::msg)?,
+            overrides: dreamgym_envs::parse_overrides(&args.set)?,
             policy: args.policy.clone(),
             seed: args.seed,
             world_model: wm.clone(),
