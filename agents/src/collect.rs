@@ -121,10 +121,15 @@ impl std::fmt::Display for CollectSummary {
     }
 }
 
-fn episode_seed(info: &Info) -> u64 {
+/// The seed an env reported for its new episode, or (for an env that reports none) a seed of
+/// the rollout's own: episode `n` of the rollout gets `derive_seed(seed, "collect.episode", n)`,
+/// so no two episodes share a policy's random stream.
+fn episode_seed(info: &Info, seed: u64, started: &mut u64) -> u64 {
+    let n = *started;
+    *started += 1;
     info.get("episode_seed")
         .and_then(|v| v.as_u64())
-        .unwrap_or(0)
+        .unwrap_or_else(|| dreamgym_base::derive_seed(seed, "collect.episode", n))
 }
 
 /// Collects `config.episodes` episodes with `config.policy` and records them under `out`.
@@ -190,15 +195,20 @@ pub fn collect(
     progress.begin("collect", config.episodes as u64);
     let started = Instant::now();
     let (obs, infos) = venv.reset(Some(config.seed), &Info::new())?;
+    let mut started_episodes = 0u64;
     let mut current = Vec::with_capacity(config.num_envs);
-    for (i, (o, info)) in obs.into_iter().zip(&infos).enumerate() {
-        policies.reset(i, episode_seed(info))?;
-        current.push(Episode::new(episode_seed(info), o));
-    }
     let (mut finished, mut steps, mut total_return) = (0usize, 0usize, 0.0f64);
     let mut interrupted = false;
-    let mut acting_error = None;
-    while finished < config.episodes {
+    // A failure inside the loop stops stepping; what was finished is still written below.
+    let mut failure: Option<anyhow::Error> = None;
+    for (i, (o, info)) in obs.into_iter().zip(&infos).enumerate() {
+        let seed = episode_seed(info, config.seed, &mut started_episodes);
+        if let Err(e) = policies.reset(i, seed) {
+            failure = Some(e.into());
+        }
+        current.push(Episode::new(seed, o));
+    }
+    while finished < config.episodes && failure.is_none() {
         if progress.interrupted() {
             interrupted = true;
             break;
@@ -210,11 +220,17 @@ pub fn collect(
         let actions = match policies.act(&last) {
             Ok(a) => a,
             Err(e) => {
-                acting_error = Some(e);
+                failure = Some(e.into());
                 break;
             }
         };
-        let step = venv.step(&actions)?;
+        let step = match venv.step(&actions) {
+            Ok(s) => s,
+            Err(e) => {
+                failure = Some(e.into());
+                break;
+            }
+        };
         let results = actions
             .into_iter()
             .zip(step.obs)
@@ -222,8 +238,11 @@ pub fn collect(
             .enumerate();
         for (i, ((action, obs), info)) in results {
             if step.autoreset[i] {
-                policies.reset(i, episode_seed(&info))?;
-                current[i] = Episode::new(episode_seed(&info), obs);
+                let seed = episode_seed(&info, config.seed, &mut started_episodes);
+                if let Err(e) = policies.reset(i, seed) {
+                    failure = Some(e.into());
+                }
+                current[i] = Episode::new(seed, obs);
                 continue;
             }
             let (terminated, truncated) = (step.terminated[i], step.truncated[i]);
@@ -257,10 +276,10 @@ pub fn collect(
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?
         .with_context(|| format!("recording to {}", out.display()))?;
     progress.end();
-    if let Some(e) = acting_error {
-        return Err(anyhow::Error::new(e).context(format!(
-            "policy `{}` failed after {episodes} episodes were written",
-            config.policy
+    if let Some(e) = failure {
+        return Err(e.context(format!(
+            "rolling out policy `{}` on {} failed after {episodes} episodes were written",
+            config.policy, config.env
         )));
     }
     Ok(CollectSummary {

@@ -5,11 +5,11 @@
 use dreamgym_envs::Env;
 use dreamgym_policies::Policy;
 
-use crate::{EpisodeStats, Progress, run_episode};
+use crate::{EpisodeStats, Interrupted, Progress, run_episode};
 
 /// Runs `jobs` (policy index, episode seed) on `envs.len()` threads, one env each, with a fork
 /// of `policies[index]` per thread. Returns each job's stats in job order. Reports one unit of
-/// progress per finished episode and stops early (with an error) when interrupted.
+/// progress per finished episode and stops early with [`Interrupted`] when asked to.
 pub fn run_jobs(
     envs: &mut [Box<dyn Env>],
     policies: &[&dyn Policy],
@@ -33,7 +33,11 @@ pub fn run_jobs(
                     let mut out = Vec::new();
                     for (j, &(p, seed)) in jobs.iter().enumerate().skip(w).step_by(n) {
                         if progress.interrupted() {
-                            anyhow::bail!("interrupted");
+                            return Err(Interrupted {
+                                stage: "episodes".into(),
+                                saved: "nothing from the episodes in flight".into(),
+                            }
+                            .into());
                         }
                         out.push((
                             j,

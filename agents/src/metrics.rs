@@ -45,13 +45,13 @@ fn now() -> f64 {
 }
 
 /// Reads a metrics CSV: the header's columns and every row (unparseable cells are NaN). A
-/// missing file is empty.
+/// missing file is empty; rows without a value for every column are skipped.
 pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
     let Ok(text) = std::fs::read_to_string(path) else {
         return (Vec::new(), Vec::new());
     };
     let mut lines = text.lines();
-    let header = lines
+    let header: Vec<String> = lines
         .next()
         .map(|h| h.split(',').map(str::to_string).collect())
         .unwrap_or_default();
@@ -60,8 +60,9 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
         .map(|l| {
             l.split(',')
                 .map(|v| v.parse().unwrap_or(f64::NAN))
-                .collect()
+                .collect::<Vec<f64>>()
         })
+        .filter(|r: &Vec<f64>| r.len() == header.len())
         .collect();
     (header, rows)
 }
@@ -83,7 +84,11 @@ impl MetricsLog {
         if let Some(k) = keep_before {
             let (header, old) = read_csv(&csv);
             if header == columns {
-                rows = old.into_iter().filter(|r| r[0] < k).collect();
+                // A row cut short by a crash is dropped with the epoch it belonged to.
+                rows = old
+                    .into_iter()
+                    .filter(|r| r.len() == columns.len() && r[0] < k)
+                    .collect();
             }
         }
         let mut text = columns.join(",");

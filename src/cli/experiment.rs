@@ -57,10 +57,6 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         run.root().display()
     );
     let progress = CliProgress::new();
-    let outcome = run_experiment(&exp, registry, &progress);
-    // What was collected is worth seeing even when a later stage failed.
-    if run.data().join("dataset.json").exists() && outcome.is_ok() {
-        super::inspect::print_summary(&run.data())?;
-    }
-    outcome.map(|_| ())
+    run_experiment(&exp, registry, &progress)?;
+    super::inspect::print_summary(&run.data())
 }

@@ -57,6 +57,8 @@ pub struct Session {
     live: bool,
     /// What acts in a live session (none in a replay).
     policy: Option<Box<dyn Policy>>,
+    /// The session's seed: the fallback episode seeds derive from it.
+    seed: u64,
     /// Whether the policy is a trained controller (not random).
     trained: bool,
     episodes: Vec<Episode>,
@@ -127,16 +129,36 @@ impl Session {
                 world_model,
             } => {
                 // A bad id or config fails here with the registry's own message.
-                let (env_box, has_pixels) = with_pixels(registry, env, overrides.as_ref())?;
-                let (obs_space, act_space) = (
-                    env_box.observation_space().clone(),
-                    env_box.action_space().clone(),
-                );
+                let (mut env_box, mut has_pixels) = with_pixels(registry, env, overrides.as_ref())?;
+                let load = |e: &dyn Env| {
+                    dreamgym_agents::load_policy(
+                        policy,
+                        e.observation_space(),
+                        e.action_space(),
+                        *seed,
+                    )
+                };
+                let loaded = match load(env_box.as_ref()) {
+                    Ok(p) => p,
+                    Err(first) => {
+                        // A policy for the env's own observations (a controller on state
+                        // vectors) cannot read the pixels added for the picture-in-picture:
+                        // fall back to the env as configured.
+                        let plain = registry
+                            .make(env, overrides.as_ref())
+                            .with_context(|| format!("cannot build {env}"))?;
+                        let p = load(plain.as_ref())
+                            .map_err(|_| first)
+                            .with_context(|| format!("cannot use policy `{policy}` on {env}"))?;
+                        has_pixels = has_image(plain.observation_space());
+                        env_box = plain;
+                        p
+                    }
+                };
+                let obs_space = env_box.observation_space().clone();
                 let mut s = Self::with_env(env_box, env, true, has_pixels);
-                s.policy = Some(
-                    dreamgym_agents::load_policy(policy, &obs_space, &act_space, *seed)
-                        .with_context(|| format!("cannot use policy `{policy}` on {env}"))?,
-                );
+                s.seed = *seed;
+                s.policy = Some(loaded);
                 s.trained = policy != "random";
                 if let Some(run) = world_model {
                     let LoadedRun { wm, controller, .. } = load_run(&RunDir::new(run))?;
@@ -183,6 +205,7 @@ impl Session {
                     true,
                     true,
                 );
+                s.seed = *seed;
                 // C acts on the dream's [z, h]; random actions until one is trained.
                 s.trained = controller.is_some();
                 s.policy = Some(match controller {
@@ -227,6 +250,7 @@ impl Session {
             env_id: id.to_string(),
             live,
             policy: None,
+            seed: 0,
             trained: false,
             episodes: Vec::new(),
             damaged_chunks: 0,
@@ -264,11 +288,14 @@ impl Session {
     fn start(&mut self, seed: Option<u64>) -> anyhow::Result<()> {
         let (obs, info) = self.env.reset(seed, &Info::new())?;
         if let Some(p) = &mut self.policy {
+            // The env's own episode seed; for an env that reports none, one per episode of
+            // the session.
             let episode_seed = info
                 .get("episode_seed")
                 .and_then(|v| v.as_u64())
-                .or(seed)
-                .unwrap_or(0);
+                .unwrap_or_else(|| {
+                    dreamgym_base::derive_seed(self.seed, "viewer.episode", self.episode as u64)
+                });
             p.reset(episode_seed)?;
         }
         self.obs = obs;
@@ -586,6 +613,45 @@ mod tests {
         assert!(!s.diverged);
         assert!(s.hud(1.0, false).contains("episode 2/2"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_bare_controller_file_drives_a_state_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.json");
+        // Reacher: 10 state values in, 2 torques out; b = (0.5, -0.5), W = 0.
+        let mut params = vec![0.0f32; 22];
+        params[20] = 0.5;
+        params[21] = -0.5;
+        let file = serde_json::json!({"in_dream": false, "inputs": 10, "params": params,
+            "best_fitness": 0.0, "generations": 1});
+        std::fs::write(&path, file.to_string()).unwrap();
+        let source = Source::Live {
+            env: "Reacher-v0".into(),
+            overrides: None,
+            policy: path.display().to_string(),
+            seed: 2,
+            world_model: None,
+        };
+        let mut s = Session::new(&source, &Registry::with_builtins()).unwrap();
+        assert!(s.has_controller());
+        s.advance().unwrap();
+        let Some(Value::F32(a)) = &s.last_action else {
+            panic!("{:?}", s.last_action)
+        };
+        assert!((a[0] - 0.5f32.tanh()).abs() < 1e-6 && (a[1] + 0.5f32.tanh()).abs() < 1e-6);
+        // The same file cannot drive an env with other observations.
+        let other = Source::Live {
+            env: "CartPole-v0".into(),
+            overrides: None,
+            policy: path.display().to_string(),
+            seed: 2,
+            world_model: None,
+        };
+        let err = Session::new(&other, &Registry::with_builtins())
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("cannot use policy"), "{err:#}");
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub fn evaluate(
         (jobs.len() + if dream { seeds.len() } else { 0 }) as u64,
     );
     let mut real = arenas(workers, false, cfg, registry, meta, wm, starts)?;
-    let returns: Vec<f64> = run_jobs(&mut real, &policies, &jobs, e.max_steps, progress)?
+    let returns: Vec<f64> = run_jobs(&mut real, &policies, &jobs, e.max_steps, progress)
+        .inspect_err(|_| progress.end())?
         .iter()
         .map(|s| s.total_return)
         .collect();
@@ -74,7 +75,8 @@ pub fn evaluate(
         let c = controller_policy(controller, true, wm)?;
         let jobs: Vec<(usize, u64)> = seeds.iter().map(|s| (0, *s)).collect();
         Some(
-            run_jobs(&mut envs, &[c.as_ref()], &jobs, e.max_steps, progress)?
+            run_jobs(&mut envs, &[c.as_ref()], &jobs, e.max_steps, progress)
+                .inspect_err(|_| progress.end())?
                 .iter()
                 .map(|s| s.total_return)
                 .collect(),

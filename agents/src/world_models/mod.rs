@@ -104,11 +104,22 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     if epochs == 0 {
         return Ok(fresh);
     }
-    dreamgym_nn::load_weights(stem, varmap)?;
-    if !dreamgym_nn::load_optimizer(stem, opt)? {
+    // A checkpoint cut off mid-save (its files from two epochs) cannot be resumed: say so and
+    // train from scratch rather than refuse to run.
+    if let Err(e) = dreamgym_nn::load_weights(stem, varmap) {
         progress.note(&format!(
-            "{kind}: the checkpoint has no optimiser state (made by an older dreamgym); resuming with fresh Adam moments"
+            "{kind}: not resuming ({e}); training from scratch"
         ));
+        return Ok(fresh);
+    }
+    match dreamgym_nn::load_optimizer(stem, opt) {
+        Ok(true) => {}
+        Ok(false) => progress.note(&format!(
+            "{kind}: the checkpoint has no optimiser state (made by an older dreamgym); resuming with fresh Adam moments"
+        )),
+        Err(e) => progress.note(&format!(
+            "{kind}: the optimiser state is unreadable ({e}); resuming with fresh Adam moments"
+        )),
     }
     let steps = state
         .get("steps_done")

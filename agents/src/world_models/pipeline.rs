@@ -93,6 +93,7 @@ pub fn run_world_models(
     progress: &dyn Progress,
     started: Option<std::time::Instant>,
 ) -> anyhow::Result<Outcome> {
+    cfg.validate()?;
     let device = dreamgym_nn::device(&cfg.device)?;
     let mut out = Outcome::default();
     match stage {

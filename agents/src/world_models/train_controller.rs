@@ -135,7 +135,8 @@ pub fn train_controller(
             &jobs,
             stage.max_steps,
             &StopOnly(progress),
-        )?
+        )
+        .inspect_err(|_| progress.end())?
         .iter()
         .map(|s| s.total_return)
         .collect();

@@ -131,6 +131,8 @@ pub fn train_mdn(
             progress.advance(1);
         }
         last_mean = sum / batches as f64;
+        // Metrics first: a checkpoint never claims an epoch whose rows are not on disk.
+        metrics.commit()?;
         dreamgym_nn::save_checkpoint(
             &stem,
             "mdnrnn",
@@ -139,7 +141,6 @@ pub fn train_mdn(
             Some(&opt),
             serde_json::json!({"epochs_done": epoch + 1, "steps_done": total_steps}),
         )?;
-        metrics.commit()?;
     }
     progress.end();
     let seconds = t0.elapsed().as_secs_f64();

@@ -108,6 +108,8 @@ pub fn train_vae(
             progress.advance(1);
         }
         last_mean = sum / batches as f64;
+        // Metrics first: a checkpoint never claims an epoch whose rows are not on disk.
+        metrics.commit()?;
         dreamgym_nn::save_checkpoint(
             &stem,
             "vae",
@@ -116,7 +118,6 @@ pub fn train_vae(
             Some(&opt),
             serde_json::json!({"epochs_done": epoch + 1, "steps_done": total_steps}),
         )?;
-        metrics.commit()?;
     }
     progress.end();
     let seconds = t0.elapsed().as_secs_f64();
