@@ -96,7 +96,7 @@ pub fn load_policy(
             })?;
             anyhow::ensure!(
                 &meta.action_space == action_space,
-                "policy `{spec}` was trained on {} with actions {:?}; this env's actions are {:?}",
+                "policy `{spec}` was trained on {} with actions {}; this env's actions are {}",
                 meta.env_id,
                 meta.action_space,
                 action_space
@@ -111,7 +111,7 @@ pub fn load_policy(
             let n = observation_space.as_box().map(|b| b.len());
             anyhow::ensure!(
                 n == Some(file.inputs),
-                "policy `{spec}`: a bare controller takes {} floats, this env observes {:?}",
+                "policy `{spec}`: a bare controller takes {} floats, this env observes {}",
                 file.inputs,
                 observation_space
             );
