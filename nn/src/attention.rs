@@ -47,11 +47,8 @@ mod tests {
     use candle_core::Var;
 
     fn rand(shape: (usize, usize, usize, usize), seed: u64) -> Var {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+        let t = crate::test_util::rand(&[shape.0, shape.1, shape.2, shape.3], seed);
+        Var::from_tensor(&t).unwrap()
     }
 
     #[test]

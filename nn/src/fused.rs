@@ -204,30 +204,9 @@ pub fn sigmoid_sse(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::test_util::{max_diff, rand};
+    use candle_core::Var;
 
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
-    /// candle's own NCHW kernels, the reference the fast path must match.
     #[test]
     fn fused_bias_relu_and_sigmoid_sse_match_composed_ops() {
         let x = Var::from_tensor(&rand(&[4, 3, 5], 11)).unwrap();

@@ -31,6 +31,8 @@ mod linear;
 mod lstm;
 mod norm;
 mod optim;
+#[cfg(test)]
+mod test_util;
 
 pub use attention::{causal_attention, causal_mask, softmax};
 pub use check::{FdReport, check_gradients_reach_every_parameter, finite_difference_check};

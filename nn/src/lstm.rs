@@ -485,11 +485,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        crate::test_util::uniform(shape, 1.5, seed)
     }
 
     /// The same cell from candle ops (the path non-CPU devices take).
