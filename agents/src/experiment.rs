@@ -109,6 +109,43 @@ impl Experiment {
     }
 }
 
+/// Checks that the dataset already in `data` is the one `rollout` would record: the same env,
+/// resolved config, policy and seed, and at least as many episodes. Returns how many it holds.
+pub(crate) fn check_reusable(
+    rollout: &CollectConfig,
+    registry: &Registry,
+    data: &Path,
+) -> anyhow::Result<usize> {
+    let ds = dreamgym_envs::recording::Dataset::open(data)
+        .with_context(|| format!("cannot reuse the dataset in {}", data.display()))?;
+    let meta = ds.meta();
+    let overrides = rollout.env_overrides()?;
+    let resolved = registry.resolve_config(&rollout.env, overrides.as_ref())?;
+    let what = |env: &str, config: &serde_json::Value, policy: &str, seed: Option<u64>| {
+        format!("{env} {config}, policy `{policy}`, seed {seed:?}")
+    };
+    let recorded = what(&meta.env_id, &meta.env_config, &meta.policy, meta.seed);
+    let asked = what(&rollout.env, &resolved, &rollout.policy, Some(rollout.seed));
+    anyhow::ensure!(
+        recorded == asked,
+        "{} holds episodes of {recorded}, but the experiment asks for {asked}: give the \
+         experiment another `name` or `out`, or delete the folder to collect again",
+        data.display()
+    );
+    let mut n = 0;
+    for (path, count) in ds.episode_counts() {
+        n += count.with_context(|| format!("cannot count the episodes of {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        n >= rollout.episodes,
+        "{} holds {n} of the {} episodes rollout.episodes asks for (an interrupted \
+         collection?): delete the folder to collect again, or lower rollout.episodes",
+        data.display(),
+        rollout.episodes
+    );
+    Ok(n)
+}
+
 /// What an experiment did.
 #[derive(Debug, Default)]
 pub struct ExperimentOutcome {
@@ -130,8 +167,9 @@ pub fn run_experiment(
     let data = run.data();
     let mut outcome = ExperimentOutcome::default();
     if exp.world_models.is_some() && data.join("dataset.json").exists() && !exp.rollout.append {
+        let n = check_reusable(&exp.rollout, registry, &data)?;
         progress.note(&format!(
-            "collect: {} already holds a dataset; reusing it",
+            "collect: reusing the {n} episodes in {} (same env, config, policy and seed)",
             data.display()
         ));
     } else {
@@ -198,6 +236,39 @@ mod tests {
             exp.validate(&Registry::with_builtins()).unwrap_err()
         );
         assert!(err.contains("image_size"), "{err}");
+    }
+
+    #[test]
+    fn a_dataset_is_reused_only_when_it_is_what_the_experiment_would_record() {
+        let registry = Registry::with_builtins();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        crate::testing::record(&data, 4, 12).unwrap();
+        let exp = |extra: &str| {
+            let text = format!(
+                "[rollout]\nenv = \"Racer-v0\"\nepisodes = 4\n\
+                 env_config = {{ obs = \"pixels\", width = 16, height = 16 }}\n{extra}"
+            );
+            parse_experiment(&text, "x").unwrap().rollout
+        };
+        assert_eq!(check_reusable(&exp(""), &registry, &data).unwrap(), 4);
+        let mut more = exp("");
+        more.episodes = 8;
+        for (r, needle) in [(exp("seed = 1\n"), "seed Some(1)"), (more, "4 of the 8")] {
+            let err = format!("{:#}", check_reusable(&r, &registry, &data).unwrap_err());
+            assert!(err.contains(needle), "{err}");
+        }
+        let mut cartpole = exp("");
+        cartpole.env = "CartPole-v0".into();
+        cartpole.env_config = toml::Table::new();
+        let err = format!(
+            "{:#}",
+            check_reusable(&cartpole, &registry, &data).unwrap_err()
+        );
+        assert!(
+            err.contains("CartPole-v0") && err.contains("Racer-v0"),
+            "{err}"
+        );
     }
 
     #[test]
