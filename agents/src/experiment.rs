@@ -70,13 +70,7 @@ impl Experiment {
     pub fn run_dir(&self) -> anyhow::Result<RunDir> {
         let run = match (&self.out, &self.rollout.out) {
             (Some(out), _) => RunDir::new(out),
-            (None, Some(data)) => {
-                let parent = data
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                RunDir::new(parent)
-            }
+            (None, Some(data)) => RunDir::new(data.parent().unwrap_or(Path::new(""))),
             (None, None) => RunDir::for_name(&self.name),
         };
         if let Some(data) = &self.rollout.out {
@@ -132,9 +126,15 @@ pub(crate) fn check_reusable(
          experiment another `name` or `out`, or delete the folder to collect again",
         data.display()
     );
-    let mut n = 0;
-    for (path, count) in ds.episode_counts() {
-        n += count.with_context(|| format!("cannot count the episodes of {}", path.display()))?;
+    // Every chunk is read and checked: damaged episodes do not count.
+    let report = ds.load();
+    let n = report.episodes.len();
+    if let Some((path, e)) = report.damaged.first() {
+        anyhow::bail!(
+            "{} has a damaged chunk ({}: {e}); delete the folder to collect again",
+            data.display(),
+            path.display()
+        );
     }
     anyhow::ensure!(
         n >= rollout.episodes,
@@ -144,6 +144,38 @@ pub(crate) fn check_reusable(
         rollout.episodes
     );
     Ok(n)
+}
+
+/// The files and folders a run writes in its folder.
+const RUN_FILES: &[&str] = &[
+    "data",
+    "vae.safetensors",
+    "vae.json",
+    "mdnrnn.safetensors",
+    "mdnrnn.json",
+    "series.safetensors",
+    "controller.json",
+    "eval.json",
+    "report.md",
+    "figures",
+    "metrics",
+    "tb",
+];
+
+/// Refuses a folder that holds files a run would overwrite but is not a run (no
+/// `experiment.toml`, no dataset): they belong to something else.
+fn check_run_folder(run: &RunDir) -> anyhow::Result<()> {
+    let is_run = run.experiment().exists() || run.data().join("dataset.json").exists();
+    if let Some(clash) = RUN_FILES.iter().find(|f| run.file(f).exists())
+        && !is_run
+    {
+        anyhow::bail!(
+            "{} is not a dreamgym run folder (no experiment.toml, no data/dataset.json) but \
+             holds {clash}, which a run would overwrite; choose another `out` or `--out`",
+            run.root().display()
+        );
+    }
+    Ok(())
 }
 
 /// What an experiment did.
@@ -165,6 +197,7 @@ pub fn run_experiment(
     exp.validate(registry)?;
     let run = exp.run_dir()?;
     let data = run.data();
+    check_run_folder(&run)?;
     let mut outcome = ExperimentOutcome::default();
     if exp.world_models.is_some() && data.join("dataset.json").exists() && !exp.rollout.append {
         let n = check_reusable(&exp.rollout, registry, &data)?;
@@ -236,6 +269,31 @@ mod tests {
             exp.validate(&Registry::with_builtins()).unwrap_err()
         );
         assert!(err.contains("image_size"), "{err}");
+        // Sizes that could only end in an allocation failure, and settings that would only
+        // fail after training, are refused before any work.
+        for (bad, needle) in [
+            (
+                "[world_models.vae.model]\nz_size = 1000000000000\n",
+                "65536",
+            ),
+            ("[world_models.mdnrnn.model]\nmixtures = 0\n", "mixtures"),
+            (
+                "[world_models.mdnrnn.model]\nhidden = 100000000000\n",
+                "65536",
+            ),
+            (
+                "[world_models.controller.cmaes]\npopulation = 1\n",
+                "population",
+            ),
+            ("[world_models.controller.cmaes]\nsigma0 = -1.0\n", "sigma0"),
+        ] {
+            let exp = parse_experiment(bad, "x").unwrap();
+            let err = format!(
+                "{:#}",
+                exp.validate(&Registry::with_builtins()).unwrap_err()
+            );
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -269,6 +327,21 @@ mod tests {
             err.contains("CartPole-v0") && err.contains("Racer-v0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_folder_with_files_a_run_would_overwrite_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        // Unrelated files are fine: nothing of theirs is overwritten.
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        check_run_folder(&run).unwrap();
+        std::fs::write(dir.path().join("report.md"), "mine").unwrap();
+        let err = format!("{:#}", check_run_folder(&run).unwrap_err());
+        assert!(err.contains("report.md"), "{err}");
+        // A run's own folder is a run.
+        std::fs::write(run.experiment(), "name = \"x\"\n").unwrap();
+        check_run_folder(&run).unwrap();
     }
 
     #[test]

@@ -5,23 +5,23 @@ use std::path::{Path, PathBuf};
 
 /// An I/O error with the file it happened to and what was being done.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {}: {source}", path.display())]
+#[error("{what} {}: {error}", path.display())]
 pub struct IoError {
     /// What was being done (`cannot write`, `cannot rename into place`, ...).
     pub what: &'static str,
     /// The file or folder.
     pub path: PathBuf,
-    /// The operating system's error.
-    pub source: std::io::Error,
+    /// The operating system's error (in the message, not repeated as a source).
+    pub error: std::io::Error,
 }
 
 impl IoError {
     /// Wraps `source` with the action and the path.
-    pub fn new(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+    pub fn new(what: &'static str, path: &Path, error: std::io::Error) -> Self {
         Self {
             what,
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

@@ -24,6 +24,25 @@ pub struct CmaEsConfig {
     pub seed: u64,
 }
 
+impl CmaEsConfig {
+    /// Checks the settings before any work starts (`population` 0 means the default).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.population == 1 || self.population > 100_000 {
+            return Err(PolicyError::Config(format!(
+                "cmaes.population must be 0 (the default) or in 2..=100000, got {}",
+                self.population
+            )));
+        }
+        if !(self.sigma0.is_finite() && self.sigma0 > 0.0) {
+            return Err(PolicyError::Config(format!(
+                "cmaes.sigma0 must be a positive number, got {}",
+                self.sigma0
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for CmaEsConfig {
     fn default() -> Self {
         Self {

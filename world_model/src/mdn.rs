@@ -56,6 +56,16 @@ impl MdnRnnConfig {
                 "mdnrnn: z_size, action_size, hidden and mixtures must be positive".into(),
             ));
         }
+        if self.z_size > 65_536
+            || self.action_size > 65_536
+            || self.hidden > 65_536
+            || self.mixtures > 1024
+        {
+            return Err(WmError::Config(
+                "mdnrnn: z_size, action_size and hidden must be at most 65536, mixtures at most 1024"
+                    .into(),
+            ));
+        }
         if !(self.reward_weight >= 0.0 && self.done_weight >= 0.0) {
             return Err(WmError::Config("mdnrnn: loss weights must be >= 0".into()));
         }

@@ -68,6 +68,22 @@ impl VaeConfig {
         if self.encoder_channels.is_empty() || self.encoder_channels.contains(&0) {
             return bad("encoder_channels must be a non-empty list of positive sizes".into());
         }
+        // Sizes far past anything trainable would only fail later, as an allocation abort.
+        let widest = [self.z_size, self.channels, self.decoder_dense]
+            .into_iter()
+            .chain(self.encoder_channels.iter().copied())
+            .chain(self.decoder_channels.iter().copied())
+            .max()
+            .unwrap_or(0);
+        if widest > 65_536 || self.image_size > 4096 || self.encoder_kernel > 64 {
+            return bad(format!(
+                "sizes must be at most 65536 (channels, z_size, decoder_dense), 4096 (image_size) \
+                 and 64 (kernels); the largest given is {widest}"
+            ));
+        }
+        if self.encoder_kernel == 0 {
+            return bad("encoder_kernel must be positive".into());
+        }
         let mut s = self.image_size;
         for _ in &self.encoder_channels {
             if s < self.encoder_kernel || self.encoder_kernel == 0 {

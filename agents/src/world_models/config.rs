@@ -161,6 +161,15 @@ impl WorldModelsConfig {
             "vae.batch_size must be at least 1"
         );
         anyhow::ensure!(self.vae.lr > 0.0, "vae.lr must be positive");
+        // z_size and action_size come from V and the env; check the rest of M's model now.
+        let mut m = self.mdnrnn.model.clone();
+        m.z_size = self.vae.model.z_size;
+        m.action_size = m.action_size.max(1);
+        m.validate()?;
+        self.controller
+            .cmaes
+            .validate()
+            .map_err(|e| anyhow::anyhow!("controller.{e}"))?;
         anyhow::ensure!(self.mdnrnn.epochs >= 1, "mdnrnn.epochs must be at least 1");
         anyhow::ensure!(
             self.mdnrnn.batch_size >= 1,

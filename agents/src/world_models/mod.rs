@@ -139,9 +139,14 @@ pub(crate) fn stop_if_interrupted(
 ) -> anyhow::Result<()> {
     if progress.interrupted() {
         progress.end();
+        let saved = if epochs_done == 0 {
+            format!("no epoch of {what} had finished, so nothing was saved")
+        } else {
+            format!("{what} is saved after epoch {epochs_done}; run again to resume")
+        };
         return Err(Interrupted {
             stage: stage.into(),
-            saved: format!("{what} is saved after epoch {epochs_done}; run again to resume"),
+            saved,
         }
         .into());
     }

@@ -136,7 +136,18 @@ pub fn train_controller(
             stage.max_steps,
             &StopOnly(progress),
         )
-        .inspect_err(|_| progress.end())?
+        .map_err(|e| {
+            progress.end();
+            if progress.interrupted() {
+                Interrupted {
+                    stage: "train C".into(),
+                    saved: format!("nothing (CMA-ES does not resume yet; {g} generations lost)"),
+                }
+                .into()
+            } else {
+                e
+            }
+        })?
         .iter()
         .map(|s| s.total_return)
         .collect();

@@ -156,14 +156,14 @@ impl DatasetMeta {
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// A file operation failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}: {error}", path.display())]
     Io {
         /// What was being done (`"cannot create directory"`, ...).
         action: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The system error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A chunk is damaged (bad checksum, truncated, malformed).
     #[error("chunk {} is damaged: {reason}", path.display())]
@@ -186,10 +186,10 @@ pub(crate) fn io_error(
     path: &Path,
 ) -> impl FnOnce(std::io::Error) -> RecordError {
     let path = path.to_path_buf();
-    move |source| RecordError::Io {
+    move |error| RecordError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 
@@ -199,7 +199,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError>
     dreamgym_base::write_atomic(path, bytes).map_err(|e| RecordError::Io {
         action: e.what,
         path: e.path,
-        source: e.source,
+        error: e.error,
     })
 }
 

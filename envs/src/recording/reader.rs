@@ -105,16 +105,6 @@ impl Dataset {
             .map_or(0, |i| i + 1)
     }
 
-    /// The number of episodes each chunk's header declares, read without loading or checking
-    /// the data (a quick count; [`Dataset::load`] verifies). A chunk whose header cannot be
-    /// read counts as an error for that chunk.
-    pub fn episode_counts(&self) -> Vec<(PathBuf, Result<usize, RecordError>)> {
-        self.chunks
-            .iter()
-            .map(|path| (path.clone(), header_episodes(path)))
-            .collect()
-    }
-
     /// Reads one chunk, checking its checksum and structure.
     pub fn read_chunk(&self, path: &Path) -> Result<Vec<Episode>, RecordError> {
         let bytes = std::fs::read(path).map_err(io_error("cannot read", path))?;
@@ -135,32 +125,6 @@ impl Dataset {
         }
         report
     }
-}
-
-/// The length of a chunk's `episode_length` column, from the safetensors header alone.
-fn header_episodes(path: &Path) -> Result<usize, RecordError> {
-    use std::io::Read;
-    let corrupt = |reason: &str| RecordError::Corrupt {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let mut f = std::fs::File::open(path).map_err(io_error("cannot open", path))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| corrupt("shorter than a safetensors header"))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(corrupt("implausible header length"));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|_| corrupt("the header is cut short"))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|_| corrupt("the header is not JSON"))?;
-    header["episode_length"]["shape"][0]
-        .as_u64()
-        .map(|n| n as usize)
-        .ok_or_else(|| corrupt("no episode_length column"))
 }
 
 /// Why a chunk's contents do not decode (reported as a damaged chunk).
