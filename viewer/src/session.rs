@@ -478,6 +478,9 @@ impl Session {
             None => format!("episode {}", self.episode + 1),
         };
         let mut status = Vec::new();
+        if let Some(p) = self.policy_description().filter(|_| self.live) {
+            status.push(format!("policy: {p}"));
+        }
         if paused {
             status.push("PAUSED".to_string());
         }
@@ -747,6 +750,7 @@ mod tests {
             assert_eq!(spec.last_action, fresh.last_action);
         }
         assert!(spec.policy_description().unwrap().contains("World Models"));
+        assert!(spec.hud(1.0, false).contains("policy: World Models agent"));
 
         // The dream: no 3D scene, V's decoding of M's latent as the picture.
         let mut d = Session::new(
