@@ -104,6 +104,7 @@ pub fn load_policy(
             let wm = load_world_model(&run, &candle_core::Device::Cpu)?;
             check_pixels(observation_space, &wm.vae)
                 .with_context(|| format!("policy `{spec}` cannot see this env's observations"))?;
+            file.check_fits(&run)?;
             let c = file.controller(&meta)?;
             Ok(Box::new(WorldModelsAgent::new(&wm, &c)?))
         }

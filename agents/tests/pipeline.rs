@@ -261,3 +261,32 @@ fn a_trained_run_is_a_policy_that_drives_rollouts() {
         "{err:#}"
     );
 }
+
+#[test]
+fn stages_trained_on_an_older_v_are_retrained_or_refused() {
+    let root = tempfile::tempdir().unwrap();
+    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
+    let run = RunDir::new(root.path());
+    let mut cfg = tiny_config();
+    // M is done and resumes to nothing while V is unchanged.
+    assert_eq!(stage(&cfg, &run, Stage::Mdn).unwrap().mdn.unwrap().steps, 0);
+    // One more epoch of V changes V.
+    cfg.vae.epochs = 3;
+    stage(&cfg, &run, Stage::Vae).unwrap();
+    // C was trained with the old V and M: evaluating it or driving with it is refused.
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Eval).unwrap_err());
+    assert!(err.contains("train-controller"), "{err}");
+    let meta = dreamgym_agents::world_models::dataset_meta(&run.data()).unwrap();
+    let spec = root.path().display().to_string();
+    let err = dreamgym_agents::load_policy(&spec, &meta.observation_space, &meta.action_space, 0)
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("another V or M"), "{err:#}");
+    // M, trained on the old V's latents, starts over instead of being reported done.
+    let m = stage(&cfg, &run, Stage::Mdn).unwrap().mdn.unwrap();
+    assert_eq!(m.resumed_from, 0);
+    assert!(m.steps > 0);
+    // With C retrained on the new pair, everything fits again.
+    stage(&cfg, &run, Stage::Controller).unwrap();
+    assert!(stage(&cfg, &run, Stage::Eval).unwrap().eval.is_some());
+}

@@ -148,6 +148,12 @@ pub fn read_checkpoint_meta<C: DeserializeOwned>(
     Ok((config, sidecar.state))
 }
 
+/// The CRC-32 of a checkpoint's weights as its sidecar records it: an identity for "which
+/// trained model", so that what was trained on a model can tell when the model changed.
+pub fn weights_crc32(stem: &Path) -> Result<u32, NnError> {
+    Ok(read_sidecar(stem)?.crc32)
+}
+
 /// Reads a tensor file whose CRC-32 the sidecar recorded.
 fn read_checked(path: &Path, crc32: u32, meta: &Path) -> Result<BTreeMap<String, Tensor>, NnError> {
     let bytes = std::fs::read(path).map_err(|e| NnError::io("cannot read", path, e))?;

@@ -38,7 +38,7 @@ pub use attention::{causal_attention, causal_mask, softmax};
 pub use check::{FdReport, check_gradients_reach_every_parameter, finite_difference_check};
 pub use checkpoint::{
     checkpoint_paths, load_optimizer, load_weights, param_count, read_checkpoint_meta,
-    safetensors_bytes, save_checkpoint, sorted_vars, tensors_bytes,
+    safetensors_bytes, save_checkpoint, sorted_vars, tensors_bytes, weights_crc32,
 };
 pub use conv::{
     conv_out_size, conv_transpose_out_size, conv_transpose2d, conv_transpose2d_act, conv2d,

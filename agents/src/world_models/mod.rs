@@ -33,7 +33,9 @@ pub use encode::encode;
 pub use evaluate::{EvalSummary, evaluate};
 pub use pipeline::{Outcome, Stage, run_world_models};
 pub use report::report;
-pub use saved::{ControllerFile, LoadedRun, load_mdn, load_run, load_vae, load_world_model};
+pub use saved::{
+    ControllerFile, LoadedRun, TrainedWith, load_mdn, load_run, load_vae, load_world_model,
+};
 pub use train_controller::train_controller;
 pub use train_mdn::{mdn_config, train_mdn};
 pub use train_vae::train_vae;
@@ -64,12 +66,14 @@ pub(crate) struct ResumePoint {
 }
 
 /// Restores a training stage from the checkpoint at `stem` when it was made with the same
-/// model `config`: the weights, Adam's moments and the counters. Anything else starts fresh,
-/// and says why through `progress`.
+/// model `config` from the same inputs (`trained_on`: for M, which V made its latents): the
+/// weights, Adam's moments and the counters. Anything else starts fresh, and says why through
+/// `progress`.
 pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     stem: &Path,
     kind: &str,
     config: &C,
+    trained_on: &serde_json::Value,
     varmap: &candle_nn::VarMap,
     opt: &mut dreamgym_nn::Adam,
     progress: &dyn Progress,
@@ -94,6 +98,16 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     if &saved != config {
         progress.note(&format!(
             "{kind}: the saved model has another architecture; training from scratch"
+        ));
+        return Ok(fresh);
+    }
+    let saved_on = state
+        .get("trained_on")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    if &saved_on != trained_on {
+        progress.note(&format!(
+            "{kind}: the saved model was trained on other inputs (V has changed since); training from scratch"
         ));
         return Ok(fresh);
     }

@@ -129,6 +129,7 @@ pub fn run_world_models(
             let data = PixelData::load(&run.data(), progress)?;
             let wm = load_world_model(run, &device)?;
             let file = ControllerFile::read(&run.file("controller.json"))?;
+            file.check_fits(run)?;
             let c = file.controller(&data.meta)?;
             let starts = starts_of(run)?;
             let e = evaluate(

@@ -64,6 +64,28 @@ pub struct ControllerFile {
     pub best_fitness: f64,
     /// Generations done.
     pub generations: usize,
+    /// The V and M it was trained with (absent in files from before this was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_with: Option<TrainedWith>,
+}
+
+/// Which V and M a controller was trained with: the CRC-32s of their weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainedWith {
+    /// V's weights.
+    pub vae_crc32: u32,
+    /// M's weights.
+    pub mdnrnn_crc32: u32,
+}
+
+impl TrainedWith {
+    /// The V and M a run folder holds now.
+    pub fn of_run(run: &RunDir) -> anyhow::Result<Self> {
+        Ok(Self {
+            vae_crc32: dreamgym_nn::weights_crc32(&run.checkpoint("vae"))?,
+            mdnrnn_crc32: dreamgym_nn::weights_crc32(&run.checkpoint("mdnrnn"))?,
+        })
+    }
 }
 
 impl ControllerFile {
@@ -82,6 +104,20 @@ impl ControllerFile {
     /// Writes it atomically.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         dreamgym_base::write_atomic(path, &serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// Refuses a controller trained with another V or M than the run holds now (they were
+    /// retrained since): its actions would be read from latents it never saw.
+    pub fn check_fits(&self, run: &RunDir) -> anyhow::Result<()> {
+        if let Some(with) = self.trained_with {
+            anyhow::ensure!(
+                with == TrainedWith::of_run(run)?,
+                "{}: C was trained with another V or M than the run holds now (they were \
+                 retrained since); run `dreamgym train-controller` again",
+                run.file("controller.json").display()
+            );
+        }
         Ok(())
     }
 
@@ -121,7 +157,9 @@ pub fn load_run(run: &RunDir) -> anyhow::Result<LoadedRun> {
     let wm = load_world_model(run, &device)?;
     let path = run.file("controller.json");
     let controller = if path.exists() {
-        let c = ControllerFile::read(&path)?.controller(&meta)?;
+        let file = ControllerFile::read(&path)?;
+        file.check_fits(run)?;
+        let c = file.controller(&meta)?;
         anyhow::ensure!(
             c.inputs() == wm.feature_size(),
             "{}: controller inputs do not match V and M",

@@ -12,7 +12,7 @@ use dreamgym_world_model::dream::StartLatent;
 use super::WorldModelsConfig;
 use super::agent::{WorldModel, WorldModelsAgent, check_pixels};
 use super::data::{action_size, make_env};
-use super::saved::ControllerFile;
+use super::saved::{ControllerFile, TrainedWith};
 use crate::progress::StopOnly;
 use crate::{Interrupted, MetricsLog, Progress, RunDir, run_jobs};
 
@@ -174,6 +174,7 @@ pub fn train_controller(
         params: best.iter().map(|v| *v as f32).collect(),
         best_fitness,
         generations: stage.generations,
+        trained_with: Some(TrainedWith::of_run(run)?),
     };
     file.write(&run.file("controller.json"))?;
     Ok(file)

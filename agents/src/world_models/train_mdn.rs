@@ -26,13 +26,17 @@ pub fn mdn_config(cfg: &WorldModelsConfig, series: &[Series]) -> anyhow::Result<
 
 /// Trains M on windows of `seq_len + 1` latents, z sampled from each frame's (μ, σ) afresh
 /// every epoch, checkpointing after every epoch; resumes from `mdnrnn.*` when it holds the
-/// same architecture. Returns the trained M.
+/// same architecture and was trained on the same V (the run's `vae` checkpoint). Returns the
+/// trained M.
 pub fn train_mdn(
     cfg: &WorldModelsConfig,
     series: &[Series],
     run: &RunDir,
     progress: &dyn Progress,
 ) -> anyhow::Result<(MdnRnn, TrainSummary)> {
+    let trained_on = serde_json::json!({
+        "vae_crc32": dreamgym_nn::weights_crc32(&run.checkpoint("vae"))?
+    });
     let device = dreamgym_nn::device(&cfg.device)?;
     let stage = &cfg.mdnrnn;
     let mcfg = mdn_config(cfg, series)?;
@@ -50,7 +54,15 @@ pub fn train_mdn(
             ..Default::default()
         },
     )?;
-    let point = resume(&stem, "mdnrnn", &mcfg, m.varmap(), &mut opt, progress)?;
+    let point = resume(
+        &stem,
+        "mdnrnn",
+        &mcfg,
+        &trained_on,
+        m.varmap(),
+        &mut opt,
+        progress,
+    )?;
     let start = point.epochs.min(stage.epochs);
     let t = stage.seq_len;
     // Non-overlapping windows of every long-enough episode.
@@ -139,7 +151,11 @@ pub fn train_mdn(
             &mcfg,
             m.varmap(),
             Some(&opt),
-            serde_json::json!({"epochs_done": epoch + 1, "steps_done": total_steps}),
+            serde_json::json!({
+                "epochs_done": epoch + 1,
+                "steps_done": total_steps,
+                "trained_on": trained_on,
+            }),
         )?;
     }
     progress.end();

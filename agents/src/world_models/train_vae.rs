@@ -40,7 +40,15 @@ pub fn train_vae(
             ..Default::default()
         },
     )?;
-    let point = resume(&stem, "vae", &stage.model, vae.varmap(), &mut opt, progress)?;
+    let point = resume(
+        &stem,
+        "vae",
+        &stage.model,
+        &serde_json::Value::Null,
+        vae.varmap(),
+        &mut opt,
+        progress,
+    )?;
     let start = point.epochs.min(stage.epochs);
     let c = vae.config().clone();
     let frame_len = c.image_size * c.image_size * c.channels;
