@@ -213,9 +213,10 @@ pub fn collect(
             interrupted = true;
             break;
         }
-        let last: Vec<Value> = current
+        // Every episode holds at least its first observation.
+        let last: Vec<&Value> = current
             .iter()
-            .map(|e| e.observations.last().cloned().unwrap_or(Value::Int(0)))
+            .filter_map(|e| e.observations.last())
             .collect();
         let actions = match policies.act(&last) {
             Ok(a) => a,

@@ -74,8 +74,8 @@ impl PolicyBatch {
         }
     }
 
-    /// One action per env, in order.
-    pub fn act(&mut self, obs: &[Value]) -> Result<Vec<Value>, PolicyError> {
+    /// One action per env, in order (the observations are borrowed: nothing is copied).
+    pub fn act(&mut self, obs: &[&Value]) -> Result<Vec<Value>, PolicyError> {
         if obs.len() != self.policies.len() {
             return Err(PolicyError::Config(format!(
                 "{} observations for a batch of {} policies",

@@ -106,12 +106,7 @@ pub fn run_world_models(
         Stage::Mdn => {
             let data = PixelData::load(&run.data(), progress)?;
             let vae = load_vae(run, &device)?;
-            let series = encode(&data, &vae, run, progress)?;
-            progress.done(&format!("encoded {} frames", series_frames(&series)));
-            out.encoded_frames = Some(series_frames(&series));
-            let (_, s) = train_mdn(cfg, &series, run, progress)?;
-            progress.done(&train_line("M", &s, "sequences/s"));
-            out.mdn = Some(s);
+            encode_and_train_mdn(cfg, &data, &vae, run, progress, &mut out)?;
         }
         Stage::Controller => {
             let meta = dataset_meta(&run.data())?;
@@ -154,14 +149,8 @@ pub fn run_world_models(
             let (vae, s) = train_vae(cfg, &data, run, progress)?;
             progress.done(&train_line("V", &s, "frames/s"));
             out.vae = Some(s);
-            let series = encode(&data, &vae, run, progress)?;
-            progress.done(&format!("encoded {} frames", series_frames(&series)));
-            out.encoded_frames = Some(series_frames(&series));
-            let (mdn, s) = train_mdn(cfg, &series, run, progress)?;
-            progress.done(&train_line("M", &s, "sequences/s"));
-            out.mdn = Some(s);
-            let starts = Arc::new(start_latents(&series)?);
-            drop(series);
+            let (mdn, starts) = encode_and_train_mdn(cfg, &data, &vae, run, progress, &mut out)?;
+            let starts = Arc::new(starts);
             let wm = WorldModel {
                 vae: Arc::new(vae),
                 mdn: Arc::new(mdn),
@@ -195,6 +184,25 @@ pub fn run_world_models(
         }
     }
     Ok(out)
+}
+
+/// Encodes the dataset with V, then trains M on the series; returns M and the dream's
+/// starting latents.
+fn encode_and_train_mdn(
+    cfg: &WorldModelsConfig,
+    data: &PixelData,
+    vae: &dreamgym_world_model::Vae,
+    run: &RunDir,
+    progress: &dyn Progress,
+    out: &mut Outcome,
+) -> anyhow::Result<(dreamgym_world_model::MdnRnn, Vec<StartLatent>)> {
+    let series = encode(data, vae, run, progress)?;
+    progress.done(&format!("encoded {} frames", series_frames(&series)));
+    out.encoded_frames = Some(series_frames(&series));
+    let (mdn, s) = train_mdn(cfg, &series, run, progress)?;
+    progress.done(&train_line("M", &s, "sequences/s"));
+    out.mdn = Some(s);
+    Ok((mdn, start_latents(&series)?))
 }
 
 fn controller_line(c: &ControllerFile) -> String {
