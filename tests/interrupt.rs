@@ -81,7 +81,8 @@ fn sigint_flushes_finished_episodes_and_exits_cleanly() {
     wait_for_chunk(&out);
     signal(&child, "-INT");
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{output:?}");
+    // 130: the shell's code for a process stopped by SIGINT.
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("interrupted"), "{stdout}");
     let report = Dataset::open(&out).unwrap().load();

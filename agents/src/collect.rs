@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use dreamgym_envs::recording::{DatasetMeta, Episode, EpisodeWriter, WriterOptions};
+use dreamgym_envs::recording::{Collection, DatasetMeta, Episode, EpisodeWriter, WriterOptions};
 use dreamgym_envs::{AutoresetMode, Env, Info, Registry, ThreadedVecEnv, Value, VecEnv};
 use dreamgym_policies::PolicyBatch;
 use serde::{Deserialize, Serialize};
@@ -168,7 +168,7 @@ pub fn collect(
         &config.policy,
         Some(config.seed),
     );
-    let writer = EpisodeWriter::create(
+    let mut writer = EpisodeWriter::create(
         out,
         meta,
         WriterOptions {
@@ -177,24 +177,69 @@ pub fn collect(
         },
     )
     .with_context(|| format!("cannot record to {}", out.display()))?;
+    // Collection k of a dataset resets its envs from a seed of its own, so that appended
+    // episodes are new ones, never repeats of those already recorded.
+    let index = if writer.appends() {
+        writer.meta().collections.len().max(1)
+    } else {
+        0
+    };
+    let env_seed = if index == 0 {
+        config.seed
+    } else {
+        dreamgym_base::derive_seed(config.seed, "rollout.collection", index as u64)
+    };
+    if index > 0 {
+        progress.note(&format!(
+            "appending {} episodes to the {} already in {} as collection {index}: its envs start \
+             from seed {env_seed} (derived from seed {} and {index}), so no episode repeats",
+            config.episodes,
+            writer
+                .meta()
+                .collections
+                .iter()
+                .map(|c| c.written)
+                .sum::<usize>(),
+            out.display(),
+            config.seed
+        ));
+    }
+    writer
+        .begin_collection(Collection {
+            policy: config.policy.clone(),
+            seed: config.seed,
+            env_seed,
+            num_envs: config.num_envs,
+            episodes: config.episodes,
+            written: 0,
+            complete: false,
+        })
+        .with_context(|| format!("cannot record to {}", out.display()))?;
     // Encoding and writing chunks happens on its own thread, so stepping goes on meanwhile.
     let (episodes_tx, episodes_rx) = crossbeam_channel::bounded::<Episode>(256);
+    let target = config.episodes;
     let writer_thread = std::thread::Builder::new()
         .name("dreamgym-writer".into())
         .spawn(
             move || -> Result<(usize, usize), dreamgym_envs::recording::RecordError> {
                 let mut writer = writer;
+                let mut received = 0;
                 for episode in episodes_rx {
                     writer.push(episode)?;
+                    received += 1;
                 }
-                writer.finish()
+                if received == target {
+                    writer.finish()
+                } else {
+                    writer.finish_incomplete()
+                }
             },
         )
         .context("cannot start the writer thread")?;
     let mut venv = ThreadedVecEnv::new(envs, config.workers, AutoresetMode::NextStep)?;
     progress.begin("collect", config.episodes as u64);
     let started = Instant::now();
-    let (obs, infos) = venv.reset(Some(config.seed), &Info::new())?;
+    let (obs, infos) = venv.reset(Some(env_seed), &Info::new())?;
     let mut started_episodes = 0u64;
     let mut current = Vec::with_capacity(config.num_envs);
     let (mut finished, mut steps, mut total_return) = (0usize, 0usize, 0.0f64);
@@ -202,7 +247,7 @@ pub fn collect(
     // A failure inside the loop stops stepping; what was finished is still written below.
     let mut failure: Option<anyhow::Error> = None;
     for (i, (o, info)) in obs.into_iter().zip(&infos).enumerate() {
-        let seed = episode_seed(info, config.seed, &mut started_episodes);
+        let seed = episode_seed(info, env_seed, &mut started_episodes);
         if let Err(e) = policies.reset(i, seed) {
             failure = Some(e.into());
         }
@@ -239,7 +284,7 @@ pub fn collect(
             .enumerate();
         for (i, ((action, obs), info)) in results {
             if step.autoreset[i] {
-                let seed = episode_seed(&info, config.seed, &mut started_episodes);
+                let seed = episode_seed(&info, env_seed, &mut started_episodes);
                 if let Err(e) = policies.reset(i, seed) {
                     failure = Some(e.into());
                 }

@@ -3,6 +3,7 @@
 //! run folder is `out` (default `runs/<name>`), with the dataset in `<run>/data`; the resolved
 //! config is kept as `<run>/experiment.toml`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -103,15 +104,342 @@ impl Experiment {
     }
 }
 
-/// Checks that the dataset already in `data` is the one `rollout` would record: the same env,
-/// resolved config, policy and seed, and at least as many episodes. Returns how many it holds.
-pub(crate) fn check_reusable(
+/// What `run` does when the run folder was made with another config than the one given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnChange {
+    /// Refuse, say what differs and offer `--resume`, `--force` or another folder.
+    #[default]
+    Ask,
+    /// Continue when every change only extends the work done (more episodes, epochs or
+    /// generations, other eval settings); refuse changes that make finished work stale.
+    Resume,
+    /// Discard the earliest stage whose settings changed and every stage after it, then redo
+    /// them.
+    Force,
+}
+
+/// The parts of a run, in the order they are made: each one is made from the ones before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// The dataset in `<run>/data`.
+    Data,
+    /// V.
+    Vae,
+    /// The encoded series and M.
+    Mdn,
+    /// C.
+    Controller,
+    /// The evaluation and the report.
+    Eval,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Data => "the dataset",
+            Part::Vae => "V",
+            Part::Mdn => "M",
+            Part::Controller => "C",
+            Part::Eval => "the evaluation",
+        }
+    }
+
+    /// The files and folders of the run that hold this part.
+    fn files(self) -> &'static [&'static str] {
+        match self {
+            Part::Data => &["data"],
+            Part::Vae => &[
+                "vae.safetensors",
+                "vae.optimizer.safetensors",
+                "vae.json",
+                "series.safetensors",
+                "metrics/vae.csv",
+                "tb/vae",
+            ],
+            Part::Mdn => &[
+                "mdnrnn.safetensors",
+                "mdnrnn.optimizer.safetensors",
+                "mdnrnn.json",
+                "metrics/mdnrnn.csv",
+                "tb/mdnrnn",
+            ],
+            Part::Controller => &[
+                "controller.json",
+                "controller.state.json",
+                "metrics/controller.csv",
+                "tb/controller",
+            ],
+            Part::Eval => &["eval.json", "report.md", "figures"],
+        }
+    }
+
+    const ALL: [Part; 5] = [
+        Part::Data,
+        Part::Vae,
+        Part::Mdn,
+        Part::Controller,
+        Part::Eval,
+    ];
+}
+
+/// What a changed config field does to a run made with the old value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Nothing recorded or trained depends on it.
+    Free,
+    /// The part can continue from what it holds (more of the same work).
+    Extends(Part),
+    /// The part, and everything after it, no longer match the config.
+    Stale(Part),
+}
+
+/// Flattens JSON into dotted keys and leaf values (arrays are leaves).
+pub(crate) fn flatten(v: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, x, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string(), v.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", v, &mut out);
+    out
+}
+
+fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::Value>) -> Effect {
+    let more = matches!(
+        (old.and_then(|v| v.as_u64()), new.and_then(|v| v.as_u64())),
+        (Some(a), Some(b)) if b > a
+    );
+    match key {
+        "name" | "out" | "rollout.out" | "rollout.workers" | "rollout.append" => Effect::Free,
+        "world_models.device" | "world_models.controller.workers" => Effect::Free,
+        "rollout.episodes" if more => Effect::Extends(Part::Data),
+        "world_models.vae.epochs" if more => Effect::Extends(Part::Vae),
+        "world_models.mdnrnn.epochs" if more => Effect::Extends(Part::Mdn),
+        "world_models.controller.generations" if more => Effect::Extends(Part::Controller),
+        k if k.starts_with("world_models.eval.") => Effect::Extends(Part::Eval),
+        k if k.starts_with("world_models.vae.") || k == "world_models.seed" => {
+            Effect::Stale(Part::Vae)
+        }
+        k if k.starts_with("world_models.mdnrnn.") => Effect::Stale(Part::Mdn),
+        k if k.starts_with("world_models.controller.") => Effect::Stale(Part::Controller),
+        _ => Effect::Stale(Part::Data),
+    }
+}
+
+/// One field whose value differs between the run's saved config and the one given.
+struct Change {
+    key: String,
+    old: String,
+    new: String,
+    effect: Effect,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "  {}: {} → {}", self.key, self.old, self.new)?;
+        match self.effect {
+            Effect::Free => Ok(()),
+            Effect::Extends(p) => write!(f, " (more work for {}: --resume continues)", p.name()),
+            Effect::Stale(p) => write!(
+                f,
+                " (makes {} and what follows stale: --force redoes them)",
+                p.name()
+            ),
+        }
+    }
+}
+
+fn changes(old: &Experiment, new: &Experiment) -> anyhow::Result<Vec<Change>> {
+    let (a, b) = (
+        flatten(&serde_json::to_value(old)?),
+        flatten(&serde_json::to_value(new)?),
+    );
+    // A run that had no [world_models] has trained nothing that a new section could change.
+    let sections = (old.world_models.is_some(), new.world_models.is_some());
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(none)".into(), |v| v.to_string());
+    Ok(keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let (o, n) = (a.get(k), b.get(k));
+            let effect = if k.starts_with("world_models") && sections != (true, true) {
+                Effect::Free
+            } else {
+                effect(k, o, n)
+            };
+            Change {
+                key: k.clone(),
+                old: show(o),
+                new: show(n),
+                effect,
+            }
+        })
+        .collect())
+}
+
+/// Compares `exp` with the config the run folder was made with (`experiment.toml`) and acts
+/// on the difference as `on_change` says: nothing stale is kept, nothing is discarded without
+/// `--force`. Returns the part discarded, if any.
+pub fn prepare_run(
+    exp: &Experiment,
+    run: &RunDir,
+    on_change: OnChange,
+    progress: &dyn Progress,
+) -> anyhow::Result<Option<Part>> {
+    let path = run.experiment();
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let origin = path.display().to_string();
+    let changes = match parse_experiment(&text, &origin) {
+        Ok(old) => changes(&old, exp)?,
+        Err(e) if on_change == OnChange::Force => {
+            progress.note(&format!("{e:#}: discarding the whole run"));
+            vec![Change {
+                key: "experiment.toml".into(),
+                old: "(unreadable)".into(),
+                new: "(this config)".into(),
+                effect: Effect::Stale(Part::Data),
+            }]
+        }
+        Err(e) => {
+            return Err(e.context(format!(
+                "{} cannot be compared with this config: delete the run folder, use \
+                 another --out, or pass --force to discard and redo the whole run",
+                run.root().display()
+            )));
+        }
+    };
+    let list = |pick: &dyn Fn(&Change) -> bool| {
+        changes
+            .iter()
+            .filter(|c| pick(c))
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if changes.iter().all(|c| c.effect == Effect::Free) {
+        return Ok(None);
+    }
+    let stale = changes
+        .iter()
+        .filter_map(|c| match c.effect {
+            Effect::Stale(p) => Some(p),
+            _ => None,
+        })
+        .min();
+    match on_change {
+        OnChange::Ask => anyhow::bail!(
+            "{} was made with another config; what differs:\n{}\nRun again with --resume \
+             (continue, if every change only adds work), --force (discard the first stage \
+             that changed and every stage after it, then redo them) or another --out",
+            run.root().display(),
+            list(&|c| c.effect != Effect::Free)
+        ),
+        OnChange::Resume => {
+            if let Some(part) = stale {
+                anyhow::bail!(
+                    "--resume cannot continue {}: these changes make {} stale:\n{}\nUse \
+                     --force to discard it and every stage after it, or another --out",
+                    run.root().display(),
+                    part.name(),
+                    list(&|c| matches!(c.effect, Effect::Stale(_)))
+                );
+            }
+            progress.note(&format!(
+                "resuming {} with:\n{}",
+                run.root().display(),
+                list(&|c| c.effect != Effect::Free)
+            ));
+            Ok(None)
+        }
+        OnChange::Force => {
+            let Some(part) = stale else {
+                progress.note(&format!(
+                    "continuing {} with:\n{}",
+                    run.root().display(),
+                    list(&|c| c.effect != Effect::Free)
+                ));
+                return Ok(None);
+            };
+            let mut removed = Vec::new();
+            for p in Part::ALL.into_iter().filter(|p| *p >= part) {
+                for f in p.files() {
+                    let path = run.file(f);
+                    let gone = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    match gone {
+                        Ok(()) => removed.push(*f),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(anyhow::anyhow!("cannot remove {}: {e}", path.display()));
+                        }
+                    }
+                }
+            }
+            progress.note(&format!(
+                "--force: {} changed:\n{}\ndiscarded {} and every stage after it ({})",
+                run.root().display(),
+                list(&|c| c.effect != Effect::Free),
+                part.name(),
+                if removed.is_empty() {
+                    "nothing was on disk yet".to_string()
+                } else {
+                    removed.join(", ")
+                }
+            ));
+            Ok(Some(part))
+        }
+    }
+}
+
+/// What a run does about its dataset folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataPlan {
+    /// Nothing recorded yet: collect every episode.
+    Collect,
+    /// The folder holds every episode asked for, from a finished collection.
+    Reuse(usize),
+    /// The folder holds fewer than asked (an interrupted collection, or more episodes asked
+    /// for since): record the rest.
+    TopUp(usize),
+}
+
+/// Checks that the dataset already in `data` is the one `rollout` would record (the same env,
+/// resolved config, policy and seed, no damaged chunk) and says what to do with it.
+pub(crate) fn plan_collection(
     rollout: &CollectConfig,
     registry: &Registry,
     data: &Path,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<DataPlan> {
+    if !data.join("dataset.json").exists() {
+        return Ok(DataPlan::Collect);
+    }
     let ds = dreamgym_envs::recording::Dataset::open(data)
         .with_context(|| format!("cannot reuse the dataset in {}", data.display()))?;
+    if ds.chunk_paths().is_empty() {
+        // Its first collection died before writing a chunk: nothing to keep.
+        return Ok(DataPlan::Collect);
+    }
     let meta = ds.meta();
     let overrides = rollout.env_overrides()?;
     let resolved = registry.resolve_config(&rollout.env, overrides.as_ref())?;
@@ -123,7 +451,7 @@ pub(crate) fn check_reusable(
     anyhow::ensure!(
         recorded == asked,
         "{} holds episodes of {recorded}, but the experiment asks for {asked}: give the \
-         experiment another `name` or `out`, or delete the folder to collect again",
+         experiment another `name` or `out`, or run with --force to discard them",
         data.display()
     );
     // Every chunk is read and checked: damaged episodes do not count.
@@ -131,19 +459,17 @@ pub(crate) fn check_reusable(
     let n = report.episodes.len();
     if let Some((path, e)) = report.damaged.first() {
         anyhow::bail!(
-            "{} has a damaged chunk ({}: {e}); delete the folder to collect again",
+            "{} has a damaged chunk ({}: {e}); delete the chunk to record its episodes \
+             again, or delete the folder to collect from scratch",
             data.display(),
             path.display()
         );
     }
-    anyhow::ensure!(
-        n >= rollout.episodes,
-        "{} holds {n} of the {} episodes rollout.episodes asks for (an interrupted \
-         collection?): delete the folder to collect again, or lower rollout.episodes",
-        data.display(),
-        rollout.episodes
-    );
-    Ok(n)
+    Ok(if n >= rollout.episodes {
+        DataPlan::Reuse(n)
+    } else {
+        DataPlan::TopUp(n)
+    })
 }
 
 /// The files and folders a run writes in its folder.
@@ -166,7 +492,14 @@ const RUN_FILES: &[&str] = &[
 /// `experiment.toml`, no dataset): they belong to something else.
 fn check_run_folder(run: &RunDir) -> anyhow::Result<()> {
     let is_run = run.experiment().exists() || run.data().join("dataset.json").exists();
-    if let Some(clash) = RUN_FILES.iter().find(|f| run.file(f).exists())
+    // A folder counts only with something visible in it (a lock file is not a run's output).
+    let holds = |p: &Path| match std::fs::read_dir(p) {
+        Ok(entries) => entries
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with('.')),
+        Err(_) => p.exists(),
+    };
+    if let Some(clash) = RUN_FILES.iter().find(|f| holds(&run.file(f)))
         && !is_run
     {
         anyhow::bail!(
@@ -188,9 +521,14 @@ pub struct ExperimentOutcome {
 }
 
 /// Runs an experiment: collection, then every pipeline section it has, in the run folder.
+///
+/// The run folder is locked for the whole run (a second `run` into it is refused). When the
+/// folder was made with another config, `on_change` says what to do ([`prepare_run`]). An
+/// interrupted or short collection is resumed, never trained on.
 pub fn run_experiment(
     exp: &Experiment,
     registry: &Registry,
+    on_change: OnChange,
     progress: &dyn Progress,
 ) -> anyhow::Result<ExperimentOutcome> {
     let started = std::time::Instant::now();
@@ -198,27 +536,55 @@ pub fn run_experiment(
     let run = exp.run_dir()?;
     let data = run.data();
     check_run_folder(&run)?;
+    let _lock = run.lock()?;
+    prepare_run(exp, &run, on_change, progress)?;
+    // Saved first: an interrupted run is continued by running the same config again.
+    dreamgym_base::write_atomic(&run.experiment(), toml::to_string_pretty(exp)?.as_bytes())?;
     let mut outcome = ExperimentOutcome::default();
-    if exp.world_models.is_some() && data.join("dataset.json").exists() && !exp.rollout.append {
-        let n = check_reusable(&exp.rollout, registry, &data)?;
-        progress.note(&format!(
-            "collect: reusing the {n} episodes in {} (same env, config, policy and seed)",
-            data.display()
-        ));
+    let plan = if exp.rollout.append {
+        DataPlan::Collect
     } else {
-        let summary = collect(registry, &exp.rollout, &data, progress)?;
+        plan_collection(&exp.rollout, registry, &data)?
+    };
+    let collection = match plan {
+        DataPlan::Reuse(n) => {
+            progress.done(&format!(
+                "collect: already done ({n} episodes in {})",
+                data.display()
+            ));
+            None
+        }
+        DataPlan::Collect => Some(exp.rollout.clone()),
+        DataPlan::TopUp(n) => {
+            progress.note(&format!(
+                "collect: {} holds {n} of the {} episodes asked for; recording the other {}",
+                data.display(),
+                exp.rollout.episodes,
+                exp.rollout.episodes - n
+            ));
+            Some(CollectConfig {
+                episodes: exp.rollout.episodes - n,
+                append: true,
+                ..exp.rollout.clone()
+            })
+        }
+    };
+    if let Some(rollout) = collection {
+        let summary = collect(registry, &rollout, &data, progress)?;
         progress.done(&summary.to_string());
         let stopped = summary.interrupted;
         outcome.collect = Some(summary);
         if stopped {
             return Err(Interrupted {
                 stage: "collect".into(),
-                saved: format!("the finished episodes are in {}", data.display()),
+                saved: format!(
+                    "the finished episodes are in {}; run again to record the rest",
+                    data.display()
+                ),
             }
             .into());
         }
     }
-    dreamgym_base::write_atomic(&run.experiment(), toml::to_string_pretty(exp)?.as_bytes())?;
     if let Some(wm) = &exp.world_models {
         outcome.world_models = Some(run_world_models(
             wm,
@@ -309,19 +675,28 @@ mod tests {
             );
             parse_experiment(&text, "x").unwrap().rollout
         };
-        assert_eq!(check_reusable(&exp(""), &registry, &data).unwrap(), 4);
+        assert_eq!(
+            plan_collection(&exp(""), &registry, &data).unwrap(),
+            DataPlan::Reuse(4)
+        );
+        // More episodes asked for than recorded: the rest are recorded, not trained without.
         let mut more = exp("");
         more.episodes = 8;
-        for (r, needle) in [(exp("seed = 1\n"), "seed Some(1)"), (more, "4 of the 8")] {
-            let err = format!("{:#}", check_reusable(&r, &registry, &data).unwrap_err());
-            assert!(err.contains(needle), "{err}");
-        }
+        assert_eq!(
+            plan_collection(&more, &registry, &data).unwrap(),
+            DataPlan::TopUp(4)
+        );
+        let err = format!(
+            "{:#}",
+            plan_collection(&exp("seed = 1\n"), &registry, &data).unwrap_err()
+        );
+        assert!(err.contains("seed Some(1)"), "{err}");
         let mut cartpole = exp("");
         cartpole.env = "CartPole-v0".into();
         cartpole.env_config = toml::Table::new();
         let err = format!(
             "{:#}",
-            check_reusable(&cartpole, &registry, &data).unwrap_err()
+            plan_collection(&cartpole, &registry, &data).unwrap_err()
         );
         assert!(
             err.contains("CartPole-v0") && err.contains("Racer-v0"),

@@ -67,6 +67,12 @@ impl RunDir {
         self.root.join("tb").join(stage)
     }
 
+    /// Takes the run folder's lock (creating the folder): one process writes a run at a time;
+    /// a second gets an error naming the first's pid. Released when dropped or on any exit.
+    pub fn lock(&self) -> Result<dreamgym_base::FolderLock, dreamgym_base::LockError> {
+        dreamgym_base::FolderLock::acquire(&self.root)
+    }
+
     /// The figures folder: `<run>/figures`.
     pub fn figures(&self) -> PathBuf {
         self.root.join("figures")

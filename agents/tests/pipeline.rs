@@ -92,8 +92,13 @@ fn the_pipeline_runs_end_to_end_resumes_and_is_deterministic() {
         .unwrap();
     assert!(d.in_dream && d.best_fitness.is_finite());
 
-    // A V retrained with another z_size no longer fits M: a clear error, not a shape panic.
+    // A V of another z_size is not trained over the old one unasked...
     cfg.vae.model.z_size = 5;
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Vae).unwrap_err());
+    assert!(err.contains("--force"), "{err}");
+    // ...and one retrained after the old was removed no longer fits M: a clear error, not a
+    // shape panic.
+    std::fs::remove_file(run.file("vae.json")).unwrap();
     stage(&cfg, &run, Stage::Vae).unwrap();
     let err = format!("{:#}", stage(&cfg, &run, Stage::Controller).unwrap_err());
     assert!(err.contains("z_size"), "{err}");

@@ -53,6 +53,34 @@ impl Default for CmaEsConfig {
     }
 }
 
+/// A snapshot of [`CmaEs`] between generations (JSON-friendly: matrices column-major, the
+/// sampler's position as a decimal string).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CmaEsState {
+    /// Mean m.
+    pub mean: Vec<f64>,
+    /// Step size σ.
+    pub sigma: f64,
+    /// Evolution path of σ.
+    pub p_sigma: Vec<f64>,
+    /// Evolution path of C.
+    pub p_c: Vec<f64>,
+    /// Covariance C, column-major.
+    pub c: Vec<f64>,
+    /// Eigenvectors B of the last decomposition, column-major.
+    pub b: Vec<f64>,
+    /// Square roots D of the last decomposition's eigenvalues.
+    pub d: Vec<f64>,
+    /// Generation of the last decomposition.
+    pub eigen_generation: u64,
+    /// Generations told.
+    pub generation: u64,
+    /// The sampler's word position (a u128, as text).
+    pub rng_word_pos: String,
+    /// The best candidate so far and its fitness.
+    pub best: Option<(f64, Vec<f64>)>,
+}
+
 /// The optimiser's state.
 pub struct CmaEs {
     n: usize,
@@ -180,6 +208,60 @@ impl CmaEs {
         self.best.as_ref().map(|(f, x)| (*f, x.as_slice()))
     }
 
+    /// Everything needed to go on exactly where this stands (call between a `tell` and the next
+    /// `ask`): [`CmaEs::restore`] with the same config continues with the same candidates an
+    /// uninterrupted run would draw.
+    pub fn state(&self) -> CmaEsState {
+        CmaEsState {
+            mean: self.mean.iter().copied().collect(),
+            sigma: self.sigma,
+            p_sigma: self.p_sigma.iter().copied().collect(),
+            p_c: self.p_c.iter().copied().collect(),
+            c: self.c.iter().copied().collect(),
+            b: self.b.iter().copied().collect(),
+            d: self.d.iter().copied().collect(),
+            eigen_generation: self.eigen_generation,
+            generation: self.generation,
+            rng_word_pos: self.rng.get_word_pos().to_string(),
+            best: self.best.clone(),
+        }
+    }
+
+    /// CMA-ES with `config` (the one `state` was taken under) resumed from `state`.
+    pub fn restore(config: &CmaEsConfig, state: &CmaEsState) -> Result<Self, PolicyError> {
+        let mut es = Self::new(&state.mean, config)?;
+        let n = es.n;
+        let bad = |what: &str| PolicyError::Config(format!("CMA-ES state: {what}"));
+        if state.p_sigma.len() != n
+            || state.p_c.len() != n
+            || state.d.len() != n
+            || state.c.len() != n * n
+            || state.b.len() != n * n
+            || state.best.as_ref().is_some_and(|(_, x)| x.len() != n)
+        {
+            return Err(bad("vectors of the wrong length"));
+        }
+        if !(state.sigma.is_finite() && state.sigma > 0.0) {
+            return Err(bad("sigma is not a positive number"));
+        }
+        es.sigma = state.sigma;
+        es.p_sigma = DVector::from_column_slice(&state.p_sigma);
+        es.p_c = DVector::from_column_slice(&state.p_c);
+        es.c = DMatrix::from_column_slice(n, n, &state.c);
+        es.b = DMatrix::from_column_slice(n, n, &state.b);
+        es.d = DVector::from_column_slice(&state.d);
+        es.eigen_generation = state.eigen_generation;
+        es.generation = state.generation;
+        es.rng.set_word_pos(
+            state
+                .rng_word_pos
+                .parse()
+                .map_err(|_| bad("rng_word_pos is not a number"))?,
+        );
+        es.best = state.best.clone();
+        Ok(es)
+    }
+
     /// λ new candidates `x = m + σ B D z`.
     pub fn ask(&mut self) -> Vec<Vec<f64>> {
         self.last = (0..self.lambda)
@@ -266,6 +348,35 @@ impl CmaEs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_resumed_from_its_json_state_draws_what_an_uninterrupted_one_draws() {
+        let cfg = CmaEsConfig {
+            population: 8,
+            sigma0: 0.5,
+            seed: 3,
+        };
+        let run = |es: &mut CmaEs, generations: usize| {
+            for _ in 0..generations {
+                let xs = es.ask();
+                let f: Vec<f64> = xs.iter().map(|x| rosenbrock(x)).collect();
+                es.tell(&f).unwrap();
+            }
+        };
+        let mut whole = CmaEs::new(&[0.0; 5], &cfg).unwrap();
+        run(&mut whole, 30);
+        let mut first = CmaEs::new(&[0.0; 5], &cfg).unwrap();
+        run(&mut first, 17);
+        let json = serde_json::to_string(&first.state()).unwrap();
+        let mut resumed = CmaEs::restore(&cfg, &serde_json::from_str(&json).unwrap()).unwrap();
+        run(&mut resumed, 13);
+        assert_eq!(resumed.state(), whole.state());
+        assert_eq!(resumed.ask(), whole.ask());
+        // A state of another size is refused, not trusted.
+        let mut bad = first.state();
+        bad.p_c.pop();
+        assert!(CmaEs::restore(&cfg, &bad).is_err());
+    }
 
     fn sphere(x: &[f64]) -> f64 {
         -x.iter().map(|v| (v - 1.0).powi(2)).sum::<f64>()

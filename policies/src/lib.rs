@@ -13,7 +13,7 @@ mod linear;
 mod policy;
 mod random;
 
-pub use cmaes::{CmaEs, CmaEsConfig};
+pub use cmaes::{CmaEs, CmaEsConfig, CmaEsState};
 pub use error::PolicyError;
 pub use linear::LinearController;
 pub use policy::{Policy, PolicyBatch};

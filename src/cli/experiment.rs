@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use dreamgym_agents::{Experiment, load_experiment, run_experiment};
+use dreamgym_agents::{Experiment, OnChange, load_experiment, run_experiment};
 use dreamgym_envs::Registry;
 
 use super::progress::CliProgress;
@@ -23,6 +23,31 @@ pub struct Args {
     /// Compute device of the World Models stages: `cpu`, `cuda`, `cuda:N`.
     #[arg(long)]
     device: Option<String>,
+    #[command(flatten)]
+    on_change: OnChangeArgs,
+}
+
+/// What to do when the run folder was made with another config.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OnChangeArgs {
+    /// Continue a run whose config changed, when every change only adds work (more episodes,
+    /// epochs or generations; other eval settings).
+    #[arg(long, conflicts_with = "force")]
+    resume: bool,
+    /// Discard the first stage whose config changed and every stage after it, then redo them.
+    #[arg(long)]
+    force: bool,
+}
+
+impl OnChangeArgs {
+    /// The library's setting.
+    pub fn get(self) -> OnChange {
+        match (self.resume, self.force) {
+            (true, _) => OnChange::Resume,
+            (_, true) => OnChange::Force,
+            _ => OnChange::Ask,
+        }
+    }
 }
 
 /// Reads the experiment and applies `--out` and `--device`.
@@ -57,6 +82,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         run.root().display()
     );
     let progress = CliProgress::new();
-    run_experiment(&exp, registry, &progress)?;
-    super::inspect::print_summary(&run.data())
+    run_experiment(&exp, registry, args.on_change.get(), &progress)?;
+    super::inspect::print_summary(&run.data())?;
+    Ok(())
 }

@@ -10,10 +10,20 @@ use dreamgym_envs::recording::Dataset;
 pub struct Args {
     /// Dataset folder (written by `dreamgym rollout`).
     dir: PathBuf,
+    /// Exit 0 even when some chunks are damaged (their episodes are still left out).
+    #[arg(long)]
+    allow_damaged: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    print_summary(&args.dir)
+    let damaged = print_summary(&args.dir)?;
+    anyhow::ensure!(
+        damaged == 0 || args.allow_damaged,
+        "{} has {damaged} damaged chunk(s) (listed above); their episodes are left out of \
+         every use of the dataset (pass --allow-damaged to accept that)",
+        args.dir.display()
+    );
+    Ok(())
 }
 
 /// Statistics of a list of numbers.
@@ -29,8 +39,8 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
     (mean, std, min, max)
 }
 
-/// Prints the summary of the dataset in `dir`.
-pub fn print_summary(dir: &Path) -> anyhow::Result<()> {
+/// Prints the summary of the dataset in `dir`; returns how many chunks are damaged.
+pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
     let dataset =
         Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
     let meta = dataset.meta();
@@ -71,8 +81,25 @@ pub fn print_summary(dir: &Path) -> anyhow::Result<()> {
     println!("return       mean {m:.3} ± {s:.3} (min {lo:.3}, max {hi:.3})");
     let (m, s, lo, hi) = stats(&lengths);
     println!("length       mean {m:.1} ± {s:.1} (min {lo}, max {hi})");
+    for (i, c) in meta.collections.iter().enumerate() {
+        println!(
+            "collection   {i}: policy {}, seed {} (envs from {}), {} envs, {}",
+            c.policy,
+            c.seed,
+            c.env_seed,
+            c.num_envs,
+            if c.complete {
+                format!("{} episodes, complete", c.written)
+            } else {
+                format!(
+                    "asked for {} episodes, DID NOT FINISH (interrupted, failed or killed)",
+                    c.episodes
+                )
+            }
+        );
+    }
     for (path, err) in &report.damaged {
         println!("skipped      {}: {err}", path.display());
     }
-    Ok(())
+    Ok(report.damaged.len())
 }

@@ -73,7 +73,12 @@ pub fn main_with_registry(registry: Registry) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            // Stopped by Ctrl-C: the shell's convention for SIGINT.
+            if e.downcast_ref::<dreamgym_agents::Interrupted>().is_some() {
+                130
+            } else {
+                1
+            }
         }
     }
 }

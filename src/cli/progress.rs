@@ -25,10 +25,46 @@ pub fn stop_flag() -> &'static StopFlag {
     })
 }
 
-/// Draws one bar per stage on stderr (hidden when stderr is not a terminal), prints notes on
-/// stderr and stage summaries on stdout.
+/// Draws one bar per stage on stderr, prints notes on stderr and stage summaries on stdout.
+/// When stderr is not a terminal (CI logs, `nohup`), the bar becomes a plain line every
+/// [`PLAIN_EVERY`] and at the end of each stage.
 pub struct CliProgress {
     bar: Mutex<Option<ProgressBar>>,
+    plain: Option<Mutex<Option<Plain>>>,
+}
+
+/// How often a plain progress line is printed.
+pub const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A stage's progress without a terminal.
+struct Plain {
+    stage: String,
+    total: u64,
+    pos: u64,
+    status: String,
+    started: std::time::Instant,
+    printed: std::time::Instant,
+}
+
+impl Plain {
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = self.pos as f64 / secs.max(1e-9);
+        let eta = if self.pos > 0 && self.total > self.pos {
+            format!(", eta {:.0} s", (self.total - self.pos) as f64 / rate)
+        } else {
+            String::new()
+        };
+        let status = if self.status.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", self.status)
+        };
+        format!(
+            "{}: {}/{} ({:.1}/s, {:.0} s{eta}{status})",
+            self.stage, self.pos, self.total, rate, secs
+        )
+    }
 }
 
 impl Default for CliProgress {
@@ -41,8 +77,10 @@ impl CliProgress {
     /// A reporter with Ctrl-C wired to [`Progress::interrupted`].
     pub fn new() -> Self {
         stop_flag();
+        use std::io::IsTerminal;
         Self {
             bar: Mutex::new(None),
+            plain: (!std::io::stderr().is_terminal()).then(|| Mutex::new(None)),
         }
     }
 
@@ -71,6 +109,21 @@ impl CliProgress {
 
 impl Progress for CliProgress {
     fn begin(&self, stage: &str, total: u64) {
+        if let Some(plain) = &self.plain {
+            let now = std::time::Instant::now();
+            eprintln!("{stage}: 0/{total}");
+            if let Ok(mut p) = plain.lock() {
+                *p = Some(Plain {
+                    stage: stage.to_string(),
+                    total,
+                    pos: 0,
+                    status: String::new(),
+                    started: now,
+                    printed: now,
+                });
+            }
+            return;
+        }
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template(&format!(
@@ -87,14 +140,36 @@ impl Progress for CliProgress {
 
     fn advance(&self, n: u64) {
         self.with_bar(|b| b.inc(n));
+        if let Some(plain) = &self.plain
+            && let Ok(mut guard) = plain.lock()
+            && let Some(p) = guard.as_mut()
+        {
+            p.pos += n;
+            if p.printed.elapsed() >= PLAIN_EVERY {
+                p.printed = std::time::Instant::now();
+                eprintln!("{}", p.line());
+            }
+        }
     }
 
     fn status(&self, text: &str) {
+        if let Some(plain) = &self.plain
+            && let Ok(mut guard) = plain.lock()
+            && let Some(p) = guard.as_mut()
+        {
+            p.status = text.to_string();
+        }
         let text = text.to_string();
         self.with_bar(|b| b.set_message(text));
     }
 
     fn end(&self) {
+        if let Some(plain) = &self.plain
+            && let Ok(mut guard) = plain.lock()
+            && let Some(p) = guard.take()
+        {
+            eprintln!("{}", p.line());
+        }
         if let Ok(mut guard) = self.bar.lock()
             && let Some(bar) = guard.take()
         {

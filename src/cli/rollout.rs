@@ -68,5 +68,19 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     config.validate(registry)?;
     let summary = collect(registry, &config, &args.out, &CliProgress::new())?;
     println!("{summary}");
+    if summary.interrupted {
+        return Err(dreamgym_agents::Interrupted {
+            stage: "rollout".into(),
+            saved: format!(
+                "the {} finished episodes are in {} (marked as an unfinished collection); \
+                 record the other {} with the same command plus `--append --episodes {}`",
+                summary.episodes,
+                args.out.display(),
+                config.episodes - summary.episodes,
+                config.episodes - summary.episodes
+            ),
+        }
+        .into());
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use dreamgym_agents::prepare_run;
 use dreamgym_agents::world_models::{Stage, run_world_models};
 use dreamgym_envs::Registry;
 
@@ -21,19 +22,21 @@ pub struct StageArgs {
     /// Compute device: `cpu`, `cuda`, `cuda:N` (overrides `world_models.device`).
     #[arg(long)]
     device: Option<String>,
+    #[command(flatten)]
+    on_change: super::experiment::OnChangeArgs,
 }
 
 pub fn stage(which: Stage, args: StageArgs, registry: &Registry) -> anyhow::Result<()> {
     let (exp, _) = load(args.config.as_deref(), args.out, args.device)?;
     let wm = exp.world_models()?.clone();
     exp.validate(registry)?;
-    run_world_models(
-        &wm,
-        &exp.run_dir()?,
-        registry,
-        which,
-        &CliProgress::new(),
-        None,
-    )?;
+    let run = exp.run_dir()?;
+    let progress = CliProgress::new();
+    let _lock = run.lock()?;
+    prepare_run(&exp, &run, args.on_change.get(), &progress)?;
+    if run.experiment().exists() || run.data().join("dataset.json").exists() {
+        dreamgym_base::write_atomic(&run.experiment(), toml::to_string_pretty(&exp)?.as_bytes())?;
+    }
+    run_world_models(&wm, &run, registry, which, &progress, None)?;
     Ok(())
 }

@@ -31,6 +31,8 @@ pub struct PixelData {
     pub meta: DatasetMeta,
     /// Every undamaged episode.
     pub episodes: Vec<EpisodeFrames>,
+    /// The dataset's fingerprint ([`Dataset::fingerprint`]): what V records it was trained on.
+    pub fingerprint: String,
 }
 
 impl PixelData {
@@ -39,6 +41,18 @@ impl PixelData {
     pub fn load(dir: &Path, progress: &dyn Progress) -> anyhow::Result<Self> {
         let ds =
             Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
+        let meta = ds.meta();
+        if !meta.is_complete() {
+            let written: usize = ds.load().episodes.len();
+            let asked = meta.collections.last().map_or(0, |c| c.episodes);
+            anyhow::bail!(
+                "{} holds a collection that did not finish ({written} episodes in the folder; \
+                 the last collection was asked for {asked}): run the experiment again to \
+                 resume it, or `dreamgym rollout --append` to add to it; it is not trained on",
+                dir.display()
+            );
+        }
+        let fingerprint = ds.fingerprint();
         let report = ds.load();
         for (path, err) in &report.damaged {
             progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
@@ -71,7 +85,11 @@ impl PixelData {
             "dataset {} has no episodes",
             dir.display()
         );
-        Ok(Self { meta, episodes })
+        Ok(Self {
+            meta,
+            episodes,
+            fingerprint,
+        })
     }
 
     /// Values per action.

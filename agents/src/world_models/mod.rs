@@ -63,12 +63,17 @@ pub struct TrainSummary {
 pub(crate) struct ResumePoint {
     pub epochs: usize,
     pub steps: usize,
+    /// The mean loss of the last epoch saved (NaN when unknown).
+    pub loss: f64,
 }
 
 /// Restores a training stage from the checkpoint at `stem` when it was made with the same
-/// model `config` from the same inputs (`trained_on`: for M, which V made its latents): the
-/// weights, Adam's moments and the counters. Anything else starts fresh, and says why through
-/// `progress`.
+/// model `config` from the same inputs (`trained_on`: for V the dataset's fingerprint, for M
+/// which V made its latents): the weights, Adam's moments and the counters.
+///
+/// A checkpoint made from other inputs is stale: the stage starts fresh and says why through
+/// `progress`. A checkpoint of another architecture is an error (the config changed under a
+/// trained model): nothing is discarded unless the user asks for it (`--force`).
 pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     stem: &Path,
     kind: &str,
@@ -81,6 +86,7 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     let fresh = ResumePoint {
         epochs: 0,
         steps: 0,
+        loss: f64::NAN,
     };
     if !dreamgym_nn::checkpoint_paths(stem).1.exists() {
         return Ok(fresh);
@@ -96,18 +102,25 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
         }
     };
     if &saved != config {
-        progress.note(&format!(
-            "{kind}: the saved model has another architecture; training from scratch"
-        ));
-        return Ok(fresh);
+        anyhow::bail!(
+            "{} holds a {kind} of another architecture than the config asks for ({}); run \
+             with --force to discard it and the stages after it, or use another --out",
+            stem.display(),
+            config_diff(&saved, config)
+        );
     }
     let saved_on = state
         .get("trained_on")
         .cloned()
         .unwrap_or(serde_json::Value::Null);
     if &saved_on != trained_on {
+        let what = if kind == "vae" {
+            "the dataset changed since V was trained"
+        } else {
+            "V changed since M was trained"
+        };
         progress.note(&format!(
-            "{kind}: the saved model was trained on other inputs (V has changed since); training from scratch"
+            "{kind}: {what}, so it is stale; training it from scratch"
         ));
         return Ok(fresh);
     }
@@ -139,8 +152,28 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
         .get("steps_done")
         .and_then(|e| e.as_u64())
         .unwrap_or(0) as usize;
-    progress.note(&format!("{kind}: resuming after epoch {epochs}"));
-    Ok(ResumePoint { epochs, steps })
+    let loss = state
+        .get("loss")
+        .and_then(|l| l.as_f64())
+        .unwrap_or(f64::NAN);
+    Ok(ResumePoint {
+        epochs,
+        steps,
+        loss,
+    })
+}
+
+/// `a → b` for every field where two configs differ (at most a few), for messages.
+pub(crate) fn config_diff<C: Serialize>(a: &C, b: &C) -> String {
+    let flat = |c: &C| crate::experiment::flatten(&serde_json::to_value(c).unwrap_or_default());
+    let (a, b) = (flat(a), flat(b));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(none)".into(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Returns [`Interrupted`] (ending the stage's progress) when the user asked to stop; `what`

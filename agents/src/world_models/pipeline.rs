@@ -54,8 +54,8 @@ pub struct Outcome {
 fn train_line(name: &str, s: &TrainSummary, unit: &str) -> String {
     if s.steps == 0 {
         return format!(
-            "{name}: already trained ({} epochs); nothing to do",
-            s.epochs
+            "{name}: already done (epoch {}, loss {:.4})",
+            s.epochs, s.final_loss
         );
     }
     let resumed = if s.resumed_from > 0 {
@@ -116,8 +116,10 @@ pub fn run_world_models(
             } else {
                 Arc::new(Vec::new())
             };
-            let c = train_controller(cfg, &meta, &wm, &starts, run, registry, progress)?;
-            progress.done(&controller_line(&c));
+            let (c, ran) = train_controller(cfg, &meta, &wm, &starts, run, registry, progress)?;
+            if ran {
+                progress.done(&controller_line(&c));
+            }
             out.controller = Some(c);
         }
         Stage::Eval => {
@@ -155,8 +157,11 @@ pub fn run_world_models(
                 vae: Arc::new(vae),
                 mdn: Arc::new(mdn),
             };
-            let file = train_controller(cfg, &data.meta, &wm, &starts, run, registry, progress)?;
-            progress.done(&controller_line(&file));
+            let (file, ran) =
+                train_controller(cfg, &data.meta, &wm, &starts, run, registry, progress)?;
+            if ran {
+                progress.done(&controller_line(&file));
+            }
             let c = file.controller(&data.meta)?;
             out.controller = Some(file);
             let e = evaluate(

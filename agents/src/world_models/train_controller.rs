@@ -5,9 +5,10 @@ use std::sync::Arc;
 use dreamgym_base::derive_seed;
 use dreamgym_envs::recording::DatasetMeta;
 use dreamgym_envs::{Env, Registry};
-use dreamgym_policies::{CmaEs, LinearController, Policy};
+use dreamgym_policies::{CmaEs, CmaEsState, LinearController, Policy};
 use dreamgym_world_model::DreamEnv;
 use dreamgym_world_model::dream::StartLatent;
+use serde::{Deserialize, Serialize};
 
 use super::WorldModelsConfig;
 use super::agent::{WorldModel, WorldModelsAgent, check_pixels};
@@ -57,7 +58,9 @@ pub(crate) fn controller_policy(
 }
 
 /// Trains C with CMA-ES; fitness is the mean return over `rollouts` episodes, the same seeds
-/// for every candidate of a generation. Writes `controller.json` and returns it.
+/// for every candidate of a generation. Saves CMA-ES's state after every generation (and
+/// resumes from it exactly), writes `controller.json` at the end, and returns it with whether
+/// any generation ran (false: it was already done with this V, M and settings).
 #[allow(clippy::too_many_arguments)]
 pub fn train_controller(
     cfg: &WorldModelsConfig,
@@ -67,7 +70,7 @@ pub fn train_controller(
     run: &RunDir,
     registry: &Registry,
     progress: &dyn Progress,
-) -> anyhow::Result<ControllerFile> {
+) -> anyhow::Result<(ControllerFile, bool)> {
     check_pixels(&meta.observation_space, &wm.vae)?;
     let stage = &cfg.controller;
     anyhow::ensure!(
@@ -87,22 +90,48 @@ pub fn train_controller(
     let n = LinearController::param_count(inputs, action_size(meta)?);
     let mut es_cfg = stage.cmaes.clone();
     es_cfg.seed = derive_seed(cfg.seed, "controller.cmaes", stage.cmaes.seed);
-    let mut es = CmaEs::new(&vec![0.0; n], &es_cfg)?;
+    let trained_with = TrainedWith::of_run(run)?;
+    let made_by = ControllerCheckpoint::made_by(cfg, trained_with);
+    let state_path = run.file(CHECKPOINT);
+    let saved = ControllerCheckpoint::read(&state_path, &made_by, stage.generations, progress);
+    if let Some(cp) = &saved
+        && cp.generations == stage.generations
+        && let Ok(file) = ControllerFile::read(&run.file("controller.json"))
+        && file.trained_with == Some(trained_with)
+        && file.generations == stage.generations
+    {
+        progress.done(&format!(
+            "C: already done (generation {}, best mean training return {:.1})",
+            file.generations, file.best_fitness
+        ));
+        return Ok((file, false));
+    }
+    let (mut es, start) = match saved {
+        Some(cp) => {
+            progress.note(&format!("C: resuming after generation {}", cp.generations));
+            (CmaEs::restore(&es_cfg, &cp.es)?, cp.generations)
+        }
+        None => (CmaEs::new(&vec![0.0; n], &es_cfg)?, 0),
+    };
     let mut metrics = MetricsLog::open(
         run,
         "controller",
         &["generation", "mean", "max", "min", "sigma"],
-        None,
+        Some(start as f64),
     )?;
-    progress.begin("train C", stage.generations as u64);
-    for g in 0..stage.generations {
+    progress.begin("train C", (stage.generations - start) as u64);
+    let interrupted = |g: usize| Interrupted {
+        stage: "train C".into(),
+        saved: if g == 0 {
+            "no generation of C had finished, so nothing was saved".into()
+        } else {
+            format!("C's CMA-ES state is saved after generation {g}; run again to resume")
+        },
+    };
+    for g in start..stage.generations {
         if progress.interrupted() {
             progress.end();
-            return Err(Interrupted {
-                stage: "train C".into(),
-                saved: format!("nothing (CMA-ES does not resume yet; {g} generations lost)"),
-            }
-            .into());
+            return Err(interrupted(g).into());
         }
         let xs = es.ask();
         let policies = xs
@@ -139,11 +168,7 @@ pub fn train_controller(
         .map_err(|e| {
             progress.end();
             if progress.interrupted() {
-                Interrupted {
-                    stage: "train C".into(),
-                    saved: format!("nothing (CMA-ES does not resume yet; {g} generations lost)"),
-                }
-                .into()
+                interrupted(g).into()
             } else {
                 e
             }
@@ -160,7 +185,14 @@ pub fn train_controller(
         let max = fitness.iter().cloned().fold(f64::MIN, f64::max);
         let min = fitness.iter().cloned().fold(f64::MAX, f64::min);
         metrics.push(&[g as f64, mean, max, min, es.sigma()])?;
+        // Metrics first: a checkpoint never claims a generation whose row is not on disk.
         metrics.commit()?;
+        ControllerCheckpoint {
+            made_by: made_by.clone(),
+            generations: g + 1,
+            es: es.state(),
+        }
+        .write(&state_path)?;
         progress.status(&format!("best {max:.1} mean {mean:.1}"));
         progress.advance(1);
     }
@@ -174,8 +206,63 @@ pub fn train_controller(
         params: best.iter().map(|v| *v as f32).collect(),
         best_fitness,
         generations: stage.generations,
-        trained_with: Some(TrainedWith::of_run(run)?),
+        trained_with: Some(trained_with),
     };
     file.write(&run.file("controller.json"))?;
-    Ok(file)
+    Ok((file, true))
+}
+
+/// The file C's CMA-ES state is saved in after every generation.
+pub(crate) const CHECKPOINT: &str = "controller.state.json";
+
+/// CMA-ES between generations, with what it was made from: resumed only when the same V, M
+/// and settings (all but `generations` and `workers`, which do not change the result) would
+/// make it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ControllerCheckpoint {
+    made_by: serde_json::Value,
+    generations: usize,
+    es: CmaEsState,
+}
+
+impl ControllerCheckpoint {
+    fn made_by(cfg: &WorldModelsConfig, trained_with: TrainedWith) -> serde_json::Value {
+        let mut settings = cfg.controller.clone();
+        settings.generations = 0;
+        settings.workers = 0;
+        serde_json::json!({
+            "seed": cfg.seed,
+            "controller": settings,
+            "trained_with": trained_with,
+        })
+    }
+
+    /// The checkpoint at `path` when it was made by `made_by` and holds at most `generations`
+    /// generations; `None` (saying why through `progress`) otherwise.
+    fn read(
+        path: &std::path::Path,
+        made_by: &serde_json::Value,
+        generations: usize,
+        progress: &dyn Progress,
+    ) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        let why = match serde_json::from_slice::<Self>(&bytes) {
+            Err(e) => format!("{} is unreadable ({e})", path.display()),
+            Ok(cp) if &cp.made_by != made_by => {
+                "the saved CMA-ES state was made with another V, M or controller settings".into()
+            }
+            Ok(cp) if cp.generations > generations => format!(
+                "the saved CMA-ES state is at generation {}, past the {generations} asked for",
+                cp.generations
+            ),
+            Ok(cp) => return Some(cp),
+        };
+        progress.note(&format!("C: {why}; training C from scratch"));
+        None
+    }
+
+    fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        dreamgym_base::write_atomic(path, &serde_json::to_vec(self)?)?;
+        Ok(())
+    }
 }

@@ -64,6 +64,9 @@ pub fn train_mdn(
         progress,
     )?;
     let start = point.epochs.min(stage.epochs);
+    if start > 0 && start < stage.epochs {
+        progress.note(&format!("M: resuming after epoch {start}"));
+    }
     let t = stage.seq_len;
     // Non-overlapping windows of every long-enough episode.
     let windows: Vec<(usize, usize)> = series
@@ -89,7 +92,7 @@ pub fn train_mdn(
     progress.begin("train M", ((stage.epochs - start) * batches) as u64);
     let t0 = std::time::Instant::now();
     let (mut steps, mut total_steps, mut seqs, mut last_mean) =
-        (0usize, point.steps, 0usize, f64::NAN);
+        (0usize, point.steps, 0usize, point.loss);
     for epoch in start..stage.epochs {
         let mut order = windows.clone();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
@@ -154,6 +157,7 @@ pub fn train_mdn(
             serde_json::json!({
                 "epochs_done": epoch + 1,
                 "steps_done": total_steps,
+                "loss": last_mean,
                 "trained_on": trained_on,
             }),
         )?;
@@ -163,8 +167,8 @@ pub fn train_mdn(
     Ok((
         m,
         TrainSummary {
-            epochs: stage.epochs,
-            resumed_from: start,
+            epochs: stage.epochs.max(point.epochs),
+            resumed_from: point.epochs,
             steps,
             final_loss: last_mean,
             throughput: seqs as f64 / seconds.max(1e-9),

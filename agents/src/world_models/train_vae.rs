@@ -40,16 +40,20 @@ pub fn train_vae(
             ..Default::default()
         },
     )?;
+    let trained_on = serde_json::json!({ "dataset": data.fingerprint });
     let point = resume(
         &stem,
         "vae",
         &stage.model,
-        &serde_json::Value::Null,
+        &trained_on,
         vae.varmap(),
         &mut opt,
         progress,
     )?;
     let start = point.epochs.min(stage.epochs);
+    if start > 0 && start < stage.epochs {
+        progress.note(&format!("V: resuming after epoch {start}"));
+    }
     let c = vae.config().clone();
     let frame_len = c.image_size * c.image_size * c.channels;
     let index: Vec<(usize, usize)> = data
@@ -67,7 +71,7 @@ pub fn train_vae(
     let batches = index.len().div_ceil(stage.batch_size);
     progress.begin("train V", ((stage.epochs - start) * batches) as u64);
     let t0 = std::time::Instant::now();
-    let (mut steps, mut total_steps, mut last_mean) = (0usize, point.steps, f64::NAN);
+    let (mut steps, mut total_steps, mut last_mean) = (0usize, point.steps, point.loss);
     for epoch in start..stage.epochs {
         let mut order = index.clone();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
@@ -124,7 +128,12 @@ pub fn train_vae(
             &stage.model,
             vae.varmap(),
             Some(&opt),
-            serde_json::json!({"epochs_done": epoch + 1, "steps_done": total_steps}),
+            serde_json::json!({
+                "epochs_done": epoch + 1,
+                "steps_done": total_steps,
+                "loss": last_mean,
+                "trained_on": trained_on,
+            }),
         )?;
     }
     progress.end();
@@ -132,8 +141,8 @@ pub fn train_vae(
     Ok((
         vae,
         TrainSummary {
-            epochs: stage.epochs,
-            resumed_from: start,
+            epochs: stage.epochs.max(point.epochs),
+            resumed_from: point.epochs,
             steps,
             final_loss: last_mean,
             throughput: ((stage.epochs - start) * index.len()) as f64 / seconds.max(1e-9),

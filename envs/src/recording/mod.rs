@@ -127,6 +127,33 @@ pub struct DatasetMeta {
     pub policy: String,
     /// The seed the collection started from, if any.
     pub seed: Option<u64>,
+    /// Every collection that added episodes, in order, and whether it finished (absent in
+    /// datasets from before this was recorded, which count as complete).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<Collection>,
+}
+
+/// One collection (a `dreamgym rollout` or an experiment's `[rollout]`) that added episodes
+/// to a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collection {
+    /// What chose the actions.
+    pub policy: String,
+    /// The seed it was given.
+    pub seed: u64,
+    /// The seed its envs were reset from (env `i` from `env_seed + i`): `seed` for the first
+    /// collection of a dataset, a seed derived from it and the collection's index for later
+    /// ones, so that appended episodes are new ones.
+    pub env_seed: u64,
+    /// Environments stepped together (the data depend on it).
+    pub num_envs: usize,
+    /// Episodes it was asked to record.
+    pub episodes: usize,
+    /// Episodes it wrote (known once it ended; 0 while it runs or if it was killed).
+    pub written: usize,
+    /// Whether it recorded every episode it was asked for. False while it runs, and after an
+    /// interruption, a failure or a kill: such a dataset is resumed, not trained on.
+    pub complete: bool,
 }
 
 impl DatasetMeta {
@@ -148,7 +175,15 @@ impl DatasetMeta {
             action_space,
             policy: policy.into(),
             seed,
+            collections: Vec::new(),
         }
+    }
+
+    /// Whether the latest collection finished: an earlier one that did not was resumed or
+    /// appended to since (every recorded episode is whole either way). Datasets from before
+    /// collections were recorded count as complete.
+    pub fn is_complete(&self) -> bool {
+        self.collections.last().is_none_or(|c| c.complete)
     }
 }
 
@@ -179,6 +214,9 @@ pub enum RecordError {
     /// An episode does not fit the dataset's spaces.
     #[error("episode does not match the dataset: {0}")]
     Mismatch(String),
+    /// Another process is writing the folder.
+    #[error(transparent)]
+    Locked(#[from] dreamgym_base::LockError),
 }
 
 pub(crate) fn io_error(

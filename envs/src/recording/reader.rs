@@ -105,6 +105,28 @@ impl Dataset {
             .map_or(0, |i| i + 1)
     }
 
+    /// A fingerprint of what the dataset holds: the CRC-32 of its env, env config and spaces
+    /// and of every chunk's name and stored checksum (read from the chunk headers alone, so it
+    /// is cheap). It changes whenever a chunk is added, removed or rewritten; stages trained on
+    /// a dataset record it to know when their input changed.
+    pub fn fingerprint(&self) -> String {
+        let mut h = crc32fast::Hasher::new();
+        let identity = serde_json::json!([
+            self.meta.env_id,
+            self.meta.env_config,
+            self.meta.observation_space,
+            self.meta.action_space
+        ]);
+        h.update(identity.to_string().as_bytes());
+        for path in &self.chunks {
+            h.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+            // A chunk whose header cannot be read counts as damaged: its name still counts.
+            let crc = stored_crc(path).unwrap_or_else(|| "damaged".into());
+            h.update(crc.as_bytes());
+        }
+        format!("{:08x}", h.finalize())
+    }
+
     /// Reads one chunk, checking its checksum and structure.
     pub fn read_chunk(&self, path: &Path) -> Result<Vec<Episode>, RecordError> {
         let bytes = std::fs::read(path).map_err(io_error("cannot read", path))?;
@@ -125,6 +147,22 @@ impl Dataset {
         }
         report
     }
+}
+
+/// The `crc32` a chunk's header stores, read without reading the data.
+fn stored_crc(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    Some(header["__metadata__"]["crc32"].as_str()?.to_string())
 }
 
 /// Why a chunk's contents do not decode (reported as a damaged chunk).

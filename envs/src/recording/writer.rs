@@ -7,7 +7,8 @@ use safetensors::Dtype as StDtype;
 use safetensors::tensor::TensorView;
 
 use super::{
-    DatasetMeta, Episode, FORMAT, LeafKind, RecordError, VERSION, io_error, leaves, write_atomic,
+    Collection, DatasetMeta, Episode, FORMAT, LeafKind, RecordError, VERSION, io_error, leaves,
+    write_atomic,
 };
 use crate::{Space, Value};
 
@@ -42,58 +43,95 @@ pub struct EpisodeWriter {
     next_chunk: usize,
     episodes_written: usize,
     steps_written: usize,
+    chunks_written: usize,
+    _lock: dreamgym_base::FolderLock,
+}
+
+fn write_meta(path: &Path, meta: &DatasetMeta) -> Result<(), RecordError> {
+    let json = serde_json::to_vec_pretty(meta)
+        .map_err(|e| RecordError::Format(format!("cannot encode dataset.json: {e}")))?;
+    write_atomic(path, &json)
 }
 
 impl EpisodeWriter {
     /// Creates the dataset folder (or opens it to append) and writes `dataset.json`.
     ///
-    /// Refuses a folder that already holds files (unless `options.append` and it holds a
-    /// dataset of the same env and spaces), so nothing already recorded is overwritten.
+    /// Takes the folder's lock (see [`dreamgym_base::FolderLock`]) for the writer's lifetime, so
+    /// a second writer gets an error naming this process, and removes temporary files a killed
+    /// writer left. Refuses a folder that already holds episodes unless `options.append`, and
+    /// then only a dataset of the same env, env config and spaces, so nothing already recorded
+    /// is overwritten or mixed with other data. A dataset that holds no chunk at all (its
+    /// first collection died before writing one) is replaced.
+    ///
+    /// When appending, the dataset's own description (with its earlier collections) is kept;
+    /// [`begin_collection`](Self::begin_collection) then records this one.
     pub fn create(
         dir: impl AsRef<Path>,
         meta: DatasetMeta,
         options: WriterOptions,
     ) -> Result<Self, RecordError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(io_error("cannot create output directory", &dir))?;
+        let lock = dreamgym_base::FolderLock::acquire(&dir)?;
+        dreamgym_base::remove_stale_temporaries(&dir);
         let meta_path = dir.join("dataset.json");
         let mut next_chunk = 0;
-        if meta_path.exists() {
+        let mut meta = meta;
+        let existing = if meta_path.exists() {
             let existing = super::Dataset::open(&dir)?;
-            if !options.append {
-                return Err(RecordError::Format(format!(
-                    "{} already holds a dataset ({} chunks of {}); choose another folder, or \
-                     append to it",
-                    dir.display(),
-                    existing.chunk_paths().len(),
-                    existing.meta().env_id
-                )));
-            }
-            let m = existing.meta();
-            if m.env_id != meta.env_id
-                || m.observation_space != meta.observation_space
-                || m.action_space != meta.action_space
-            {
-                return Err(RecordError::Format(format!(
-                    "cannot append {} episodes to {}: it holds {} episodes with other spaces",
-                    meta.env_id,
-                    dir.display(),
-                    m.env_id
-                )));
-            }
-            next_chunk = existing.next_chunk_index();
+            (!existing.chunk_paths().is_empty()).then_some(existing)
         } else {
-            let entries = std::fs::read_dir(&dir).map_err(io_error("cannot read", &dir))?;
-            if entries.flatten().next().is_some() {
+            let visible = std::fs::read_dir(&dir)
+                .map_err(io_error("cannot read", &dir))?
+                .flatten()
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'));
+            if visible {
                 return Err(RecordError::Format(format!(
                     "{} is not empty and holds no dataset.json; refusing to write into it",
                     dir.display()
                 )));
             }
-            let json = serde_json::to_vec_pretty(&meta)
-                .map_err(|e| RecordError::Format(format!("cannot encode dataset.json: {e}")))?;
-            write_atomic(&meta_path, &json)?;
+            None
+        };
+        if let Some(existing) = existing {
+            let m = existing.meta();
+            if !options.append {
+                return Err(RecordError::Format(format!(
+                    "{} already holds a dataset ({} chunks of {}{}); choose another folder, or \
+                     append to it",
+                    dir.display(),
+                    existing.chunk_paths().len(),
+                    m.env_id,
+                    if m.is_complete() {
+                        ""
+                    } else {
+                        ", from a collection that did not finish"
+                    }
+                )));
+            }
+            let differs = [
+                ("env", m.env_id != meta.env_id),
+                ("env config", m.env_config != meta.env_config),
+                (
+                    "observation space",
+                    m.observation_space != meta.observation_space,
+                ),
+                ("action space", m.action_space != meta.action_space),
+            ];
+            if let Some((what, _)) = differs.iter().find(|(_, d)| *d) {
+                return Err(RecordError::Format(format!(
+                    "cannot append to {}: its {what} differs (it holds {} {}, this collection \
+                     is {} {}); record into another folder",
+                    dir.display(),
+                    m.env_id,
+                    m.env_config,
+                    meta.env_id,
+                    meta.env_config
+                )));
+            }
+            next_chunk = existing.next_chunk_index();
+            meta = m.clone();
         }
+        write_meta(&meta_path, &meta)?;
         Ok(Self {
             dir,
             meta,
@@ -103,7 +141,28 @@ impl EpisodeWriter {
             next_chunk,
             episodes_written: 0,
             steps_written: 0,
+            chunks_written: 0,
+            _lock: lock,
         })
+    }
+
+    /// The dataset's description as written (with every earlier collection when appending).
+    pub fn meta(&self) -> &DatasetMeta {
+        &self.meta
+    }
+
+    /// Whether the folder already held episodes when this writer opened it (it appends).
+    pub fn appends(&self) -> bool {
+        self.next_chunk > self.chunks_written
+    }
+
+    /// Records in `dataset.json` that `collection` is adding episodes, marked incomplete until
+    /// [`finish`](Self::finish).
+    pub fn begin_collection(&mut self, mut collection: Collection) -> Result<(), RecordError> {
+        collection.written = 0;
+        collection.complete = false;
+        self.meta.collections.push(collection);
+        write_meta(&self.dir.join("dataset.json"), &self.meta)
     }
 
     /// The dataset folder.
@@ -140,6 +199,7 @@ impl EpisodeWriter {
             .join(format!("chunk-{:06}.safetensors", self.next_chunk));
         write_atomic(&path, &bytes)?;
         self.next_chunk += 1;
+        self.chunks_written += 1;
         self.episodes_written += self.buffer.len();
         self.steps_written += self.buffer.iter().map(Episode::len).sum::<usize>();
         self.buffer.clear();
@@ -147,9 +207,25 @@ impl EpisodeWriter {
         Ok(())
     }
 
-    /// Flushes what is left and returns (episodes, steps) written.
-    pub fn finish(mut self) -> Result<(usize, usize), RecordError> {
+    /// Flushes what is left, marks this collection complete in `dataset.json`, and returns
+    /// (episodes, steps) written.
+    pub fn finish(self) -> Result<(usize, usize), RecordError> {
+        self.end(true)
+    }
+
+    /// Flushes what is left but leaves this collection marked incomplete (it was interrupted
+    /// or failed), so that the dataset is resumed rather than trained on.
+    pub fn finish_incomplete(self) -> Result<(usize, usize), RecordError> {
+        self.end(false)
+    }
+
+    fn end(mut self, complete: bool) -> Result<(usize, usize), RecordError> {
         self.flush()?;
+        if let Some(c) = self.meta.collections.last_mut() {
+            c.written = self.episodes_written;
+            c.complete = complete;
+            write_meta(&self.dir.join("dataset.json"), &self.meta)?;
+        }
         Ok(self.written())
     }
 }

@@ -1,0 +1,362 @@
+//! Runs and datasets that never lie: a changed config is refused, continued or redone as the
+//! user says, an interrupted collection is resumed rather than trained on, `--append` adds new
+//! episodes of the same env only, C resumes exactly, and one writer holds a folder at a time.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dreamgym_agents::testing::{record, tiny_config};
+use dreamgym_agents::world_models::{Stage, run_world_models};
+use dreamgym_agents::{
+    CollectConfig, Experiment, OnChange, Part, Progress, RunDir, collect, parse_experiment,
+    prepare_run, run_experiment,
+};
+use dreamgym_envs::Registry;
+use dreamgym_envs::recording::Dataset;
+
+/// Asks to stop once `limit` units of work are done (Ctrl-C at a known moment), and keeps the
+/// notes it was given.
+struct StopAfter {
+    done: AtomicU64,
+    limit: u64,
+    notes: std::sync::Mutex<Vec<String>>,
+}
+
+impl StopAfter {
+    fn new(limit: u64) -> Self {
+        Self {
+            done: AtomicU64::new(0),
+            limit,
+            notes: Default::default(),
+        }
+    }
+}
+
+impl Progress for StopAfter {
+    fn advance(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::SeqCst);
+    }
+    fn note(&self, text: &str) {
+        self.notes.lock().unwrap().push(text.to_string());
+    }
+    fn done(&self, text: &str) {
+        self.note(text);
+    }
+    fn interrupted(&self) -> bool {
+        self.done.load(Ordering::SeqCst) >= self.limit
+    }
+}
+
+/// A collection-only experiment on CartPole (fast) in `out`.
+fn cartpole(out: &Path, episodes: usize) -> Experiment {
+    let text = format!(
+        "name = \"t\"\nout = {:?}\n[rollout]\nenv = \"CartPole-v0\"\nepisodes = {episodes}\n\
+         num_envs = 4\n",
+        out.display().to_string()
+    );
+    parse_experiment(&text, "test").unwrap()
+}
+
+fn episode_seeds(dir: &Path) -> Vec<u64> {
+    let report = Dataset::open(dir).unwrap().load();
+    assert!(report.damaged.is_empty());
+    report.episodes.iter().map(|e| e.seed).collect()
+}
+
+#[test]
+fn an_interrupted_collection_is_marked_unfinished_and_resumed_not_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::with_builtins();
+    let exp = cartpole(dir.path(), 40);
+    let run = RunDir::new(dir.path());
+    // Ctrl-C after 12 episodes.
+    let stop = StopAfter::new(12);
+    let err = run_experiment(&exp, &registry, OnChange::Ask, &stop).unwrap_err();
+    assert!(
+        err.downcast_ref::<dreamgym_agents::Interrupted>().is_some(),
+        "{err:#}"
+    );
+    let ds = Dataset::open(run.data()).unwrap();
+    assert!(!ds.meta().is_complete());
+    let partial = ds.load().episodes.len();
+    assert!((12..40).contains(&partial), "{partial}");
+    // A World Models stage refuses the unfinished dataset.
+    let err = match dreamgym_agents::world_models::PixelData::load(&run.data(), &()) {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("an unfinished dataset was loaded for training"),
+    };
+    assert!(err.contains("did not finish"), "{err}");
+    // The same experiment again records the rest, as a second collection of new episodes.
+    let again = StopAfter::new(u64::MAX);
+    let out = run_experiment(&exp, &registry, OnChange::Ask, &again).unwrap();
+    assert_eq!(out.collect.unwrap().episodes, 40 - partial);
+    let ds = Dataset::open(run.data()).unwrap();
+    assert!(ds.meta().is_complete(), "{:?}", ds.meta().collections);
+    assert_eq!(ds.meta().collections.len(), 2);
+    let seeds = episode_seeds(&run.data());
+    assert_eq!(seeds.len(), 40);
+    assert_eq!(seeds.iter().collect::<HashSet<_>>().len(), 40, "{seeds:?}");
+    // Once complete it is reused, not recorded again.
+    let out = run_experiment(&exp, &registry, OnChange::Ask, &again).unwrap();
+    assert!(out.collect.is_none());
+    let notes = again.notes.lock().unwrap().join("\n");
+    assert!(notes.contains("already done (40 episodes"), "{notes}");
+}
+
+#[test]
+fn a_changed_config_is_refused_continued_or_redone_as_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::with_builtins();
+    let run = RunDir::new(dir.path());
+    run_experiment(&cartpole(dir.path(), 8), &registry, OnChange::Ask, &()).unwrap();
+    // More episodes: refused without a flag, the difference named.
+    let more = cartpole(dir.path(), 12);
+    let err = format!(
+        "{:#}",
+        run_experiment(&more, &registry, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(
+        err.contains("rollout.episodes: 8 → 12") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(episode_seeds(&run.data()).len(), 8);
+    // --resume tops the dataset up.
+    run_experiment(&more, &registry, OnChange::Resume, &()).unwrap();
+    assert_eq!(episode_seeds(&run.data()).len(), 12);
+    // Another env config makes the dataset stale: --resume refuses, naming the field...
+    let mut other = cartpole(dir.path(), 12);
+    other
+        .rollout
+        .env_config
+        .insert("force_mag".into(), toml::Value::Float(5.0));
+    let err = format!(
+        "{:#}",
+        run_experiment(&other, &registry, OnChange::Resume, &()).unwrap_err()
+    );
+    assert!(
+        err.contains("rollout.env_config.force_mag") && err.contains("--force"),
+        "{err}"
+    );
+    // ...the folder still describes the data it holds...
+    let saved = std::fs::read_to_string(run.experiment()).unwrap();
+    assert!(!saved.contains("force_mag"), "{saved}");
+    // ...and --force discards the dataset and records it again with the new config.
+    run_experiment(&other, &registry, OnChange::Force, &()).unwrap();
+    let meta = Dataset::open(run.data()).unwrap().meta().clone();
+    assert_eq!(meta.env_config["force_mag"], 5.0);
+    assert_eq!(meta.collections.len(), 1);
+    // Changes nothing depends on (worker threads) pass without a flag.
+    let mut workers = other.clone();
+    workers.rollout.workers = 1;
+    run_experiment(&workers, &registry, OnChange::Ask, &()).unwrap();
+}
+
+#[test]
+fn force_discards_the_stage_that_changed_and_everything_after_it_only() {
+    let root = tempfile::tempdir().unwrap();
+    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
+    let run = RunDir::new(root.path());
+    let mut exp = parse_experiment(
+        "name = \"t\"\n[rollout]\nenv = \"Racer-v0\"\nepisodes = 4\n\
+         env_config = { obs = \"pixels\", width = 16, height = 16 }\n",
+        "test",
+    )
+    .unwrap();
+    exp.world_models = Some(tiny_config());
+    std::fs::write(run.experiment(), toml::to_string(&exp).unwrap()).unwrap();
+    // M's architecture changes: V and the data stay, M and C go.
+    let mut changed = exp.clone();
+    changed.world_models.as_mut().unwrap().mdnrnn.model.hidden = 6;
+    let err = format!(
+        "{:#}",
+        prepare_run(&changed, &run, OnChange::Resume, &()).unwrap_err()
+    );
+    assert!(err.contains("mdnrnn.model.hidden"), "{err}");
+    assert!(run.file("mdnrnn.safetensors").exists());
+    let part = prepare_run(&changed, &run, OnChange::Force, &()).unwrap();
+    assert_eq!(part, Some(Part::Mdn));
+    for gone in [
+        "mdnrnn.safetensors",
+        "controller.json",
+        "metrics/mdnrnn.csv",
+    ] {
+        assert!(!run.file(gone).exists(), "{gone} survived --force");
+    }
+    for kept in ["vae.safetensors", "series.safetensors", "data/dataset.json"] {
+        assert!(run.file(kept).exists(), "{kept} was discarded");
+    }
+}
+
+#[test]
+fn a_model_of_another_architecture_is_never_silently_overwritten() {
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::new(root.path());
+    record(&run.data(), 4, 30).unwrap();
+    let mut cfg = tiny_config();
+    let registry = Registry::with_builtins();
+    run_world_models(&cfg, &run, &registry, Stage::Vae, &(), None).unwrap();
+    let before = std::fs::read(run.file("vae.safetensors")).unwrap();
+    cfg.vae.model.z_size = 5;
+    let err = run_world_models(&cfg, &run, &registry, Stage::Vae, &(), None).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("z_size: 4 → 5") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.file("vae.safetensors")).unwrap(), before);
+}
+
+#[test]
+fn a_stage_whose_dataset_changed_is_stale_and_retrained() {
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::new(root.path());
+    record(&run.data(), 4, 30).unwrap();
+    let cfg = tiny_config();
+    let registry = Registry::with_builtins();
+    let p = StopAfter::new(u64::MAX);
+    let out = run_world_models(&cfg, &run, &registry, Stage::Vae, &p, None).unwrap();
+    assert!(out.vae.unwrap().steps > 0);
+    let out = run_world_models(&cfg, &run, &registry, Stage::Vae, &p, None).unwrap();
+    assert_eq!(out.vae.unwrap().steps, 0);
+    assert!(
+        p.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("already done (epoch 2, loss"))
+    );
+    // A chunk is added: V was trained on other data.
+    let extra = root.path().join("extra");
+    record(&extra, 2, 30).unwrap();
+    std::fs::copy(
+        extra.join("chunk-000000.safetensors"),
+        run.data().join("chunk-000001.safetensors"),
+    )
+    .unwrap();
+    let out = run_world_models(&cfg, &run, &registry, Stage::Vae, &p, None).unwrap();
+    let v = out.vae.unwrap();
+    assert_eq!(v.resumed_from, 0);
+    assert!(v.steps > 0);
+    let notes = p.notes.lock().unwrap().join("\n");
+    assert!(
+        notes.contains("the dataset changed since V was trained"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn c_interrupted_mid_training_resumes_to_the_same_controller() {
+    let mut cfg = tiny_config();
+    cfg.controller.generations = 4;
+    let registry = Registry::with_builtins();
+    let straight = tempfile::tempdir().unwrap();
+    let resumed = tempfile::tempdir().unwrap();
+    let runs = [RunDir::new(straight.path()), RunDir::new(resumed.path())];
+    for run in &runs {
+        record(&run.data(), 4, 30).unwrap();
+        for s in [Stage::Vae, Stage::Mdn] {
+            run_world_models(&cfg, run, &registry, s, &(), None).unwrap();
+        }
+    }
+    run_world_models(&cfg, &runs[0], &registry, Stage::Controller, &(), None).unwrap();
+    // Ctrl-C during the third generation.
+    let stop = StopAfter::new(2);
+    let err =
+        run_world_models(&cfg, &runs[1], &registry, Stage::Controller, &stop, None).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("saved after generation 2"), "{msg}");
+    assert!(!runs[1].file("controller.json").exists());
+    let p = StopAfter::new(u64::MAX);
+    run_world_models(&cfg, &runs[1], &registry, Stage::Controller, &p, None).unwrap();
+    assert!(
+        p.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("resuming after generation 2")),
+        "{:?}",
+        p.notes
+    );
+    for file in ["controller.json", "metrics/controller.csv"] {
+        assert_eq!(
+            std::fs::read(runs[0].file(file)).unwrap(),
+            std::fs::read(runs[1].file(file)).unwrap(),
+            "{file} differs after a resume"
+        );
+    }
+    // Done is done: a third call trains nothing and says so.
+    let p = StopAfter::new(u64::MAX);
+    let out = run_world_models(&cfg, &runs[1], &registry, Stage::Controller, &p, None).unwrap();
+    assert!(out.controller.is_some());
+    let notes = p.notes.lock().unwrap().join("\n");
+    assert!(notes.contains("C: already done (generation 4"), "{notes}");
+}
+
+#[test]
+fn append_refuses_another_env_config_and_records_new_episodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let registry = Registry::with_builtins();
+    let config = CollectConfig {
+        env: "CartPole-v0".into(),
+        episodes: 10,
+        num_envs: 4,
+        ..Default::default()
+    };
+    collect(&registry, &config, &data, &()).unwrap();
+    let first = episode_seeds(&data);
+    // The same command again with --append: the same seed, yet new episodes.
+    let append = CollectConfig {
+        append: true,
+        ..config.clone()
+    };
+    let p = StopAfter::new(u64::MAX);
+    collect(&registry, &append, &data, &p).unwrap();
+    let seeds = episode_seeds(&data);
+    assert_eq!(seeds.len(), 20);
+    assert_eq!(seeds.iter().collect::<HashSet<_>>().len(), 20, "{seeds:?}");
+    assert_eq!(&seeds[..10], &first[..]);
+    let notes = p.notes.lock().unwrap().join("\n");
+    assert!(
+        notes.contains("collection 1") && notes.contains("no episode repeats"),
+        "{notes}"
+    );
+    // Another env config is refused and nothing is written.
+    let mut other = append.clone();
+    other
+        .env_config
+        .insert("force_mag".into(), toml::Value::Float(5.0));
+    let err = format!("{:#}", collect(&registry, &other, &data, &()).unwrap_err());
+    assert!(err.contains("env config differs"), "{err}");
+    assert_eq!(episode_seeds(&data).len(), 20);
+    assert_eq!(Dataset::open(&data).unwrap().meta().collections.len(), 2);
+}
+
+#[test]
+fn a_second_writer_is_refused_while_the_first_holds_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::with_builtins();
+    let exp = cartpole(dir.path(), 4);
+    let run = RunDir::new(dir.path());
+    let held = run.lock().unwrap();
+    let err = format!(
+        "{:#}",
+        run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(
+        err.contains("in use by another dreamgym process")
+            && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    drop(held);
+    // A dataset folder is locked by its writer in the same way.
+    let data_lock = dreamgym_base::FolderLock::acquire(&run.data()).unwrap();
+    let err = format!(
+        "{:#}",
+        collect(&registry, &exp.rollout, &run.data(), &()).unwrap_err()
+    );
+    assert!(err.contains("in use"), "{err}");
+    drop(data_lock);
+    run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+}
