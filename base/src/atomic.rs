@@ -43,12 +43,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         .unwrap_or_else(|| "file".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let written = (|| {
+        // Errors name the file being written, not its temporary name.
         let mut f =
-            std::fs::File::create(&tmp).map_err(|e| IoError::new("cannot create", &tmp, e))?;
+            std::fs::File::create(&tmp).map_err(|e| IoError::new("cannot write", path, e))?;
         f.write_all(bytes)
-            .map_err(|e| IoError::new("cannot write", &tmp, e))?;
+            .map_err(|e| IoError::new("cannot write", path, e))?;
         f.sync_all()
-            .map_err(|e| IoError::new("cannot sync", &tmp, e))?;
+            .map_err(|e| IoError::new("cannot sync", path, e))?;
         std::fs::rename(&tmp, path).map_err(|e| IoError::new("cannot rename into place", path, e))
     })();
     if written.is_err() {
