@@ -29,6 +29,10 @@ pub struct EvalSummary {
     pub dream: Option<Vec<f64>>,
     /// Whether C was trained in the dream.
     pub trained_in_dream: bool,
+    /// What the numbers were made from (C's parameters, the V and M it acts through, the eval
+    /// settings): an evaluation is done only while these still hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<serde_json::Value>,
 }
 
 /// Evaluates C in the real env on `eval.episodes` seeds beside a random policy (and in the
@@ -92,6 +96,7 @@ pub fn evaluate(
         random: random_returns.to_vec(),
         dream,
         trained_in_dream,
+        made_by: None,
     };
     dreamgym_base::write_atomic(
         &run.file("eval.json"),

@@ -129,22 +129,9 @@ pub fn run_world_models(
             file.check_fits(run)?;
             let c = file.controller(&data.meta)?;
             let starts = starts_of(run)?;
-            let e = evaluate(
-                cfg,
-                &data.meta,
-                &wm,
-                &c,
-                file.in_dream,
-                &starts,
-                run,
-                registry,
-                progress,
+            eval_and_report(
+                cfg, &data, &wm, &file, &c, &starts, run, registry, progress, None, &mut out,
             )?;
-            progress.done(&eval_line(&e));
-            out.eval = Some(e);
-            let r = report(cfg, &data, &wm, Some(&c), &starts, run, None)?;
-            progress.done(&format!("report: {}", r.display()));
-            out.report = Some(r);
         }
         Stage::All => {
             let data = PixelData::load(&run.data(), progress)?;
@@ -163,29 +150,11 @@ pub fn run_world_models(
                 progress.done(&controller_line(&file));
             }
             let c = file.controller(&data.meta)?;
-            out.controller = Some(file);
-            let e = evaluate(
-                cfg,
-                &data.meta,
-                &wm,
-                &c,
-                cfg.controller.in_dream,
-                &starts,
-                run,
-                registry,
-                progress,
-            )?;
-            progress.done(&eval_line(&e));
-            out.eval = Some(e);
+            out.controller = Some(file.clone());
             let wall = started.map(|t| t.elapsed().as_secs_f64());
-            let r = report(cfg, &data, &wm, Some(&c), &starts, run, wall)?;
-            progress.done(&format!(
-                "report: {}{}",
-                r.display(),
-                wall.map(|w| format!(" ({w:.0} s in all)"))
-                    .unwrap_or_default()
-            ));
-            out.report = Some(r);
+            eval_and_report(
+                cfg, &data, &wm, &file, &c, &starts, run, registry, progress, wall, &mut out,
+            )?;
         }
     }
     Ok(out)
@@ -208,6 +177,66 @@ fn encode_and_train_mdn(
     progress.done(&train_line("M", &s, "sequences/s"));
     out.mdn = Some(s);
     Ok((mdn, start_latents(&series)?))
+}
+
+/// Evaluates C and writes the report, unless both are already done for this C (with this V
+/// and M) and these eval settings.
+#[allow(clippy::too_many_arguments)]
+fn eval_and_report(
+    cfg: &WorldModelsConfig,
+    data: &PixelData,
+    wm: &WorldModel,
+    file: &ControllerFile,
+    c: &dreamgym_policies::LinearController,
+    starts: &Arc<Vec<StartLatent>>,
+    run: &RunDir,
+    registry: &Registry,
+    progress: &dyn Progress,
+    wall: Option<f64>,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let made_by = serde_json::json!({
+        "controller": format!("{:08x}", crc32fast::hash(&serde_json::to_vec(&file.params)?)),
+        "trained_with": file.trained_with,
+        "in_dream": file.in_dream,
+        "seed": cfg.seed,
+        "eval": cfg.eval,
+    });
+    let report_path = run.file("report.md");
+    let saved = std::fs::read(run.file("eval.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<EvalSummary>(&b).ok())
+        .filter(|e| e.made_by.as_ref() == Some(&made_by) && report_path.exists());
+    if let Some(e) = saved {
+        progress.done(&format!("{} (already done)", eval_line(&e)));
+        out.eval = Some(e);
+        out.report = Some(report_path);
+        return Ok(());
+    }
+    let mut e = evaluate(
+        cfg,
+        &data.meta,
+        wm,
+        c,
+        file.in_dream,
+        starts,
+        run,
+        registry,
+        progress,
+    )?;
+    e.made_by = Some(made_by);
+    dreamgym_base::write_atomic(&run.file("eval.json"), &serde_json::to_vec_pretty(&e)?)?;
+    progress.done(&eval_line(&e));
+    out.eval = Some(e);
+    let r = report(cfg, data, wm, Some(c), starts, run, wall)?;
+    progress.done(&format!(
+        "report: {}{}",
+        r.display(),
+        wall.map(|w| format!(" ({w:.0} s in all)"))
+            .unwrap_or_default()
+    ));
+    out.report = Some(r);
+    Ok(())
 }
 
 fn controller_line(c: &ControllerFile) -> String {
