@@ -311,5 +311,8 @@ fn sigint_and_kill_in_a_run_resume_with_continuous_metrics() {
         "{stdout}"
     );
     assert!(stdout.contains("C: already done (generation 1"), "{stdout}");
-    assert!(stdout.contains("random") && stdout.contains("(already done)"), "{stdout}");
+    assert!(
+        stdout.contains("random") && stdout.contains("(already done)"),
+        "{stdout}"
+    );
 }

@@ -308,6 +308,10 @@ pub fn collect(
                     // The writer stopped: its error is reported below.
                     break;
                 }
+                progress.status(&format!(
+                    "mean return {:.1}",
+                    total_return / finished as f64
+                ));
                 progress.advance(1);
             }
         }

@@ -17,7 +17,7 @@ use super::train_controller::train_controller;
 use super::train_mdn::train_mdn;
 use super::train_vae::train_vae;
 use super::{TrainSummary, WorldModelsConfig};
-use crate::{Progress, RunDir, mean_std};
+use crate::{Interrupted, Progress, RunDir, mean_std};
 
 /// Which part of the pipeline to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +223,20 @@ fn eval_and_report(
         run,
         registry,
         progress,
-    )?;
+    )
+    .map_err(|e| {
+        if e.is::<Interrupted>() {
+            Interrupted {
+                stage: "evaluate".into(),
+                saved: "V, M and C are saved; the evaluation is not kept in part, so running \
+                        again evaluates from its first episode"
+                    .into(),
+            }
+            .into()
+        } else {
+            e
+        }
+    })?;
     e.made_by = Some(made_by);
     dreamgym_base::write_atomic(&run.file("eval.json"), &serde_json::to_vec_pretty(&e)?)?;
     progress.done(&eval_line(&e));
