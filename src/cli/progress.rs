@@ -145,7 +145,8 @@ impl Progress for CliProgress {
             && let Some(p) = guard.as_mut()
         {
             p.pos += n;
-            if p.printed.elapsed() >= PLAIN_EVERY {
+            // The last unit's line is printed by `end`.
+            if p.pos < p.total && p.printed.elapsed() >= PLAIN_EVERY {
                 p.printed = std::time::Instant::now();
                 eprintln!("{}", p.line());
             }
