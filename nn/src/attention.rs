@@ -36,7 +36,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (_, _, t_q, d) = q.dims4()?;
     let t_k = k.dim(2)?;
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
-    let mask = causal_mask(t_q, t_k, q.device())?;
+    let mask = causal_mask(t_q, t_k, q.device())?.to_dtype(scores.dtype())?;
     softmax(&scores.broadcast_add(&mask)?)?.matmul(&v.contiguous()?)
 }
 

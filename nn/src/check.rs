@@ -62,28 +62,38 @@ pub fn finite_difference_check(
     probes: usize,
 ) -> Result<FdReport> {
     let grads = loss()?.backward()?;
-    let analytic: Vec<f32> = match grads.get(var.as_tensor()) {
-        Some(g) => g.flatten_all()?.to_vec1()?,
+    let f64s = |t: &Tensor| -> Result<Vec<f64>> {
+        t.flatten_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()
+    };
+    let analytic: Vec<f64> = match grads.get(var.as_tensor()) {
+        Some(g) => f64s(g)?,
         None => vec![0.0; var.elem_count()],
     };
     let original = var.as_tensor().copy()?;
-    let flat: Vec<f32> = original.flatten_all()?.to_vec1()?;
+    let flat = f64s(&original)?;
     let n = flat.len();
     let (mut max_abs, mut max_rel, mut probed) = (0.0f64, 0.0f64, 0);
-    let eval_at = |i: usize, value: f32| -> Result<f64> {
+    // Returns the value actually stored (rounded to the var's dtype) and the loss there.
+    let eval_at = |i: usize, value: f64| -> Result<(f64, f64)> {
         let mut v = flat.clone();
         v[i] = value;
-        var.set(&Tensor::from_vec(v, original.shape(), original.device())?)?;
-        loss()?
+        let t =
+            Tensor::from_vec(v, original.shape(), original.device())?.to_dtype(original.dtype())?;
+        let stored = f64s(&t)?[i];
+        var.set(&t)?;
+        let l = loss()?
             .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()
+            .to_scalar::<f64>()?;
+        Ok((stored, l))
     };
     for p in 0..probes.min(n) {
         let i = p * n / probes.min(n);
-        let plus = eval_at(i, flat[i] + eps as f32)?;
-        let minus = eval_at(i, flat[i] - eps as f32)?;
-        let numeric = (plus - minus) / (2.0 * eps);
-        let a = analytic[i] as f64;
+        let (hi, plus) = eval_at(i, flat[i] + eps)?;
+        let (lo, minus) = eval_at(i, flat[i] - eps)?;
+        let numeric = (plus - minus) / (hi - lo);
+        let a = analytic[i];
         let abs = (a - numeric).abs();
         max_abs = max_abs.max(abs);
         max_rel = max_rel.max(abs / a.abs().max(numeric.abs()).max(1e-3));

@@ -11,6 +11,7 @@ pub struct ParamInit<'a> {
     varmap: &'a VarMap,
     device: &'a Device,
     rng: ChaCha8Rng,
+    dtype: candle_core::DType,
 }
 
 impl<'a> ParamInit<'a> {
@@ -20,7 +21,15 @@ impl<'a> ParamInit<'a> {
             varmap,
             device,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            dtype: candle_core::DType::F32,
         }
+    }
+
+    /// Parameters of `dtype` instead of f32 (the same draws, converted): f64 models make
+    /// finite-difference checks and parity comparisons exact to far more digits.
+    pub fn with_dtype(mut self, dtype: candle_core::DType) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// A parameter drawn uniformly from `[-bound, bound]` (PyTorch's default for linear and
@@ -65,7 +74,7 @@ impl<'a> ParamInit<'a> {
         data: Vec<f32>,
         shape: &[usize],
     ) -> candle_core::Result<Tensor> {
-        let t = Tensor::from_vec(data, shape, self.device)?;
+        let t = Tensor::from_vec(data, shape, self.device)?.to_dtype(self.dtype)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();
         self.varmap

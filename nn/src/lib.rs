@@ -33,6 +33,7 @@ mod norm;
 mod optim;
 #[cfg(test)]
 mod test_util;
+mod transformer;
 
 pub use attention::{causal_attention, causal_mask, softmax};
 pub use check::{FdReport, check_gradients_reach_every_parameter, finite_difference_check};
@@ -53,6 +54,10 @@ pub use linear::Linear;
 pub use lstm::{Lstm, lstm_cell};
 pub use norm::{LayerNorm, RmsNorm};
 pub use optim::{Adam, AdamConfig};
+pub use transformer::{
+    Dropout, Gpt, GptConfig, KvCache, MlpKind, NormKind, PositionKind, Proj, Transformer,
+    TransformerConfig,
+};
 
 /// The names most models use.
 pub mod prelude {

@@ -1,7 +1,7 @@
 //! LayerNorm and RMSNorm from elementwise and reduction ops, so that gradients flow through
 //! them (candle's fused `layer_norm` and `rms_norm` have no backward pass).
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, Result, Tensor};
 
 use crate::ParamInit;
 
@@ -32,7 +32,7 @@ impl LayerNorm {
 
     /// Normalises `x` `[.., dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(DType::F32)?;
+        let x = x.to_dtype(self.weight.dtype())?;
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;

@@ -1,0 +1,933 @@
+//! One decoder-only transformer core (GPT-2 / Llama family) that the Decision Transformer and
+//! the language model share: pre-norm blocks `x + attn(norm(x))`, `x + mlp(norm(x))`, then a
+//! final norm.
+//!
+//! Each choice is a config field: LayerNorm or RMSNorm; learned, rotary or no positions;
+//! GELU or SwiGLU MLP; multi-head or grouped-query attention; biases; dropout (seeded, so a
+//! seed fixes training). A [`KvCache`] makes step-by-step acting and generation cost one
+//! token's work per step; a cached step gives the same output as a full forward pass (tested).
+//!
+//! Every op is built from candle ops that carry gradients (see the crate docs: candle's fused
+//! norms, softmax and `sdpa` do not). Parameter names follow Hugging Face's Llama
+//! (`layers.{i}.self_attn.q_proj.weight`, `layers.{i}.mlp.gate_proj.weight`,
+//! `layers.{i}.input_layernorm.weight`, `norm.weight`) under a prefix of the caller's choice;
+//! [`Gpt`] puts the core under `model.` beside `lm_head`, as Llama checkpoints do.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Embedding, LayerNorm, NnError, ParamInit, RmsNorm, causal_attention};
+
+/// Which normalisation the blocks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// LayerNorm (GPT-2).
+    LayerNorm,
+    /// RMSNorm (Llama).
+    RmsNorm,
+}
+
+/// How positions enter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionKind {
+    /// A learned table added to the input (GPT-2), `embed_positions.weight`.
+    Learned,
+    /// Rotary embeddings on queries and keys (Llama, "rotate half" layout).
+    Rotary,
+    /// None: the caller adds its own (the Decision Transformer's timestep embedding).
+    None,
+}
+
+/// The feed-forward part of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// `down(gelu(up(x)))` (GPT-2, tanh approximation).
+    Gelu,
+    /// `down(silu(gate(x)) * up(x))` (Llama).
+    SwiGlu,
+}
+
+/// The transformer's shape and choices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformerConfig {
+    /// Blocks.
+    pub n_layer: usize,
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads: `n_head` (or 0) for multi-head attention, fewer for grouped-query
+    /// attention (each shared by `n_head / n_kv_head` query heads).
+    pub n_kv_head: usize,
+    /// The most positions a sequence (with its cache) may hold.
+    pub block_size: usize,
+    /// Normalisation.
+    pub norm: NormKind,
+    /// The norms' epsilon.
+    pub norm_eps: f64,
+    /// Positions.
+    pub positions: PositionKind,
+    /// Rotary base θ.
+    pub rope_theta: f64,
+    /// Feed-forward kind.
+    pub mlp: MlpKind,
+    /// Hidden width of the MLP (0: `4 · n_embd`).
+    pub mlp_hidden: usize,
+    /// Biases on projections and LayerNorms (GPT-2 has them, Llama not).
+    pub bias: bool,
+    /// Dropout on the input and on each residual branch while training.
+    pub dropout: f32,
+}
+
+impl Default for TransformerConfig {
+    /// The Decision Transformer paper's size: 3 layers, 128 wide, 1 head, GPT-2 choices.
+    fn default() -> Self {
+        Self {
+            n_layer: 3,
+            n_embd: 128,
+            n_head: 1,
+            n_kv_head: 0,
+            block_size: 60,
+            norm: NormKind::LayerNorm,
+            norm_eps: 1e-5,
+            positions: PositionKind::Learned,
+            rope_theta: 10_000.0,
+            mlp: MlpKind::Gelu,
+            mlp_hidden: 0,
+            bias: true,
+            dropout: 0.1,
+        }
+    }
+}
+
+impl TransformerConfig {
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        if self.n_kv_head == 0 {
+            self.n_head
+        } else {
+            self.n_kv_head
+        }
+    }
+
+    /// Width of one head.
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head.max(1)
+    }
+
+    /// Hidden width of the MLP.
+    pub fn hidden(&self) -> usize {
+        if self.mlp_hidden == 0 {
+            4 * self.n_embd
+        } else {
+            self.mlp_hidden
+        }
+    }
+
+    /// Checks the shape, naming the first bad field.
+    pub fn validate(&self) -> std::result::Result<(), NnError> {
+        let bad = |m: String| Err(NnError::Config(m));
+        if !(1..=256).contains(&self.n_layer) {
+            return bad(format!("n_layer must be in 1..=256, got {}", self.n_layer));
+        }
+        if !(1..=65_536).contains(&self.n_embd) || !(1..=1024).contains(&self.n_head) {
+            return bad(format!(
+                "n_embd must be in 1..=65536 and n_head in 1..=1024, got {} and {}",
+                self.n_embd, self.n_head
+            ));
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return bad(format!(
+                "n_embd ({}) must be a multiple of n_head ({})",
+                self.n_embd, self.n_head
+            ));
+        }
+        let kv = self.kv_heads();
+        if kv > self.n_head || !self.n_head.is_multiple_of(kv) {
+            return bad(format!(
+                "n_kv_head ({}) must divide n_head ({})",
+                self.n_kv_head, self.n_head
+            ));
+        }
+        if self.positions == PositionKind::Rotary && !self.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "rotary positions need an even head width, got {}",
+                self.head_dim()
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.block_size) {
+            return bad(format!(
+                "block_size must be in 1..=1048576, got {}",
+                self.block_size
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.hidden()) {
+            return bad(format!(
+                "mlp_hidden must be at most 1048576, got {}",
+                self.hidden()
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(self.norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return bad("norm_eps and rope_theta must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A projection `x Wᵀ (+ b)` with PyTorch's layout `[out, in]`, on inputs of any rank.
+#[derive(Debug, Clone)]
+pub struct Proj {
+    /// `[out, in]`.
+    pub weight: Tensor,
+    /// `[out]`, when the layer has one.
+    pub bias: Option<Tensor>,
+}
+
+impl Proj {
+    /// `name.weight` from `N(0, std²)`, `name.bias` zero when `bias`.
+    pub fn new(
+        init: &mut ParamInit,
+        name: &str,
+        inp: usize,
+        out: usize,
+        bias: bool,
+        std: f32,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: init.normal(&format!("{name}.weight"), &[out, inp], std)?,
+            bias: if bias {
+                Some(init.constant(&format!("{name}.bias"), &[out], 0.0)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Applies the layer to `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / inp.max(1);
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = self.weight.dim(0)?;
+        }
+        y.reshape(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    fn new(init: &mut ParamInit, name: &str, cfg: &TransformerConfig) -> Result<Self> {
+        Ok(match cfg.norm {
+            NormKind::LayerNorm => Norm::Layer(LayerNorm::new(
+                init,
+                name,
+                cfg.n_embd,
+                cfg.norm_eps,
+                cfg.bias,
+            )?),
+            NormKind::RmsNorm => Norm::Rms(RmsNorm::new(init, name, cfg.n_embd, cfg.norm_eps)?),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+}
+
+/// Seeded dropout for training: the mask comes from the caller's generator, so a seed fixes
+/// every dropped unit (candle's `dropout` draws from an unseeded generator).
+pub struct Dropout<'a> {
+    /// Probability of dropping a unit.
+    pub p: f32,
+    /// Where the masks come from.
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+impl Dropout<'_> {
+    fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        if self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - self.p);
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if self.rng.random::<f32>() < self.p {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect();
+        x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?)
+    }
+}
+
+fn dropout(d: &mut Option<Dropout>, x: Tensor) -> Result<Tensor> {
+    match d {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer: a forward pass with a cache
+/// processes only the new positions.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position (a new sequence).
+    pub fn clear(&mut self) {
+        self.layers.clear();
+        self.len = 0;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_norm: Norm,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
+    post_norm: Norm,
+    gate: Option<Proj>,
+    up: Proj,
+    down: Proj,
+}
+
+impl Block {
+    fn new(init: &mut ParamInit, name: &str, cfg: &TransformerConfig) -> Result<Self> {
+        let (c, hd, kv) = (cfg.n_embd, cfg.head_dim(), cfg.kv_heads());
+        // GPT-2: the projections into the residual stream start smaller, 0.02 / √(2 layers).
+        let out_std = 0.02 / ((2 * cfg.n_layer) as f32).sqrt();
+        let p = |init: &mut ParamInit, n: &str, i, o, std| {
+            Proj::new(init, &format!("{name}.{n}"), i, o, cfg.bias, std)
+        };
+        Ok(Self {
+            input_norm: Norm::new(init, &format!("{name}.input_layernorm"), cfg)?,
+            q: p(init, "self_attn.q_proj", c, cfg.n_head * hd, 0.02)?,
+            k: p(init, "self_attn.k_proj", c, kv * hd, 0.02)?,
+            v: p(init, "self_attn.v_proj", c, kv * hd, 0.02)?,
+            o: p(init, "self_attn.o_proj", cfg.n_head * hd, c, out_std)?,
+            post_norm: Norm::new(init, &format!("{name}.post_attention_layernorm"), cfg)?,
+            gate: match cfg.mlp {
+                MlpKind::SwiGlu => Some(p(init, "mlp.gate_proj", c, cfg.hidden(), 0.02)?),
+                MlpKind::Gelu => None,
+            },
+            up: p(init, "mlp.up_proj", c, cfg.hidden(), 0.02)?,
+            down: p(init, "mlp.down_proj", cfg.hidden(), c, out_std)?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        cfg: &TransformerConfig,
+        rope: Option<(&Tensor, &Tensor)>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        drop: &mut Option<Dropout>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kv, hd) = (cfg.n_head, cfg.kv_heads(), cfg.head_dim());
+        let n = self.input_norm.forward(x)?;
+        let heads = |y: Tensor, heads: usize| -> Result<Tensor> {
+            y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let mut q = heads(self.q.forward(&n)?, h)?;
+        let mut k = heads(self.k.forward(&n)?, kv)?;
+        let v = heads(self.v.forward(&n)?, kv)?;
+        if let Some((cos, sin)) = rope {
+            q = apply_rotary(&q, cos, sin)?;
+            k = apply_rotary(&k, cos, sin)?;
+        }
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.detach(), v.detach()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
+        let y = causal_attention(&q, &k, &v)?
+            .transpose(1, 2)?
+            .reshape((b, t, h * hd))?;
+        let x = (x + dropout(drop, self.o.forward(&y)?)?)?;
+        let n = self.post_norm.forward(&x)?;
+        let hidden = match &self.gate {
+            Some(gate) => (candle_nn::ops::silu(&gate.forward(&n)?)? * self.up.forward(&n)?)?,
+            None => self.up.forward(&n)?.gelu()?,
+        };
+        x + dropout(drop, self.down.forward(&hidden)?)?
+    }
+}
+
+/// `[B, kv, T, D]` → `[B, kv · rep, T, D]`, each key/value head shared by `rep` query heads.
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, rep, t, d))?
+        .contiguous()?
+        .reshape((b, kv * rep, t, d))
+}
+
+/// Rotary embedding in the "rotate half" layout: `x · cos + rotate_half(x) · sin`, for `x`
+/// `[B, H, T, D]` and tables `[T, D]`.
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let (x1, x2) = (
+        x.narrow(D::Minus1, 0, d / 2)?,
+        x.narrow(D::Minus1, d / 2, d / 2)?,
+    );
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// The rotary tables `[positions, D]` (each frequency twice, halves side by side).
+fn rotary_tables(cfg: &TransformerConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let (d, n) = (cfg.head_dim(), cfg.block_size);
+    let inv: Vec<f64> = (0..d / 2)
+        .map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / d as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(n * d);
+    let mut sin = Vec::with_capacity(n * d);
+    for p in 0..n {
+        for _half in 0..2 {
+            for f in &inv {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, d), device)?,
+        Tensor::from_vec(sin, (n, d), device)?,
+    ))
+}
+
+/// The decoder core: input embeddings `[B, T, n_embd]` in, normalised hidden states out.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    config: TransformerConfig,
+    positions: Option<Tensor>,
+    rope: Option<(Tensor, Tensor)>,
+    blocks: Vec<Block>,
+    norm: Norm,
+}
+
+impl Transformer {
+    /// A new core with parameters named under `prefix` (`""` or ending in `.`).
+    pub fn new(
+        init: &mut ParamInit,
+        prefix: &str,
+        config: &TransformerConfig,
+        device: &Device,
+    ) -> std::result::Result<Self, NnError> {
+        config.validate()?;
+        let positions = match config.positions {
+            PositionKind::Learned => Some(init.normal(
+                &format!("{prefix}embed_positions.weight"),
+                &[config.block_size, config.n_embd],
+                0.02,
+            )?),
+            _ => None,
+        };
+        let rope = match config.positions {
+            PositionKind::Rotary => Some(rotary_tables(config, device)?),
+            _ => None,
+        };
+        let blocks = (0..config.n_layer)
+            .map(|i| Block::new(init, &format!("{prefix}layers.{i}"), config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config: config.clone(),
+            positions,
+            rope,
+            blocks,
+            norm: Norm::new(init, &format!("{prefix}norm"), config)?,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// Runs the blocks on `x` `[B, T, n_embd]`. With a `cache`, `x` holds the positions after
+    /// the cached ones, which are attended to and extended. `dropout` (training only) drops
+    /// input and residual-branch units with the config's probability.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> std::result::Result<Tensor, NnError> {
+        let (_, t, c) = x.dims3()?;
+        if c != self.config.n_embd {
+            return Err(NnError::Config(format!(
+                "transformer: inputs of width {c}, the model is {} wide",
+                self.config.n_embd
+            )));
+        }
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        if start + t > self.config.block_size {
+            return Err(NnError::Config(format!(
+                "transformer: {} positions (with {start} cached) exceed block_size {}",
+                start + t,
+                self.config.block_size
+            )));
+        }
+        let mut drop = rng.map(|rng| Dropout {
+            p: self.config.dropout,
+            rng,
+        });
+        let mut x = match &self.positions {
+            Some(table) => x.broadcast_add(&table.narrow(0, start, t)?)?,
+            None => x.clone(),
+        };
+        x = dropout(&mut drop, x)?;
+        let rope = match &self.rope {
+            Some((cos, sin)) => Some((cos.narrow(0, start, t)?, sin.narrow(0, start, t)?)),
+            None => None,
+        };
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.blocks.len()
+        {
+            c.layers = vec![None; self.blocks.len()];
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(
+                &x,
+                &self.config,
+                rope.as_ref().map(|(c, s)| (c, s)),
+                slot,
+                &mut drop,
+            )?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        Ok(self.norm.forward(&x)?)
+    }
+}
+
+/// A language model: token embeddings, the core, and a head onto the vocabulary (tied to the
+/// embeddings or its own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GptConfig {
+    /// The core.
+    pub transformer: TransformerConfig,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Whether the output head reuses the token embeddings (GPT-2, SmolLM2) or has its own.
+    pub tie_embeddings: bool,
+}
+
+impl Default for GptConfig {
+    fn default() -> Self {
+        Self {
+            transformer: TransformerConfig {
+                block_size: 256,
+                ..TransformerConfig::default()
+            },
+            vocab_size: 256,
+            tie_embeddings: true,
+        }
+    }
+}
+
+/// A decoder-only language model (names: `model.embed_tokens.weight`, `model.layers.*`,
+/// `model.norm.weight`, `lm_head.weight` when untied).
+#[derive(Debug, Clone)]
+pub struct Gpt {
+    config: GptConfig,
+    embed: Embedding,
+    core: Transformer,
+    head: Option<Proj>,
+}
+
+impl Gpt {
+    /// A new model.
+    pub fn new(
+        init: &mut ParamInit,
+        config: &GptConfig,
+        device: &Device,
+    ) -> std::result::Result<Self, NnError> {
+        if !(1..=1 << 24).contains(&config.vocab_size) {
+            return Err(NnError::Config(format!(
+                "vocab_size must be in 1..=16777216, got {}",
+                config.vocab_size
+            )));
+        }
+        let c = config.transformer.n_embd;
+        config.transformer.validate()?;
+        let embed = Embedding::new(init, "model.embed_tokens", config.vocab_size, c, 0.02)?;
+        let core = Transformer::new(init, "model.", &config.transformer, device)?;
+        let head = if config.tie_embeddings {
+            None
+        } else {
+            Some(Proj::new(
+                init,
+                "lm_head",
+                c,
+                config.vocab_size,
+                false,
+                0.02,
+            )?)
+        };
+        Ok(Self {
+            config: config.clone(),
+            embed,
+            core,
+            head,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// Logits `[B, T, vocab]` for token ids `[B, T]` (after the cached positions, if any).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> std::result::Result<Tensor, NnError> {
+        let x = self.embed.forward(ids)?;
+        let h = self.core.forward(&x, cache, rng)?;
+        let logits = match &self.head {
+            Some(head) => head.forward(&h)?,
+            None => Proj {
+                weight: self.embed.weight.clone(),
+                bias: None,
+            }
+            .forward(&h)?,
+        };
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{max_diff, rand};
+    use crate::{check_gradients_reach_every_parameter, finite_difference_check};
+    use candle_core::{DType, Var};
+    use candle_nn::VarMap;
+    use rand::SeedableRng;
+
+    fn tiny(norm: NormKind, positions: PositionKind, mlp: MlpKind, kv: usize) -> TransformerConfig {
+        TransformerConfig {
+            n_layer: 2,
+            n_embd: 8,
+            n_head: 4,
+            n_kv_head: kv,
+            block_size: 12,
+            norm,
+            positions,
+            mlp,
+            mlp_hidden: 12,
+            bias: norm == NormKind::LayerNorm,
+            dropout: 0.0,
+            ..Default::default()
+        }
+    }
+
+    fn variants() -> Vec<TransformerConfig> {
+        vec![
+            tiny(NormKind::LayerNorm, PositionKind::Learned, MlpKind::Gelu, 0),
+            tiny(NormKind::RmsNorm, PositionKind::Rotary, MlpKind::SwiGlu, 2),
+            tiny(NormKind::RmsNorm, PositionKind::None, MlpKind::Gelu, 1),
+        ]
+    }
+
+    fn build(cfg: &TransformerConfig, seed: u64) -> (VarMap, Transformer) {
+        let vm = VarMap::new();
+        let mut init = ParamInit::new(&vm, &Device::Cpu, seed);
+        let t = Transformer::new(&mut init, "", cfg, &Device::Cpu).unwrap();
+        (vm, t)
+    }
+
+    #[test]
+    fn every_parameter_of_every_variant_gets_a_gradient() {
+        for cfg in variants() {
+            let (vm, t) = build(&cfg, 1);
+            let x = rand(&[2, 5, 8], 2);
+            let y = t.forward(&x, None, None).unwrap();
+            let loss = y.sqr().unwrap().mean_all().unwrap();
+            check_gradients_reach_every_parameter(&vm, &loss)
+                .unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        }
+        // The language model, tied and untied, through its logits.
+        for tie in [true, false] {
+            let vm = VarMap::new();
+            let mut init = ParamInit::new(&vm, &Device::Cpu, 3);
+            let cfg = GptConfig {
+                transformer: variants()[1].clone(),
+                vocab_size: 11,
+                tie_embeddings: tie,
+            };
+            let gpt = Gpt::new(&mut init, &cfg, &Device::Cpu).unwrap();
+            let ids = Tensor::new(&[[1u32, 4, 7, 10], [0, 2, 2, 9]], &Device::Cpu).unwrap();
+            let logits = gpt.forward(&ids, None, None).unwrap();
+            assert_eq!(logits.dims(), &[2, 4, 11]);
+            let loss = logits.sqr().unwrap().mean_all().unwrap();
+            check_gradients_reach_every_parameter(&vm, &loss).unwrap();
+            let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+            assert_eq!(
+                names.iter().any(|n| n == "lm_head.weight"),
+                !tie,
+                "{names:?}"
+            );
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n == "model.layers.1.mlp.gate_proj.weight")
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for cfg in variants() {
+            // In f64, so that the differences are exact to many digits.
+            let vm = VarMap::new();
+            let mut init = ParamInit::new(&vm, &Device::Cpu, 4).with_dtype(DType::F64);
+            let t = Transformer::new(&mut init, "", &cfg, &Device::Cpu).unwrap();
+            let x = rand(&[1, 4, 8], 5).to_dtype(DType::F64).unwrap();
+            let vars = vm.data().lock().unwrap().clone();
+            // GPT-2's 0.02 initialisation makes gradients tiny: probe at weights of order one.
+            for (i, (name, var)) in vars.iter().enumerate() {
+                let shape = var.as_tensor().dims().to_vec();
+                let mut w = (rand(&shape, 100 + i as u64) * 0.5).unwrap();
+                if name.ends_with("norm.weight") {
+                    w = (w + 1.0).unwrap();
+                }
+                var.set(&w.to_dtype(DType::F64).unwrap()).unwrap();
+            }
+            for name in [
+                "layers.0.self_attn.q_proj.weight",
+                "layers.0.self_attn.k_proj.weight",
+                "layers.0.self_attn.v_proj.weight",
+                "layers.1.mlp.down_proj.weight",
+                "layers.1.mlp.up_proj.weight",
+                "norm.weight",
+            ] {
+                let var: &Var = &vars[name];
+                let loss = || {
+                    let y = t
+                        .forward(&x, None, None)
+                        .map_err(candle_core::Error::wrap)?;
+                    (y.sin()? * 3.0)?.sum_all()
+                };
+                let r = finite_difference_check(&loss, var, 1e-4, 12).unwrap();
+                assert!(
+                    r.max_rel_err < 1e-4,
+                    "{name} in {:?}/{:?}: {r:?}",
+                    cfg.norm,
+                    cfg.positions
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_cached_step_by_step_pass_equals_the_full_pass() {
+        for cfg in variants() {
+            let (_, t) = build(&cfg, 6);
+            let x = rand(&[2, 7, 8], 7);
+            let full = t.forward(&x, None, None).unwrap();
+            let mut cache = KvCache::new();
+            // A prefix of three positions, then one at a time.
+            let mut parts = vec![
+                t.forward(&x.narrow(1, 0, 3).unwrap(), Some(&mut cache), None)
+                    .unwrap(),
+            ];
+            for i in 3..7 {
+                parts.push(
+                    t.forward(&x.narrow(1, i, 1).unwrap(), Some(&mut cache), None)
+                        .unwrap(),
+                );
+            }
+            assert_eq!(cache.len(), 7);
+            let stepped = Tensor::cat(&parts, 1).unwrap();
+            let d = max_diff(&full, &stepped);
+            assert!(d < 1e-5, "{:?}: {d}", cfg.positions);
+            // The cache refuses to grow past block_size, with a clear error.
+            let err = t
+                .forward(&rand(&[2, 6, 8], 8), Some(&mut cache), None)
+                .unwrap_err();
+            assert!(err.to_string().contains("block_size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn outputs_never_depend_on_later_positions() {
+        for cfg in variants() {
+            let (_, t) = build(&cfg, 9);
+            let x = rand(&[1, 6, 8], 10);
+            let y = t.forward(&x, None, None).unwrap();
+            let mut v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            // A perturbation LayerNorm cannot remove (not a constant shift).
+            v[4 * 8..]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, a)| *a += (i as f32 * 0.7).sin());
+            let x2 = Tensor::from_vec(v, (1, 6, 8), &Device::Cpu).unwrap();
+            let y2 = t.forward(&x2, None, None).unwrap();
+            let early = max_diff(&y.narrow(1, 0, 4).unwrap(), &y2.narrow(1, 0, 4).unwrap());
+            let late = max_diff(&y.narrow(1, 4, 2).unwrap(), &y2.narrow(1, 4, 2).unwrap());
+            assert!(early < 1e-6 && late > 1e-3, "{early} {late}");
+        }
+    }
+
+    #[test]
+    fn rotary_scores_depend_only_on_the_distance_between_positions() {
+        let cfg = tiny(NormKind::RmsNorm, PositionKind::Rotary, MlpKind::SwiGlu, 0);
+        let (cos, sin) = rotary_tables(&cfg, &Device::Cpu).unwrap();
+        let q = rand(&[1, 1, 1, 2], 11);
+        let k = rand(&[1, 1, 1, 2], 12);
+        let score = |m: usize, n: usize| -> f32 {
+            let rq = apply_rotary(
+                &q,
+                &cos.narrow(0, m, 1).unwrap(),
+                &sin.narrow(0, m, 1).unwrap(),
+            )
+            .unwrap();
+            let rk = apply_rotary(
+                &k,
+                &cos.narrow(0, n, 1).unwrap(),
+                &sin.narrow(0, n, 1).unwrap(),
+            )
+            .unwrap();
+            (rq * rk).unwrap().sum_all().unwrap().to_scalar().unwrap()
+        };
+        // Head width 2, θ = 10000: one frequency, 1 radian per position; closed form
+        // q·R(n−m)·k.
+        let (qv, kv): (Vec<f32>, Vec<f32>) = (
+            q.flatten_all().unwrap().to_vec1().unwrap(),
+            k.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        for (m, n) in [(0, 0), (1, 4), (5, 2), (7, 10)] {
+            let a = (n as f32) - (m as f32);
+            let expected = (qv[0] * kv[0] + qv[1] * kv[1]) * a.cos()
+                + (qv[1] * kv[0] - qv[0] * kv[1]) * a.sin();
+            assert!((score(m, n) - expected).abs() < 1e-5, "{m},{n}");
+            assert!((score(m, n) - score(m + 1, n + 1)).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn a_seed_fixes_weights_and_dropout_and_bad_shapes_are_errors() {
+        let mut cfg = variants()[0].clone();
+        cfg.dropout = 0.5;
+        let (_, a) = build(&cfg, 13);
+        let (_, b) = build(&cfg, 13);
+        let x = rand(&[1, 5, 8], 14);
+        let run = |t: &Transformer, seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            t.forward(&x, None, Some(&mut rng)).unwrap()
+        };
+        assert_eq!(max_diff(&run(&a, 1), &run(&b, 1)), 0.0);
+        assert!(max_diff(&run(&a, 1), &run(&a, 2)) > 1e-3);
+        // Without a generator (evaluation) there is no dropout.
+        assert_eq!(
+            max_diff(
+                &a.forward(&x, None, None).unwrap(),
+                &b.forward(&x, None, None).unwrap()
+            ),
+            0.0
+        );
+        for (field, bad) in [
+            (
+                "n_head",
+                TransformerConfig {
+                    n_head: 3,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "n_kv_head",
+                TransformerConfig {
+                    n_kv_head: 3,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "dropout",
+                TransformerConfig {
+                    dropout: 1.0,
+                    ..cfg.clone()
+                },
+            ),
+            (
+                "even head width",
+                TransformerConfig {
+                    n_head: 8,
+                    positions: PositionKind::Rotary,
+                    ..cfg.clone()
+                },
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let err = a.forward(&rand(&[1, 5, 6], 15), None, None).unwrap_err();
+        assert!(err.to_string().contains("width 6"), "{err}");
+    }
+}
