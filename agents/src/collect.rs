@@ -291,6 +291,7 @@ pub fn collect(
                 current[i] = Episode::new(seed, obs);
                 continue;
             }
+            policies.reward(i, step.rewards[i]);
             let (terminated, truncated) = (step.terminated[i], step.truncated[i]);
             current[i].push(action, obs, step.rewards[i], terminated, truncated);
             if (terminated || truncated) && finished < config.episodes {

@@ -33,6 +33,7 @@ pub fn run_episode(
     while stats.steps < max_steps {
         let action = policy.act(&obs)?;
         let s = env.step(&action)?;
+        policy.reward(s.reward);
         stats.total_return += s.reward;
         stats.steps += 1;
         if s.done() {

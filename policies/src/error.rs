@@ -16,3 +16,9 @@ pub enum PolicyError {
     #[error(transparent)]
     Model(#[from] dreamgym_nn::NnError),
 }
+
+impl From<candle_core::Error> for PolicyError {
+    fn from(e: candle_core::Error) -> Self {
+        PolicyError::Model(dreamgym_nn::NnError::from(e))
+    }
+}

@@ -8,12 +8,17 @@
 //! agent (V + M + C) lives in `dreamgym-agents`, which can load any of them from a spec.
 
 mod cmaes;
+mod decision_transformer;
 mod error;
 mod linear;
 mod policy;
 mod random;
 
 pub use cmaes::{CmaEs, CmaEsConfig, CmaEsState};
+pub use decision_transformer::{
+    CHECKPOINT_KIND as DT_CHECKPOINT_KIND, DecisionTransformer, DecisionTransformerConfig,
+    DtAction, DtBatch, DtCheckpointConfig, DtPolicy, DtSpec,
+};
 pub use error::PolicyError;
 pub use linear::LinearController;
 pub use policy::{Policy, PolicyBatch};

@@ -19,6 +19,11 @@ pub trait Policy: Send {
     /// The action for `obs`.
     fn act(&mut self, obs: &Value) -> Result<Value, PolicyError>;
 
+    /// The reward the last action earned, given after each step and before the next `act`.
+    /// Policies conditioned on a return (the Decision Transformer) count it off their target;
+    /// the others ignore it.
+    fn reward(&mut self, _reward: f64) {}
+
     /// An independent copy at the start of an episode (shared read-only models are shared,
     /// recurrent state is not), for running one copy per env or per thread.
     fn fork(&self) -> Box<dyn Policy>;
@@ -33,6 +38,9 @@ impl Policy for Box<dyn Policy> {
     }
     fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
         self.as_mut().act(obs)
+    }
+    fn reward(&mut self, reward: f64) {
+        self.as_mut().reward(reward)
     }
     fn fork(&self) -> Box<dyn Policy> {
         self.as_ref().fork()
@@ -71,6 +79,13 @@ impl PolicyBatch {
                 "env {i} is outside a batch of {}",
                 self.policies.len()
             ))),
+        }
+    }
+
+    /// The reward env `i`'s last action earned (see [`Policy::reward`]).
+    pub fn reward(&mut self, i: usize, reward: f64) {
+        if let Some(p) = self.policies.get_mut(i) {
+            p.reward(reward);
         }
     }
 

@@ -334,6 +334,9 @@ impl Session {
             }
         };
         let step = self.env.step(&action)?;
+        if let Some(p) = &mut self.policy {
+            p.reward(step.reward);
+        }
         self.step += 1;
         self.last_reward = step.reward;
         self.episode_return += step.reward;

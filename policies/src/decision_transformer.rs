@@ -1,0 +1,836 @@
+//! The Decision Transformer (Chen et al., "Decision Transformer: Reinforcement Learning via
+//! Sequence Modeling", 2021): a causal transformer over (return-to-go, observation, action)
+//! tokens, trained offline to predict each action from the tokens before it, and conditioned at
+//! test time on the return it should reach.
+//!
+//! As in the authors' code (`kzl/decision-transformer`, `gym/decision_transformer/models/`):
+//! each of the three token kinds has its own linear embedding, a learned timestep embedding is
+//! added to all three tokens of a step, a LayerNorm follows, and the transformer has no position
+//! embeddings of its own; the action is predicted from the observation token (tanh for Box
+//! actions, logits for Discrete ones). Observations are normalised by the dataset's mean and
+//! standard deviation and returns divided by `return_scale`; Box actions are mapped to
+//! `[-1, 1]` by their bounds.
+//!
+//! [`DtPolicy`] acts with it: the target return decreases by each reward received
+//! ([`Policy::reward`]), and a [`KvCache`] makes each step cost three tokens' work until the
+//! context of `K` steps is full (then the last `K` steps are recomputed each step, which is
+//! what the model saw in training).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use dreamgym_envs::{Space, Value};
+use dreamgym_nn::{
+    Embedding, KvCache, LayerNorm, ParamInit, PositionKind, Proj, Transformer, TransformerConfig,
+};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Policy, PolicyError};
+
+/// The model's size and context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionTransformerConfig {
+    /// The transformer core (`positions` must be `none`: time enters through the timestep
+    /// embedding; `block_size` must hold `3 · context` tokens).
+    pub transformer: TransformerConfig,
+    /// K: steps of context.
+    pub context: usize,
+    /// Size of the timestep table; later timesteps use its last row.
+    pub max_timestep: usize,
+    /// Returns-to-go are divided by this before they are embedded.
+    pub return_scale: f64,
+}
+
+impl Default for DecisionTransformerConfig {
+    /// The paper's Gym size: 3 layers, 128 wide, 1 head, K = 20, dropout 0.1.
+    fn default() -> Self {
+        Self {
+            transformer: TransformerConfig {
+                positions: PositionKind::None,
+                block_size: 60,
+                ..TransformerConfig::default()
+            },
+            context: 20,
+            max_timestep: 1024,
+            return_scale: 1000.0,
+        }
+    }
+}
+
+impl DecisionTransformerConfig {
+    /// Checks the settings, naming the first bad field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.transformer.validate()?;
+        let bad = |m: String| Err(PolicyError::Config(m));
+        if self.transformer.positions != PositionKind::None {
+            return bad(
+                "transformer.positions must be \"none\" (the timestep embedding carries time)"
+                    .into(),
+            );
+        }
+        if !(1..=4096).contains(&self.context) {
+            return bad(format!("context must be in 1..=4096, got {}", self.context));
+        }
+        if self.transformer.block_size < 3 * self.context {
+            return bad(format!(
+                "transformer.block_size ({}) must hold 3 tokens per step of context ({})",
+                self.transformer.block_size,
+                3 * self.context
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.max_timestep) {
+            return bad(format!(
+                "max_timestep must be in 1..=1048576, got {}",
+                self.max_timestep
+            ));
+        }
+        if !(self.return_scale.is_finite() && self.return_scale > 0.0) {
+            return bad(format!(
+                "return_scale must be a positive number, got {}",
+                self.return_scale
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The action space as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DtAction {
+    /// A bounded Box: values mapped to `[-1, 1]`, predicted through tanh.
+    Box {
+        /// Lower bounds.
+        low: Vec<f32>,
+        /// Upper bounds.
+        high: Vec<f32>,
+    },
+    /// `n` choices from `start`: embedded by id, predicted as logits.
+    Discrete {
+        /// Choices.
+        n: usize,
+        /// The smallest value (Gymnasium's `Discrete(n, start)`).
+        #[serde(default)]
+        start: i64,
+    },
+}
+
+impl DtAction {
+    /// The model's view of `space` (a bounded Box or a Discrete space).
+    pub fn of(space: &Space) -> Result<Self, PolicyError> {
+        match space {
+            Space::Box(b) if b.is_bounded() && b.shape.len() == 1 => Ok(DtAction::Box {
+                low: b.low.clone(),
+                high: b.high.clone(),
+            }),
+            Space::Discrete(d) if (1..=1 << 20).contains(&d.n) => Ok(DtAction::Discrete {
+                n: d.n as usize,
+                start: d.start,
+            }),
+            other => Err(PolicyError::Incompatible(format!(
+                "the Decision Transformer acts in a bounded 1-D Box or a Discrete space, not \
+                 {other}"
+            ))),
+        }
+    }
+
+    /// Values per action in the model (Box: its length; Discrete: one id).
+    pub fn width(&self) -> usize {
+        match self {
+            DtAction::Box { low, .. } => low.len(),
+            DtAction::Discrete { .. } => 1,
+        }
+    }
+
+    /// An env action as the model's values (Box: in `[-1, 1]`; Discrete: the id as a float).
+    pub fn encode(&self, action: &Value) -> Result<Vec<f32>, PolicyError> {
+        match (self, action) {
+            (DtAction::Box { low, high }, Value::F32(a)) if a.len() == low.len() => Ok(a
+                .iter()
+                .zip(low.iter().zip(high))
+                .map(|(x, (l, h))| {
+                    (2.0 * (x - l) / (h - l).max(f32::MIN_POSITIVE) - 1.0).clamp(-1.0, 1.0)
+                })
+                .collect()),
+            (DtAction::Discrete { n, start }, Value::Int(i))
+                if (*start..*start + *n as i64).contains(i) =>
+            {
+                Ok(vec![(*i - *start) as f32])
+            }
+            _ => Err(PolicyError::Incompatible(format!(
+                "action {} does not fit the model's {self:?}",
+                action.describe()
+            ))),
+        }
+    }
+
+    /// The model's output for one step (Box: tanh values; Discrete: logits) as an env action.
+    pub fn decode(&self, out: &[f32]) -> Value {
+        match self {
+            DtAction::Box { low, high } => Value::F32(
+                out.iter()
+                    .zip(low.iter().zip(high))
+                    .map(|(y, (l, h))| l + (y.clamp(-1.0, 1.0) + 1.0) * 0.5 * (h - l))
+                    .collect(),
+            ),
+            DtAction::Discrete { start, .. } => {
+                let best = out
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, v)| {
+                        if *v > bv { (i, *v) } else { (bi, bv) }
+                    })
+                    .0;
+                Value::Int(start + best as i64)
+            }
+        }
+    }
+}
+
+/// What a model was built for: the observation width and normalisation, and the actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DtSpec {
+    /// Per-element mean of the observations (length: the observation width).
+    pub obs_mean: Vec<f32>,
+    /// Per-element standard deviation (floored, never zero).
+    pub obs_std: Vec<f32>,
+    /// The actions.
+    pub action: DtAction,
+}
+
+impl DtSpec {
+    /// Observation width.
+    pub fn obs_dim(&self) -> usize {
+        self.obs_mean.len()
+    }
+
+    /// `(obs − mean) / std`, or an error naming the mismatch.
+    pub fn normalize(&self, obs: &[f32]) -> Result<Vec<f32>, PolicyError> {
+        if obs.len() != self.obs_dim() {
+            return Err(PolicyError::Incompatible(format!(
+                "the Decision Transformer takes observations of {} values, got {}",
+                self.obs_dim(),
+                obs.len()
+            )));
+        }
+        Ok(obs
+            .iter()
+            .zip(self.obs_mean.iter().zip(&self.obs_std))
+            .map(|(x, (m, s))| (x - m) / s)
+            .collect())
+    }
+}
+
+/// Sequences of steps for the model, all `[B, T, ·]` with `T <= context`.
+pub struct DtBatch {
+    /// Returns-to-go, already divided by `return_scale`: `[B, T, 1]` f32.
+    pub returns: Tensor,
+    /// Normalised observations `[B, T, obs_dim]` f32.
+    pub obs: Tensor,
+    /// Actions in the model's values (see [`DtAction::encode`]): `[B, T, width]` f32.
+    pub actions: Tensor,
+    /// Timesteps `[B, T]` u32.
+    pub timesteps: Tensor,
+}
+
+enum ActionEmbed {
+    Box(Proj),
+    Discrete(Embedding),
+}
+
+/// The model.
+pub struct DecisionTransformer {
+    config: DecisionTransformerConfig,
+    spec: DtSpec,
+    varmap: VarMap,
+    device: Device,
+    embed_return: Proj,
+    embed_obs: Proj,
+    embed_action: ActionEmbed,
+    embed_timestep: Embedding,
+    embed_norm: LayerNorm,
+    core: Transformer,
+    predict_action: Proj,
+}
+
+/// The checkpoint's config: both halves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DtCheckpointConfig {
+    /// Size and context.
+    pub model: DecisionTransformerConfig,
+    /// Observation and action description.
+    pub spec: DtSpec,
+}
+
+/// The kind written in the checkpoint sidecar.
+pub const CHECKPOINT_KIND: &str = "decision_transformer";
+
+impl DecisionTransformer {
+    /// A new model with parameters drawn from `seed`.
+    pub fn new(
+        config: &DecisionTransformerConfig,
+        spec: DtSpec,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self, PolicyError> {
+        config.validate()?;
+        if spec.obs_dim() == 0 || spec.obs_std.len() != spec.obs_dim() {
+            return Err(PolicyError::Config(
+                "the observation statistics are empty or of two lengths".into(),
+            ));
+        }
+        if spec.obs_std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || spec.obs_mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(PolicyError::Config(
+                "observation means must be finite and standard deviations positive".into(),
+            ));
+        }
+        let c = config.transformer.n_embd;
+        let varmap = VarMap::new();
+        let mut init = ParamInit::new(&varmap, device, seed);
+        let p = |init: &mut ParamInit, name: &str, i, o| Proj::new(init, name, i, o, true, 0.02);
+        let embed_return = p(&mut init, "embed_return", 1, c)?;
+        let embed_obs = p(&mut init, "embed_state", spec.obs_dim(), c)?;
+        let embed_action = match &spec.action {
+            DtAction::Box { low, .. } => {
+                ActionEmbed::Box(p(&mut init, "embed_action", low.len(), c)?)
+            }
+            DtAction::Discrete { n, .. } => {
+                ActionEmbed::Discrete(Embedding::new(&mut init, "embed_action", *n, c, 0.02)?)
+            }
+        };
+        let embed_timestep =
+            Embedding::new(&mut init, "embed_timestep", config.max_timestep, c, 0.02)?;
+        let embed_norm = LayerNorm::new(&mut init, "embed_ln", c, 1e-5, true)?;
+        let core = Transformer::new(&mut init, "transformer.", &config.transformer, device)?;
+        let outputs = match &spec.action {
+            DtAction::Box { low, .. } => low.len(),
+            DtAction::Discrete { n, .. } => *n,
+        };
+        let predict_action = p(&mut init, "predict_action", c, outputs)?;
+        Ok(Self {
+            config: config.clone(),
+            spec,
+            varmap,
+            device: device.clone(),
+            embed_return,
+            embed_obs,
+            embed_action,
+            embed_timestep,
+            embed_norm,
+            core,
+            predict_action,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &DecisionTransformerConfig {
+        &self.config
+    }
+
+    /// The observation and action description.
+    pub fn spec(&self) -> &DtSpec {
+        &self.spec
+    }
+
+    /// The parameters.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The tokens `[B, 3T, C]`, interleaved (R₁, s₁, a₁, R₂, …), normalised.
+    fn tokens(&self, batch: &DtBatch) -> Result<Tensor, PolicyError> {
+        let (b, t, _) = batch.obs.dims3().map_err(dreamgym_nn::NnError::from)?;
+        let c = self.config.transformer.n_embd;
+        let run = || -> candle_core::Result<Tensor> {
+            let time = self.embed_timestep_forward(&batch.timesteps)?;
+            let r = (self.embed_return.forward(&batch.returns)? + &time)?;
+            let s = (self.embed_obs.forward(&batch.obs)? + &time)?;
+            let a = match &self.embed_action {
+                ActionEmbed::Box(p) => p.forward(&batch.actions)?,
+                ActionEmbed::Discrete(e) => {
+                    e.forward(&batch.actions.squeeze(2)?.to_dtype(DType::U32)?)?
+                }
+            };
+            let a = (a + &time)?;
+            let stacked = Tensor::stack(&[&r, &s, &a], 2)?.reshape((b, 3 * t, c))?;
+            self.embed_norm.forward(&stacked)
+        };
+        Ok(run().map_err(dreamgym_nn::NnError::from)?)
+    }
+
+    fn embed_timestep_forward(&self, timesteps: &Tensor) -> candle_core::Result<Tensor> {
+        let last = (self.config.max_timestep - 1) as f64;
+        let clipped = timesteps.to_dtype(DType::F32)?.clamp(0.0, last)?;
+        self.embed_timestep.forward(&clipped.to_dtype(DType::U32)?)
+    }
+
+    /// The action head's output at every observation token: `[B, T, width]` tanh values for
+    /// Box actions, `[B, T, n]` logits for Discrete ones. `rng` (training) enables dropout.
+    pub fn forward(
+        &self,
+        batch: &DtBatch,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, PolicyError> {
+        let tokens = self.tokens(batch)?;
+        let (b, n, c) = tokens.dims3().map_err(dreamgym_nn::NnError::from)?;
+        let h = self.core.forward(&tokens, None, rng)?;
+        self.head(&h, b, n / 3, c)
+    }
+
+    fn head(&self, h: &Tensor, b: usize, t: usize, c: usize) -> Result<Tensor, PolicyError> {
+        // The hidden state of each observation token (position 3k + 1).
+        let s = h
+            .reshape((b, t, 3, c))
+            .and_then(|h| h.narrow(2, 1, 1))
+            .and_then(|h| h.squeeze(2))
+            .map_err(dreamgym_nn::NnError::from)?;
+        self.action_out(&s)
+    }
+
+    /// The action head on observation-token states `[.., C]`.
+    fn action_out(&self, s: &Tensor) -> Result<Tensor, PolicyError> {
+        let y = self
+            .predict_action
+            .forward(s)
+            .map_err(dreamgym_nn::NnError::from)?;
+        Ok(match self.spec.action {
+            DtAction::Box { .. } => y.tanh().map_err(dreamgym_nn::NnError::from)?,
+            DtAction::Discrete { .. } => y,
+        })
+    }
+
+    /// The training loss: mean squared error of the predicted Box actions, or the
+    /// cross-entropy of the Discrete ones.
+    pub fn loss(
+        &self,
+        batch: &DtBatch,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, PolicyError> {
+        let pred = self.forward(batch, rng)?;
+        let run = || -> candle_core::Result<Tensor> {
+            match self.spec.action {
+                DtAction::Box { .. } => (pred - &batch.actions)?.sqr()?.mean_all(),
+                DtAction::Discrete { n, .. } => {
+                    let logits = pred.reshape(((), n))?;
+                    let target = batch.actions.flatten_all()?.to_dtype(DType::U32)?;
+                    candle_nn::loss::cross_entropy(&logits, &target)
+                }
+            }
+        };
+        Ok(run().map_err(dreamgym_nn::NnError::from)?)
+    }
+
+    /// Saves weights (and the optimiser, when given) with the config and spec beside them.
+    pub fn save(
+        &self,
+        stem: &Path,
+        optimizer: Option<&dreamgym_nn::Adam>,
+        state: serde_json::Value,
+    ) -> Result<(), PolicyError> {
+        let config = DtCheckpointConfig {
+            model: self.config.clone(),
+            spec: self.spec.clone(),
+        };
+        dreamgym_nn::save_checkpoint(
+            stem,
+            CHECKPOINT_KIND,
+            &config,
+            &self.varmap,
+            optimizer,
+            state,
+        )?;
+        Ok(())
+    }
+
+    /// Loads a model saved by [`save`](Self::save).
+    pub fn load(stem: &Path, device: &Device) -> Result<Self, PolicyError> {
+        let (config, _): (DtCheckpointConfig, _) =
+            dreamgym_nn::read_checkpoint_meta(stem, CHECKPOINT_KIND)?;
+        let model = Self::new(&config.model, config.spec, device, 0)?;
+        dreamgym_nn::load_weights(stem, &model.varmap)?;
+        Ok(model)
+    }
+}
+
+/// One step the policy has seen.
+struct Seen {
+    to_go: f32,
+    obs: Vec<f32>,
+    action: Vec<f32>,
+    timestep: u32,
+}
+
+/// The Decision Transformer acting in an env, conditioned on a target return.
+pub struct DtPolicy {
+    model: Arc<DecisionTransformer>,
+    target: f64,
+    to_go: f64,
+    history: Vec<Seen>,
+    cache: KvCache,
+    use_cache: bool,
+}
+
+impl DtPolicy {
+    /// Acts to reach `target` (a finite return, in the env's units).
+    pub fn new(model: Arc<DecisionTransformer>, target: f64) -> Result<Self, PolicyError> {
+        if !target.is_finite() {
+            return Err(PolicyError::Config(format!(
+                "the target return must be a finite number, got {target}"
+            )));
+        }
+        Ok(Self {
+            model,
+            target,
+            to_go: target,
+            history: Vec::new(),
+            cache: KvCache::new(),
+            use_cache: true,
+        })
+    }
+
+    /// Without the KV cache: every step recomputes its whole context (for comparisons).
+    pub fn without_cache(mut self) -> Self {
+        self.use_cache = false;
+        self
+    }
+
+    /// The return still to go (the target minus the rewards received so far).
+    pub fn to_go(&self) -> f64 {
+        self.to_go
+    }
+
+    /// The target return.
+    pub fn target(&self) -> f64 {
+        self.target
+    }
+
+    fn batch(&self, steps: &[Seen]) -> candle_core::Result<DtBatch> {
+        let m = &self.model;
+        let (t, d, w) = (steps.len(), m.spec.obs_dim(), m.spec.action.width());
+        let dev = &m.device;
+        Ok(DtBatch {
+            returns: Tensor::from_vec(steps.iter().map(|s| s.to_go).collect(), (1, t, 1), dev)?,
+            obs: Tensor::from_vec(
+                steps.iter().flat_map(|s| s.obs.iter().copied()).collect(),
+                (1, t, d),
+                dev,
+            )?,
+            actions: Tensor::from_vec(
+                steps
+                    .iter()
+                    .flat_map(|s| s.action.iter().copied())
+                    .collect(),
+                (1, t, w),
+                dev,
+            )?,
+            timesteps: Tensor::from_vec(steps.iter().map(|s| s.timestep).collect(), (1, t), dev)?,
+        })
+    }
+
+    fn predict(&mut self) -> Result<Vec<f32>, PolicyError> {
+        let k = self.model.config.context;
+        let n = self.history.len();
+        let window = &self.history[n.saturating_sub(k)..];
+        let batch = self.batch(window).map_err(dreamgym_nn::NnError::from)?;
+        let tokens = self.model.tokens(&batch)?;
+        // The last action token is a placeholder: nothing before it depends on it.
+        let known = 3 * window.len() - 1;
+        let fresh = |e: candle_core::Error| PolicyError::from(dreamgym_nn::NnError::from(e));
+        let h = if self.use_cache && n <= k {
+            let from = self.cache.len();
+            let new = tokens.narrow(1, from, known - from).map_err(fresh)?;
+            self.model.core.forward(&new, Some(&mut self.cache), None)?
+        } else {
+            self.cache.clear();
+            let all = tokens.narrow(1, 0, known).map_err(fresh)?;
+            let h = self.model.core.forward(&all, None, None)?;
+            h.narrow(1, known - 1, 1).map_err(fresh)?
+        };
+        // The last hidden state is the newest observation token's.
+        let last = h
+            .narrow(1, h.dim(1).map_err(fresh)? - 1, 1)
+            .map_err(fresh)?;
+        let y = self.model.action_out(&last)?;
+        Ok(y.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(fresh)?)
+    }
+}
+
+impl Policy for DtPolicy {
+    fn describe(&self) -> String {
+        format!(
+            "decision transformer (target return {:.1}, {:.1} to go)",
+            self.target, self.to_go
+        )
+    }
+
+    fn reset(&mut self, _episode_seed: u64) -> Result<(), PolicyError> {
+        self.to_go = self.target;
+        self.history.clear();
+        self.cache.clear();
+        Ok(())
+    }
+
+    fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
+        let x = obs.as_f32().ok_or_else(|| {
+            PolicyError::Incompatible(format!(
+                "the Decision Transformer takes float observations, got {}",
+                obs.describe()
+            ))
+        })?;
+        let obs = self.model.spec.normalize(x)?;
+        let timestep = self.history.len() as u32;
+        let width = self.model.spec.action.width();
+        self.history.push(Seen {
+            to_go: (self.to_go / self.model.config.return_scale) as f32,
+            obs,
+            action: vec![0.0; width],
+            timestep,
+        });
+        let out = self.predict()?;
+        let action = self.model.spec.action.decode(&out);
+        if let (Some(last), Ok(values)) = (
+            self.history.last_mut(),
+            self.model.spec.action.encode(&action),
+        ) {
+            last.action = values;
+        }
+        Ok(action)
+    }
+
+    fn reward(&mut self, reward: f64) {
+        self.to_go -= reward;
+    }
+
+    fn fork(&self) -> Box<dyn Policy> {
+        Box::new(DtPolicy {
+            model: self.model.clone(),
+            target: self.target,
+            to_go: self.target,
+            history: Vec::new(),
+            cache: KvCache::new(),
+            use_cache: self.use_cache,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dreamgym_envs::{BoxSpace, Discrete};
+    use rand::SeedableRng;
+
+    fn config(context: usize) -> DecisionTransformerConfig {
+        DecisionTransformerConfig {
+            transformer: TransformerConfig {
+                n_layer: 2,
+                n_embd: 16,
+                n_head: 2,
+                block_size: 3 * context,
+                positions: PositionKind::None,
+                dropout: 0.1,
+                ..TransformerConfig::default()
+            },
+            context,
+            max_timestep: 50,
+            return_scale: 10.0,
+        }
+    }
+
+    fn spec(action: DtAction) -> DtSpec {
+        DtSpec {
+            obs_mean: vec![0.1, -0.2, 0.3],
+            obs_std: vec![1.0, 2.0, 0.5],
+            action,
+        }
+    }
+
+    fn box_action() -> DtAction {
+        DtAction::of(&Space::Box(BoxSpace::new(vec![-1.0, 0.0], vec![1.0, 2.0]))).unwrap()
+    }
+
+    fn batch(b: usize, t: usize, action: &DtAction, seed: u64) -> DtBatch {
+        use rand::RngExt;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut f =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let dev = Device::Cpu;
+        let actions = match action {
+            DtAction::Box { low, .. } => {
+                Tensor::from_vec(f(b * t * low.len()), (b, t, low.len()), &dev).unwrap()
+            }
+            DtAction::Discrete { n, .. } => Tensor::from_vec(
+                (0..b * t).map(|i| (i % n) as f32).collect::<Vec<f32>>(),
+                (b, t, 1),
+                &dev,
+            )
+            .unwrap(),
+        };
+        DtBatch {
+            returns: Tensor::from_vec(f(b * t), (b, t, 1), &dev).unwrap(),
+            obs: Tensor::from_vec(f(b * t * 3), (b, t, 3), &dev).unwrap(),
+            actions,
+            timesteps: Tensor::from_vec(
+                (0..b * t).map(|i| (i % t) as u32 * 7).collect::<Vec<u32>>(),
+                (b, t),
+                &dev,
+            )
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_parameter_learns_from_box_and_discrete_actions() {
+        for action in [box_action(), DtAction::Discrete { n: 4, start: 0 }] {
+            let m = DecisionTransformer::new(&config(4), spec(action.clone()), &Device::Cpu, 1)
+                .unwrap();
+            let b = batch(2, 4, &action, 2);
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            let loss = m.loss(&b, Some(&mut rng)).unwrap();
+            assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+            dreamgym_nn::check_gradients_reach_every_parameter(m.varmap(), &loss)
+                .unwrap_or_else(|e| panic!("{action:?}: {e}"));
+            let out = m.forward(&b, None).unwrap();
+            let width = match action {
+                DtAction::Box { .. } => 2,
+                DtAction::Discrete { n, .. } => n,
+            };
+            assert_eq!(out.dims(), &[2, 4, width]);
+        }
+    }
+
+    #[test]
+    fn an_action_is_predicted_from_what_came_before_it_only() {
+        let action = box_action();
+        let m =
+            DecisionTransformer::new(&config(5), spec(action.clone()), &Device::Cpu, 4).unwrap();
+        let b = batch(1, 5, &action, 5);
+        let y = m.forward(&b, None).unwrap();
+        // Changing action 2 changes predictions 3 and 4 only (prediction 2 comes from the
+        // observation token before it).
+        let mut a: Vec<f32> = b.actions.flatten_all().unwrap().to_vec1().unwrap();
+        a[2 * 2] += 0.5;
+        let b2 = DtBatch {
+            actions: Tensor::from_vec(a, (1, 5, 2), &Device::Cpu).unwrap(),
+            ..b
+        };
+        let y2 = m.forward(&b2, None).unwrap();
+        let d: Vec<f32> = (y2 - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_keepdim(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (t, diff) in d.iter().enumerate() {
+            assert_eq!(*diff > 1e-6, t > 2, "step {t}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn acting_with_the_cache_matches_recomputing_across_the_context_boundary() {
+        for action in [box_action(), DtAction::Discrete { n: 3, start: 0 }] {
+            let m = Arc::new(
+                DecisionTransformer::new(&config(3), spec(action.clone()), &Device::Cpu, 6)
+                    .unwrap(),
+            );
+            let mut cached = DtPolicy::new(m.clone(), 25.0).unwrap();
+            let mut plain = DtPolicy::new(m.clone(), 25.0).unwrap().without_cache();
+            for p in [&mut cached, &mut plain] {
+                p.reset(0).unwrap();
+            }
+            for step in 0..8 {
+                let obs = Value::F32(vec![step as f32 * 0.3, -0.5, (step as f32).sin()]);
+                let (a, b) = (cached.act(&obs).unwrap(), plain.act(&obs).unwrap());
+                match (&a, &b) {
+                    (Value::F32(x), Value::F32(y)) => {
+                        for (u, v) in x.iter().zip(y) {
+                            assert!((u - v).abs() < 1e-5, "step {step}: {x:?} {y:?}");
+                        }
+                    }
+                    _ => assert_eq!(a, b, "step {step}"),
+                }
+                let space = match &action {
+                    DtAction::Box { .. } => {
+                        Space::Box(BoxSpace::new(vec![-1.0, 0.0], vec![1.0, 2.0]))
+                    }
+                    DtAction::Discrete { n, .. } => Space::Discrete(Discrete::new(*n as u64)),
+                };
+                assert!(space.contains(&a), "{a:?}");
+                cached.reward(1.5);
+                plain.reward(1.5);
+            }
+            assert_eq!(cached.to_go(), 25.0 - 8.0 * 1.5);
+            // A new episode starts from the target again.
+            cached.reset(1).unwrap();
+            assert_eq!(cached.to_go(), 25.0);
+        }
+    }
+
+    #[test]
+    fn the_target_return_changes_the_action() {
+        let action = box_action();
+        let m =
+            Arc::new(DecisionTransformer::new(&config(3), spec(action), &Device::Cpu, 7).unwrap());
+        let obs = Value::F32(vec![0.2, 0.1, -0.3]);
+        let act = |target| DtPolicy::new(m.clone(), target).unwrap().act(&obs).unwrap();
+        assert_ne!(act(0.0), act(500.0));
+        assert_eq!(act(3.0), act(3.0));
+    }
+
+    #[test]
+    fn saved_models_load_and_bad_input_is_an_error() {
+        let action = DtAction::Discrete { n: 3, start: 0 };
+        let m =
+            DecisionTransformer::new(&config(3), spec(action.clone()), &Device::Cpu, 8).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stem = dir.path().join("dt");
+        m.save(&stem, None, serde_json::json!({})).unwrap();
+        let loaded = DecisionTransformer::load(&stem, &Device::Cpu).unwrap();
+        let b = batch(1, 3, &action, 9);
+        let (x, y) = (
+            m.forward(&b, None).unwrap(),
+            loaded.forward(&b, None).unwrap(),
+        );
+        let d: f32 = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0);
+        assert_eq!(loaded.spec(), m.spec());
+        // A target of NaN, observations of the wrong width, and spaces the model cannot act in.
+        let m = Arc::new(m);
+        let err = DtPolicy::new(m.clone(), f64::NAN).err().unwrap();
+        assert!(err.to_string().contains("finite"), "{err}");
+        let mut p = DtPolicy::new(m, 1.0).unwrap();
+        let err = p.act(&Value::F32(vec![1.0; 5])).unwrap_err();
+        assert!(err.to_string().contains("3 values, got 5"), "{err}");
+        let unbounded = Space::Box(BoxSpace::new(vec![f32::NEG_INFINITY], vec![1.0]));
+        assert!(DtAction::of(&unbounded).is_err());
+        let mut bad = config(3);
+        bad.transformer.block_size = 8;
+        let err = DecisionTransformer::new(&bad, spec(action), &Device::Cpu, 0)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("block_size"), "{err}");
+    }
+}
