@@ -562,9 +562,9 @@ impl DtPolicy {
             .narrow(1, h.dim(1).map_err(fresh)? - 1, 1)
             .map_err(fresh)?;
         let y = self.model.action_out(&last)?;
-        Ok(y.flatten_all()
+        y.flatten_all()
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(fresh)?)
+            .map_err(fresh)
     }
 }
 
