@@ -10,6 +10,9 @@ use anyhow::Context;
 use dreamgym_envs::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::decision_transformer::{
+    DecisionTransformerStage, DtEvalSummary, DtTrainSummary, run_decision_transformer,
+};
 use crate::world_models::{Outcome, Stage, WorldModelsConfig, run_world_models};
 use crate::{CollectConfig, CollectSummary, Interrupted, Progress, RunDir, collect};
 
@@ -30,6 +33,9 @@ pub struct Experiment {
     /// World Models (absent: collection only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub world_models: Option<WorldModelsConfig>,
+    /// A Decision Transformer trained on the collected episodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_transformer: Option<DecisionTransformerStage>,
 }
 
 impl Default for Experiment {
@@ -39,6 +45,7 @@ impl Default for Experiment {
             out: None,
             rollout: CollectConfig::default(),
             world_models: None,
+            decision_transformer: None,
         }
     }
 }
@@ -93,6 +100,9 @@ impl Experiment {
         if let Some(wm) = &self.world_models {
             wm.validate().context("invalid [world_models]")?;
         }
+        if let Some(dt) = &self.decision_transformer {
+            dt.validate().context("invalid [decision_transformer]")?;
+        }
         Ok(())
     }
 
@@ -131,6 +141,8 @@ pub enum Part {
     Controller,
     /// The evaluation and the report.
     Eval,
+    /// The Decision Transformer (made from the dataset alone).
+    Dt,
 }
 
 impl Part {
@@ -141,6 +153,7 @@ impl Part {
             Part::Mdn => "M",
             Part::Controller => "C",
             Part::Eval => "the evaluation",
+            Part::Dt => "the Decision Transformer",
         }
     }
 
@@ -170,15 +183,34 @@ impl Part {
                 "tb/controller",
             ],
             Part::Eval => &["eval.json", "report.md", "figures"],
+            Part::Dt => &[
+                "dt.safetensors",
+                "dt.optimizer.safetensors",
+                "dt.json",
+                "dt_eval.json",
+                "dt_report.md",
+                "metrics/dt.csv",
+                "tb/dt",
+            ],
         }
     }
 
-    const ALL: [Part; 5] = [
+    /// Whether this part is made (directly or not) from `other`, or is it.
+    fn follows(self, other: Part) -> bool {
+        match (self, other) {
+            (_, Part::Data) => true,
+            (Part::Dt, o) | (o, Part::Dt) => o == self,
+            (s, o) => s >= o,
+        }
+    }
+
+    const ALL: [Part; 6] = [
         Part::Data,
         Part::Vae,
         Part::Mdn,
         Part::Controller,
         Part::Eval,
+        Part::Dt,
     ];
 }
 
@@ -229,6 +261,11 @@ fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::V
         "world_models.vae.epochs" if more => Effect::Extends(Part::Vae),
         "world_models.mdnrnn.epochs" if more => Effect::Extends(Part::Mdn),
         "world_models.controller.generations" if more => Effect::Extends(Part::Controller),
+        "decision_transformer.steps" if more => Effect::Extends(Part::Dt),
+        "decision_transformer.device" | "decision_transformer.eval.workers" => Effect::Free,
+        "decision_transformer.checkpoint_every" => Effect::Free,
+        k if k.starts_with("decision_transformer.eval.") => Effect::Extends(Part::Dt),
+        k if k.starts_with("decision_transformer.") => Effect::Stale(Part::Dt),
         k if k.starts_with("world_models.eval.") => Effect::Extends(Part::Eval),
         k if k.starts_with("world_models.vae.") || k == "world_models.seed" => {
             Effect::Stale(Part::Vae)
@@ -269,6 +306,10 @@ fn changes(old: &Experiment, new: &Experiment) -> anyhow::Result<Vec<Change>> {
     );
     // A run that had no [world_models] has trained nothing that a new section could change.
     let sections = (old.world_models.is_some(), new.world_models.is_some());
+    let dt_sections = (
+        old.decision_transformer.is_some(),
+        new.decision_transformer.is_some(),
+    );
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let show = |v: Option<&serde_json::Value>| v.map_or("(none)".into(), |v| v.to_string());
     Ok(keys
@@ -276,7 +317,9 @@ fn changes(old: &Experiment, new: &Experiment) -> anyhow::Result<Vec<Change>> {
         .filter(|k| a.get(*k) != b.get(*k))
         .map(|k| {
             let (o, n) = (a.get(k), b.get(k));
-            let effect = if k.starts_with("world_models") && sections != (true, true) {
+            let effect = if (k.starts_with("world_models") && sections != (true, true))
+                || (k.starts_with("decision_transformer") && dt_sections != (true, true))
+            {
                 Effect::Free
             } else {
                 effect(k, o, n)
@@ -337,13 +380,14 @@ pub fn prepare_run(
     if changes.iter().all(|c| c.effect == Effect::Free) {
         return Ok(None);
     }
-    let stale = changes
+    let stale_parts: Vec<Part> = changes
         .iter()
         .filter_map(|c| match c.effect {
             Effect::Stale(p) => Some(p),
             _ => None,
         })
-        .min();
+        .collect();
+    let stale = stale_parts.iter().copied().min();
     match on_change {
         OnChange::Ask => anyhow::bail!(
             "{} was made with another config; what differs:\n{}\nRun again with --resume \
@@ -379,7 +423,10 @@ pub fn prepare_run(
                 return Ok(None);
             };
             let mut removed = Vec::new();
-            for p in Part::ALL.into_iter().filter(|p| *p >= part) {
+            // Every part made from a stale one goes (the Decision Transformer is made from the
+            // dataset alone, so a new V leaves it).
+            let doomed = |p: &Part| stale_parts.iter().any(|s| p.follows(*s));
+            for p in Part::ALL.into_iter().filter(doomed) {
                 for f in p.files() {
                     let path = run.file(f);
                     let gone = if path.is_dir() {
@@ -484,6 +531,9 @@ const RUN_FILES: &[&str] = &[
     "eval.json",
     "report.md",
     "figures",
+    "dt.safetensors",
+    "dt.json",
+    "dt_report.md",
     "metrics",
     "tb",
 ];
@@ -518,6 +568,8 @@ pub struct ExperimentOutcome {
     pub collect: Option<CollectSummary>,
     /// The World Models stages.
     pub world_models: Option<Outcome>,
+    /// The Decision Transformer's training and evaluation.
+    pub decision_transformer: Option<(DtTrainSummary, DtEvalSummary)>,
 }
 
 /// Runs an experiment: collection, then every pipeline section it has, in the run folder.
@@ -594,6 +646,10 @@ pub fn run_experiment(
             progress,
             Some(started),
         )?);
+    }
+    if let Some(dt) = &exp.decision_transformer {
+        outcome.decision_transformer =
+            Some(run_decision_transformer(dt, &run, registry, progress)?);
     }
     Ok(outcome)
 }

@@ -12,6 +12,7 @@
 //!   figures with labelled axes.
 
 mod collect;
+pub mod decision_transformer;
 mod episode;
 mod evaluate;
 mod experiment;

@@ -1,0 +1,650 @@
+//! The `[decision_transformer]` section of an experiment: train a Decision Transformer offline
+//! on the run's recorded episodes (state observations), then evaluate it in the real env at
+//! several target returns beside a random policy, and write `dt_eval.json` and `dt_report.md`.
+//!
+//! As in the authors' Gym code: windows of `K` steps sampled uniformly over every step of every
+//! long-enough episode, returns-to-go per episode divided by `return_scale`, observations
+//! normalised by the dataset's mean and standard deviation, AdamW (weight decay on every
+//! parameter) with a linear warm-up, here followed by a cosine decay to a tenth of `lr`, and
+//! the gradient norm clipped. Training checkpoints (weights, AdamW's moments, the step) every
+//! `checkpoint_every` steps and resumes exactly; every random draw comes from the seed by name.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use dreamgym_base::derive_seed;
+use dreamgym_envs::Registry;
+use dreamgym_envs::recording::{Dataset, DatasetMeta};
+use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
+use dreamgym_policies::{
+    DecisionTransformer, DecisionTransformerConfig, DtAction, DtBatch, DtCheckpointConfig,
+    DtPolicy, DtSpec, Policy, RandomPolicy,
+};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::world_models::make_env;
+use crate::{Interrupted, MetricsLog, Progress, RunDir, mean_std, run_jobs};
+
+/// Training and evaluation settings of the Decision Transformer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionTransformerStage {
+    /// `cpu`, or `cuda` / `cuda:N` with the `cuda` feature.
+    pub device: String,
+    /// Seed of initialisation, batches and dropout.
+    pub seed: u64,
+    /// The model (the paper's Gym size by default).
+    pub model: DecisionTransformerConfig,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Windows per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW's weight decay.
+    pub weight_decay: f64,
+    /// Steps of linear warm-up.
+    pub warmup_steps: usize,
+    /// Largest gradient norm.
+    pub grad_clip: f64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: usize,
+    /// Evaluation.
+    pub eval: DtEvalStage,
+}
+
+impl Default for DecisionTransformerStage {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            seed: 0,
+            model: DecisionTransformerConfig::default(),
+            steps: 2000,
+            batch_size: 64,
+            lr: 1e-4,
+            weight_decay: 1e-4,
+            warmup_steps: 200,
+            grad_clip: 0.25,
+            checkpoint_every: 250,
+            eval: DtEvalStage::default(),
+        }
+    }
+}
+
+/// The evaluation sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DtEvalStage {
+    /// Episodes per target (seeds `seed .. seed + episodes`).
+    pub episodes: usize,
+    /// First evaluation seed.
+    pub seed: u64,
+    /// Steps per episode at most.
+    pub max_steps: u64,
+    /// Target returns; empty: the dataset's best episode return and half of it.
+    pub targets: Vec<f64>,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+impl Default for DtEvalStage {
+    fn default() -> Self {
+        Self {
+            episodes: 10,
+            seed: 1000,
+            max_steps: 1000,
+            targets: Vec::new(),
+            workers: 2,
+        }
+    }
+}
+
+impl DecisionTransformerStage {
+    /// Checks every field before any work, naming the first bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.model
+            .validate()
+            .context("invalid [decision_transformer.model]")?;
+        dreamgym_nn::device(&self.device)?;
+        let ensure = |ok: bool, what: &str| -> anyhow::Result<()> {
+            anyhow::ensure!(ok, "decision_transformer.{what}");
+            Ok(())
+        };
+        ensure(
+            (1..=10_000_000).contains(&self.steps),
+            "steps must be in 1..=10000000",
+        )?;
+        ensure(
+            (1..=65_536).contains(&self.batch_size),
+            "batch_size must be in 1..=65536",
+        )?;
+        ensure(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr must be a positive number",
+        )?;
+        ensure(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "weight_decay must be a number >= 0",
+        )?;
+        ensure(
+            self.grad_clip.is_finite() && self.grad_clip > 0.0,
+            "grad_clip must be a positive number",
+        )?;
+        ensure(
+            self.checkpoint_every >= 1,
+            "checkpoint_every must be at least 1",
+        )?;
+        ensure(
+            (1..=100_000).contains(&self.eval.episodes),
+            "eval.episodes must be in 1..=100000",
+        )?;
+        ensure(
+            self.eval.max_steps >= 1,
+            "eval.max_steps must be at least 1",
+        )?;
+        ensure(
+            (1..=256).contains(&self.eval.workers),
+            "eval.workers must be in 1..=256",
+        )?;
+        ensure(
+            self.eval.targets.iter().all(|t| t.is_finite()),
+            "eval.targets must be finite numbers",
+        )?;
+        Ok(())
+    }
+
+    /// The learning rate at `step`: linear warm-up, then cosine decay to `lr / 10`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = (self.steps - self.warmup_steps.min(self.steps)).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let min = self.lr / 10.0;
+        min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// One episode as the model reads it.
+struct DtEpisode {
+    /// `T × obs_dim`, normalised.
+    obs: Vec<f32>,
+    /// `T × width`, in the model's values.
+    actions: Vec<f32>,
+    /// `T` returns-to-go, scaled.
+    to_go: Vec<f32>,
+}
+
+/// A dataset prepared for the Decision Transformer.
+pub struct DtData {
+    episodes: Vec<DtEpisode>,
+    /// Observation statistics and the action space.
+    pub spec: DtSpec,
+    /// The dataset's description.
+    pub meta: DatasetMeta,
+    /// Every episode's return, in order.
+    pub returns: Vec<f64>,
+    /// The dataset's fingerprint.
+    pub fingerprint: String,
+    /// `(episode, start)` of every window of `K` steps.
+    windows: Vec<(usize, usize)>,
+}
+
+impl DtData {
+    /// Loads a finished dataset of float observations; episodes shorter than `config.context`
+    /// give no window (said through `progress`), and a dataset with none is an error.
+    pub fn load(
+        dir: &Path,
+        config: &DecisionTransformerConfig,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<Self> {
+        let ds =
+            Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
+        let meta = ds.meta().clone();
+        anyhow::ensure!(
+            meta.is_complete(),
+            "{} holds a collection that did not finish: run the experiment again to resume it",
+            dir.display()
+        );
+        let obs_dim = match meta.observation_space.as_box() {
+            Some(b) if b.dtype == dreamgym_envs::Dtype::F32 && b.shape.len() == 1 => b.len(),
+            _ => anyhow::bail!(
+                "the Decision Transformer trains on 1-D float observations; {} records {} \
+                 (pixel observations through V's latents are not supported yet)",
+                dir.display(),
+                meta.observation_space
+            ),
+        };
+        let action = DtAction::of(&meta.action_space)
+            .with_context(|| format!("the actions recorded in {}", dir.display()))?;
+        let report = ds.load();
+        for (path, err) in &report.damaged {
+            progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
+        }
+        let k = config.context;
+        // Observation statistics over every recorded step.
+        let (mut sum, mut sq, mut n) = (vec![0f64; obs_dim], vec![0f64; obs_dim], 0usize);
+        for e in &report.episodes {
+            for o in &e.observations[..e.len()] {
+                let x = o.as_f32().context("an observation is not a float vector")?;
+                for (i, v) in x.iter().enumerate() {
+                    sum[i] += *v as f64;
+                    sq[i] += (*v as f64).powi(2);
+                }
+                n += 1;
+            }
+        }
+        anyhow::ensure!(n > 0, "{} holds no steps", dir.display());
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n as f64) as f32).collect();
+        let std: Vec<f32> = sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| ((q / n as f64 - (*m as f64).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
+            .collect();
+        let spec = DtSpec {
+            obs_mean: mean,
+            obs_std: std,
+            action,
+        };
+        let scale = config.return_scale;
+        let mut episodes = Vec::new();
+        let mut returns = Vec::new();
+        let mut windows = Vec::new();
+        let mut short = 0;
+        for e in &report.episodes {
+            returns.push(e.total_reward());
+            let t = e.len();
+            if t < k {
+                short += 1;
+                continue;
+            }
+            let mut obs = Vec::with_capacity(t * obs_dim);
+            for o in &e.observations[..t] {
+                obs.extend(spec.normalize(o.as_f32().unwrap_or(&[]))?);
+            }
+            let mut actions = Vec::with_capacity(t * spec.action.width());
+            for a in &e.actions {
+                actions.extend(spec.action.encode(a)?);
+            }
+            let mut to_go = vec![0f32; t];
+            let mut acc = 0.0;
+            for i in (0..t).rev() {
+                acc += e.rewards[i];
+                to_go[i] = (acc / scale) as f32;
+            }
+            let index = episodes.len();
+            windows.extend((0..=t - k).map(|s| (index, s)));
+            episodes.push(DtEpisode {
+                obs,
+                actions,
+                to_go,
+            });
+        }
+        if short > 0 {
+            progress.note(&format!(
+                "decision transformer: {short} of {} episodes are shorter than the context of \
+                 {k} steps and are not trained on",
+                report.episodes.len()
+            ));
+        }
+        anyhow::ensure!(
+            !windows.is_empty(),
+            "no episode in {} has {k} steps (decision_transformer.model.context); lower the \
+             context or record longer episodes",
+            dir.display()
+        );
+        Ok(Self {
+            episodes,
+            spec,
+            meta,
+            returns,
+            fingerprint: ds.fingerprint(),
+            windows,
+        })
+    }
+
+    /// A batch of `b` windows drawn with `rng`.
+    fn batch(
+        &self,
+        b: usize,
+        k: usize,
+        rng: &mut ChaCha8Rng,
+        device: &Device,
+    ) -> anyhow::Result<DtBatch> {
+        let (d, w) = (self.spec.obs_dim(), self.spec.action.width());
+        let (mut r, mut o, mut a, mut t) = (
+            Vec::with_capacity(b * k),
+            Vec::with_capacity(b * k * d),
+            Vec::with_capacity(b * k * w),
+            Vec::with_capacity(b * k),
+        );
+        for _ in 0..b {
+            let (e, s) = self.windows[rng.random_range(0..self.windows.len())];
+            let ep = &self.episodes[e];
+            r.extend_from_slice(&ep.to_go[s..s + k]);
+            o.extend_from_slice(&ep.obs[s * d..(s + k) * d]);
+            a.extend_from_slice(&ep.actions[s * w..(s + k) * w]);
+            t.extend((s..s + k).map(|i| i as u32));
+        }
+        Ok(DtBatch {
+            returns: Tensor::from_vec(r, (b, k, 1), device)?,
+            obs: Tensor::from_vec(o, (b, k, d), device)?,
+            actions: Tensor::from_vec(a, (b, k, w), device)?,
+            timesteps: Tensor::from_vec(t, (b, k), device)?,
+        })
+    }
+}
+
+/// What training did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DtTrainSummary {
+    /// Steps done in all.
+    pub steps: usize,
+    /// Steps the checkpoint held when this call started.
+    pub resumed_from: usize,
+    /// Mean loss of the last 100 steps (or the saved one when nothing ran).
+    pub final_loss: f64,
+    /// Seconds this call took.
+    pub seconds: f64,
+}
+
+/// The checkpoint stem in a run folder.
+pub const DT_CHECKPOINT: &str = "dt";
+
+/// Trains the Decision Transformer on `data`, checkpointing every `checkpoint_every` steps and
+/// resuming from `<run>/dt.*` when it was made with the same model from the same dataset.
+pub fn train_decision_transformer(
+    stage: &DecisionTransformerStage,
+    data: &DtData,
+    run: &RunDir,
+    progress: &dyn Progress,
+) -> anyhow::Result<(DecisionTransformer, DtTrainSummary)> {
+    let device = dreamgym_nn::device(&stage.device)?;
+    let model = DecisionTransformer::new(
+        &stage.model,
+        data.spec.clone(),
+        &device,
+        derive_seed(stage.seed, "dt.init", 0),
+    )?;
+    let mut opt = Adam::new(
+        sorted_vars(model.varmap()),
+        AdamConfig {
+            lr: stage.lr,
+            weight_decay: stage.weight_decay,
+            clip_norm: Some(stage.grad_clip),
+            ..Default::default()
+        },
+    )?;
+    let stem = run.checkpoint(DT_CHECKPOINT);
+    let trained_on = serde_json::json!({ "dataset": data.fingerprint });
+    let (start, mut last_loss) = resume(&stem, &model, &mut opt, &trained_on, stage, progress)?;
+    if start >= stage.steps {
+        return Ok((
+            model,
+            DtTrainSummary {
+                steps: start,
+                resumed_from: start,
+                final_loss: last_loss,
+                seconds: 0.0,
+            },
+        ));
+    }
+    if start > 0 {
+        progress.note(&format!(
+            "decision transformer: resuming after step {start}"
+        ));
+    }
+    let mut metrics = MetricsLog::open(run, "dt", &["step", "loss", "lr"], Some(start as f64))?;
+    progress.begin("train DT", (stage.steps - start) as u64);
+    let t0 = std::time::Instant::now();
+    let k = stage.model.context;
+    let mut recent: Vec<f64> = Vec::new();
+    for step in start..stage.steps {
+        if progress.interrupted() {
+            progress.end();
+            return Err(Interrupted {
+                stage: "train DT".into(),
+                saved: if step == start && start == 0 {
+                    "no checkpoint had been written yet, so nothing was saved".into()
+                } else {
+                    "the Decision Transformer is saved at its last checkpoint; run again to \
+                     resume"
+                        .into()
+                },
+            }
+            .into());
+        }
+        let mut batch_rng =
+            ChaCha8Rng::seed_from_u64(derive_seed(stage.seed, "dt.batch", step as u64));
+        let mut drop_rng =
+            ChaCha8Rng::seed_from_u64(derive_seed(stage.seed, "dt.dropout", step as u64));
+        let batch = data.batch(stage.batch_size, k, &mut batch_rng, &device)?;
+        let loss = model.loss(&batch, Some(&mut drop_rng))?;
+        let l = loss.to_scalar::<f32>()? as f64;
+        anyhow::ensure!(
+            l.is_finite(),
+            "decision transformer: the loss became {l} at step {step}"
+        );
+        let lr = stage.lr_at(step);
+        opt.set_lr(lr);
+        opt.step(loss.backward()?)?;
+        metrics.push(&[step as f64, l, lr])?;
+        recent.push(l);
+        if recent.len() > 100 {
+            recent.remove(0);
+        }
+        last_loss = recent.iter().sum::<f64>() / recent.len() as f64;
+        progress.status(&format!("loss {l:.4}"));
+        progress.advance(1);
+        if (step + 1) % stage.checkpoint_every == 0 || step + 1 == stage.steps {
+            // Metrics first: a checkpoint never claims a step whose row is not on disk.
+            metrics.commit()?;
+            model.save(
+                &stem,
+                Some(&opt),
+                serde_json::json!({
+                    "steps_done": step + 1,
+                    "loss": last_loss,
+                    "trained_on": trained_on,
+                }),
+            )?;
+        }
+    }
+    progress.end();
+    Ok((
+        model,
+        DtTrainSummary {
+            steps: stage.steps,
+            resumed_from: start,
+            final_loss: last_loss,
+            seconds: t0.elapsed().as_secs_f64(),
+        },
+    ))
+}
+
+/// Restores weights, moments and the step from the checkpoint when it holds this model
+/// trained on this dataset; returns `(steps done, last loss)`.
+fn resume(
+    stem: &Path,
+    model: &DecisionTransformer,
+    opt: &mut Adam,
+    trained_on: &serde_json::Value,
+    stage: &DecisionTransformerStage,
+    progress: &dyn Progress,
+) -> anyhow::Result<(usize, f64)> {
+    if !dreamgym_nn::checkpoint_paths(stem).1.exists() {
+        return Ok((0, f64::NAN));
+    }
+    let (saved, state): (DtCheckpointConfig, serde_json::Value) =
+        dreamgym_nn::read_checkpoint_meta(stem, dreamgym_policies::DT_CHECKPOINT_KIND)?;
+    anyhow::ensure!(
+        saved.model == stage.model,
+        "{} holds a Decision Transformer of another architecture than the config asks for; \
+         run with --force to discard it, or use another --out",
+        stem.display()
+    );
+    if state.get("trained_on") != Some(trained_on) || saved.spec != *model.spec() {
+        progress.note("decision transformer: the dataset changed since it was trained, so it is stale; training it from scratch");
+        return Ok((0, f64::NAN));
+    }
+    dreamgym_nn::load_weights(stem, model.varmap())?;
+    dreamgym_nn::load_optimizer(stem, opt)?;
+    let steps = state
+        .get("steps_done")
+        .and_then(|s| s.as_u64())
+        .unwrap_or(0) as usize;
+    let loss = state
+        .get("loss")
+        .and_then(|l| l.as_f64())
+        .unwrap_or(f64::NAN);
+    Ok((steps, loss))
+}
+
+/// Returns at each target, beside a random policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DtEvalSummary {
+    /// Env id.
+    pub env: String,
+    /// Seeds (`seed .. seed + episodes`).
+    pub seeds: (u64, u64),
+    /// `(target, returns)` per target.
+    pub targets: Vec<(f64, Vec<f64>)>,
+    /// A uniformly random policy on the same seeds.
+    pub random: Vec<f64>,
+    /// The recorded episodes' returns: mean, best.
+    pub dataset: (f64, f64),
+}
+
+/// Evaluates `model` at every target (the config's, or the dataset's best return and half of
+/// it) on the same seeds as a random policy; writes `dt_eval.json` and `dt_report.md`.
+pub fn evaluate_decision_transformer(
+    stage: &DecisionTransformerStage,
+    data: &DtData,
+    model: DecisionTransformer,
+    run: &RunDir,
+    registry: &Registry,
+    progress: &dyn Progress,
+) -> anyhow::Result<DtEvalSummary> {
+    let e = &stage.eval;
+    let best = data
+        .returns
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let targets = if e.targets.is_empty() {
+        vec![best / 2.0, best]
+    } else {
+        e.targets.clone()
+    };
+    let model = Arc::new(model);
+    let mut policies: Vec<Box<dyn Policy>> = targets
+        .iter()
+        .map(|t| -> anyhow::Result<Box<dyn Policy>> {
+            Ok(Box::new(DtPolicy::new(model.clone(), *t)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    policies.push(Box::new(RandomPolicy::new(
+        data.meta.action_space.clone(),
+        derive_seed(stage.seed, "dt.eval.random", 0),
+    )));
+    let refs: Vec<&dyn Policy> = policies.iter().map(|p| p.as_ref()).collect();
+    let seeds: Vec<u64> = (0..e.episodes as u64).map(|i| e.seed + i).collect();
+    let jobs: Vec<(usize, u64)> = (0..refs.len())
+        .flat_map(|p| seeds.iter().map(move |s| (p, *s)))
+        .collect();
+    let mut envs = (0..e.workers)
+        .map(|_| make_env(registry, &data.meta))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    progress.begin("evaluate DT", jobs.len() as u64);
+    let returns: Vec<f64> = run_jobs(&mut envs, &refs, &jobs, e.max_steps, progress)
+        .inspect_err(|_| progress.end())?
+        .iter()
+        .map(|s| s.total_return)
+        .collect();
+    progress.end();
+    let per: Vec<Vec<f64>> = returns.chunks(seeds.len()).map(|c| c.to_vec()).collect();
+    let (dm, _) = mean_std(&data.returns);
+    let summary = DtEvalSummary {
+        env: data.meta.env_id.clone(),
+        seeds: (e.seed, e.seed + e.episodes as u64),
+        targets: targets.iter().cloned().zip(per.iter().cloned()).collect(),
+        random: per.last().cloned().unwrap_or_default(),
+        dataset: (dm, best),
+    };
+    dreamgym_base::write_atomic(
+        &run.file("dt_eval.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    let mut md = format!(
+        "# Decision Transformer on {}\n\nTrained on {} recorded episodes (return: mean {:.1}, \
+         best {:.1}); evaluated on seeds {}..{}.\n\n| policy | return (mean ± std) |\n|---|---|\n",
+        summary.env,
+        data.returns.len(),
+        dm,
+        best,
+        summary.seeds.0,
+        summary.seeds.1
+    );
+    for (t, r) in &summary.targets {
+        let (m, s) = mean_std(r);
+        md.push_str(&format!("| DT, target {t:.1} | {m:.1} ± {s:.1} |\n"));
+    }
+    let (m, s) = mean_std(&summary.random);
+    md.push_str(&format!("| random | {m:.1} ± {s:.1} |\n"));
+    dreamgym_base::write_atomic(&run.file("dt_report.md"), md.as_bytes())?;
+    Ok(summary)
+}
+
+/// Trains (or resumes) and evaluates: the whole `[decision_transformer]` section.
+pub fn run_decision_transformer(
+    stage: &DecisionTransformerStage,
+    run: &RunDir,
+    registry: &Registry,
+    progress: &dyn Progress,
+) -> anyhow::Result<(DtTrainSummary, DtEvalSummary)> {
+    stage.validate()?;
+    let data = DtData::load(&run.data(), &stage.model, progress)?;
+    let (model, trained) = train_decision_transformer(stage, &data, run, progress)?;
+    if trained.seconds == 0.0 && trained.resumed_from >= stage.steps {
+        progress.done(&format!(
+            "DT: already done (step {}, loss {:.4})",
+            trained.steps, trained.final_loss
+        ));
+    } else {
+        progress.done(&format!(
+            "DT: {} steps{}, loss {:.4} (mean of the last 100), {:.1} s",
+            trained.steps,
+            if trained.resumed_from > 0 {
+                format!(" (resumed after step {})", trained.resumed_from)
+            } else {
+                String::new()
+            },
+            trained.final_loss,
+            trained.seconds
+        ));
+    }
+    let eval = evaluate_decision_transformer(stage, &data, model, run, registry, progress)?;
+    let mut line = format!(
+        "DT eval on {} seeds of {}:",
+        eval.seeds.1 - eval.seeds.0,
+        eval.env
+    );
+    for (t, r) in &eval.targets {
+        let (m, s) = mean_std(r);
+        line.push_str(&format!(" target {t:.1} → {m:.1} ± {s:.1};"));
+    }
+    let (m, s) = mean_std(&eval.random);
+    line.push_str(&format!(" random {m:.1} ± {s:.1}"));
+    progress.done(&line);
+    Ok((trained, eval))
+}
+
+/// Loads the Decision Transformer of a run folder as a policy aiming at `target`.
+pub fn load_dt_policy(run: &RunDir, target: f64) -> anyhow::Result<Box<dyn Policy>> {
+    let model = DecisionTransformer::load(&run.checkpoint(DT_CHECKPOINT), &Device::Cpu)?;
+    Ok(Box::new(DtPolicy::new(Arc::new(model), target)?))
+}

@@ -1,0 +1,125 @@
+//! The `[decision_transformer]` section end to end on a small CartPole dataset: it trains,
+//! evaluates at several targets, resumes exactly after an interruption, and refuses data it
+//! cannot use.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dreamgym_agents::decision_transformer::{DecisionTransformerStage, run_decision_transformer};
+use dreamgym_agents::{OnChange, Progress, RunDir, parse_experiment, run_experiment};
+use dreamgym_envs::Registry;
+
+const EXPERIMENT: &str = r#"
+name = "dt"
+[rollout]
+env = "CartPole-v0"
+episodes = 24
+num_envs = 4
+[decision_transformer]
+steps = 24
+batch_size = 8
+warmup_steps = 4
+checkpoint_every = 5
+eval = { episodes = 2, targets = [20.0, 200.0], max_steps = 50 }
+model = { context = 4, max_timestep = 200, return_scale = 100.0, transformer = { n_layer = 1, n_embd = 16, n_head = 2, block_size = 12, positions = "none" } }
+"#;
+
+/// Asks to stop once `limit` units of work are done.
+struct StopAfter(AtomicU64, u64);
+
+impl Progress for StopAfter {
+    fn advance(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::SeqCst);
+    }
+    fn interrupted(&self) -> bool {
+        self.0.load(Ordering::SeqCst) >= self.1
+    }
+}
+
+fn stage(exp: &dreamgym_agents::Experiment) -> DecisionTransformerStage {
+    exp.decision_transformer.clone().unwrap()
+}
+
+#[test]
+fn trains_evaluates_and_resumes_exactly() {
+    let registry = Registry::with_builtins();
+    let straight = tempfile::tempdir().unwrap();
+    let resumed = tempfile::tempdir().unwrap();
+    let mut exp = parse_experiment(EXPERIMENT, "test").unwrap();
+    exp.out = Some(straight.path().to_path_buf());
+    let out = run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+    let (trained, eval) = out.decision_transformer.unwrap();
+    assert_eq!(trained.steps, 24);
+    assert!(trained.final_loss.is_finite());
+    assert_eq!(eval.targets.len(), 2);
+    assert!(eval.targets.iter().all(|(_, r)| r.len() == 2));
+    assert_eq!(eval.random.len(), 2);
+    let run = RunDir::new(straight.path());
+    let report = std::fs::read_to_string(run.file("dt_report.md")).unwrap();
+    assert!(
+        report.contains("| DT, target 200.0 |") && report.contains("| random |"),
+        "{report}"
+    );
+    let csv = std::fs::read_to_string(run.file("metrics/dt.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 24);
+
+    // The same run stopped at step 12 (the checkpoint holds 10) and run again.
+    exp.out = Some(resumed.path().to_path_buf());
+    let collect_episodes = 24;
+    let err = run_experiment(
+        &exp,
+        &registry,
+        OnChange::Ask,
+        &StopAfter(AtomicU64::new(0), collect_episodes + 12),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("run again to resume"),
+        "{err:#}"
+    );
+    let again = RunDir::new(resumed.path());
+    let out = run_decision_transformer(&stage(&exp), &again, &registry, &()).unwrap();
+    assert_eq!(out.0.resumed_from, 10);
+    for file in [
+        "dt.safetensors",
+        "dt.optimizer.safetensors",
+        "metrics/dt.csv",
+        "dt_eval.json",
+    ] {
+        assert_eq!(
+            std::fs::read(run.file(file)).unwrap(),
+            std::fs::read(again.file(file)).unwrap(),
+            "{file} differs after a resume"
+        );
+    }
+    // Done is done.
+    let out = run_decision_transformer(&stage(&exp), &again, &registry, &()).unwrap();
+    assert_eq!(out.0.seconds, 0.0);
+}
+
+#[test]
+fn data_it_cannot_use_is_a_clear_error() {
+    let registry = Registry::with_builtins();
+    let dir = tempfile::tempdir().unwrap();
+    let mut exp = parse_experiment(EXPERIMENT, "test").unwrap();
+    exp.out = Some(dir.path().to_path_buf());
+    exp.decision_transformer.as_mut().unwrap().model.context = 150;
+    exp.decision_transformer
+        .as_mut()
+        .unwrap()
+        .model
+        .transformer
+        .block_size = 450;
+    // CartPole's random episodes are far shorter than 150 steps.
+    let err = format!(
+        "{:#}",
+        run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(err.contains("has 150 steps"), "{err}");
+    // A NaN target and a context the transformer cannot hold are refused before any work.
+    let mut bad = stage(&exp);
+    bad.eval.targets = vec![f64::NAN];
+    assert!(format!("{:#}", bad.validate().unwrap_err()).contains("targets"));
+    let mut bad = stage(&exp);
+    bad.model.transformer.block_size = 10;
+    assert!(format!("{:#}", bad.validate().unwrap_err()).contains("block_size"));
+}
