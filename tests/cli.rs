@@ -189,7 +189,7 @@ fn bad_input_gets_a_clear_error() {
     );
     assert_clean_error(
         &dreamgym(&["inspect", dir.path().join("missing").to_str().unwrap()]),
-        "cannot open dataset",
+        "does not exist",
     );
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[rollout]\nepisodes = \"many\"\n").unwrap();

@@ -36,6 +36,10 @@ pub struct CollectConfig {
     pub out: Option<PathBuf>,
     /// Add to an existing dataset of the same env instead of refusing.
     pub append: bool,
+    /// Set by a run that records the rest of an unfinished collection: when this one
+    /// finishes, the unfinished ones before it count as complete.
+    #[serde(skip)]
+    pub resume_unfinished: bool,
 }
 
 impl Default for CollectConfig {
@@ -50,6 +54,7 @@ impl Default for CollectConfig {
             seed: 0,
             out: None,
             append: false,
+            resume_unfinished: false,
         }
     }
 }
@@ -176,7 +181,7 @@ pub fn collect(
             ..WriterOptions::default()
         },
     )
-    .with_context(|| format!("cannot record to {}", out.display()))?;
+    .context("cannot record the rollout")?;
     // Collection k of a dataset resets its envs from a seed of its own, so that appended
     // episodes are new ones, never repeats of those already recorded.
     let index = if writer.appends() {
@@ -191,18 +196,15 @@ pub fn collect(
     };
     if index > 0 {
         progress.note(&format!(
-            "appending {} episodes to the {} already in {} as collection {index}: its envs start \
+            "appending {} episodes to the dataset in {} as collection {index}: its envs start \
              from seed {env_seed} (derived from seed {} and {index}), so no episode repeats",
             config.episodes,
-            writer
-                .meta()
-                .collections
-                .iter()
-                .map(|c| c.written)
-                .sum::<usize>(),
             out.display(),
             config.seed
         ));
+    }
+    if config.resume_unfinished {
+        writer.resumes_unfinished();
     }
     writer
         .begin_collection(Collection {
@@ -213,8 +215,9 @@ pub fn collect(
             episodes: config.episodes,
             written: 0,
             complete: false,
+            resumed_by: None,
         })
-        .with_context(|| format!("cannot record to {}", out.display()))?;
+        .context("cannot record the rollout")?;
     // Encoding and writing chunks happens on its own thread, so stepping goes on meanwhile.
     let (episodes_tx, episodes_rx) = crossbeam_channel::bounded::<Episode>(256);
     let target = config.episodes;

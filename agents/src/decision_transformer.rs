@@ -382,7 +382,14 @@ pub fn train_decision_transformer(
     let stem = run.checkpoint(DT_CHECKPOINT);
     let trained_on = serde_json::json!({ "dataset": data.fingerprint });
     let (start, mut last_loss) = resume(&stem, &model, &mut opt, &trained_on, stage, progress)?;
-    if start >= stage.steps {
+    anyhow::ensure!(
+        start <= stage.steps,
+        "{} holds a Decision Transformer trained for {start} steps, more than the {} asked for; \
+         run with --force to train it again, or use another --out",
+        stem.display(),
+        stage.steps
+    );
+    if start == stage.steps {
         return Ok((
             model,
             DtTrainSummary {
@@ -449,6 +456,7 @@ pub fn train_decision_transformer(
                 serde_json::json!({
                     "steps_done": step + 1,
                     "loss": last_loss,
+                    "settings": settings_of(stage),
                     "trained_on": trained_on,
                 }),
             )?;
@@ -464,6 +472,18 @@ pub fn train_decision_transformer(
             seconds: t0.elapsed().as_secs_f64(),
         },
     ))
+}
+
+/// What, besides the architecture and the step count, shapes the trained weights.
+fn settings_of(stage: &DecisionTransformerStage) -> serde_json::Value {
+    serde_json::json!({
+        "seed": stage.seed,
+        "batch_size": stage.batch_size,
+        "lr": stage.lr,
+        "weight_decay": stage.weight_decay,
+        "warmup_steps": stage.warmup_steps,
+        "grad_clip": stage.grad_clip,
+    })
 }
 
 /// Restores weights, moments and the step from the checkpoint when it holds this model
@@ -487,6 +507,17 @@ fn resume(
          run with --force to discard it, or use another --out",
         stem.display()
     );
+    let settings = settings_of(stage);
+    if let Some(saved) = state.get("settings")
+        && *saved != settings
+    {
+        anyhow::bail!(
+            "{} holds a Decision Transformer trained with other settings ({}); run with --force \
+             to discard it, or use another --out",
+            stem.display(),
+            crate::world_models::config_diff(saved, &settings)
+        );
+    }
     if state.get("trained_on") != Some(trained_on) || saved.spec != *model.spec() {
         progress.note("decision transformer: the dataset changed since it was trained, so it is stale; training it from scratch");
         return Ok((0, f64::NAN));

@@ -221,6 +221,8 @@ enum Effect {
     Free,
     /// The part can continue from what it holds (more of the same work).
     Extends(Part),
+    /// Only an evaluation runs again; nothing trained is affected.
+    Rerun(Part),
     /// The part, and everything after it, no longer match the config.
     Stale(Part),
 }
@@ -264,9 +266,9 @@ fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::V
         "decision_transformer.steps" if more => Effect::Extends(Part::Dt),
         "decision_transformer.device" | "decision_transformer.eval.workers" => Effect::Free,
         "decision_transformer.checkpoint_every" => Effect::Free,
-        k if k.starts_with("decision_transformer.eval.") => Effect::Extends(Part::Dt),
+        k if k.starts_with("decision_transformer.eval.") => Effect::Rerun(Part::Dt),
         k if k.starts_with("decision_transformer.") => Effect::Stale(Part::Dt),
-        k if k.starts_with("world_models.eval.") => Effect::Extends(Part::Eval),
+        k if k.starts_with("world_models.eval.") => Effect::Rerun(Part::Eval),
         k if k.starts_with("world_models.vae.") || k == "world_models.seed" => {
             Effect::Stale(Part::Vae)
         }
@@ -290,6 +292,11 @@ impl std::fmt::Display for Change {
         match self.effect {
             Effect::Free => Ok(()),
             Effect::Extends(p) => write!(f, " (more work for {}: --resume continues)", p.name()),
+            Effect::Rerun(p) => write!(
+                f,
+                " ({}'s evaluation runs again: --resume continues)",
+                p.name()
+            ),
             Effect::Stale(p) => write!(
                 f,
                 " (makes {} and what follows stale: --force redoes them)",
@@ -299,7 +306,7 @@ impl std::fmt::Display for Change {
     }
 }
 
-fn changes(old: &Experiment, new: &Experiment) -> anyhow::Result<Vec<Change>> {
+fn changes(old: &Experiment, new: &Experiment, run: &RunDir) -> anyhow::Result<Vec<Change>> {
     let (a, b) = (
         flatten(&serde_json::to_value(old)?),
         flatten(&serde_json::to_value(new)?),
@@ -312,26 +319,103 @@ fn changes(old: &Experiment, new: &Experiment) -> anyhow::Result<Vec<Change>> {
     );
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let show = |v: Option<&serde_json::Value>| v.map_or("(none)".into(), |v| v.to_string());
-    Ok(keys
+    // A section the saved config lacks, while the folder holds what it makes (the saved config
+    // was replaced by hand, or came from an older dreamgym): what made those is unknown.
+    let mut unknown = Vec::new();
+    for (missing, part, name) in [
+        (
+            new.world_models.is_some() && old.world_models.is_none(),
+            Part::Vae,
+            "world_models",
+        ),
+        (
+            new.decision_transformer.is_some() && old.decision_transformer.is_none(),
+            Part::Dt,
+            "decision_transformer",
+        ),
+    ] {
+        if missing && holds(run, part) {
+            unknown.push(Change {
+                key: format!("[{name}]"),
+                old: "(not in experiment.toml, but the folder holds its output)".into(),
+                new: "(this config)".into(),
+                effect: Effect::Stale(part),
+            });
+        }
+    }
+    Ok(unknown
         .into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let (o, n) = (a.get(k), b.get(k));
-            let effect = if (k.starts_with("world_models") && sections != (true, true))
-                || (k.starts_with("decision_transformer") && dt_sections != (true, true))
-            {
-                Effect::Free
-            } else {
-                effect(k, o, n)
-            };
-            Change {
-                key: k.clone(),
-                old: show(o),
-                new: show(n),
-                effect,
-            }
-        })
+        .chain(
+            keys.into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| {
+                    let (o, n) = (a.get(k), b.get(k));
+                    let effect = if (k.starts_with("world_models") && sections != (true, true))
+                        || (k.starts_with("decision_transformer") && dt_sections != (true, true))
+                    {
+                        Effect::Free
+                    } else {
+                        effect(k, o, n)
+                    };
+                    Change {
+                        key: k.clone(),
+                        old: show(o),
+                        new: show(n),
+                        effect,
+                    }
+                }),
+        )
         .collect())
+}
+
+/// Removes every part made from one of `stale` (the Decision Transformer is made from the
+/// dataset alone, so a new V leaves it); returns what was removed.
+fn discard(run: &RunDir, stale: &[Part]) -> anyhow::Result<Vec<&'static str>> {
+    let mut removed = Vec::new();
+    let doomed = |p: &Part| stale.iter().any(|s| p.follows(*s));
+    for p in Part::ALL.into_iter().filter(doomed) {
+        for f in p.files() {
+            let path = run.file(f);
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match gone {
+                Ok(()) => removed.push(*f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot remove {}: {e}", path.display()),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether the run folder holds any file of `part` (or of the parts made from it).
+fn holds(run: &RunDir, part: Part) -> bool {
+    Part::ALL
+        .into_iter()
+        .filter(|p| *p != Part::Data && p.follows(part))
+        .flat_map(|p| p.files().iter())
+        .any(|f| run.file(f).exists())
+}
+
+/// The config to save as the run's `experiment.toml`: `exp`, keeping the sections of the
+/// saved one that `exp` lacks (their output stays in the folder, and stays described).
+pub fn config_to_save(exp: &Experiment, run: &RunDir) -> Experiment {
+    let mut out = exp.clone();
+    if let Some(old) = std::fs::read_to_string(run.experiment())
+        .ok()
+        .and_then(|t| parse_experiment(&t, "experiment.toml").ok())
+    {
+        if out.world_models.is_none() {
+            out.world_models = old.world_models;
+        }
+        if out.decision_transformer.is_none() {
+            out.decision_transformer = old.decision_transformer;
+        }
+    }
+    out
 }
 
 /// Compares `exp` with the config the run folder was made with (`experiment.toml`) and acts
@@ -345,13 +429,35 @@ pub fn prepare_run(
 ) -> anyhow::Result<Option<Part>> {
     let path = run.experiment();
     if !path.exists() {
-        return Ok(None);
+        // Nothing says what made what the folder holds (the dataset checks itself).
+        if !holds(run, Part::Vae) && !holds(run, Part::Dt) {
+            return Ok(None);
+        }
+        return match on_change {
+            OnChange::Ask => anyhow::bail!(
+                "{} holds trained models but no experiment.toml, so what made them cannot be \
+                 checked: run with --resume to keep them (each stage still checks its own \
+                 inputs), --force to discard them and train again (the dataset is kept and \
+                 checked), or use another --out",
+                run.root().display()
+            ),
+            OnChange::Resume => Ok(None),
+            OnChange::Force => {
+                let removed = discard(run, &[Part::Vae, Part::Dt])?;
+                progress.note(&format!(
+                    "--force: {} had no experiment.toml; discarded {}",
+                    run.root().display(),
+                    removed.join(", ")
+                ));
+                Ok(Some(Part::Vae))
+            }
+        };
     }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let origin = path.display().to_string();
     let changes = match parse_experiment(&text, &origin) {
-        Ok(old) => changes(&old, exp)?,
+        Ok(old) => changes(&old, exp, run)?,
         Err(e) if on_change == OnChange::Force => {
             progress.note(&format!("{e:#}: discarding the whole run"));
             vec![Change {
@@ -422,27 +528,7 @@ pub fn prepare_run(
                 ));
                 return Ok(None);
             };
-            let mut removed = Vec::new();
-            // Every part made from a stale one goes (the Decision Transformer is made from the
-            // dataset alone, so a new V leaves it).
-            let doomed = |p: &Part| stale_parts.iter().any(|s| p.follows(*s));
-            for p in Part::ALL.into_iter().filter(doomed) {
-                for f in p.files() {
-                    let path = run.file(f);
-                    let gone = if path.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                    match gone {
-                        Ok(()) => removed.push(*f),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(anyhow::anyhow!("cannot remove {}: {e}", path.display()));
-                        }
-                    }
-                }
-            }
+            let removed = discard(run, &stale_parts)?;
             progress.note(&format!(
                 "--force: {} changed:\n{}\ndiscarded {} and every stage after it ({})",
                 run.root().display(),
@@ -501,16 +587,29 @@ pub(crate) fn plan_collection(
          experiment another `name` or `out`, or run with --force to discard them",
         data.display()
     );
+    if let Some(missing) = ds.missing_chunks().first() {
+        anyhow::bail!(
+            "{} is missing {} (deleted?): its episodes are lost; delete the folder to collect \
+             from scratch, or run with --force",
+            data.display(),
+            missing.display()
+        );
+    }
     // Every chunk is read and checked: damaged episodes do not count.
     let report = ds.load();
     let n = report.episodes.len();
-    if let Some((path, e)) = report.damaged.first() {
+    if let Some((_, e)) = report.damaged.first() {
         anyhow::bail!(
-            "{} has a damaged chunk ({}: {e}); delete the chunk to record its episodes \
-             again, or delete the folder to collect from scratch",
-            data.display(),
-            path.display()
+            "{} has a damaged chunk ({e}); delete that chunk to record its episodes again, or \
+             delete the folder to collect from scratch",
+            data.display()
         );
+    }
+    if n >= rollout.episodes && !meta.is_complete() {
+        // Every episode is on disk; only the last update of dataset.json was lost (a full
+        // disk, a kill at the very end).
+        dreamgym_envs::recording::mark_complete(data)
+            .with_context(|| format!("cannot update {}", data.display()))?;
     }
     Ok(if n >= rollout.episodes {
         DataPlan::Reuse(n)
@@ -591,7 +690,11 @@ pub fn run_experiment(
     let _lock = run.lock()?;
     prepare_run(exp, &run, on_change, progress)?;
     // Saved first: an interrupted run is continued by running the same config again.
-    dreamgym_base::write_atomic(&run.experiment(), toml::to_string_pretty(exp)?.as_bytes())?;
+    let saved = config_to_save(exp, &run);
+    dreamgym_base::write_atomic(
+        &run.experiment(),
+        toml::to_string_pretty(&saved)?.as_bytes(),
+    )?;
     let mut outcome = ExperimentOutcome::default();
     let plan = if exp.rollout.append {
         DataPlan::Collect
@@ -617,6 +720,7 @@ pub fn run_experiment(
             Some(CollectConfig {
                 episodes: exp.rollout.episodes - n,
                 append: true,
+                resume_unfinished: true,
                 ..exp.rollout.clone()
             })
         }

@@ -29,8 +29,8 @@ pub use collect::{CollectConfig, CollectSummary, collect};
 pub use episode::{EpisodeStats, run_episode};
 pub use evaluate::{mean_std, run_jobs};
 pub use experiment::{
-    DEFAULT_EXPERIMENT, Experiment, ExperimentOutcome, OnChange, Part, load_experiment,
-    parse_experiment, prepare_run, run_experiment,
+    DEFAULT_EXPERIMENT, Experiment, ExperimentOutcome, OnChange, Part, config_to_save,
+    load_experiment, parse_experiment, prepare_run, run_experiment,
 };
 pub use metrics::{MetricsLog, read_csv};
 pub use policy_spec::{POLICY_KINDS, PolicyKind, check_policy_spec, load_policy};

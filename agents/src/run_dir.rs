@@ -69,8 +69,20 @@ impl RunDir {
 
     /// Takes the run folder's lock (creating the folder): one process writes a run at a time;
     /// a second gets an error naming the first's pid. Released when dropped or on any exit.
+    /// Whoever holds the lock also removes the temporary files a killed process left in the
+    /// run's folders.
     pub fn lock(&self) -> Result<dreamgym_base::FolderLock, dreamgym_base::LockError> {
-        dreamgym_base::FolderLock::acquire(&self.root)
+        let lock = dreamgym_base::FolderLock::acquire(&self.root)?;
+        dreamgym_base::remove_stale_temporaries(&self.root);
+        for sub in ["metrics", "figures"] {
+            dreamgym_base::remove_stale_temporaries(&self.root.join(sub));
+        }
+        if let Ok(entries) = std::fs::read_dir(self.root.join("tb")) {
+            for e in entries.flatten() {
+                dreamgym_base::remove_stale_temporaries(&e.path());
+            }
+        }
+        Ok(lock)
     }
 
     /// The figures folder: `<run>/figures`.

@@ -84,8 +84,12 @@ fn the_pipeline_runs_end_to_end_resumes_and_is_deterministic() {
     let again = std::fs::read(other.file("vae.safetensors")).unwrap();
     assert_eq!(first, again, "same seed, same V");
 
-    // The controller can also train in the dream.
+    // The controller can also train in the dream (after the C trained in the real env is
+    // discarded: it is not overwritten unasked).
     cfg.controller.in_dream = true;
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Controller).unwrap_err());
+    assert!(err.contains("in_dream") && err.contains("--force"), "{err}");
+    std::fs::remove_file(run.file("controller.state.json")).unwrap();
     let d = stage(&cfg, &run, Stage::Controller)
         .unwrap()
         .controller
@@ -230,8 +234,7 @@ fn a_trained_run_is_a_policy_that_drives_rollouts() {
         num_envs: 2,
         workers: 2,
         seed: 7,
-        out: None,
-        append: false,
+        ..Default::default()
     };
     let out = root.path().join("expert");
     let summary = dreamgym_agents::collect(&registry, &config, &out, &()).unwrap();

@@ -41,39 +41,62 @@ pub struct FolderLock {
 
 impl FolderLock {
     /// Creates `folder` if needed and takes its lock, or says who holds it.
+    ///
+    /// On Unix the lock is on the folder itself, so deleting `.lock` does not let a second
+    /// writer in; `.lock` only tells others the holder's pid. Elsewhere the lock is on `.lock`.
     pub fn acquire(folder: &Path) -> Result<Self, LockError> {
         std::fs::create_dir_all(folder)
             .map_err(|e| crate::IoError::new("cannot create folder", folder, e))?;
         let path = folder.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| crate::IoError::new("cannot open lock file", &path, e))?;
-        match file.try_lock() {
+        let open_pid_file = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| crate::IoError::new("cannot open lock file", &path, e))
+        };
+        #[cfg(unix)]
+        let locked = std::fs::File::open(folder)
+            .map_err(|e| crate::IoError::new("cannot open folder", folder, e))?;
+        #[cfg(not(unix))]
+        let locked = open_pid_file()?;
+        match locked.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
+                // The holder writes its pid right after locking: give it a moment.
+                let mut holder = None;
+                for _ in 0..20 {
+                    let mut text = String::new();
+                    if let Ok(mut f) = std::fs::File::open(&path) {
+                        let _ = f.read_to_string(&mut text);
+                    }
+                    holder = text.trim().parse().ok();
+                    if holder.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 return Err(LockError::Busy {
                     folder: folder.to_path_buf(),
-                    holder: text.trim().parse().ok(),
+                    holder,
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(crate::IoError::new("cannot lock", &path, e).into());
+                return Err(crate::IoError::new("cannot lock", folder, e).into());
             }
         }
         // Best effort: the pid only improves the message a second writer gets.
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "{}", std::process::id());
-        let _ = file.flush();
+        if let Ok(mut file) = open_pid_file() {
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = write!(file, "{}", std::process::id());
+            let _ = file.flush();
+        }
         Ok(Self {
             folder: folder.to_path_buf(),
-            _file: file,
+            _file: locked,
         })
     }
 
@@ -119,6 +142,9 @@ mod tests {
             "{msg}"
         );
         assert!(matches!(err, LockError::Busy { .. }));
+        // Deleting the pid file does not let a second writer in.
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(FolderLock::acquire(dir.path()).is_err());
         drop(first);
         let again = FolderLock::acquire(dir.path()).unwrap();
         drop(again);

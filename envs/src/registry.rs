@@ -51,6 +51,7 @@ pub trait EnvConfig: Serialize + DeserializeOwned + Default + Clone + Send + 'st
 }
 
 type Maker = Arc<dyn Fn(&Json) -> Result<Box<dyn Env>, EnvError> + Send + Sync>;
+type Canonical = Arc<dyn Fn(&Json) -> Result<Json, EnvError> + Send + Sync>;
 
 /// What the registry knows about one env id.
 #[derive(Clone)]
@@ -64,6 +65,7 @@ pub struct EnvSpec {
     /// The default config, as JSON.
     pub default_config: Json,
     make: Maker,
+    canonical: Canonical,
 }
 
 impl std::fmt::Debug for EnvSpec {
@@ -123,6 +125,17 @@ impl Registry {
             })?;
             Ok(Box::new(make(config)?) as Box<dyn Env>)
         });
+        let canonical_id = id.to_string();
+        // The config as its type writes it: `10` and `10.0`, or `9.8` and the f32 nearest to
+        // it, are one config, and recorded datasets compare equal to what is asked again.
+        let canonical: Canonical = Arc::new(move |json: &Json| {
+            let config: C =
+                serde_json::from_value(json.clone()).map_err(|e| EnvError::InvalidConfig {
+                    env: canonical_id.clone(),
+                    message: e.to_string(),
+                })?;
+            serde_json::to_value(config).map_err(|e| EnvError::Other(e.to_string()))
+        });
         let default_config =
             serde_json::to_value(C::default()).map_err(|e| EnvError::Other(e.to_string()))?;
         self.specs.insert(
@@ -133,6 +146,7 @@ impl Registry {
                 max_episode_steps,
                 default_config,
                 make: maker,
+                canonical,
             },
         );
         Ok(())
@@ -177,7 +191,7 @@ impl Registry {
                 _ => config = overrides.clone(),
             }
         }
-        Ok(config)
+        (spec.canonical)(&config)
     }
 
     /// Builds the env `id` with `overrides` applied to its default config, wrapped in a

@@ -5,6 +5,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use dreamgym_envs::recording::Dataset;
 
+/// `println!` that drops what a closed pipe (`| head`) cannot take, instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Arguments of `dreamgym inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,8 +27,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let damaged = print_summary(&args.dir)?;
     anyhow::ensure!(
         damaged == 0 || args.allow_damaged,
-        "{} has {damaged} damaged chunk(s) (listed above); their episodes are left out of \
-         every use of the dataset (pass --allow-damaged to accept that)",
+        "{} has {damaged} damaged or missing chunk(s) (listed above); their episodes are left \
+         out of every use of the dataset (pass --allow-damaged to accept that)",
         args.dir.display()
     );
     Ok(())
@@ -41,8 +49,15 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 
 /// Prints the summary of the dataset in `dir`; returns how many chunks are damaged.
 pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
+    anyhow::ensure!(dir.exists(), "{} does not exist", dir.display());
     let dataset =
         Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
+    // A writer still at work holds the folder's lock.
+    let running = match dreamgym_base::FolderLock::acquire(dir) {
+        Err(dreamgym_base::LockError::Busy { holder, .. }) => Some(holder),
+        _ => None,
+    };
+    let missing = dataset.missing_chunks();
     let meta = dataset.meta();
     let report = dataset.load();
     let returns: Vec<f64> = report.episodes.iter().map(|e| e.total_reward()).collect();
@@ -58,48 +73,75 @@ pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
         .iter()
         .filter(|e| e.truncated.last() == Some(&true))
         .count();
-    println!("dataset      {}", dir.display());
-    println!("format       {} v{}", meta.format, meta.version);
-    println!("env          {}  {}", meta.env_id, meta.env_config);
-    println!("policy       {} (seed {:?})", meta.policy, meta.seed);
-    println!("observation  {}", meta.observation_space);
-    println!("action       {}", meta.action_space);
-    println!(
-        "chunks       {} ({} readable, {} damaged)",
+    out!("dataset      {}", dir.display());
+    out!("format       {} v{}", meta.format, meta.version);
+    out!("env          {}  {}", meta.env_id, meta.env_config);
+    out!(
+        "policy       {}{}",
+        meta.policy,
+        meta.seed
+            .map(|s| format!(" (seed {s})"))
+            .unwrap_or_default()
+    );
+    out!("observation  {}", meta.observation_space);
+    out!("action       {}", meta.action_space);
+    out!(
+        "chunks       {} ({} readable, {} damaged{})",
         dataset.chunk_paths().len(),
         dataset.chunk_paths().len() - report.damaged.len(),
-        report.damaged.len()
+        report.damaged.len(),
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(", {} missing", missing.len())
+        }
     );
-    println!(
+    out!(
         "episodes     {} ({} terminated, {} truncated)",
         report.episodes.len(),
         terminated,
         truncated
     );
-    println!("steps        {steps}");
-    let (m, s, lo, hi) = stats(&returns);
-    println!("return       mean {m:.3} ± {s:.3} (min {lo:.3}, max {hi:.3})");
-    let (m, s, lo, hi) = stats(&lengths);
-    println!("length       mean {m:.1} ± {s:.1} (min {lo}, max {hi})");
+    out!("steps        {steps}");
+    if returns.is_empty() {
+        out!("return       (no episodes)");
+    } else {
+        let (m, s, lo, hi) = stats(&returns);
+        out!("return       mean {m:.3} ± {s:.3} (min {lo:.3}, max {hi:.3})");
+        let (m, s, lo, hi) = stats(&lengths);
+        out!("length       mean {m:.1} ± {s:.1} (min {lo}, max {hi})");
+    }
+    let last = meta.collections.len().saturating_sub(1);
     for (i, c) in meta.collections.iter().enumerate() {
-        println!(
+        out!(
             "collection   {i}: policy {}, seed {} (envs from {}), {} envs, {}",
             c.policy,
             c.seed,
             c.env_seed,
             c.num_envs,
-            if c.complete {
-                format!("{} episodes, complete", c.written)
-            } else {
-                format!(
+            match (c.complete, c.resumed_by, &running) {
+                (true, Some(by), _) => format!(
+                    "asked for {} episodes, interrupted, the rest recorded by collection {by}",
+                    c.episodes
+                ),
+                (true, None, _) => format!("{} episodes, complete", c.written),
+                (false, _, Some(holder)) if i == last => format!(
+                    "asked for {} episodes, RECORDING NOW ({})",
+                    c.episodes,
+                    holder.map_or("another process".into(), |p| format!("pid {p}"))
+                ),
+                (false, _, _) => format!(
                     "asked for {} episodes, DID NOT FINISH (interrupted, failed or killed)",
                     c.episodes
-                )
+                ),
             }
         );
     }
-    for (path, err) in &report.damaged {
-        println!("skipped      {}: {err}", path.display());
+    for path in &missing {
+        out!("missing      {} (its episodes are lost)", path.display());
     }
-    Ok(report.damaged.len())
+    for (_, err) in &report.damaged {
+        out!("skipped      {err}");
+    }
+    Ok(report.damaged.len() + missing.len())
 }

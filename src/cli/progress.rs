@@ -15,10 +15,10 @@ pub fn stop_flag() -> &'static StopFlag {
         let f = flag.clone();
         let _ = ctrlc::set_handler(move || {
             if f.is_set() {
-                eprintln!("\ninterrupted twice: exiting without saving");
+                plain_line("\ninterrupted twice: exiting without saving");
                 std::process::exit(130);
             }
-            eprintln!("\nstopping after the current step (Ctrl-C again to quit at once)");
+            plain_line("\nstopping after the current step (Ctrl-C again to quit at once)");
             f.stop();
         });
         flag
@@ -31,6 +31,12 @@ pub fn stop_flag() -> &'static StopFlag {
 pub struct CliProgress {
     bar: Mutex<Option<ProgressBar>>,
     plain: Option<Mutex<Option<Plain>>>,
+}
+
+/// Writes a progress line on stderr, ignoring a closed stream.
+fn plain_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// How often a plain progress line is printed.
@@ -93,12 +99,15 @@ impl CliProgress {
     }
 
     fn print(&self, line: &str, stdout: bool) {
+        // A closed pipe (`| head`) must not stop the work: lines that cannot be written are
+        // dropped.
         let emit = || {
-            if stdout {
-                println!("{line}");
+            use std::io::Write;
+            let _ = if stdout {
+                writeln!(std::io::stdout(), "{line}")
             } else {
-                eprintln!("{line}");
-            }
+                writeln!(std::io::stderr(), "{line}")
+            };
         };
         match self.bar.lock().ok().and_then(|g| g.clone()) {
             Some(bar) => bar.suspend(emit),
@@ -111,7 +120,7 @@ impl Progress for CliProgress {
     fn begin(&self, stage: &str, total: u64) {
         if let Some(plain) = &self.plain {
             let now = std::time::Instant::now();
-            eprintln!("{stage}: 0/{total}");
+            plain_line(&format!("{stage}: 0/{total}"));
             if let Ok(mut p) = plain.lock() {
                 *p = Some(Plain {
                     stage: stage.to_string(),
@@ -148,7 +157,7 @@ impl Progress for CliProgress {
             // The last unit's line is printed by `end`.
             if p.pos < p.total && p.printed.elapsed() >= PLAIN_EVERY {
                 p.printed = std::time::Instant::now();
-                eprintln!("{}", p.line());
+                plain_line(&p.line());
             }
         }
     }
@@ -169,7 +178,7 @@ impl Progress for CliProgress {
             && let Ok(mut guard) = plain.lock()
             && let Some(p) = guard.take()
         {
-            eprintln!("{}", p.line());
+            plain_line(&p.line());
         }
         if let Ok(mut guard) = self.bar.lock()
             && let Some(bar) = guard.take()

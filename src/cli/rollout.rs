@@ -43,6 +43,10 @@ pub struct Args {
     /// Add episodes to an existing dataset of the same env.
     #[arg(long)]
     append: bool,
+    /// Record the rest of a collection that did not finish (implies `--append`): when this one
+    /// finishes, the dataset counts as complete again.
+    #[arg(long)]
+    resume: bool,
 }
 
 pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
@@ -63,7 +67,8 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         workers: args.workers,
         seed: args.seed,
         out: None,
-        append: args.append,
+        append: args.append || args.resume,
+        resume_unfinished: args.resume,
     };
     config.validate(registry)?;
     let summary = collect(registry, &config, &args.out, &CliProgress::new())?;
@@ -73,7 +78,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             stage: "rollout".into(),
             saved: format!(
                 "the {} finished episodes are in {} (marked as an unfinished collection); \
-                 record the other {} with the same command plus `--append --episodes {}`",
+                 record the other {} with the same command plus `--resume --episodes {}`",
                 summary.episodes,
                 args.out.display(),
                 config.episodes - summary.episodes,

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use dreamgym_agents::prepare_run;
 use dreamgym_agents::world_models::{Stage, run_world_models};
+use dreamgym_agents::{config_to_save, prepare_run};
 use dreamgym_envs::Registry;
 
 use super::experiment::load;
@@ -35,7 +35,11 @@ pub fn stage(which: Stage, args: StageArgs, registry: &Registry) -> anyhow::Resu
     let _lock = run.lock()?;
     prepare_run(&exp, &run, args.on_change.get(), &progress)?;
     if run.experiment().exists() || run.data().join("dataset.json").exists() {
-        dreamgym_base::write_atomic(&run.experiment(), toml::to_string_pretty(&exp)?.as_bytes())?;
+        let saved = config_to_save(&exp, &run);
+        dreamgym_base::write_atomic(
+            &run.experiment(),
+            toml::to_string_pretty(&saved)?.as_bytes(),
+        )?;
     }
     run_world_models(&wm, &run, registry, which, &progress, None)?;
     Ok(())

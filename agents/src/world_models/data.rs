@@ -44,11 +44,9 @@ impl PixelData {
         let meta = ds.meta();
         if !meta.is_complete() {
             let written: usize = ds.load().episodes.len();
-            let asked = meta.collections.last().map_or(0, |c| c.episodes);
             anyhow::bail!(
-                "{} holds a collection that did not finish ({written} episodes in the folder; \
-                 the last collection was asked for {asked}): run the experiment again to \
-                 resume it, or `dreamgym rollout --append` to add to it; it is not trained on",
+                "{} holds a collection that did not finish ({written} episodes in the folder): \
+                 run the experiment again to record the rest; it is not trained on",
                 dir.display()
             );
         }

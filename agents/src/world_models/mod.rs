@@ -74,10 +74,13 @@ pub(crate) struct ResumePoint {
 /// A checkpoint made from other inputs is stale: the stage starts fresh and says why through
 /// `progress`. A checkpoint of another architecture is an error (the config changed under a
 /// trained model): nothing is discarded unless the user asks for it (`--force`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     stem: &Path,
     kind: &str,
     config: &C,
+    settings: &serde_json::Value,
+    epochs_asked: usize,
     trained_on: &serde_json::Value,
     varmap: &candle_nn::VarMap,
     opt: &mut dreamgym_nn::Adam,
@@ -109,6 +112,28 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
             config_diff(&saved, config)
         );
     }
+    // Settings other than the architecture (learning rate, batch size, seed) and the epochs:
+    // a model made otherwise is not this config's, and is not thrown away unasked either.
+    if let Some(saved) = state.get("settings")
+        && saved != settings
+    {
+        anyhow::bail!(
+            "{} holds a {kind} trained with other settings ({}); run with --force to discard \
+             it and the stages after it, or use another --out",
+            stem.display(),
+            config_diff(saved, settings)
+        );
+    }
+    let done = state
+        .get("epochs_done")
+        .and_then(|e| e.as_u64())
+        .unwrap_or(0) as usize;
+    anyhow::ensure!(
+        done <= epochs_asked,
+        "{} holds a {kind} trained for {done} epochs, more than the {epochs_asked} asked for; \
+         run with --force to train it again, or use another --out",
+        stem.display()
+    );
     let saved_on = state
         .get("trained_on")
         .cloned()
@@ -163,8 +188,8 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
     })
 }
 
-/// `a → b` for every field where two configs differ (at most a few), for messages.
-pub(crate) fn config_diff<C: Serialize>(a: &C, b: &C) -> String {
+/// `a → b` for every field where two configs differ, for messages.
+pub fn config_diff<C: Serialize>(a: &C, b: &C) -> String {
     let flat = |c: &C| crate::experiment::flatten(&serde_json::to_value(c).unwrap_or_default());
     let (a, b) = (flat(a), flat(b));
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();

@@ -206,7 +206,7 @@ fn eval_and_report(
     let saved = std::fs::read(run.file("eval.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<EvalSummary>(&b).ok())
-        .filter(|e| e.made_by.as_ref() == Some(&made_by) && report_path.exists());
+        .filter(|e| e.made_by.as_ref() == Some(&made_by) && report_is_whole(&report_path));
     if let Some(e) = saved {
         progress.done(&format!("{} (already done)", eval_line(&e)));
         out.eval = Some(e);
@@ -250,6 +250,18 @@ fn eval_and_report(
     ));
     out.report = Some(r);
     Ok(())
+}
+
+/// Whether the report exists with every figure it shows.
+fn report_is_whole(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    text.split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .all(|link| dir.join(link).exists())
 }
 
 fn controller_line(c: &ControllerFile) -> String {

@@ -93,7 +93,7 @@ pub fn train_controller(
     let trained_with = TrainedWith::of_run(run)?;
     let made_by = ControllerCheckpoint::made_by(cfg, trained_with);
     let state_path = run.file(CHECKPOINT);
-    let saved = ControllerCheckpoint::read(&state_path, &made_by, stage.generations, progress);
+    let saved = ControllerCheckpoint::read(&state_path, &made_by, stage.generations, progress)?;
     if let Some(cp) = &saved
         && cp.generations == stage.generations
         && let Ok(file) = ControllerFile::read(&run.file("controller.json"))
@@ -238,27 +238,38 @@ impl ControllerCheckpoint {
     }
 
     /// The checkpoint at `path` when it was made by `made_by` and holds at most `generations`
-    /// generations; `None` (saying why through `progress`) otherwise.
+    /// generations; `None` (saying why through `progress`) when it is stale; an error when it
+    /// holds more generations than asked (it is not thrown away unasked).
     fn read(
         path: &std::path::Path,
         made_by: &serde_json::Value,
         generations: usize,
         progress: &dyn Progress,
-    ) -> Option<Self> {
-        let bytes = std::fs::read(path).ok()?;
+    ) -> anyhow::Result<Option<Self>> {
+        let Ok(bytes) = std::fs::read(path) else {
+            return Ok(None);
+        };
         let why = match serde_json::from_slice::<Self>(&bytes) {
             Err(e) => format!("{} is unreadable ({e})", path.display()),
-            Ok(cp) if &cp.made_by != made_by => {
-                "the saved CMA-ES state was made with another V, M or controller settings".into()
+            Ok(cp) if cp.made_by.get("trained_with") != made_by.get("trained_with") => {
+                "the saved CMA-ES state was made with another V or M, so it is stale".into()
             }
-            Ok(cp) if cp.generations > generations => format!(
-                "the saved CMA-ES state is at generation {}, past the {generations} asked for",
+            Ok(cp) if &cp.made_by != made_by => anyhow::bail!(
+                "{} holds C trained with other settings ({}); run with --force to discard it, \
+                 or use another --out",
+                path.display(),
+                super::config_diff(&cp.made_by, made_by)
+            ),
+            Ok(cp) if cp.generations > generations => anyhow::bail!(
+                "{} holds C after {} generations, more than the {generations} asked for; run \
+                 with --force to train it again, or use another --out",
+                path.display(),
                 cp.generations
             ),
-            Ok(cp) => return Some(cp),
+            Ok(cp) => return Ok(Some(cp)),
         };
         progress.note(&format!("C: {why}; training C from scratch"));
-        None
+        Ok(None)
     }
 
     fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {

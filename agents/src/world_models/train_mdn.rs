@@ -54,10 +54,19 @@ pub fn train_mdn(
             ..Default::default()
         },
     )?;
+    let settings = serde_json::json!({
+        "seed": cfg.seed,
+        "batch_size": stage.batch_size,
+        "seq_len": stage.seq_len,
+        "lr": stage.lr,
+        "grad_clip": stage.grad_clip,
+    });
     let point = resume(
         &stem,
         "mdnrnn",
         &mcfg,
+        &settings,
+        stage.epochs,
         &trained_on,
         m.varmap(),
         &mut opt,
@@ -158,6 +167,7 @@ pub fn train_mdn(
                 "epochs_done": epoch + 1,
                 "steps_done": total_steps,
                 "loss": last_mean,
+                "settings": settings,
                 "trained_on": trained_on,
             }),
         )?;

@@ -41,10 +41,17 @@ pub fn train_vae(
         },
     )?;
     let trained_on = serde_json::json!({ "dataset": data.fingerprint });
+    let settings = serde_json::json!({
+        "seed": cfg.seed,
+        "batch_size": stage.batch_size,
+        "lr": stage.lr,
+    });
     let point = resume(
         &stem,
         "vae",
         &stage.model,
+        &settings,
+        stage.epochs,
         &trained_on,
         vae.varmap(),
         &mut opt,
@@ -132,6 +139,7 @@ pub fn train_vae(
                 "epochs_done": epoch + 1,
                 "steps_done": total_steps,
                 "loss": last_mean,
+                "settings": settings,
                 "trained_on": trained_on,
             }),
         )?;

@@ -31,7 +31,7 @@ mod reader;
 mod writer;
 
 pub use reader::{Dataset, LoadReport, Window, WindowSampler};
-pub use writer::{EpisodeWriter, WriterOptions};
+pub use writer::{EpisodeWriter, WriterOptions, mark_complete};
 
 use std::path::{Path, PathBuf};
 
@@ -154,6 +154,10 @@ pub struct Collection {
     /// Whether it recorded every episode it was asked for. False while it runs, and after an
     /// interruption, a failure or a kill: such a dataset is resumed, not trained on.
     pub complete: bool,
+    /// For a collection that did not finish but was resumed: the index of the collection that
+    /// recorded the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_by: Option<usize>,
 }
 
 impl DatasetMeta {
@@ -179,11 +183,10 @@ impl DatasetMeta {
         }
     }
 
-    /// Whether the latest collection finished: an earlier one that did not was resumed or
-    /// appended to since (every recorded episode is whole either way). Datasets from before
+    /// Whether every collection finished (or was resumed to the end). Datasets from before
     /// collections were recorded count as complete.
     pub fn is_complete(&self) -> bool {
-        self.collections.last().is_none_or(|c| c.complete)
+        self.collections.iter().all(|c| c.complete)
     }
 }
 

@@ -90,17 +90,21 @@ impl Dataset {
         &self.chunks
     }
 
+    /// Chunks missing from the numbered sequence (a chunk file deleted after it was written):
+    /// their episodes are lost, which counts as damage.
+    pub fn missing_chunks(&self) -> Vec<PathBuf> {
+        let have: std::collections::BTreeSet<usize> =
+            self.chunks.iter().filter_map(|p| chunk_index(p)).collect();
+        (0..self.next_chunk_index())
+            .filter(|i| !have.contains(i))
+            .map(|i| self.dir.join(format!("chunk-{i:06}.safetensors")))
+            .collect()
+    }
+
     pub(crate) fn next_chunk_index(&self) -> usize {
         self.chunks
             .iter()
-            .filter_map(|p| {
-                p.file_name()?
-                    .to_str()?
-                    .strip_prefix("chunk-")?
-                    .strip_suffix(".safetensors")?
-                    .parse::<usize>()
-                    .ok()
-            })
+            .filter_map(|p| chunk_index(p))
             .max()
             .map_or(0, |i| i + 1)
     }
@@ -147,6 +151,15 @@ impl Dataset {
         }
         report
     }
+}
+
+fn chunk_index(p: &Path) -> Option<usize> {
+    p.file_name()?
+        .to_str()?
+        .strip_prefix("chunk-")?
+        .strip_suffix(".safetensors")?
+        .parse::<usize>()
+        .ok()
 }
 
 /// The `crc32` a chunk's header stores, read without reading the data.

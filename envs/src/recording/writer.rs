@@ -44,6 +44,7 @@ pub struct EpisodeWriter {
     episodes_written: usize,
     steps_written: usize,
     chunks_written: usize,
+    resumes: bool,
     _lock: dreamgym_base::FolderLock,
 }
 
@@ -142,6 +143,7 @@ impl EpisodeWriter {
             episodes_written: 0,
             steps_written: 0,
             chunks_written: 0,
+            resumes: false,
             _lock: lock,
         })
     }
@@ -154,6 +156,12 @@ impl EpisodeWriter {
     /// Whether the folder already held episodes when this writer opened it (it appends).
     pub fn appends(&self) -> bool {
         self.next_chunk > self.chunks_written
+    }
+
+    /// Says that this collection records the rest of the unfinished ones before it: when it
+    /// finishes, they are marked complete (`resumed_by` this one).
+    pub fn resumes_unfinished(&mut self) {
+        self.resumes = true;
     }
 
     /// Records in `dataset.json` that `collection` is adding episodes, marked incomplete until
@@ -221,13 +229,34 @@ impl EpisodeWriter {
 
     fn end(mut self, complete: bool) -> Result<(usize, usize), RecordError> {
         self.flush()?;
+        let last = self.meta.collections.len().saturating_sub(1);
         if let Some(c) = self.meta.collections.last_mut() {
             c.written = self.episodes_written;
             c.complete = complete;
+            if complete && self.resumes {
+                for earlier in &mut self.meta.collections[..last] {
+                    if !earlier.complete {
+                        earlier.complete = true;
+                        earlier.resumed_by = Some(last);
+                    }
+                }
+            }
             write_meta(&self.dir.join("dataset.json"), &self.meta)?;
         }
         Ok(self.written())
     }
+}
+
+/// Marks every collection of the dataset in `dir` complete: for a dataset whose episodes are
+/// all on disk but whose last `dataset.json` update was lost (a full disk, a kill at the very
+/// end). Takes the folder's lock.
+pub fn mark_complete(dir: &Path) -> Result<(), RecordError> {
+    let _lock = dreamgym_base::FolderLock::acquire(dir)?;
+    let mut meta = super::Dataset::open(dir)?.meta().clone();
+    for c in &mut meta.collections {
+        c.complete = true;
+    }
+    write_meta(&dir.join("dataset.json"), &meta)
 }
 
 fn approx_bytes(e: &Episode) -> usize {
