@@ -360,3 +360,139 @@ fn a_second_writer_is_refused_while_the_first_holds_the_folder() {
     drop(data_lock);
     run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
 }
+
+#[test]
+fn a_lost_last_update_is_repaired_and_a_plain_append_completes_nothing() {
+    let registry = Registry::with_builtins();
+    // All episodes on disk, but the final dataset.json update was lost (a full disk).
+    let dir = tempfile::tempdir().unwrap();
+    let exp = cartpole(dir.path(), 8);
+    run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+    let data = RunDir::new(dir.path()).data();
+    let path = data.join("dataset.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"complete\": true", "\"complete\": false"),
+    )
+    .unwrap();
+    assert!(!Dataset::open(&data).unwrap().meta().is_complete());
+    let out = run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+    assert!(out.collect.is_none());
+    assert!(Dataset::open(&data).unwrap().meta().is_complete());
+
+    // An interrupted collection is not completed by an unrelated append...
+    let dir = tempfile::tempdir().unwrap();
+    let exp = cartpole(dir.path(), 40);
+    let data = RunDir::new(dir.path()).data();
+    run_experiment(&exp, &registry, OnChange::Ask, &StopAfter::new(12)).unwrap_err();
+    let append = CollectConfig {
+        episodes: 1,
+        append: true,
+        ..exp.rollout.clone()
+    };
+    collect(&registry, &append, &data, &()).unwrap();
+    assert!(!Dataset::open(&data).unwrap().meta().is_complete());
+    // ...but the run that records the rest completes it, and says which collection did.
+    run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+    let meta = Dataset::open(&data).unwrap().meta().clone();
+    assert!(meta.is_complete(), "{:?}", meta.collections);
+    assert_eq!(meta.collections[0].resumed_by, Some(2));
+    assert!(episode_seeds(&data).len() >= 40);
+}
+
+#[test]
+fn what_the_saved_config_cannot_vouch_for_is_refused() {
+    let registry = Registry::with_builtins();
+    let root = tempfile::tempdir().unwrap();
+    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
+    let run = RunDir::new(root.path());
+    let text = "name = \"t\"\n[rollout]\nenv = \"Racer-v0\"\nepisodes = 4\n\
+                env_config = { obs = \"pixels\", width = 16, height = 16 }\n";
+    let mut with_wm = parse_experiment(text, "test").unwrap();
+    with_wm.world_models = Some(tiny_config());
+    // No experiment.toml, but trained models: refused without a flag.
+    let err = format!(
+        "{:#}",
+        prepare_run(&with_wm, &run, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(
+        err.contains("no experiment.toml") && err.contains("--force"),
+        "{err}"
+    );
+    prepare_run(&with_wm, &run, OnChange::Resume, &()).unwrap();
+    // A config without [world_models] keeps the saved section, so a later change to it is
+    // still caught.
+    std::fs::write(run.experiment(), toml::to_string(&with_wm).unwrap()).unwrap();
+    let collect_only = parse_experiment(text, "test").unwrap();
+    let saved = dreamgym_agents::config_to_save(&collect_only, &run);
+    assert_eq!(saved.world_models, with_wm.world_models);
+    // A saved config without the section while its output is there: what made it is unknown.
+    std::fs::write(run.experiment(), toml::to_string(&collect_only).unwrap()).unwrap();
+    let err = format!(
+        "{:#}",
+        prepare_run(&with_wm, &run, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(err.contains("[world_models]"), "{err}");
+    // --force discards the models (not the dataset).
+    prepare_run(&with_wm, &run, OnChange::Force, &()).unwrap();
+    assert!(!run.file("vae.safetensors").exists());
+    assert!(run.data().join("dataset.json").exists());
+    // Fewer epochs than V holds is not "done": it is refused.
+    std::fs::write(run.experiment(), toml::to_string(&with_wm).unwrap()).unwrap();
+    let cfg = tiny_config();
+    run_world_models(&cfg, &run, &registry, Stage::Vae, &(), None).unwrap();
+    let mut fewer = cfg.clone();
+    fewer.vae.epochs = 1;
+    let err = run_world_models(&fewer, &run, &registry, Stage::Vae, &(), None).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("more than the 1 asked for"),
+        "{err:#}"
+    );
+    let mut other_lr = cfg.clone();
+    other_lr.vae.lr = 0.5;
+    let err = run_world_models(&other_lr, &run, &registry, Stage::Vae, &(), None).unwrap_err();
+    assert!(format!("{err:#}").contains("lr"), "{err:#}");
+}
+
+#[test]
+fn configs_compare_in_their_typed_form_and_missing_chunks_are_damage() {
+    let registry = Registry::with_builtins();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config = CollectConfig {
+        env: "CartPole-v0".into(),
+        episodes: 130,
+        num_envs: 4,
+        ..Default::default()
+    };
+    config
+        .env_config
+        .insert("force_mag".into(), toml::Value::Integer(10));
+    collect(&registry, &config, &data, &()).unwrap();
+    // 10 and 10.0 are one config.
+    let mut append = config.clone();
+    append.append = true;
+    append.episodes = 2;
+    append
+        .env_config
+        .insert("force_mag".into(), toml::Value::Float(10.0));
+    collect(&registry, &append, &data, &()).unwrap();
+    // A deleted chunk is refused by a run, not silently trained around.
+    std::fs::remove_file(data.join("chunk-000001.safetensors")).unwrap();
+    assert_eq!(Dataset::open(&data).unwrap().missing_chunks().len(), 1);
+    let mut exp = cartpole(dir.path(), 130);
+    exp.rollout = config;
+    let err = format!(
+        "{:#}",
+        run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(
+        err.contains("chunk-000001.safetensors") && err.contains("lost"),
+        "{err}"
+    );
+    // Temporaries a killed process left in the run folder are gone once a run holds it.
+    std::fs::write(dir.path().join(".vae.json.tmp-99"), b"x").unwrap();
+    let _lock = RunDir::new(dir.path()).lock().unwrap();
+    assert!(!dir.path().join(".vae.json.tmp-99").exists());
+}
