@@ -823,6 +823,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_decision_transformer_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../experiments/decision-transformer-cartpole.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let exp = parse_experiment(&text, "dt").unwrap();
+        exp.validate(&Registry::with_builtins()).unwrap();
+        assert!(exp.decision_transformer.is_some());
+    }
+
+    #[test]
     fn a_dataset_is_reused_only_when_it_is_what_the_experiment_would_record() {
         let registry = Registry::with_builtins();
         let dir = tempfile::tempdir().unwrap();
