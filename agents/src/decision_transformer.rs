@@ -458,6 +458,7 @@ pub fn train_decision_transformer(
                     "loss": last_loss,
                     "settings": settings_of(stage),
                     "trained_on": trained_on,
+                    "dataset_best_return": data.returns.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
                 }),
             )?;
         }

@@ -32,6 +32,10 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
         description: "a trained World Models run (vae, mdnrnn, controller.json): V encodes each frame, C acts on [z, h], M carries h; pixel observations",
     },
     PolicyKind {
+        spec: "<run folder>@<target return>",
+        description: "a trained Decision Transformer run (dt.json): acts on float observations, aiming at the target return (without @target: the best return in its dataset)",
+    },
+    PolicyKind {
         spec: "<path>/controller.json",
         description: "a linear controller C: inside a World Models run it acts through that run's V and M; alone it acts on float observations of its input size",
     },
@@ -51,6 +55,10 @@ pub fn check_policy_spec(spec: &str) -> anyhow::Result<()> {
     if spec == "random" {
         return Ok(());
     }
+    let spec = match dt_target(spec)? {
+        Some((folder, _)) => folder,
+        None => spec,
+    };
     let path = Path::new(spec);
     anyhow::ensure!(
         path.exists(),
@@ -58,6 +66,63 @@ pub fn check_policy_spec(spec: &str) -> anyhow::Result<()> {
         kinds_list()
     );
     Ok(())
+}
+
+/// Splits `<folder>@<target>` (a Decision Transformer run and its target return).
+fn dt_target(spec: &str) -> anyhow::Result<Option<(&str, f64)>> {
+    let Some((folder, target)) = spec.rsplit_once('@') else {
+        return Ok(None);
+    };
+    if Path::new(spec).exists() {
+        return Ok(None);
+    }
+    let t: f64 = target.parse().map_err(|_| {
+        anyhow::anyhow!("policy `{spec}`: `{target}` after @ is not a target return")
+    })?;
+    anyhow::ensure!(
+        t.is_finite(),
+        "policy `{spec}`: the target return must be finite"
+    );
+    Ok(Some((folder, t)))
+}
+
+/// The Decision Transformer of run folder `folder`, aiming at `target` (default: the best
+/// return in the dataset it was trained on).
+fn load_dt(
+    spec: &str,
+    folder: &Path,
+    target: Option<f64>,
+    observation_space: &Space,
+    action_space: &Space,
+) -> anyhow::Result<Box<dyn Policy>> {
+    let run = RunDir::new(folder);
+    let stem = run.checkpoint(crate::decision_transformer::DT_CHECKPOINT);
+    let (_, state): (dreamgym_policies::DtCheckpointConfig, serde_json::Value) =
+        dreamgym_nn::read_checkpoint_meta(&stem, dreamgym_policies::DT_CHECKPOINT_KIND)
+            .with_context(|| format!("policy `{spec}` has no trained Decision Transformer"))?;
+    let target = match target.or_else(|| state.get("dataset_best_return").and_then(|v| v.as_f64()))
+    {
+        Some(t) => t,
+        None => anyhow::bail!("policy `{spec}`: give a target return as `{spec}@<target>`"),
+    };
+    let model = dreamgym_policies::DecisionTransformer::load(&stem, &candle_core::Device::Cpu)?;
+    let fits_obs = observation_space
+        .as_box()
+        .is_some_and(|b| b.shape.len() == 1 && b.len() == model.spec().obs_dim());
+    anyhow::ensure!(
+        fits_obs,
+        "policy `{spec}` takes {} floats per observation; this env observes {}",
+        model.spec().obs_dim(),
+        observation_space
+    );
+    anyhow::ensure!(
+        dreamgym_policies::DtAction::of(action_space).ok().as_ref() == Some(&model.spec().action),
+        "policy `{spec}` was trained on other actions than this env's {action_space}"
+    );
+    Ok(Box::new(dreamgym_policies::DtPolicy::new(
+        std::sync::Arc::new(model),
+        target,
+    )?))
 }
 
 /// Loads the policy `spec` for an env with these spaces. `seed` seeds the policy's own
@@ -71,7 +136,19 @@ pub fn load_policy(
     if spec == "random" {
         return Ok(Box::new(RandomPolicy::new(action_space.clone(), seed)));
     }
+    if let Some((folder, target)) = dt_target(spec)? {
+        return load_dt(
+            spec,
+            Path::new(folder),
+            Some(target),
+            observation_space,
+            action_space,
+        );
+    }
     let path = Path::new(spec);
+    if path.is_dir() && !path.join("controller.json").exists() && path.join("dt.json").exists() {
+        return load_dt(spec, path, None, observation_space, action_space);
+    }
     let (run, controller_path) = if path.is_dir() {
         (Some(RunDir::new(path)), path.join("controller.json"))
     } else if path.is_file() {

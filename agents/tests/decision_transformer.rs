@@ -94,6 +94,40 @@ fn trains_evaluates_and_resumes_exactly() {
     // Done is done.
     let out = run_decision_transformer(&stage(&exp), &again, &registry, &()).unwrap();
     assert_eq!(out.0.seconds, 0.0);
+
+    // The run folder is a policy, aiming at a given target or at its dataset's best return.
+    let mut env = registry.make("CartPole-v0", None).unwrap();
+    let (obs, act) = (env.observation_space().clone(), env.action_space().clone());
+    let folder = resumed.path().display().to_string();
+    let aimed = dreamgym_agents::load_policy(&format!("{folder}@50"), &obs, &act, 0).unwrap();
+    assert!(
+        aimed.describe().contains("target return 50.0"),
+        "{}",
+        aimed.describe()
+    );
+    let mut best = dreamgym_agents::load_policy(&folder, &obs, &act, 0).unwrap();
+    assert!(best.describe().contains("decision transformer"));
+    let stats = dreamgym_agents::run_episode(env.as_mut(), best.as_mut(), 3, 50).unwrap();
+    assert!(stats.steps > 0);
+    // Another env's spaces, or a target that is not a number, are refused.
+    let reacher = registry.make("Reacher-v0", None).unwrap();
+    let err = dreamgym_agents::load_policy(
+        &folder,
+        reacher.observation_space(),
+        reacher.action_space(),
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{err:#}").contains("floats per observation"),
+        "{err:#}"
+    );
+    let err = dreamgym_agents::check_policy_spec(&format!("{folder}@lots")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not a target return"),
+        "{err:#}"
+    );
 }
 
 #[test]

@@ -118,6 +118,10 @@ impl CliProgress {
 
 impl Progress for CliProgress {
     fn begin(&self, stage: &str, total: u64) {
+        // Nothing to do (a stage already done): no bar, no line.
+        if total == 0 {
+            return;
+        }
         if let Some(plain) = &self.plain {
             let now = std::time::Instant::now();
             plain_line(&format!("{stage}: 0/{total}"));
