@@ -25,7 +25,10 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
 
 fn main() -> anyhow::Result<()> {
     let size = std::env::args().nth(1).unwrap_or("paper".into());
-    let steps: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let steps: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let (layers, width, heads, k) = match size.as_str() {
         "large" => (6, 512, 8, 30),
         _ => (3, 128, 1, 20),

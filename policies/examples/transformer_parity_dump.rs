@@ -10,7 +10,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use dreamgym_nn::{Gpt, GptConfig, MlpKind, NormKind, ParamInit, PositionKind, TransformerConfig};
-use dreamgym_policies::{DecisionTransformer, DecisionTransformerConfig, DtAction, DtBatch, DtSpec};
+use dreamgym_policies::{
+    DecisionTransformer, DecisionTransformerConfig, DtAction, DtBatch, DtSpec,
+};
 
 fn rand(shape: &[usize], seed: u64, scale: f32) -> Tensor {
     use rand::{RngExt, SeedableRng};
@@ -41,7 +43,10 @@ fn dump(
     io.insert("loss".into(), loss.reshape(1)?);
     candle_core::safetensors::save(&weights, dir.join(format!("{name}.safetensors")))?;
     candle_core::safetensors::save(&io, dir.join(format!("{name}_io.safetensors")))?;
-    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(&config)?)?;
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
     Ok(())
 }
 
@@ -80,7 +85,9 @@ fn main() -> anyhow::Result<()> {
         obs: rand(&[b, k, 6], 2, 1.5),
         actions: rand(&[b, k, 3], 3, 1.0),
         timesteps: Tensor::from_vec(
-            (0..b * k).map(|i| (i * 7 % 60) as u32).collect::<Vec<u32>>(),
+            (0..b * k)
+                .map(|i| (i * 7 % 60) as u32)
+                .collect::<Vec<u32>>(),
             (b, k),
             &dev,
         )?,
@@ -97,7 +104,14 @@ fn main() -> anyhow::Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    dump(&dir, "dt", dt.varmap(), &loss, io, serde_json::to_value(&config)?)?;
+    dump(
+        &dir,
+        "dt",
+        dt.varmap(),
+        &loss,
+        io,
+        serde_json::to_value(&config)?,
+    )?;
 
     // A language model: Llama choices (RMSNorm, rotary, SwiGLU, grouped-query, tied).
     let lm = GptConfig {

@@ -69,6 +69,15 @@ pub enum Command {
 /// their context. Returns the process exit code.
 pub fn main_with_registry(registry: Registry) -> i32 {
     let cli = Cli::parse();
+    // Listing commands end quietly when their reader goes away (`dreamgym envs | head`), as
+    // Unix tools do. Long work keeps SIGPIPE ignored: its progress output drops lines instead,
+    // and the work goes on.
+    if matches!(
+        cli.command,
+        Command::Envs(_) | Command::Policies(_) | Command::Check(_) | Command::Bench(_)
+    ) {
+        restore_sigpipe();
+    }
     match run(cli, &registry) {
         Ok(()) => 0,
         Err(e) => {
@@ -79,6 +88,22 @@ pub fn main_with_registry(registry: Registry) -> i32 {
             } else {
                 1
             }
+        }
+    }
+}
+
+/// Puts SIGPIPE back to its default action (the Rust runtime ignores it).
+fn restore_sigpipe() {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: installs the default disposition for one signal; no handler code runs.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
         }
     }
 }
