@@ -2,7 +2,7 @@
 steps (AdamW, 64 windows, dropout 0.1) and acting latency per step (PyTorch recomputes the
 context each step, as the authors' code does; dreamgym with and without its KV cache).
 
-    cargo build --release -p dreamgym-policies --example dt_speed
+    cargo build --release --example dt_speed
     bench-venv/bin/python bench/dt_speed.py [paper|large] [steps]
 """
 import json
@@ -87,7 +87,8 @@ def main(size, steps):
             sub = {key: v[:, :w] for key, v in hist.items()}
             decision_transformer(p, sub, cfg)
         act_ms = (time.perf_counter() - t0) / n * 1e3
-    exe = os.path.join(os.path.dirname(__file__), "..", "target", "release", "examples", "dt_speed")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "target"))
+    exe = os.path.join(target, "release", "examples", "dt_speed")
     ours = json.loads(subprocess.check_output([exe, size, str(steps)], text=True))
     torch_ms = train * 1e3
     print(f"{size}: train step  dreamgym {ours['train_step_ms']:.1f} ms, PyTorch {torch_ms:.1f} ms "

@@ -2,7 +2,7 @@
 //! (which carries gradients on every device) as the fallback off the CPU:
 //! `relu(x + bias)` and the per-sample squared error of `sigmoid(logits)`.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// The contiguous f32 data of a custom op's CPU input, or an error naming `op`.
 pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -96,6 +96,74 @@ pub fn bias_relu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op2(&bias.contiguous()?, BiasRelu)
     } else {
         x.broadcast_add(bias)?.relu()
+    }
+}
+
+/// `gelu(x)` in the tanh approximation (GPT-2's; PyTorch's `gelu(approximate="tanh")`), one
+/// pass each way. candle's own gelu backward runs a dozen elementwise passes, two of them
+/// `powf`: a third of a Decision Transformer's training step.
+struct GeluTanh;
+
+/// The gradient of [`GeluTanh`]: (input, upstream gradient) → upstream · gelu'(input).
+struct GeluTanhGrad;
+
+const GELU_K0: f32 = 0.797_884_6; // √(2/π)
+const GELU_K1: f32 = 0.044_715;
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "dreamgym-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "gelu_tanh")?;
+        let out = x
+            .iter()
+            .map(|&x| 0.5 * x * (1.0 + (GELU_K0 * (x + GELU_K1 * x * x * x)).tanh()))
+            .collect();
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.apply_op2_no_bwd(&grad.contiguous()?, &GeluTanhGrad)?,
+        ))
+    }
+}
+
+impl CustomOp2 for GeluTanhGrad {
+    fn name(&self) -> &'static str {
+        "dreamgym-gelu-tanh-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "gelu_tanh_grad")?;
+        let g = contiguous_f32(s2, l2, "gelu_tanh_grad")?;
+        let out = x
+            .iter()
+            .zip(g)
+            .map(|(&x, &g)| {
+                let t = (GELU_K0 * (x + GELU_K1 * x * x * x)).tanh();
+                let dt = GELU_K0 * (1.0 + 3.0 * GELU_K1 * x * x);
+                g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `gelu(x)`, tanh approximation; fused on the CPU for f32, candle's composition elsewhere.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(GeluTanh)
+    } else {
+        x.gelu()
     }
 }
 
@@ -206,6 +274,21 @@ mod tests {
     use super::*;
     use crate::test_util::{max_diff, rand};
     use candle_core::Var;
+
+    #[test]
+    fn fused_gelu_matches_candles_gelu_and_its_gradient() {
+        let x = Var::from_tensor(&(rand(&[6, 7, 9], 16) * 4.0).unwrap()).unwrap();
+        let up = rand(&[6, 7, 9], 17);
+        let fused = gelu_tanh(&x).unwrap();
+        let composed = x.gelu().unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-6);
+        let loss = |y: &Tensor| (y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = (loss(&fused), loss(&composed));
+        assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
+        // f64 (finite-difference models) takes candle's composition.
+        let x64 = x.as_tensor().to_dtype(DType::F64).unwrap();
+        assert_eq!(gelu_tanh(&x64).unwrap().dtype(), DType::F64);
+    }
 
     #[test]
     fn fused_bias_relu_and_sigmoid_sse_match_composed_ops() {

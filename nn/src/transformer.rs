@@ -402,7 +402,7 @@ impl Block {
         let n = self.post_norm.forward(&x)?;
         let hidden = match &self.gate {
             Some(gate) => (candle_nn::ops::silu(&gate.forward(&n)?)? * self.up.forward(&n)?)?,
-            None => self.up.forward(&n)?.gelu()?,
+            None => crate::gelu_tanh(&self.up.forward(&n)?)?,
         };
         x + dropout(drop, self.down.forward(&hidden)?)?
     }

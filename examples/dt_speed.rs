@@ -2,11 +2,17 @@
 //! latency per step with and without the KV cache. `bench/dt_speed.py` runs it beside the same
 //! model in PyTorch and prints the ratios.
 //!
-//!     cargo run --release -p dreamgym-policies --example dt_speed -- paper 20
+//!     cargo run --release --example dt_speed -- paper 20
 //!     (sizes: `paper` = 3 layers, 128 wide, 1 head, K = 20; `large` = 6 layers, 512, 8 heads, K = 30)
 
 use std::sync::Arc;
 use std::time::Instant;
+
+// The allocator and setting the `dreamgym` binary uses (see src/main.rs): freed training buffers
+// stay mapped instead of being faulted back in zeroed every step.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 use candle_core::{Device, Tensor};
 use dreamgym_envs::Value;
@@ -24,6 +30,7 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn main() -> anyhow::Result<()> {
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let size = std::env::args().nth(1).unwrap_or("paper".into());
     let steps: usize = std::env::args()
         .nth(2)
