@@ -196,9 +196,10 @@ pub fn collect(
     };
     if index > 0 {
         progress.note(&format!(
-            "appending {} episodes to the dataset in {} as collection {index}: its envs start \
+            "appending {} episode{} to the dataset in {} as collection {index}: its envs start \
              from seed {env_seed} (derived from seed {} and {index}), so no episode repeats",
             config.episodes,
+            if config.episodes == 1 { "" } else { "s" },
             out.display(),
             config.seed
         ));

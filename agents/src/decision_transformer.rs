@@ -406,6 +406,20 @@ pub fn train_decision_transformer(
         ));
     }
     let mut metrics = MetricsLog::open(run, "dt", &["step", "loss", "lr"], Some(start as f64))?;
+    let best_return = data
+        .returns
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let state = |steps_done: usize, loss: f64| {
+        serde_json::json!({
+            "steps_done": steps_done,
+            "loss": loss,
+            "settings": settings_of(stage),
+            "trained_on": trained_on,
+            "dataset_best_return": best_return,
+        })
+    };
     progress.begin("train DT", (stage.steps - start) as u64);
     let t0 = std::time::Instant::now();
     let k = stage.model.context;
@@ -413,14 +427,19 @@ pub fn train_decision_transformer(
     for step in start..stage.steps {
         if progress.interrupted() {
             progress.end();
+            // Every step before this one is whole: save them, so nothing done is lost.
+            if step > start {
+                metrics.commit()?;
+                model.save(&stem, Some(&opt), state(step, last_loss))?;
+            }
             return Err(Interrupted {
                 stage: "train DT".into(),
-                saved: if step == start && start == 0 {
-                    "no checkpoint had been written yet, so nothing was saved".into()
+                saved: if step == 0 {
+                    "no step had finished, so nothing was saved".into()
                 } else {
-                    "the Decision Transformer is saved at its last checkpoint; run again to \
-                     resume"
-                        .into()
+                    format!(
+                        "the Decision Transformer is saved after step {step}; run again to resume"
+                    )
                 },
             }
             .into());
@@ -450,17 +469,7 @@ pub fn train_decision_transformer(
         if (step + 1) % stage.checkpoint_every == 0 || step + 1 == stage.steps {
             // Metrics first: a checkpoint never claims a step whose row is not on disk.
             metrics.commit()?;
-            model.save(
-                &stem,
-                Some(&opt),
-                serde_json::json!({
-                    "steps_done": step + 1,
-                    "loss": last_loss,
-                    "settings": settings_of(stage),
-                    "trained_on": trained_on,
-                    "dataset_best_return": data.returns.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-                }),
-            )?;
+            model.save(&stem, Some(&opt), state(step + 1, last_loss))?;
         }
     }
     progress.end();
@@ -549,10 +558,16 @@ pub struct DtEvalSummary {
     pub random: Vec<f64>,
     /// The recorded episodes' returns: mean, best.
     pub dataset: (f64, f64),
+    /// What the numbers were made from (the weights' CRC-32 and the eval settings): the
+    /// evaluation is done while these hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<serde_json::Value>,
 }
 
 /// Evaluates `model` at every target (the config's, or the dataset's best return and half of
-/// it) on the same seeds as a random policy; writes `dt_eval.json` and `dt_report.md`.
+/// it) on the same seeds as a random policy; writes `dt_eval.json` and `dt_report.md`. Returns
+/// the numbers and whether they were computed now (false: already done for these weights and
+/// settings).
 pub fn evaluate_decision_transformer(
     stage: &DecisionTransformerStage,
     data: &DtData,
@@ -560,7 +575,7 @@ pub fn evaluate_decision_transformer(
     run: &RunDir,
     registry: &Registry,
     progress: &dyn Progress,
-) -> anyhow::Result<DtEvalSummary> {
+) -> anyhow::Result<(DtEvalSummary, bool)> {
     let e = &stage.eval;
     let best = data
         .returns
@@ -572,6 +587,23 @@ pub fn evaluate_decision_transformer(
     } else {
         e.targets.clone()
     };
+    let made_by = serde_json::json!({
+        "weights_crc32": dreamgym_nn::weights_crc32(&run.checkpoint(DT_CHECKPOINT))?,
+        "eval": e,
+        "targets": targets,
+        "seed": stage.seed,
+    });
+    let report = run.file("dt_report.md");
+    let figures_there = ["dt_targets.png", "dt_loss.png"]
+        .iter()
+        .all(|f| run.figures().join(f).exists());
+    if let Some(done) = std::fs::read(run.file("dt_eval.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DtEvalSummary>(&b).ok())
+        .filter(|d| d.made_by.as_ref() == Some(&made_by) && report.exists() && figures_there)
+    {
+        return Ok((done, false));
+    }
     let model = Arc::new(model);
     let mut policies: Vec<Box<dyn Policy>> = targets
         .iter()
@@ -606,6 +638,7 @@ pub fn evaluate_decision_transformer(
         targets: targets.iter().cloned().zip(per.iter().cloned()).collect(),
         random: per.last().cloned().unwrap_or_default(),
         dataset: (dm, best),
+        made_by: Some(made_by),
     };
     dreamgym_base::write_atomic(
         &run.file("dt_eval.json"),
@@ -627,8 +660,57 @@ pub fn evaluate_decision_transformer(
     }
     let (m, s) = mean_std(&summary.random);
     md.push_str(&format!("| random | {m:.1} ± {s:.1} |\n"));
+    // Achieved return against the target (the paper's figure), with the diagonal, the
+    // dataset's best episode and the random policy for reference.
+    let lo = targets
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .min(0.0);
+    let hi = targets.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let achieved: Vec<(f64, f64)> = summary
+        .targets
+        .iter()
+        .map(|(t, r)| (*t, mean_std(r).0))
+        .collect();
+    let chart = crate::figures::LineChart::new(
+        format!(
+            "Decision Transformer on {}: achieved against target return",
+            summary.env
+        ),
+        "target return",
+        "achieved return (mean over seeds)",
+    )
+    .series("DT", achieved)
+    .series("target (achieved = target)", vec![(lo, lo), (hi, hi)])
+    .series("best episode in the dataset", vec![(lo, best), (hi, best)])
+    .series("random policy", vec![(lo, m), (hi, m)]);
+    let figures = run.figures();
+    dreamgym_base::write_atomic(
+        &figures.join("dt_targets.png"),
+        &crate::figures::line_chart_png(&chart)?,
+    )?;
+    md.push_str("\n![](figures/dt_targets.png)\n");
+    let (header, rows) = crate::read_csv(&run.metrics("dt"));
+    if let (Some(step), Some(loss)) = (
+        header.iter().position(|c| c == "step"),
+        header.iter().position(|c| c == "loss"),
+    ) && !rows.is_empty()
+    {
+        let chart = crate::figures::LineChart::new(
+            "Decision Transformer: training loss",
+            "optimiser step",
+            "action loss",
+        )
+        .series("loss", rows.iter().map(|r| (r[step], r[loss])).collect());
+        dreamgym_base::write_atomic(
+            &figures.join("dt_loss.png"),
+            &crate::figures::line_chart_png(&chart)?,
+        )?;
+        md.push_str("\n![](figures/dt_loss.png)\n");
+    }
     dreamgym_base::write_atomic(&run.file("dt_report.md"), md.as_bytes())?;
-    Ok(summary)
+    Ok((summary, true))
 }
 
 /// Trains (or resumes) and evaluates: the whole `[decision_transformer]` section.
@@ -659,7 +741,7 @@ pub fn run_decision_transformer(
             trained.seconds
         ));
     }
-    let eval = evaluate_decision_transformer(stage, &data, model, run, registry, progress)?;
+    let (eval, ran) = evaluate_decision_transformer(stage, &data, model, run, registry, progress)?;
     let mut line = format!(
         "DT eval on {} seeds of {}:",
         eval.seeds.1 - eval.seeds.0,
@@ -671,6 +753,9 @@ pub fn run_decision_transformer(
     }
     let (m, s) = mean_std(&eval.random);
     line.push_str(&format!(" random {m:.1} ± {s:.1}"));
+    if !ran {
+        line.push_str(" (already done)");
+    }
     progress.done(&line);
     Ok((trained, eval))
 }

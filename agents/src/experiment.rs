@@ -189,6 +189,8 @@ impl Part {
                 "dt.json",
                 "dt_eval.json",
                 "dt_report.md",
+                "figures/dt_targets.png",
+                "figures/dt_loss.png",
                 "metrics/dt.csv",
                 "tb/dt",
             ],
@@ -688,13 +690,25 @@ pub fn run_experiment(
     let data = run.data();
     check_run_folder(&run)?;
     let _lock = run.lock()?;
+    // Without experiment.toml beside trained models (accepted by --resume), the stages'
+    // own checks decide: the config is saved only once they have agreed.
+    let unvouched = !run.experiment().exists() && (holds(&run, Part::Vae) || holds(&run, Part::Dt));
     prepare_run(exp, &run, on_change, progress)?;
-    // Saved first: an interrupted run is continued by running the same config again.
     let saved = config_to_save(exp, &run);
-    dreamgym_base::write_atomic(
-        &run.experiment(),
-        toml::to_string_pretty(&saved)?.as_bytes(),
-    )?;
+    let save = || -> anyhow::Result<()> {
+        dreamgym_base::write_atomic(
+            &run.experiment(),
+            toml::to_string_pretty(&saved)?.as_bytes(),
+        )?;
+        Ok(())
+    };
+    // Otherwise saved first: an interrupted run is continued by running the same config again.
+    if !unvouched {
+        save()?;
+    }
+    if let Ok(_data_lock) = dreamgym_base::FolderLock::acquire(&data) {
+        dreamgym_base::remove_stale_temporaries(&data);
+    }
     let mut outcome = ExperimentOutcome::default();
     let plan = if exp.rollout.append {
         DataPlan::Collect
@@ -754,6 +768,9 @@ pub fn run_experiment(
     if let Some(dt) = &exp.decision_transformer {
         outcome.decision_transformer =
             Some(run_decision_transformer(dt, &run, registry, progress)?);
+    }
+    if unvouched {
+        save()?;
     }
     Ok(outcome)
 }

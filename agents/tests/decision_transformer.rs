@@ -62,7 +62,8 @@ fn trains_evaluates_and_resumes_exactly() {
     let csv = std::fs::read_to_string(run.file("metrics/dt.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 24);
 
-    // The same run stopped at step 12 (the checkpoint holds 10) and run again.
+    // The same run stopped at step 12 (between checkpoints: it saves what it has) and run
+    // again.
     exp.out = Some(resumed.path().to_path_buf());
     let collect_episodes = 24;
     let err = run_experiment(
@@ -78,7 +79,7 @@ fn trains_evaluates_and_resumes_exactly() {
     );
     let again = RunDir::new(resumed.path());
     let out = run_decision_transformer(&stage(&exp), &again, &registry, &()).unwrap();
-    assert_eq!(out.0.resumed_from, 10);
+    assert_eq!(out.0.resumed_from, 12);
     for file in [
         "dt.safetensors",
         "dt.optimizer.safetensors",
@@ -91,9 +92,30 @@ fn trains_evaluates_and_resumes_exactly() {
             "{file} differs after a resume"
         );
     }
-    // Done is done.
+    // Done is done, the evaluation included.
+    let before = std::fs::metadata(again.file("dt_eval.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let out = run_decision_transformer(&stage(&exp), &again, &registry, &()).unwrap();
     assert_eq!(out.0.seconds, 0.0);
+    let after = std::fs::metadata(again.file("dt_eval.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after, "the evaluation ran again");
+    // --force after a DT-only change redoes the DT and keeps the dataset.
+    let chunk = again.data().join("chunk-000000.safetensors");
+    let recorded = std::fs::read(&chunk).unwrap();
+    let mut changed = exp.clone();
+    changed.decision_transformer.as_mut().unwrap().lr = 2e-4;
+    let err = format!(
+        "{:#}",
+        run_experiment(&changed, &registry, OnChange::Resume, &()).unwrap_err()
+    );
+    assert!(err.contains("decision_transformer.lr"), "{err}");
+    run_experiment(&changed, &registry, OnChange::Force, &()).unwrap();
+    assert_eq!(std::fs::read(&chunk).unwrap(), recorded);
 
     // The run folder is a policy, aiming at a given target or at its dataset's best return.
     let mut env = registry.make("CartPole-v0", None).unwrap();

@@ -379,7 +379,10 @@ fn a_lost_last_update_is_repaired_and_a_plain_append_completes_nothing() {
     assert!(!Dataset::open(&data).unwrap().meta().is_complete());
     let out = run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
     assert!(out.collect.is_none());
-    assert!(Dataset::open(&data).unwrap().meta().is_complete());
+    let meta = Dataset::open(&data).unwrap().meta().clone();
+    assert!(meta.is_complete());
+    // The repaired record counts what is on disk.
+    assert_eq!(meta.collections[0].written, 8, "{:?}", meta.collections);
 
     // An interrupted collection is not completed by an unrelated append...
     let dir = tempfile::tempdir().unwrap();

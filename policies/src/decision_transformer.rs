@@ -484,9 +484,12 @@ pub struct DtPolicy {
 impl DtPolicy {
     /// Acts to reach `target` (a finite return, in the env's units).
     pub fn new(model: Arc<DecisionTransformer>, target: f64) -> Result<Self, PolicyError> {
-        if !target.is_finite() {
+        let scaled = (target / model.config.return_scale) as f32;
+        if !target.is_finite() || !scaled.is_finite() || scaled.abs() > 1e6 {
             return Err(PolicyError::Config(format!(
-                "the target return must be a finite number, got {target}"
+                "the target return must be a finite number within a million times the \
+                 return scale ({}), got {target}",
+                model.config.return_scale
             )));
         }
         Ok(Self {

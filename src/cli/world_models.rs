@@ -33,14 +33,24 @@ pub fn stage(which: Stage, args: StageArgs, registry: &Registry) -> anyhow::Resu
     let run = exp.run_dir()?;
     let progress = CliProgress::new();
     let _lock = run.lock()?;
+    // A folder without experiment.toml (accepted by --resume) gets one only once the stage's
+    // own checks have agreed with the config.
+    let had_config = run.experiment().exists();
     prepare_run(&exp, &run, args.on_change.get(), &progress)?;
-    if run.experiment().exists() || run.data().join("dataset.json").exists() {
-        let saved = config_to_save(&exp, &run);
+    let saved = config_to_save(&exp, &run);
+    let save = || -> anyhow::Result<()> {
         dreamgym_base::write_atomic(
             &run.experiment(),
             toml::to_string_pretty(&saved)?.as_bytes(),
-        )?;
+        )
+        .map_err(Into::into)
+    };
+    if had_config {
+        save()?;
     }
     run_world_models(&wm, &run, registry, which, &progress, None)?;
+    if !had_config && run.data().join("dataset.json").exists() {
+        save()?;
+    }
     Ok(())
 }

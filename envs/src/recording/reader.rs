@@ -90,6 +90,11 @@ impl Dataset {
         &self.chunks
     }
 
+    /// Episodes in the chunks whose headers can be read (without decoding any data).
+    pub fn stored_episodes(&self) -> usize {
+        self.chunks.iter().filter_map(|p| stored_episodes(p)).sum()
+    }
+
     /// Chunks missing from the numbered sequence (a chunk file deleted after it was written):
     /// their episodes are lost, which counts as damage.
     pub fn missing_chunks(&self) -> Vec<PathBuf> {
@@ -164,6 +169,18 @@ fn chunk_index(p: &Path) -> Option<usize> {
 
 /// The `crc32` a chunk's header stores, read without reading the data.
 fn stored_crc(path: &Path) -> Option<String> {
+    Some(header(path)?["__metadata__"]["crc32"].as_str()?.to_string())
+}
+
+/// Episodes in a chunk, from its header alone.
+pub(crate) fn stored_episodes(path: &Path) -> Option<usize> {
+    header(path)?["episode_length"]["shape"][0]
+        .as_u64()
+        .map(|n| n as usize)
+}
+
+/// A chunk's JSON header.
+fn header(path: &Path) -> Option<serde_json::Value> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
@@ -174,8 +191,7 @@ fn stored_crc(path: &Path) -> Option<String> {
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    Some(header["__metadata__"]["crc32"].as_str()?.to_string())
+    serde_json::from_slice(&header).ok()
 }
 
 /// Why a chunk's contents do not decode (reported as a damaged chunk).

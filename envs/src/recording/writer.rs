@@ -252,8 +252,22 @@ impl EpisodeWriter {
 /// end). Takes the folder's lock.
 pub fn mark_complete(dir: &Path) -> Result<(), RecordError> {
     let _lock = dreamgym_base::FolderLock::acquire(dir)?;
-    let mut meta = super::Dataset::open(dir)?.meta().clone();
+    let ds = super::Dataset::open(dir)?;
+    let mut meta = ds.meta().clone();
+    // The unfinished collections' share of the episodes on disk (their `written` was never
+    // recorded).
+    let known: usize = meta
+        .collections
+        .iter()
+        .filter(|c| c.complete)
+        .map(|c| c.written)
+        .sum();
+    let mut rest = ds.stored_episodes().saturating_sub(known);
     for c in &mut meta.collections {
+        if !c.complete {
+            c.written = rest.min(c.episodes);
+            rest -= c.written;
+        }
         c.complete = true;
     }
     write_meta(&dir.join("dataset.json"), &meta)
