@@ -21,8 +21,8 @@ pub struct Args {
     /// (shorthand for `--set obs=...`).
     #[arg(long)]
     obs: Option<String>,
-    /// The policy that acts: `random`, a World Models run folder, or a controller file (see
-    /// `dreamgym policies`).
+    /// The policy that acts: `random`, a World Models run folder, a Decision Transformer run
+    /// folder with its target (`runs/x@200`), or a controller file (see `dreamgym policies`).
     #[arg(long, default_value = "random")]
     policy: String,
     /// Episodes to record.

@@ -43,7 +43,8 @@ pub struct ViewArgs {
     /// Env config overrides, `key=value` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// The policy of a live view: `random`, a World Models run folder, or a controller file
+    /// The policy of a live view: `random`, a World Models run folder, a Decision Transformer
+    /// run folder with its target (`runs/x@200`), or a controller file
     /// (`dreamgym policies` lists them).
     #[arg(long, default_value = "random")]
     pub policy: String,
