@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         context: k,
         max_timestep: 1000,
         return_scale: 1000.0,
+        condition_on_return: true,
     };
     let spec = DtSpec {
         obs_mean: vec![0.0; obs_dim],

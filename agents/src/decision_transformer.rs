@@ -55,6 +55,47 @@ pub struct DecisionTransformerStage {
     pub checkpoint_every: usize,
     /// Evaluation.
     pub eval: DtEvalStage,
+    /// Also train the paper's baselines with the same network and steps, without returns:
+    /// behaviour cloning on every episode, and on the best 10% of episodes.
+    pub baselines: bool,
+}
+
+/// What is trained: the Decision Transformer or one of its baselines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtVariant {
+    /// Conditioned on the return-to-go, on every episode.
+    Dt,
+    /// Behaviour cloning (no returns) on every episode.
+    Bc,
+    /// Behaviour cloning on the episodes with the best 10% of returns.
+    BcTop10,
+}
+
+impl DtVariant {
+    /// Checkpoint stem in the run folder.
+    pub fn stem(self) -> &'static str {
+        match self {
+            DtVariant::Dt => DT_CHECKPOINT,
+            DtVariant::Bc => "dt_bc",
+            DtVariant::BcTop10 => "dt_bc_top10",
+        }
+    }
+
+    /// The row in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            DtVariant::Dt => "DT",
+            DtVariant::Bc => "behaviour cloning",
+            DtVariant::BcTop10 => "behaviour cloning, best 10%",
+        }
+    }
+
+    fn model(self, stage: &DecisionTransformerStage) -> DecisionTransformerConfig {
+        DecisionTransformerConfig {
+            condition_on_return: self == DtVariant::Dt,
+            ..stage.model.clone()
+        }
+    }
 }
 
 impl Default for DecisionTransformerStage {
@@ -71,6 +112,7 @@ impl Default for DecisionTransformerStage {
             grad_clip: 0.25,
             checkpoint_every: 250,
             eval: DtEvalStage::default(),
+            baselines: false,
         }
     }
 }
@@ -177,6 +219,8 @@ struct DtEpisode {
     actions: Vec<f32>,
     /// `T` returns-to-go, scaled.
     to_go: Vec<f32>,
+    /// The episode's return.
+    ret: f64,
 }
 
 /// A dataset prepared for the Decision Transformer.
@@ -282,6 +326,7 @@ impl DtData {
                 obs,
                 actions,
                 to_go,
+                ret: e.total_reward(),
             });
         }
         if short > 0 {
@@ -307,11 +352,29 @@ impl DtData {
         })
     }
 
-    /// A batch of `b` windows drawn with `rng`.
+    /// The windows `variant` trains on (the best 10% of episodes by return, at least one, for
+    /// [`DtVariant::BcTop10`]).
+    fn windows_of(&self, variant: DtVariant) -> Vec<(usize, usize)> {
+        if variant != DtVariant::BcTop10 {
+            return self.windows.clone();
+        }
+        let mut returns: Vec<f64> = self.episodes.iter().map(|e| e.ret).collect();
+        returns.sort_by(|a, b| b.total_cmp(a));
+        let keep = returns.len().div_ceil(10).max(1);
+        let threshold = returns[keep - 1];
+        self.windows
+            .iter()
+            .copied()
+            .filter(|(e, _)| self.episodes[*e].ret >= threshold)
+            .collect()
+    }
+
+    /// A batch of `b` windows drawn from `windows` with `rng`.
     fn batch(
         &self,
         b: usize,
         k: usize,
+        windows: &[(usize, usize)],
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> anyhow::Result<DtBatch> {
@@ -323,7 +386,7 @@ impl DtData {
             Vec::with_capacity(b * k),
         );
         for _ in 0..b {
-            let (e, s) = self.windows[rng.random_range(0..self.windows.len())];
+            let (e, s) = windows[rng.random_range(0..windows.len())];
             let ep = &self.episodes[e];
             r.extend_from_slice(&ep.to_go[s..s + k]);
             o.extend_from_slice(&ep.obs[s * d..(s + k) * d]);
@@ -359,13 +422,16 @@ pub const DT_CHECKPOINT: &str = "dt";
 /// resuming from `<run>/dt.*` when it was made with the same model from the same dataset.
 pub fn train_decision_transformer(
     stage: &DecisionTransformerStage,
+    variant: DtVariant,
     data: &DtData,
     run: &RunDir,
     progress: &dyn Progress,
 ) -> anyhow::Result<(DecisionTransformer, DtTrainSummary)> {
     let device = dreamgym_nn::device(&stage.device)?;
+    let config = variant.model(stage);
+    let windows = data.windows_of(variant);
     let model = DecisionTransformer::new(
-        &stage.model,
+        &config,
         data.spec.clone(),
         &device,
         derive_seed(stage.seed, "dt.init", 0),
@@ -379,9 +445,10 @@ pub fn train_decision_transformer(
             ..Default::default()
         },
     )?;
-    let stem = run.checkpoint(DT_CHECKPOINT);
+    let stem = run.checkpoint(variant.stem());
     let trained_on = serde_json::json!({ "dataset": data.fingerprint });
     let (start, mut last_loss) = resume(&stem, &model, &mut opt, &trained_on, stage, progress)?;
+    let label = variant.label();
     anyhow::ensure!(
         start <= stage.steps,
         "{} holds a Decision Transformer trained for {start} steps, more than the {} asked for; \
@@ -405,7 +472,12 @@ pub fn train_decision_transformer(
             "decision transformer: resuming after step {start}"
         ));
     }
-    let mut metrics = MetricsLog::open(run, "dt", &["step", "loss", "lr"], Some(start as f64))?;
+    let mut metrics = MetricsLog::open(
+        run,
+        variant.stem(),
+        &["step", "loss", "lr"],
+        Some(start as f64),
+    )?;
     let best_return = data
         .returns
         .iter()
@@ -420,7 +492,7 @@ pub fn train_decision_transformer(
             "dataset_best_return": best_return,
         })
     };
-    progress.begin("train DT", (stage.steps - start) as u64);
+    progress.begin(&format!("train {label}"), (stage.steps - start) as u64);
     let t0 = std::time::Instant::now();
     let k = stage.model.context;
     let mut recent: Vec<f64> = Vec::new();
@@ -448,7 +520,7 @@ pub fn train_decision_transformer(
             ChaCha8Rng::seed_from_u64(derive_seed(stage.seed, "dt.batch", step as u64));
         let mut drop_rng =
             ChaCha8Rng::seed_from_u64(derive_seed(stage.seed, "dt.dropout", step as u64));
-        let batch = data.batch(stage.batch_size, k, &mut batch_rng, &device)?;
+        let batch = data.batch(stage.batch_size, k, &windows, &mut batch_rng, &device)?;
         let loss = model.loss(&batch, Some(&mut drop_rng))?;
         let l = loss.to_scalar::<f32>()? as f64;
         anyhow::ensure!(
@@ -512,7 +584,7 @@ fn resume(
     let (saved, state): (DtCheckpointConfig, serde_json::Value) =
         dreamgym_nn::read_checkpoint_meta(stem, dreamgym_policies::DT_CHECKPOINT_KIND)?;
     anyhow::ensure!(
-        saved.model == stage.model,
+        saved.model == *model.config(),
         "{} holds a Decision Transformer of another architecture than the config asks for; \
          run with --force to discard it, or use another --out",
         stem.display()
@@ -554,6 +626,9 @@ pub struct DtEvalSummary {
     pub seeds: (u64, u64),
     /// `(target, returns)` per target.
     pub targets: Vec<(f64, Vec<f64>)>,
+    /// The baselines (behaviour cloning), when trained: `(label, returns)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baselines: Vec<(String, Vec<f64>)>,
     /// A uniformly random policy on the same seeds.
     pub random: Vec<f64>,
     /// The recorded episodes' returns: mean, best.
@@ -572,6 +647,7 @@ pub fn evaluate_decision_transformer(
     stage: &DecisionTransformerStage,
     data: &DtData,
     model: DecisionTransformer,
+    baselines: Vec<(DtVariant, DecisionTransformer)>,
     run: &RunDir,
     registry: &Registry,
     progress: &dyn Progress,
@@ -587,8 +663,13 @@ pub fn evaluate_decision_transformer(
     } else {
         e.targets.clone()
     };
+    let baseline_crcs = baselines
+        .iter()
+        .map(|(v, _)| dreamgym_nn::weights_crc32(&run.checkpoint(v.stem())))
+        .collect::<Result<Vec<_>, _>>()?;
     let made_by = serde_json::json!({
         "weights_crc32": dreamgym_nn::weights_crc32(&run.checkpoint(DT_CHECKPOINT))?,
+        "baselines_crc32": baseline_crcs,
         "eval": e,
         "targets": targets,
         "seed": stage.seed,
@@ -611,6 +692,14 @@ pub fn evaluate_decision_transformer(
             Ok(Box::new(DtPolicy::new(model.clone(), *t)?))
         })
         .collect::<anyhow::Result<_>>()?;
+    let labels: Vec<String> = baselines
+        .iter()
+        .map(|(v, _)| v.label().to_string())
+        .collect();
+    for (_, m) in baselines {
+        // Without returns the target does not matter.
+        policies.push(Box::new(DtPolicy::new(Arc::new(m), 0.0)?));
+    }
     policies.push(Box::new(RandomPolicy::new(
         data.meta.action_space.clone(),
         derive_seed(stage.seed, "dt.eval.random", 0),
@@ -636,6 +725,11 @@ pub fn evaluate_decision_transformer(
         env: data.meta.env_id.clone(),
         seeds: (e.seed, e.seed + e.episodes as u64),
         targets: targets.iter().cloned().zip(per.iter().cloned()).collect(),
+        baselines: labels
+            .iter()
+            .cloned()
+            .zip(per[targets.len()..].iter().cloned())
+            .collect(),
         random: per.last().cloned().unwrap_or_default(),
         dataset: (dm, best),
         made_by: Some(made_by),
@@ -657,6 +751,10 @@ pub fn evaluate_decision_transformer(
     for (t, r) in &summary.targets {
         let (m, s) = mean_std(r);
         md.push_str(&format!("| DT, target {t:.1} | {m:.1} ± {s:.1} |\n"));
+    }
+    for (label, r) in &summary.baselines {
+        let (bm, bs) = mean_std(r);
+        md.push_str(&format!("| {label} | {bm:.1} ± {bs:.1} |\n"));
     }
     let (m, s) = mean_std(&summary.random);
     md.push_str(&format!("| random | {m:.1} ± {s:.1} |\n"));
@@ -722,26 +820,45 @@ pub fn run_decision_transformer(
 ) -> anyhow::Result<(DtTrainSummary, DtEvalSummary)> {
     stage.validate()?;
     let data = DtData::load(&run.data(), &stage.model, progress)?;
-    let (model, trained) = train_decision_transformer(stage, &data, run, progress)?;
-    if trained.seconds == 0.0 && trained.resumed_from >= stage.steps {
-        progress.done(&format!(
-            "DT: already done (step {}, loss {:.4})",
-            trained.steps, trained.final_loss
-        ));
-    } else {
-        progress.done(&format!(
-            "DT: {} steps{}, loss {:.4} (mean of the last 100), {:.1} s",
-            trained.steps,
-            if trained.resumed_from > 0 {
-                format!(" (resumed after step {})", trained.resumed_from)
-            } else {
-                String::new()
-            },
-            trained.final_loss,
-            trained.seconds
-        ));
+    let mut variants = vec![DtVariant::Dt];
+    if stage.baselines {
+        variants.extend([DtVariant::Bc, DtVariant::BcTop10]);
     }
-    let (eval, ran) = evaluate_decision_transformer(stage, &data, model, run, registry, progress)?;
+    let mut models = Vec::new();
+    let mut summary = None;
+    for variant in variants {
+        let (model, trained) = train_decision_transformer(stage, variant, &data, run, progress)?;
+        let label = variant.label();
+        if trained.seconds == 0.0 && trained.resumed_from >= stage.steps {
+            progress.done(&format!(
+                "{label}: already done (step {}, loss {:.4})",
+                trained.steps, trained.final_loss
+            ));
+        } else {
+            progress.done(&format!(
+                "{label}: {} steps{}, loss {:.4} (mean of the last 100), {:.1} s",
+                trained.steps,
+                if trained.resumed_from > 0 {
+                    format!(" (resumed after step {})", trained.resumed_from)
+                } else {
+                    String::new()
+                },
+                trained.final_loss,
+                trained.seconds
+            ));
+        }
+        summary.get_or_insert(trained);
+        models.push((variant, model));
+    }
+    let trained = summary.ok_or_else(|| anyhow::anyhow!("nothing was trained"))?;
+    let mut models = models.into_iter();
+    let model = models
+        .next()
+        .map(|(_, m)| m)
+        .ok_or_else(|| anyhow::anyhow!("no DT"))?;
+    let baselines: Vec<(DtVariant, DecisionTransformer)> = models.collect();
+    let (eval, ran) =
+        evaluate_decision_transformer(stage, &data, model, baselines, run, registry, progress)?;
     let mut line = format!(
         "DT eval on {} seeds of {}:",
         eval.seeds.1 - eval.seeds.0,
@@ -750,6 +867,10 @@ pub fn run_decision_transformer(
     for (t, r) in &eval.targets {
         let (m, s) = mean_std(r);
         line.push_str(&format!(" target {t:.1} → {m:.1} ± {s:.1};"));
+    }
+    for (label, r) in &eval.baselines {
+        let (m, s) = mean_std(r);
+        line.push_str(&format!(" {label} {m:.1} ± {s:.1};"));
     }
     let (m, s) = mean_std(&eval.random);
     line.push_str(&format!(" random {m:.1} ± {s:.1}"));

@@ -19,6 +19,7 @@ steps = 24
 batch_size = 8
 warmup_steps = 4
 checkpoint_every = 5
+baselines = true
 eval = { episodes = 2, targets = [20.0, 200.0], max_steps = 50 }
 model = { context = 4, max_timestep = 200, return_scale = 100.0, transformer = { n_layer = 1, n_embd = 16, n_head = 2, block_size = 12, positions = "none" } }
 "#;
@@ -53,6 +54,9 @@ fn trains_evaluates_and_resumes_exactly() {
     assert_eq!(eval.targets.len(), 2);
     assert!(eval.targets.iter().all(|(_, r)| r.len() == 2));
     assert_eq!(eval.random.len(), 2);
+    let labels: Vec<&str> = eval.baselines.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["behaviour cloning", "behaviour cloning, best 10%"]);
+    assert!(eval.baselines.iter().all(|(_, r)| r.len() == 2));
     let run = RunDir::new(straight.path());
     let report = std::fs::read_to_string(run.file("dt_report.md")).unwrap();
     assert!(

@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         context: 5,
         max_timestep: 64,
         return_scale: 10.0,
+        condition_on_return: true,
     };
     let spec = DtSpec {
         obs_mean: vec![0.0; 6],

@@ -43,6 +43,14 @@ pub struct DecisionTransformerConfig {
     pub max_timestep: usize,
     /// Returns-to-go are divided by this before they are embedded.
     pub return_scale: f64,
+    /// Whether the return-to-go is seen. False makes the same network plain behaviour cloning
+    /// (the return tokens carry only their timestep): the baseline the paper compares with.
+    #[serde(default = "yes")]
+    pub condition_on_return: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for DecisionTransformerConfig {
@@ -57,6 +65,7 @@ impl Default for DecisionTransformerConfig {
             context: 20,
             max_timestep: 1024,
             return_scale: 1000.0,
+            condition_on_return: true,
         }
     }
 }
@@ -354,7 +363,12 @@ impl DecisionTransformer {
         let c = self.config.transformer.n_embd;
         let run = || -> candle_core::Result<Tensor> {
             let time = self.embed_timestep_forward(&batch.timesteps)?;
-            let r = (self.embed_return.forward(&batch.returns)? + &time)?;
+            let returns = if self.config.condition_on_return {
+                batch.returns.clone()
+            } else {
+                batch.returns.zeros_like()?
+            };
+            let r = (self.embed_return.forward(&returns)? + &time)?;
             let s = (self.embed_obs.forward(&batch.obs)? + &time)?;
             let a = match &self.embed_action {
                 ActionEmbed::Box(p) => p.forward(&batch.actions)?,
@@ -649,6 +663,7 @@ mod tests {
             context,
             max_timestep: 50,
             return_scale: 10.0,
+            condition_on_return: true,
         }
     }
 
