@@ -499,3 +499,29 @@ fn configs_compare_in_their_typed_form_and_missing_chunks_are_damage() {
     let _lock = RunDir::new(dir.path()).lock().unwrap();
     assert!(!dir.path().join(".vae.json.tmp-99").exists());
 }
+
+#[test]
+fn a_config_the_stages_refuse_is_not_saved_over_a_folder_without_one() {
+    let registry = Registry::with_builtins();
+    let root = tempfile::tempdir().unwrap();
+    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
+    let run = RunDir::new(root.path());
+    let mut exp = parse_experiment(
+        "name = \"t\"\n[rollout]\nenv = \"Racer-v0\"\nepisodes = 4\n\
+         env_config = { obs = \"pixels\", width = 16, height = 16 }\n",
+        "test",
+    )
+    .unwrap();
+    exp.out = Some(root.path().to_path_buf());
+    let mut cfg = tiny_config();
+    cfg.vae.lr = 0.5;
+    exp.world_models = Some(cfg);
+    // The dataset is reused, but V refuses the other learning rate: --resume trusted the
+    // stages' own checks, and they said no.
+    let err = run_experiment(&exp, &registry, OnChange::Resume, &()).unwrap_err();
+    assert!(format!("{err:#}").contains("lr"), "{err:#}");
+    assert!(
+        !run.experiment().exists(),
+        "experiment.toml was written for a config the stages refused"
+    );
+}
