@@ -589,17 +589,7 @@ fn resume(
          run with --force to discard it, or use another --out",
         stem.display()
     );
-    let settings = settings_of(stage);
-    if let Some(saved) = state.get("settings")
-        && *saved != settings
-    {
-        anyhow::bail!(
-            "{} holds a Decision Transformer trained with other settings ({}); run with --force \
-             to discard it, or use another --out",
-            stem.display(),
-            crate::world_models::config_diff(saved, &settings)
-        );
-    }
+    crate::world_models::check_settings(stem, "Decision Transformer", &state, &settings_of(stage))?;
     if state.get("trained_on") != Some(trained_on) || saved.spec != *model.spec() {
         progress.note("decision transformer: the dataset changed since it was trained, so it is stale; training it from scratch");
         return Ok((0, f64::NAN));

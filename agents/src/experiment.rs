@@ -631,24 +631,14 @@ pub(crate) fn plan_collection(
     })
 }
 
-/// The files and folders a run writes in its folder.
-const RUN_FILES: &[&str] = &[
-    "data",
-    "vae.safetensors",
-    "vae.json",
-    "mdnrnn.safetensors",
-    "mdnrnn.json",
-    "series.safetensors",
-    "controller.json",
-    "eval.json",
-    "report.md",
-    "figures",
-    "dt.safetensors",
-    "dt.json",
-    "dt_report.md",
-    "metrics",
-    "tb",
-];
+/// The files and folders a run writes at the top of its folder: those of every part.
+fn run_outputs() -> std::collections::BTreeSet<&'static str> {
+    Part::ALL
+        .iter()
+        .flat_map(|p| p.files())
+        .filter_map(|f| f.split('/').next())
+        .collect()
+}
 
 /// Refuses a folder that holds files a run would overwrite but is not a run (no
 /// `experiment.toml`, no dataset): they belong to something else.
@@ -661,7 +651,7 @@ fn check_run_folder(run: &RunDir) -> anyhow::Result<()> {
             .any(|e| !e.file_name().to_string_lossy().starts_with('.')),
         Err(_) => p.exists(),
     };
-    if let Some(clash) = RUN_FILES.iter().find(|f| holds(&run.file(f)))
+    if let Some(clash) = run_outputs().into_iter().find(|f| holds(&run.file(f)))
         && !is_run
     {
         anyhow::bail!(

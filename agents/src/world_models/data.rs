@@ -43,7 +43,7 @@ impl PixelData {
             Dataset::open(dir).with_context(|| format!("cannot open dataset {}", dir.display()))?;
         let meta = ds.meta();
         if !meta.is_complete() {
-            let written: usize = ds.load().episodes.len();
+            let written = ds.stored_episodes();
             anyhow::bail!(
                 "{} holds a collection that did not finish ({written} episodes in the folder): \
                  run the experiment again to record the rest; it is not trained on",

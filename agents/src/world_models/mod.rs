@@ -112,18 +112,7 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
             config_diff(&saved, config)
         );
     }
-    // Settings other than the architecture (learning rate, batch size, seed) and the epochs:
-    // a model made otherwise is not this config's, and is not thrown away unasked either.
-    if let Some(saved) = state.get("settings")
-        && saved != settings
-    {
-        anyhow::bail!(
-            "{} holds a {kind} trained with other settings ({}); run with --force to discard \
-             it and the stages after it, or use another --out",
-            stem.display(),
-            config_diff(saved, settings)
-        );
-    }
+    check_settings(stem, kind, &state, settings)?;
     let done = state
         .get("epochs_done")
         .and_then(|e| e.as_u64())
@@ -186,6 +175,28 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
         steps,
         loss,
     })
+}
+
+/// Refuses a checkpoint whose sidecar `state` records other training `settings` (learning
+/// rate, batch size, seed...) than asked: a model made otherwise is not this config's, and is
+/// not thrown away unasked either. Checkpoints from before settings were recorded pass.
+pub(crate) fn check_settings(
+    stem: &Path,
+    kind: &str,
+    state: &serde_json::Value,
+    settings: &serde_json::Value,
+) -> anyhow::Result<()> {
+    if let Some(saved) = state.get("settings")
+        && saved != settings
+    {
+        anyhow::bail!(
+            "{} holds a {kind} trained with other settings ({}); run with --force to discard \
+             it and the stages after it, or use another --out",
+            stem.display(),
+            config_diff(saved, settings)
+        );
+    }
+    Ok(())
 }
 
 /// `a → b` for every field where two configs differ, for messages.
