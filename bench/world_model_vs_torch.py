@@ -3,7 +3,9 @@ architecture, batch, optimiser and thread count, in one run on this machine.
 
     bench-venv/bin/pip install torch safetensors
     cargo build --release -p dreamgym-world-model --example bench_train
-    bench-venv/bin/python bench/world_model_vs_torch.py [--threads 2] [--repeats 3]
+    bench-venv/bin/python bench/world_model_vs_torch.py [--threads 2] [--repeats 3] [--device cuda]
+
+On cuda (dreamgym built with `--features cuda`) both sides synchronize before reading the clock.
 """
 import argparse
 import json
@@ -20,12 +22,20 @@ from torch_models import MdnRnn, Vae  # noqa: E402
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "target"))
 
 
+DEV = "cpu"
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
 def torch_vae(batch, steps):
     torch.manual_seed(0)
-    m = Vae()
+    m = Vae().to(DEV)
     opt = torch.optim.Adam(m.parameters(), lr=1e-4)
-    x = torch.rand(batch, 3, 64, 64)
-    eps = torch.rand(batch, 32)
+    x = torch.rand(batch, 3, 64, 64, device=DEV)
+    eps = torch.rand(batch, 32, device=DEV)
 
     def step():
         opt.zero_grad()
@@ -34,19 +44,21 @@ def torch_vae(batch, steps):
         opt.step()
 
     step()
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return batch * steps / (time.perf_counter() - t)
 
 
 def torch_mdn(batch, steps, seq=100):
     torch.manual_seed(0)
-    m = MdnRnn(reward_head=False, done_head=False)
+    m = MdnRnn(reward_head=False, done_head=False).to(DEV)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    z = torch.rand(batch, seq + 1, 32)
-    a = torch.rand(batch, seq, 3)
-    r = torch.zeros(batch, seq)
+    z = torch.rand(batch, seq + 1, 32, device=DEV)
+    a = torch.rand(batch, seq, 3, device=DEV)
+    r = torch.zeros(batch, seq, device=DEV)
 
     def step():
         opt.zero_grad()
@@ -56,15 +68,17 @@ def torch_mdn(batch, steps, seq=100):
         opt.step()
 
     step()
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return batch * steps / (time.perf_counter() - t)
 
 
 def ours(model, batch, steps, threads):
     exe = os.path.join(TARGET, "release", "examples", "bench_train")
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), BENCH_DEVICE=DEV)
     out = subprocess.run([exe, model, str(batch), str(steps)], env=env, check=True,
                          capture_output=True, text=True).stdout
     d = json.loads(out.strip().splitlines()[-1])
@@ -77,9 +91,12 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vae-steps", type=int, default=8)
     p.add_argument("--mdn-steps", type=int, default=3)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args()
+    global DEV
+    DEV = args.device
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(f"torch {torch.__version__}, {args.threads} threads, device {DEV}")
     for name, batch, steps, tf in [("vae", 32, args.vae_steps, torch_vae), ("mdn", 100, args.mdn_steps, torch_mdn)]:
         unit = "samples/s" if name == "vae" else "sequences/s"
         for r in range(args.repeats):

@@ -2,8 +2,11 @@
 //! latency per step with and without the KV cache. `bench/dt_speed.py` runs it beside the same
 //! model in PyTorch and prints the ratios.
 //!
-//!     cargo run --release --example dt_speed -- paper 20
+//!     cargo run --release --example dt_speed -- paper 20 [cpu|cuda] [f32|tf32]
 //!     (sizes: `paper` = 3 layers, 128 wide, 1 head, K = 20; `large` = 6 layers, 512, 8 heads, K = 30)
+//!
+//! On `cuda` (a `--features cuda` build) every timed span ends with a device synchronize. `tf32`
+//! lets cuBLAS use TF32 tensor cores for f32 matrix products (PyTorch's `allow_tf32`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,12 +24,12 @@ use dreamgym_policies::{
     DecisionTransformer, DecisionTransformerConfig, DtAction, DtBatch, DtPolicy, DtSpec, Policy,
 };
 
-fn rand(shape: &[usize], seed: u64) -> Tensor {
+fn rand(shape: &[usize], seed: u64, device: &Device) -> Tensor {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+    Tensor::from_vec(v, shape, device).expect("tensor")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +39,11 @@ fn main() -> anyhow::Result<()> {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    let device = dreamgym_nn::device(&std::env::args().nth(3).unwrap_or("cpu".into()))?;
+    let precision = std::env::args().nth(4).unwrap_or("f32".into());
+    if precision == "tf32" {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+    }
     let (layers, width, heads, k) = match size.as_str() {
         "large" => (6, 512, 8, 30),
         _ => (3, 128, 1, 20),
@@ -64,7 +72,7 @@ fn main() -> anyhow::Result<()> {
             high: vec![1.0; act_dim],
         },
     };
-    let model = DecisionTransformer::new(&config, spec, &Device::Cpu, 0)?;
+    let model = DecisionTransformer::new(&config, spec, &device, 0)?;
     let mut opt = Adam::new(
         sorted_vars(model.varmap()),
         AdamConfig {
@@ -75,27 +83,59 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     let b = DtBatch {
-        returns: rand(&[batch, k, 1], 1),
-        obs: rand(&[batch, k, obs_dim], 2),
-        actions: rand(&[batch, k, act_dim], 3),
+        returns: rand(&[batch, k, 1], 1, &device),
+        obs: rand(&[batch, k, obs_dim], 2, &device),
+        actions: rand(&[batch, k, act_dim], 3, &device),
         timesteps: Tensor::from_vec(
             (0..batch * k).map(|i| (i % k) as u32).collect::<Vec<u32>>(),
             (batch, k),
-            &Device::Cpu,
+            &device,
         )?,
     };
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4);
-    let mut step = || -> anyhow::Result<()> {
+    // Losses come back only at the ends (reading one synchronizes the device).
+    let mut step = |read: bool| -> anyhow::Result<f32> {
         let loss = model.loss(&b, Some(&mut rng))?;
         opt.step(loss.backward()?)?;
-        Ok(())
+        Ok(if read { loss.to_scalar::<f32>()? } else { 0.0 })
     };
-    for _ in 0..3 {
-        step()?;
+    // The first loss (before any update) compares devices: same seed, same weights, same masks.
+    let first_loss = step(true)?;
+    for _ in 0..2 {
+        step(false)?;
     }
+    device.synchronize()?;
     let t0 = Instant::now();
     for _ in 0..steps {
-        step()?;
+        step(false)?;
+    }
+    device.synchronize()?;
+    let last_loss = step(true)?;
+    // `DT_SPEED_PARTS=1`: where a training step's time goes (each part ends synchronized).
+    if std::env::var_os("DT_SPEED_PARTS").is_some() {
+        let (mut fwd, mut bwd, mut upd) = (0.0, 0.0, 0.0);
+        let n = steps.clamp(1, 10);
+        for _ in 0..n {
+            let t = Instant::now();
+            let loss = model.loss(&b, Some(&mut rng))?;
+            device.synchronize()?;
+            fwd += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let grads = loss.backward()?;
+            device.synchronize()?;
+            bwd += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            opt.step(grads)?;
+            device.synchronize()?;
+            upd += t.elapsed().as_secs_f64();
+        }
+        let ms = |x: f64| x / n as f64 * 1e3;
+        eprintln!(
+            "{size} parts per step: forward {:.2} ms, backward {:.2} ms, AdamW {:.2} ms",
+            ms(fwd),
+            ms(bwd),
+            ms(upd)
+        );
     }
     let train = t0.elapsed().as_secs_f64() / steps as f64;
     // Acting: one episode of 2K steps, with and without the cache.
@@ -116,7 +156,8 @@ fn main() -> anyhow::Result<()> {
     let cached = act(true)?;
     let plain = act(false)?;
     println!(
-        "{{\"size\": \"{size}\", \"train_step_ms\": {:.3}, \"train_tokens_per_s\": {:.0}, \"act_ms_cached\": {:.3}, \"act_ms_uncached\": {:.3}}}",
+        "{{\"size\": \"{size}\", \"device\": \"{}\", \"precision\": \"{precision}\", \"train_step_ms\": {:.3}, \"train_tokens_per_s\": {:.0}, \"act_ms_cached\": {:.3}, \"act_ms_uncached\": {:.3}, \"first_loss\": {first_loss}, \"last_loss\": {last_loss}}}",
+        if device.is_cpu() { "cpu" } else { "cuda" },
         train * 1e3,
         (batch * 3 * k) as f64 / train,
         cached * 1e3,

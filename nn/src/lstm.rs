@@ -464,7 +464,9 @@ impl Lstm {
         let (mut h, mut c) = (h0.clone(), c0.clone());
         let mut hs = Vec::with_capacity(t);
         for step in 0..t {
-            let xt = x.narrow(1, step, 1)?.squeeze(1)?;
+            // Contiguous: cuBLAS refuses the strided step slice (and its transpose in the
+            // backward pass) that the CPU's gemm takes.
+            let xt = x.narrow(1, step, 1)?.squeeze(1)?.contiguous()?;
             (h, c) = self.step(&xt, &h, &c)?;
             hs.push(h.clone());
         }

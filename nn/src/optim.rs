@@ -162,14 +162,24 @@ impl Adam {
     /// The global L2 norm of the gradients of this optimiser's variables.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut sum = 0.0f64;
+        // On a GPU the squares add up there and one number comes back (a read per variable
+        // would wait for the device once per variable).
+        let mut on_device: Option<Tensor> = None;
         for (_, v) in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                sum += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+                let sq = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+                if g.device().is_cpu() {
+                    sum += sq.to_scalar::<f64>()?;
+                } else {
+                    on_device = Some(match on_device {
+                        Some(acc) => (acc + sq)?,
+                        None => sq,
+                    });
+                }
             }
+        }
+        if let Some(acc) = on_device {
+            sum += acc.to_scalar::<f64>()?;
         }
         Ok(sum.sqrt())
     }

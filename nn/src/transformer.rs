@@ -273,6 +273,19 @@ impl Dropout<'_> {
             return Ok(x.clone());
         }
         let keep = 1.0 / (1.0 - self.p);
+        if !x.device().is_cpu() {
+            // On a GPU the mask is drawn there (drawing millions of numbers on the host and
+            // copying them over each step cost more than the step): the device's generator,
+            // reseeded from the caller's, so a seed still fixes every mask on that device. The
+            // CPU and a GPU draw different masks.
+            x.device().set_seed(self.rng.random::<u64>())?;
+            let u = Tensor::rand(0f32, 1f32, x.dims(), x.device())?;
+            let mask = u
+                .ge(self.p as f64)?
+                .to_dtype(x.dtype())?
+                .affine(keep as f64, 0.0)?;
+            return x.mul(&mask);
+        }
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| {
                 if self.rng.random::<f32>() < self.p {

@@ -20,7 +20,8 @@ pub struct Args {
     /// Print the resolved config and exit.
     #[arg(long)]
     print_config: bool,
-    /// Compute device of the World Models stages: `cpu`, `cuda`, `cuda:N`.
+    /// Compute device of the trained stages (World Models, Decision Transformer): `cpu`,
+    /// `cuda`, `cuda:N` (a `--features cuda` build).
     #[arg(long)]
     device: Option<String>,
     #[command(flatten)]
@@ -62,8 +63,13 @@ pub fn load(
         // The dataset follows the run folder.
         exp.rollout.out = None;
     }
-    if let (Some(d), Some(wm)) = (device, exp.world_models.as_mut()) {
-        wm.device = d;
+    if let Some(d) = device {
+        if let Some(wm) = exp.world_models.as_mut() {
+            wm.device = d.clone();
+        }
+        if let Some(dt) = exp.decision_transformer.as_mut() {
+            dt.device = d;
+        }
     }
     Ok((exp, origin))
 }
@@ -74,7 +80,11 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&exp)?);
         return Ok(());
     }
-    exp.validate(registry)?;
+    if exp.requires.is_empty() {
+        // Early, before anything prints; with `requires`, the policy it names may only exist
+        // once the required experiments ran (`run_experiment` validates then).
+        exp.validate(registry)?;
+    }
     let run = exp.run_dir()?;
     eprintln!(
         "experiment `{}` ({origin}) in {}",

@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p dreamgym-world-model --example bench_train -- vae [batch] [steps]`
 //! `cargo run --release -p dreamgym-world-model --example bench_train -- mdn [batch] [steps] [seq]`
-//! Threads: `RAYON_NUM_THREADS` (candle's matmul). Prints one JSON line;
+//! Threads: `RAYON_NUM_THREADS` (candle's matmul). `BENCH_DEVICE=cuda` runs on the GPU (a
+//! `--features cuda` build; timed spans end with a device synchronize). Prints one JSON line;
 //! `bench/world_model_vs_torch.py` runs it beside PyTorch.
 
 use std::time::Instant;
@@ -15,12 +16,12 @@ use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
 use dreamgym_world_model::mdn::SeqBatch;
 use dreamgym_world_model::{MdnRnn, MdnRnnConfig, Vae, VaeConfig};
 
-fn randn(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+fn randn(shape: &[usize], seed: u64, scale: f32, dev: &Device) -> Tensor {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.random_range(0.0..scale)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(v, shape, dev).unwrap()
 }
 
 fn main() -> candle_core::Result<()> {
@@ -29,7 +30,8 @@ fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("vae");
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let dev = Device::Cpu;
+    let dev = dreamgym_nn::device(&std::env::var("BENCH_DEVICE").unwrap_or("cpu".into()))
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let adam = AdamConfig {
         lr: 1e-4,
         ..Default::default()
@@ -39,10 +41,11 @@ fn main() -> candle_core::Result<()> {
             let (batch, steps) = (arg(2, 32), arg(3, 10));
             let vae = Vae::new(VaeConfig::default(), &dev, 0).unwrap();
             let mut opt = Adam::new(sorted_vars(vae.varmap()), adam)?;
-            let x = randn(&[batch, 64, 64, 3], 1, 1.0);
-            let eps = randn(&[batch, 32], 2, 1.0);
+            let x = randn(&[batch, 64, 64, 3], 1, 1.0, &dev);
+            let eps = randn(&[batch, 32], 2, 1.0, &dev);
             // One warm-up step (allocations, thread pool).
             opt.step(vae.loss(&x, &eps)?.total.backward()?)?;
+            dev.synchronize()?;
             let t = Instant::now();
             let mut last = 0.0;
             for _ in 0..steps {
@@ -73,8 +76,8 @@ fn main() -> candle_core::Result<()> {
                 },
             )?;
             let b = SeqBatch {
-                z: randn(&[batch, seq + 1, 32], 3, 1.0),
-                actions: randn(&[batch, seq, 3], 4, 1.0),
+                z: randn(&[batch, seq + 1, 32], 3, 1.0, &dev),
+                actions: randn(&[batch, seq, 3], 4, 1.0, &dev),
                 rewards: Tensor::zeros((batch, seq), candle_core::DType::F32, &dev)?,
                 dones: Tensor::zeros((batch, seq), candle_core::DType::F32, &dev)?,
             };
@@ -84,6 +87,7 @@ fn main() -> candle_core::Result<()> {
                 loss.total.to_scalar::<f32>()
             };
             step(&mut opt)?;
+            dev.synchronize()?;
             let t = Instant::now();
             let mut last = 0.0;
             for _ in 0..steps {
