@@ -74,7 +74,7 @@ impl CollectConfig {
             "rollout.workers must be in 1..=256, got {}",
             self.workers
         );
-        check_policy_spec(&self.policy).context("rollout.policy")?;
+        check_policy_spec(&self.policy, &self.env).context("rollout.policy")?;
         Ok(())
     }
 
@@ -159,6 +159,7 @@ pub fn collect(
     let action_space = envs[0].action_space().clone();
     let policy = load_policy(
         &config.policy,
+        &config.env,
         &observation_space,
         &action_space,
         config.seed,

@@ -9,7 +9,7 @@
 //! the gradient norm clipped. Training checkpoints (weights, AdamW's moments, the step) every
 //! `checkpoint_every` steps and resumes exactly; every random draw comes from the seed by name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -20,8 +20,10 @@ use dreamgym_envs::recording::{Dataset, DatasetMeta};
 use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
 use dreamgym_policies::{
     DecisionTransformer, DecisionTransformerConfig, DtAction, DtBatch, DtCheckpointConfig,
-    DtPolicy, DtSpec, Policy, RandomPolicy,
+    DtPolicy, DtSpec, Policy, PolicyError, RandomPolicy,
 };
+use dreamgym_world_model::Vae;
+use dreamgym_world_model::vae::frames_to_tensor;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,9 @@ use crate::{Interrupted, MetricsLog, Progress, RunDir, mean_std, run_jobs};
 pub struct DecisionTransformerStage {
     /// `cpu`, or `cuda` / `cuda:N` with the `cuda` feature.
     pub device: String,
+    /// For pixel observations: the World Models run folder whose V encodes every frame to
+    /// its μ, which the transformer reads instead of pixels. Empty: float observations.
+    pub encoder: String,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,
     /// The model (the paper's Gym size by default).
@@ -102,6 +107,7 @@ impl Default for DecisionTransformerStage {
     fn default() -> Self {
         Self {
             device: "cpu".into(),
+            encoder: String::new(),
             seed: 0,
             model: DecisionTransformerConfig::default(),
             steps: 2000,
@@ -127,8 +133,12 @@ pub struct DtEvalStage {
     pub seed: u64,
     /// Steps per episode at most.
     pub max_steps: u64,
-    /// Target returns; empty: the dataset's best episode return and half of it.
+    /// Target returns; empty: the dataset's median, 90th-percentile and best episode returns.
     pub targets: Vec<f64>,
+    /// A policy spec evaluated on the same seeds as the reference the DT is measured against
+    /// (`expert`, a run folder, ...): the report gives every row as a normalised score,
+    /// `100 · (R − R_random) / (R_reference − R_random)`, as D4RL does. Empty: none.
+    pub reference: String,
     /// Worker threads.
     pub workers: usize,
 }
@@ -140,6 +150,7 @@ impl Default for DtEvalStage {
             seed: 1000,
             max_steps: 1000,
             targets: Vec::new(),
+            reference: String::new(),
             workers: 2,
         }
     }
@@ -236,14 +247,125 @@ pub struct DtData {
     pub fingerprint: String,
     /// `(episode, start)` of every window of `K` steps.
     windows: Vec<(usize, usize)>,
+    /// V, when the observations are pixels.
+    pub encoder: Option<LatentEncoder>,
+}
+
+/// V of a World Models run: the Decision Transformer's eyes on pixel observations. Each frame
+/// becomes V's μ (`z_size` floats), as World Models' C sees it.
+#[derive(Clone)]
+pub struct LatentEncoder {
+    /// The World Models run folder.
+    pub run: PathBuf,
+    vae: Arc<Vae>,
+    /// CRC-32 of V's weights: a DT trained on another V's latents is stale.
+    pub crc32: u32,
+}
+
+impl LatentEncoder {
+    /// V of the World Models run in `run`, on the CPU.
+    pub fn load(run: &Path) -> anyhow::Result<Self> {
+        let dir = RunDir::new(run);
+        let vae = crate::world_models::load_vae(&dir, &Device::Cpu).with_context(|| {
+            format!(
+                "{}: no trained V to encode pixel observations with",
+                run.display()
+            )
+        })?;
+        let crc32 = dreamgym_nn::weights_crc32(&dir.checkpoint("vae"))?;
+        Ok(Self {
+            run: run.to_path_buf(),
+            vae: Arc::new(vae),
+            crc32,
+        })
+    }
+
+    /// Floats per encoded frame.
+    pub fn z_size(&self) -> usize {
+        self.vae.config().z_size
+    }
+
+    /// Whether V reads these observations (images of its size, or a Dict with one).
+    pub fn check(&self, space: &dreamgym_envs::Space) -> anyhow::Result<()> {
+        crate::world_models::check_pixels(space, &self.vae)
+    }
+
+    /// μ of `n` frames (u8 HWC, concatenated): `n × z_size` floats.
+    pub fn encode(&self, frames: &[u8], n: usize) -> anyhow::Result<Vec<f32>> {
+        let c = self.vae.config();
+        let x = frames_to_tensor(frames, n, c.image_size, c.channels, &Device::Cpu)?;
+        let (mu, _) = self.vae.encode(&x)?;
+        Ok(mu.detach().flatten_all()?.to_vec1()?)
+    }
+}
+
+/// A policy on V's latents that sees pixels: V encodes each frame, the inner policy (a
+/// Decision Transformer) acts on μ.
+pub struct LatentPolicy {
+    encoder: LatentEncoder,
+    inner: Box<dyn Policy>,
+}
+
+impl LatentPolicy {
+    /// `inner` acting on `encoder`'s latents.
+    pub fn new(encoder: LatentEncoder, inner: Box<dyn Policy>) -> Self {
+        Self { encoder, inner }
+    }
+}
+
+impl Policy for LatentPolicy {
+    fn describe(&self) -> String {
+        format!(
+            "{} (on V's z from {})",
+            self.inner.describe(),
+            self.encoder.run.display()
+        )
+    }
+    fn reset(&mut self, episode_seed: u64) -> Result<(), PolicyError> {
+        self.inner.reset(episode_seed)
+    }
+    fn act(&mut self, obs: &dreamgym_envs::Value) -> Result<dreamgym_envs::Value, PolicyError> {
+        let frame = crate::world_models::frame_of(obs)
+            .map_err(|e| PolicyError::Incompatible(format!("{e:#}")))?;
+        let z = self
+            .encoder
+            .encode(frame, 1)
+            .map_err(|e| PolicyError::Incompatible(format!("{e:#}")))?;
+        self.inner.act(&dreamgym_envs::Value::F32(z))
+    }
+    fn reward(&mut self, reward: f64) {
+        self.inner.reward(reward);
+    }
+    fn fork(&self) -> Box<dyn Policy> {
+        Box::new(Self {
+            encoder: self.encoder.clone(),
+            inner: self.inner.fork(),
+        })
+    }
+}
+
+/// The Decision Transformer `model` aiming at `target`, behind V when it reads pixels.
+pub fn dt_policy(
+    model: Arc<DecisionTransformer>,
+    target: f64,
+    encoder: Option<&LatentEncoder>,
+) -> anyhow::Result<Box<dyn Policy>> {
+    let p: Box<dyn Policy> = Box::new(DtPolicy::new(model, target)?);
+    Ok(match encoder {
+        Some(e) => Box::new(LatentPolicy::new(e.clone(), p)),
+        None => p,
+    })
 }
 
 impl DtData {
-    /// Loads a finished dataset of float observations; episodes shorter than `config.context`
-    /// give no window (said through `progress`), and a dataset with none is an error.
+    /// Loads a finished dataset: 1-D float observations as they are, or pixel observations
+    /// through `encoder` (V's μ of every frame, encoded a chunk at a time so the frames are
+    /// never all in memory). Episodes shorter than `config.context` give no window (said
+    /// through `progress`), and a dataset with none is an error.
     pub fn load(
         dir: &Path,
         config: &DecisionTransformerConfig,
+        encoder: Option<&LatentEncoder>,
         progress: &dyn Progress,
     ) -> anyhow::Result<Self> {
         let ds =
@@ -254,27 +376,88 @@ impl DtData {
             "{} holds a collection that did not finish: run the experiment again to resume it",
             dir.display()
         );
-        let obs_dim = match meta.observation_space.as_box() {
-            Some(b) if b.dtype == dreamgym_envs::Dtype::F32 && b.shape.len() == 1 => b.len(),
-            _ => anyhow::bail!(
-                "the Decision Transformer trains on 1-D float observations; {} records {} \
-                 (pixel observations through V's latents are not supported yet)",
+        let float_obs = match meta.observation_space.as_box() {
+            Some(b) if b.dtype == dreamgym_envs::Dtype::F32 && b.shape.len() == 1 => Some(b.len()),
+            _ => None,
+        };
+        let obs_dim = match (float_obs, encoder) {
+            (Some(n), None) => n,
+            (_, Some(enc)) => {
+                enc.check(&meta.observation_space).with_context(|| {
+                    format!(
+                        "decision_transformer.encoder = {:?} cannot read the observations in {}",
+                        enc.run.display(),
+                        dir.display()
+                    )
+                })?;
+                enc.z_size()
+            }
+            (None, None) => anyhow::bail!(
+                "the Decision Transformer trains on 1-D float observations, or on pixels through \
+                 a World Models run's V (set decision_transformer.encoder to that run folder); \
+                 {} records {}",
                 dir.display(),
                 meta.observation_space
             ),
         };
         let action = DtAction::of(&meta.action_space)
             .with_context(|| format!("the actions recorded in {}", dir.display()))?;
-        let report = ds.load();
-        for (path, err) in &report.damaged {
-            progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
+        // Every episode as float vectors, a chunk at a time.
+        struct Flat {
+            obs: Vec<f32>,
+            actions: Vec<dreamgym_envs::Value>,
+            rewards: Vec<f64>,
+        }
+        let mut flat = Vec::new();
+        if encoder.is_some() {
+            progress.begin("encode frames with V", ds.stored_episodes() as u64);
+        }
+        for path in ds.chunk_paths() {
+            let episodes = match ds.read_chunk(path) {
+                Ok(e) => e,
+                Err(err) => {
+                    progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
+                    continue;
+                }
+            };
+            for e in episodes {
+                let t = e.len();
+                let mut obs = Vec::with_capacity(t * obs_dim);
+                match encoder {
+                    Some(enc) => {
+                        for start in (0..t).step_by(256) {
+                            let n = (t - start).min(256);
+                            let mut frames = Vec::new();
+                            for o in &e.observations[start..start + n] {
+                                frames.extend_from_slice(crate::world_models::frame_of(o)?);
+                            }
+                            obs.extend(enc.encode(&frames, n)?);
+                        }
+                        progress.advance(1);
+                    }
+                    None => {
+                        for o in &e.observations[..t] {
+                            obs.extend_from_slice(
+                                o.as_f32().context("an observation is not a float vector")?,
+                            );
+                        }
+                    }
+                }
+                flat.push(Flat {
+                    obs,
+                    actions: e.actions,
+                    rewards: e.rewards,
+                });
+            }
+        }
+        if encoder.is_some() {
+            progress.end();
         }
         let k = config.context;
         // Observation statistics over every recorded step.
         let (mut sum, mut sq, mut n) = (vec![0f64; obs_dim], vec![0f64; obs_dim], 0usize);
-        for e in &report.episodes {
-            for o in &e.observations[..e.len()] {
-                let x = o.as_f32().context("an observation is not a float vector")?;
+        for e in &flat {
+            for x in e.obs.chunks(obs_dim) {
                 for (i, v) in x.iter().enumerate() {
                     sum[i] += *v as f64;
                     sq[i] += (*v as f64).powi(2);
@@ -299,16 +482,18 @@ impl DtData {
         let mut returns = Vec::new();
         let mut windows = Vec::new();
         let mut short = 0;
-        for e in &report.episodes {
-            returns.push(e.total_reward());
-            let t = e.len();
+        let total = flat.len();
+        for e in flat {
+            let ret: f64 = e.rewards.iter().sum();
+            returns.push(ret);
+            let t = e.rewards.len();
             if t < k {
                 short += 1;
                 continue;
             }
             let mut obs = Vec::with_capacity(t * obs_dim);
-            for o in &e.observations[..t] {
-                obs.extend(spec.normalize(o.as_f32().unwrap_or(&[]))?);
+            for o in e.obs.chunks(obs_dim) {
+                obs.extend(spec.normalize(o)?);
             }
             let mut actions = Vec::with_capacity(t * spec.action.width());
             for a in &e.actions {
@@ -326,14 +511,13 @@ impl DtData {
                 obs,
                 actions,
                 to_go,
-                ret: e.total_reward(),
+                ret,
             });
         }
         if short > 0 {
             progress.note(&format!(
-                "decision transformer: {short} of {} episodes are shorter than the context of \
-                 {k} steps and are not trained on",
-                report.episodes.len()
+                "decision transformer: {short} of {total} episodes are shorter than the context \
+                 of {k} steps and are not trained on"
             ));
         }
         anyhow::ensure!(
@@ -349,6 +533,7 @@ impl DtData {
             returns,
             fingerprint: ds.fingerprint(),
             windows,
+            encoder: encoder.cloned(),
         })
     }
 
@@ -446,7 +631,14 @@ pub fn train_decision_transformer(
         },
     )?;
     let stem = run.checkpoint(variant.stem());
-    let trained_on = serde_json::json!({ "dataset": data.fingerprint });
+    let trained_on = match &data.encoder {
+        Some(e) => serde_json::json!({ "dataset": data.fingerprint, "encoder_crc32": e.crc32 }),
+        None => serde_json::json!({ "dataset": data.fingerprint }),
+    };
+    let encoder = data
+        .encoder
+        .as_ref()
+        .map(|e| serde_json::json!({ "run": e.run, "vae_crc32": e.crc32 }));
     let (start, mut last_loss) = resume(&stem, &model, &mut opt, &trained_on, stage, progress)?;
     let label = variant.label();
     anyhow::ensure!(
@@ -490,6 +682,7 @@ pub fn train_decision_transformer(
             "settings": settings_of(stage),
             "trained_on": trained_on,
             "dataset_best_return": best_return,
+            "encoder": encoder,
         })
     };
     progress.begin(&format!("train {label}"), (stage.steps - start) as u64);
@@ -619,6 +812,9 @@ pub struct DtEvalSummary {
     /// The baselines (behaviour cloning), when trained: `(label, returns)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baselines: Vec<(String, Vec<f64>)>,
+    /// The reference policy (`eval.reference`), when set: `(spec, returns)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<(String, Vec<f64>)>,
     /// A uniformly random policy on the same seeds.
     pub random: Vec<f64>,
     /// The recorded episodes' returns: mean, best.
@@ -649,7 +845,7 @@ pub fn evaluate_decision_transformer(
         .cloned()
         .fold(f64::NEG_INFINITY, f64::max);
     let targets = if e.targets.is_empty() {
-        vec![best / 2.0, best]
+        default_targets(&data.returns)
     } else {
         e.targets.clone()
     };
@@ -676,11 +872,10 @@ pub fn evaluate_decision_transformer(
         return Ok((done, false));
     }
     let model = Arc::new(model);
+    let encoder = data.encoder.as_ref();
     let mut policies: Vec<Box<dyn Policy>> = targets
         .iter()
-        .map(|t| -> anyhow::Result<Box<dyn Policy>> {
-            Ok(Box::new(DtPolicy::new(model.clone(), *t)?))
-        })
+        .map(|t| dt_policy(model.clone(), *t, encoder))
         .collect::<anyhow::Result<_>>()?;
     let labels: Vec<String> = baselines
         .iter()
@@ -688,7 +883,20 @@ pub fn evaluate_decision_transformer(
         .collect();
     for (_, m) in baselines {
         // Without returns the target does not matter.
-        policies.push(Box::new(DtPolicy::new(Arc::new(m), 0.0)?));
+        policies.push(dt_policy(Arc::new(m), 0.0, encoder)?);
+    }
+    let has_reference = !e.reference.is_empty();
+    if has_reference {
+        policies.push(
+            crate::load_policy(
+                &e.reference,
+                &data.meta.env_id,
+                &data.meta.observation_space,
+                &data.meta.action_space,
+                derive_seed(stage.seed, "dt.eval.reference", 0),
+            )
+            .with_context(|| format!("decision_transformer.eval.reference = {:?}", e.reference))?,
+        );
     }
     policies.push(Box::new(RandomPolicy::new(
         data.meta.action_space.clone(),
@@ -720,6 +928,7 @@ pub fn evaluate_decision_transformer(
             .cloned()
             .zip(per[targets.len()..].iter().cloned())
             .collect(),
+        reference: has_reference.then(|| (e.reference.clone(), per[per.len() - 2].clone())),
         random: per.last().cloned().unwrap_or_default(),
         dataset: (dm, best),
         made_by: Some(made_by),
@@ -728,40 +937,73 @@ pub fn evaluate_decision_transformer(
         &run.file("dt_eval.json"),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
+    let (m, s) = mean_std(&summary.random);
+    let reference_mean = summary.reference.as_ref().map(|(_, r)| mean_std(r).0);
+    // D4RL's normalised score: 0 is the random policy, 100 the reference.
+    let score = |x: f64| -> String {
+        match reference_mean {
+            Some(r) if (r - m).abs() > 1e-12 => format!(" | {:.1}", 100.0 * (x - m) / (r - m)),
+            Some(_) => " | –".into(),
+            None => String::new(),
+        }
+    };
     let mut md = format!(
         "# Decision Transformer on {}\n\nTrained on {} recorded episodes (return: mean {:.1}, \
-         best {:.1}); evaluated on seeds {}..{}.\n\n| policy | return (mean ± std) |\n|---|---|\n",
+         best {:.1}); evaluated on seeds {}..{}.{}\n\n| policy | return (mean ± std){}\n|---|---{}\n",
         summary.env,
         data.returns.len(),
         dm,
         best,
         summary.seeds.0,
-        summary.seeds.1
+        summary.seeds.1,
+        match &summary.reference {
+            Some((spec, _)) => format!(
+                " The score is D4RL's normalisation: 100 · (R − R_random) / (R_reference − \
+                 R_random), with `{spec}` as the reference."
+            ),
+            None => String::new(),
+        },
+        if reference_mean.is_some() {
+            " | score |"
+        } else {
+            " |"
+        },
+        if reference_mean.is_some() {
+            "|---|"
+        } else {
+            "|"
+        },
     );
     for (t, r) in &summary.targets {
-        let (m, s) = mean_std(r);
-        md.push_str(&format!("| DT, target {t:.1} | {m:.1} ± {s:.1} |\n"));
+        let (tm, ts) = mean_std(r);
+        md.push_str(&format!(
+            "| DT, target {t:.1} | {tm:.1} ± {ts:.1}{} |\n",
+            score(tm)
+        ));
     }
     for (label, r) in &summary.baselines {
         let (bm, bs) = mean_std(r);
-        md.push_str(&format!("| {label} | {bm:.1} ± {bs:.1} |\n"));
+        md.push_str(&format!("| {label} | {bm:.1} ± {bs:.1}{} |\n", score(bm)));
     }
-    let (m, s) = mean_std(&summary.random);
-    md.push_str(&format!("| random | {m:.1} ± {s:.1} |\n"));
+    if let Some((spec, r)) = &summary.reference {
+        let (rm, rs) = mean_std(r);
+        md.push_str(&format!(
+            "| reference: {spec} | {rm:.1} ± {rs:.1}{} |\n",
+            score(rm)
+        ));
+    }
+    md.push_str(&format!("| random | {m:.1} ± {s:.1}{} |\n", score(m)));
     // Achieved return against the target (the paper's figure), with the diagonal, the
-    // dataset's best episode and the random policy for reference.
-    let lo = targets
-        .iter()
-        .cloned()
-        .fold(f64::INFINITY, f64::min)
-        .min(0.0);
+    // dataset's best episode, the baselines, the reference and the random policy.
+    let lo = targets.iter().cloned().fold(f64::INFINITY, f64::min).min(m);
     let hi = targets.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let achieved: Vec<(f64, f64)> = summary
         .targets
         .iter()
         .map(|(t, r)| (*t, mean_std(r).0))
         .collect();
-    let chart = crate::figures::LineChart::new(
+    let flat = |y: f64| vec![(lo, y), (hi, y)];
+    let mut chart = crate::figures::LineChart::new(
         format!(
             "Decision Transformer on {}: achieved against target return",
             summary.env
@@ -771,8 +1013,14 @@ pub fn evaluate_decision_transformer(
     )
     .series("DT", achieved)
     .series("target (achieved = target)", vec![(lo, lo), (hi, hi)])
-    .series("best episode in the dataset", vec![(lo, best), (hi, best)])
-    .series("random policy", vec![(lo, m), (hi, m)]);
+    .series("best episode in the dataset", flat(best));
+    for (label, r) in &summary.baselines {
+        chart = chart.series(label.clone(), flat(mean_std(r).0));
+    }
+    if let Some((spec, r)) = &summary.reference {
+        chart = chart.series(format!("reference: {spec}"), flat(mean_std(r).0));
+    }
+    let chart = chart.series("random policy", flat(m));
     let figures = run.figures();
     dreamgym_base::write_atomic(
         &figures.join("dt_targets.png"),
@@ -801,6 +1049,20 @@ pub fn evaluate_decision_transformer(
     Ok((summary, true))
 }
 
+/// The targets swept when the config gives none: the dataset's median, 90th-percentile and
+/// best episode returns (distinct values, ascending).
+fn default_targets(returns: &[f64]) -> Vec<f64> {
+    let mut sorted = returns.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let Some(&best) = sorted.last() else {
+        return Vec::new();
+    };
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    let mut targets = vec![at(0.5), at(0.9), best];
+    targets.dedup();
+    targets
+}
+
 /// Trains (or resumes) and evaluates: the whole `[decision_transformer]` section.
 pub fn run_decision_transformer(
     stage: &DecisionTransformerStage,
@@ -809,7 +1071,20 @@ pub fn run_decision_transformer(
     progress: &dyn Progress,
 ) -> anyhow::Result<(DtTrainSummary, DtEvalSummary)> {
     stage.validate()?;
-    let data = DtData::load(&run.data(), &stage.model, progress)?;
+    let encoder = if stage.encoder.is_empty() {
+        None
+    } else {
+        Some(
+            LatentEncoder::load(Path::new(&stage.encoder))
+                .context("decision_transformer.encoder")?,
+        )
+    };
+    let data = DtData::load(&run.data(), &stage.model, encoder.as_ref(), progress)?;
+    if !stage.eval.reference.is_empty() {
+        // Before any training: a reference that cannot load would only fail at evaluation.
+        crate::check_policy_spec(&stage.eval.reference, &data.meta.env_id)
+            .context("decision_transformer.eval.reference")?;
+    }
     let mut variants = vec![DtVariant::Dt];
     if stage.baselines {
         variants.extend([DtVariant::Bc, DtVariant::BcTop10]);
@@ -838,6 +1113,14 @@ pub fn run_decision_transformer(
             ));
         }
         summary.get_or_insert(trained);
+        // Acting is one window at a time, faster on the CPU than through a GPU's launch
+        // latency, and the same numbers whatever device trained: evaluate from the saved
+        // weights on the CPU.
+        let model = if model.device().is_cpu() {
+            model
+        } else {
+            DecisionTransformer::load(&run.checkpoint(variant.stem()), &Device::Cpu)?
+        };
         models.push((variant, model));
     }
     let trained = summary.ok_or_else(|| anyhow::anyhow!("nothing was trained"))?;
@@ -862,6 +1145,10 @@ pub fn run_decision_transformer(
         let (m, s) = mean_std(r);
         line.push_str(&format!(" {label} {m:.1} ± {s:.1};"));
     }
+    if let Some((spec, r)) = &eval.reference {
+        let (m, s) = mean_std(r);
+        line.push_str(&format!(" {spec} {m:.1} ± {s:.1};"));
+    }
     let (m, s) = mean_std(&eval.random);
     line.push_str(&format!(" random {m:.1} ± {s:.1}"));
     if !ran {
@@ -871,8 +1158,31 @@ pub fn run_decision_transformer(
     Ok((trained, eval))
 }
 
+/// The V a saved Decision Transformer reads pixels through (`None`: float observations),
+/// checked to be the V it was trained with.
+pub fn saved_encoder(state: &serde_json::Value) -> anyhow::Result<Option<LatentEncoder>> {
+    let Some(e) = state.get("encoder").filter(|e| !e.is_null()) else {
+        return Ok(None);
+    };
+    let run = e
+        .get("run")
+        .and_then(|r| r.as_str())
+        .context("the checkpoint's encoder names no run folder")?;
+    let encoder = LatentEncoder::load(Path::new(run))?;
+    let want = e.get("vae_crc32").and_then(|c| c.as_u64());
+    anyhow::ensure!(
+        want == Some(encoder.crc32 as u64),
+        "this Decision Transformer was trained on the latents of another V than the one now in \
+         {run} (it was retrained since): train the Decision Transformer again"
+    );
+    Ok(Some(encoder))
+}
+
 /// Loads the Decision Transformer of a run folder as a policy aiming at `target`.
 pub fn load_dt_policy(run: &RunDir, target: f64) -> anyhow::Result<Box<dyn Policy>> {
-    let model = DecisionTransformer::load(&run.checkpoint(DT_CHECKPOINT), &Device::Cpu)?;
-    Ok(Box::new(DtPolicy::new(Arc::new(model), target)?))
+    let stem = run.checkpoint(DT_CHECKPOINT);
+    let (_, state): (DtCheckpointConfig, serde_json::Value) =
+        dreamgym_nn::read_checkpoint_meta(&stem, dreamgym_policies::DT_CHECKPOINT_KIND)?;
+    let model = DecisionTransformer::load(&stem, &Device::Cpu)?;
+    dt_policy(Arc::new(model), target, saved_encoder(&state)?.as_ref())
 }

@@ -28,6 +28,11 @@ pub struct Experiment {
     /// The run folder (default `runs/<name>`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
+    /// Experiments this one builds on (their config files, or `default` for the embedded
+    /// default), run first in order: each is "already done" when its run is complete, and
+    /// refuses to go on when its run folder was made with another config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
     /// Collection.
     pub rollout: CollectConfig,
     /// World Models (absent: collection only).
@@ -43,6 +48,7 @@ impl Default for Experiment {
         Self {
             name: "default".into(),
             out: None,
+            requires: Vec::new(),
             rollout: CollectConfig::default(),
             world_models: None,
             decision_transformer: None,
@@ -270,6 +276,7 @@ fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::V
     );
     match key {
         "name" | "out" | "rollout.out" | "rollout.workers" | "rollout.append" => Effect::Free,
+        k if k == "requires" || k.starts_with("requires.") => Effect::Free,
         "world_models.device" | "world_models.controller.workers" => Effect::Free,
         "rollout.episodes" if more => Effect::Extends(Part::Data),
         "world_models.vae.epochs" if more => Effect::Extends(Part::Vae),
@@ -674,12 +681,52 @@ pub struct ExperimentOutcome {
     pub decision_transformer: Option<(DtTrainSummary, DtEvalSummary)>,
 }
 
-/// Runs an experiment: collection, then every pipeline section it has, in the run folder.
+/// Runs the experiments `exp` builds on (`requires`), depth first.
+fn run_required(
+    exp: &Experiment,
+    registry: &Registry,
+    progress: &dyn Progress,
+    depth: usize,
+) -> anyhow::Result<()> {
+    for req in &exp.requires {
+        anyhow::ensure!(
+            depth < 8,
+            "`requires` goes more than 8 experiments deep (a cycle?) at {req}"
+        );
+        let path = (req != "default").then(|| Path::new(req.as_str()));
+        let (required, origin) = load_experiment(path)
+            .with_context(|| format!("experiment `{}` requires {req}", exp.name))?;
+        run_required(&required, registry, progress, depth + 1)?;
+        progress.note(&format!(
+            "experiment `{}` builds on `{}` ({origin}) in {}",
+            exp.name,
+            required.name,
+            required.run_dir()?.root().display()
+        ));
+        run_experiment_only(&required, registry, OnChange::Ask, progress)
+            .with_context(|| format!("the required experiment {origin}"))?;
+    }
+    Ok(())
+}
+
+/// Runs an experiment: first the experiments it `requires`, then collection and every
+/// pipeline section it has, in the run folder.
 ///
 /// The run folder is locked for the whole run (a second `run` into it is refused). When the
-/// folder was made with another config, `on_change` says what to do ([`prepare_run`]). An
-/// interrupted or short collection is resumed, never trained on.
+/// folder was made with another config, `on_change` says what to do ([`prepare_run`]); the
+/// required experiments always refuse such a change. An interrupted or short collection is
+/// resumed, never trained on.
 pub fn run_experiment(
+    exp: &Experiment,
+    registry: &Registry,
+    on_change: OnChange,
+    progress: &dyn Progress,
+) -> anyhow::Result<ExperimentOutcome> {
+    run_required(exp, registry, progress, 0)?;
+    run_experiment_only(exp, registry, on_change, progress)
+}
+
+fn run_experiment_only(
     exp: &Experiment,
     registry: &Registry,
     on_change: OnChange,
@@ -928,5 +975,67 @@ mod tests {
         let legacy = "name = \"a\"\n[rollout]\nout = \"old/b/data\"\n";
         let exp = parse_experiment(legacy, "x").unwrap();
         assert_eq!(exp.run_dir().unwrap().root(), Path::new("old/b"));
+    }
+
+    #[test]
+    fn required_experiments_run_first_once_and_cycles_are_refused() {
+        let registry = Registry::with_builtins();
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.toml");
+        std::fs::write(
+            &base,
+            format!(
+                "name = \"base\"\nout = {:?}\n[rollout]\nenv = \"CartPole-v0\"\nepisodes = 3\nnum_envs = 1\n",
+                dir.path().join("base")
+            ),
+        )
+        .unwrap();
+        let mut exp = parse_experiment(
+            "name = \"top\"\n[rollout]\nenv = \"CartPole-v0\"\nepisodes = 2\nnum_envs = 1\n",
+            "x",
+        )
+        .unwrap();
+        exp.requires = vec![base.display().to_string()];
+        exp.out = Some(dir.path().join("top"));
+        run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+        let n = |run: &str| {
+            dreamgym_envs::recording::Dataset::open(&dir.path().join(run).join("data"))
+                .unwrap()
+                .stored_episodes()
+        };
+        assert_eq!((n("base"), n("top")), (3, 2));
+        // Again: the required run is already done, not collected twice.
+        run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+        assert_eq!(n("base"), 3);
+        // A required run made with another config is not changed behind the user's back.
+        std::fs::write(
+            &base,
+            format!(
+                "name = \"base\"\nout = {:?}\n[rollout]\nenv = \"CartPole-v0\"\nepisodes = 3\nnum_envs = 1\nseed = 9\n",
+                dir.path().join("base")
+            ),
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            run_experiment(&exp, &registry, OnChange::Force, &()).unwrap_err()
+        );
+        assert!(err.contains("base.toml") && err.contains("seed"), "{err}");
+        // A cycle ends with a message instead of recursing forever.
+        let me = dir.path().join("me.toml");
+        std::fs::write(&me, format!("name = \"me\"\nrequires = [{:?}]\n", me)).unwrap();
+        let (cyclic, _) = load_experiment(Some(&me)).unwrap();
+        let err = format!(
+            "{:#}",
+            run_experiment(&cyclic, &registry, OnChange::Ask, &()).unwrap_err()
+        );
+        assert!(err.contains("more than 8"), "{err}");
+        // A missing file is named.
+        exp.requires = vec!["no/such.toml".into()];
+        let err = format!(
+            "{:#}",
+            run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap_err()
+        );
+        assert!(err.contains("no/such.toml"), "{err}");
     }
 }

@@ -1,5 +1,7 @@
-//! Policies from specs: `random`, a World Models run folder, or a checkpoint file. The CLI,
-//! the experiment runner and the viewer all load policies here.
+//! Policies from specs: `random`, `expert`, a World Models or Decision Transformer run folder,
+//! or a checkpoint file, with action noise (`<spec>~<noise>`) and per-episode mixtures
+//! (`<spec> | <spec> | ...`). The CLI, the experiment runner and the viewer all load policies
+//! here.
 
 use std::path::Path;
 
@@ -28,18 +30,38 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
         description: "uniform samples of the action space, seeded per episode",
     },
     PolicyKind {
+        spec: "expert",
+        description: "the env's scripted expert (CartPole-v0: state feedback; Reacher-v0: inverse kinematics + PD); state observations",
+    },
+    PolicyKind {
+        spec: "<spec>~<noise>",
+        description: "that policy with action noise: Gaussian with std <noise> half-ranges on a bounded Box (clipped), a random action with probability <noise> on Discrete",
+    },
+    PolicyKind {
+        spec: "<spec> | <spec> | ...",
+        description: "one of the policies per episode, drawn from the episode's seed (repeat one to weight it), e.g. `expert | expert~0.5 | random`",
+    },
+    PolicyKind {
         spec: "<run folder>",
         description: "a trained World Models run (vae, mdnrnn, controller.json): V encodes each frame, C acts on [z, h], M carries h; pixel observations",
     },
     PolicyKind {
         spec: "<run folder>@<target return>",
-        description: "a trained Decision Transformer run (dt.json): acts on float observations, aiming at the target return (without @target: the best return in its dataset)",
+        description: "a trained Decision Transformer run (dt.json): acts on float observations, or on pixels through the V it was trained with, aiming at the target return (without @target: the best return in its dataset)",
     },
     PolicyKind {
         spec: "<path>/controller.json",
         description: "a linear controller C: inside a World Models run it acts through that run's V and M; alone it acts on float observations of its input size",
     },
 ];
+
+fn experts_list() -> String {
+    dreamgym_policies::EXPERTS
+        .iter()
+        .map(|(id, _)| *id)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn kinds_list() -> String {
     POLICY_KINDS
@@ -49,10 +71,57 @@ fn kinds_list() -> String {
         .join(", ")
 }
 
-/// Checks that a spec names a policy that could load, without loading models (for config
-/// validation).
-pub fn check_policy_spec(spec: &str) -> anyhow::Result<()> {
+/// The parts of a mixture `a | b | c` (None for a spec without `|` or one that is a path).
+fn mixture_parts(spec: &str) -> Option<Vec<&str>> {
+    (spec.contains('|') && !Path::new(spec).exists())
+        .then(|| spec.split('|').map(str::trim).collect())
+}
+
+/// Splits `<spec>~<noise>` (None for a spec without it or one that is a path).
+fn noise_suffix(spec: &str) -> anyhow::Result<Option<(&str, f64)>> {
+    let Some((inner, noise)) = spec.rsplit_once('~') else {
+        return Ok(None);
+    };
+    if Path::new(spec).exists() || inner.trim().is_empty() {
+        return Ok(None);
+    }
+    let n: f64 = noise.trim().parse().map_err(|_| {
+        anyhow::anyhow!("policy `{spec}`: `{noise}` after ~ is not an action-noise level")
+    })?;
+    anyhow::ensure!(
+        n.is_finite() && n >= 0.0,
+        "policy `{spec}`: the action noise must be a number >= 0"
+    );
+    Ok(Some((inner.trim(), n)))
+}
+
+/// Checks that a spec names a policy that could load on `env_id`, without loading models (for
+/// config validation).
+pub fn check_policy_spec(spec: &str, env_id: &str) -> anyhow::Result<()> {
+    if let Some(parts) = mixture_parts(spec) {
+        for part in parts {
+            anyhow::ensure!(
+                !part.is_empty(),
+                "policy `{spec}`: an empty part in the mixture"
+            );
+            check_policy_spec(part, env_id)?;
+        }
+        return Ok(());
+    }
+    if let Some((inner, _)) = noise_suffix(spec)? {
+        return check_policy_spec(inner, env_id);
+    }
     if spec == "random" {
+        return Ok(());
+    }
+    if spec == "expert" {
+        anyhow::ensure!(
+            dreamgym_policies::EXPERTS
+                .iter()
+                .any(|(id, _)| *id == env_id),
+            "{env_id} has no scripted expert (experts: {})",
+            experts_list()
+        );
         return Ok(());
     }
     let spec = match dt_target(spec)? {
@@ -106,35 +175,79 @@ fn load_dt(
         None => anyhow::bail!("policy `{spec}`: give a target return as `{spec}@<target>`"),
     };
     let model = dreamgym_policies::DecisionTransformer::load(&stem, &candle_core::Device::Cpu)?;
-    let fits_obs = observation_space
-        .as_box()
-        .is_some_and(|b| b.shape.len() == 1 && b.len() == model.spec().obs_dim());
-    anyhow::ensure!(
-        fits_obs,
-        "policy `{spec}` takes {} floats per observation; this env observes {}",
-        model.spec().obs_dim(),
-        observation_space
-    );
+    let encoder = crate::decision_transformer::saved_encoder(&state)
+        .with_context(|| format!("policy `{spec}` reads pixels through V"))?;
+    match &encoder {
+        Some(e) => e
+            .check(observation_space)
+            .with_context(|| format!("policy `{spec}` cannot see this env's observations"))?,
+        None => {
+            let fits_obs = observation_space
+                .as_box()
+                .is_some_and(|b| b.shape.len() == 1 && b.len() == model.spec().obs_dim());
+            anyhow::ensure!(
+                fits_obs,
+                "policy `{spec}` takes {} floats per observation; this env observes {}",
+                model.spec().obs_dim(),
+                observation_space
+            );
+        }
+    }
     anyhow::ensure!(
         dreamgym_policies::DtAction::of(action_space).ok().as_ref() == Some(&model.spec().action),
         "policy `{spec}` was trained on other actions than this env's {action_space}"
     );
-    Ok(Box::new(dreamgym_policies::DtPolicy::new(
-        std::sync::Arc::new(model),
-        target,
-    )?))
+    crate::decision_transformer::dt_policy(std::sync::Arc::new(model), target, encoder.as_ref())
 }
 
-/// Loads the policy `spec` for an env with these spaces. `seed` seeds the policy's own
-/// randomness (the random policy's actions).
+/// Loads the policy `spec` for env `env_id` with these spaces. `seed` seeds the policy's own
+/// randomness (random actions, action noise, a mixture's draws).
 pub fn load_policy(
     spec: &str,
+    env_id: &str,
     observation_space: &Space,
     action_space: &Space,
     seed: u64,
 ) -> anyhow::Result<Box<dyn Policy>> {
+    if let Some(parts) = mixture_parts(spec) {
+        let loaded = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                anyhow::ensure!(
+                    !part.is_empty(),
+                    "policy `{spec}`: an empty part in the mixture"
+                );
+                let s = dreamgym_base::derive_seed(seed, "policy.mixture.part", i as u64);
+                load_policy(part, env_id, observation_space, action_space, s)
+                    .with_context(|| format!("in the mixture `{spec}`"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return Ok(Box::new(dreamgym_policies::MixturePolicy::new(
+            loaded, seed,
+        )?));
+    }
+    if let Some((inner, noise)) = noise_suffix(spec)? {
+        let policy = load_policy(inner, env_id, observation_space, action_space, seed)?;
+        return Ok(Box::new(dreamgym_policies::NoisyPolicy::new(
+            policy,
+            action_space.clone(),
+            noise,
+            seed,
+        )?));
+    }
     if spec == "random" {
         return Ok(Box::new(RandomPolicy::new(action_space.clone(), seed)));
+    }
+    if spec == "expert" {
+        return dreamgym_policies::expert_for(env_id, observation_space, action_space)?.ok_or_else(
+            || {
+                anyhow::anyhow!(
+                    "{env_id} has no scripted expert (experts: {})",
+                    experts_list()
+                )
+            },
+        );
     }
     if let Some((folder, target)) = dt_target(spec)? {
         return load_dt(
@@ -199,5 +312,71 @@ pub fn load_policy(
                 file.params,
             )?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dreamgym_envs::{BoxSpace, Discrete};
+
+    fn reacher_spaces() -> (Space, Space) {
+        (
+            Space::Box(BoxSpace::uniform(
+                vec![10],
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+            )),
+            Space::Box(BoxSpace::uniform(vec![2], -1.0, 1.0)),
+        )
+    }
+
+    #[test]
+    fn mixtures_and_noise_load_and_describe_their_parts() {
+        let (obs, act) = reacher_spaces();
+        let spec = "expert | expert~0.5 | random";
+        check_policy_spec(spec, "Reacher-v0").unwrap();
+        let mut p = load_policy(spec, "Reacher-v0", &obs, &act, 3).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..30 {
+            p.reset(seed).unwrap();
+            seen.insert(p.describe());
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen.iter().any(|d| d.contains("action noise 0.5")),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_what_is_wrong() {
+        let (obs, act) = reacher_spaces();
+        let msg = |r: anyhow::Result<()>| format!("{:#}", r.unwrap_err());
+        assert!(msg(check_policy_spec("expert", "Racer-v0")).contains("no scripted expert"));
+        assert!(
+            msg(check_policy_spec("expert~lots", "Reacher-v0")).contains("not an action-noise")
+        );
+        assert!(msg(check_policy_spec("expert~-1", "Reacher-v0")).contains(">= 0"));
+        assert!(msg(check_policy_spec("expert | ", "Reacher-v0")).contains("empty part"));
+        assert!(
+            msg(check_policy_spec("random | nowhere/at/all", "Reacher-v0"))
+                .contains("unknown policy")
+        );
+        // Discrete noise is a probability.
+        let cart_obs = Space::Box(BoxSpace::uniform(vec![4], f32::NEG_INFINITY, f32::INFINITY));
+        let two = Space::Discrete(Discrete::new(2));
+        assert!(load_policy("expert~0.3", "CartPole-v0", &cart_obs, &two, 0).is_ok());
+        let err = load_policy("expert~2", "CartPole-v0", &cart_obs, &two, 0)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("probability"), "{err:#}");
+        // The expert refuses the wrong observations (pixels) with the env's name.
+        let pixels = Space::Box(BoxSpace::image(64, 64, 3));
+        let err = load_policy("expert", "Reacher-v0", &pixels, &act, 0)
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("10 state floats"), "{err:#}");
+        let _ = obs;
     }
 }

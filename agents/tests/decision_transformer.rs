@@ -125,13 +125,14 @@ fn trains_evaluates_and_resumes_exactly() {
     let mut env = registry.make("CartPole-v0", None).unwrap();
     let (obs, act) = (env.observation_space().clone(), env.action_space().clone());
     let folder = resumed.path().display().to_string();
-    let aimed = dreamgym_agents::load_policy(&format!("{folder}@50"), &obs, &act, 0).unwrap();
+    let aimed = dreamgym_agents::load_policy(&format!("{folder}@50"), "CartPole-v0", &obs, &act, 0)
+        .unwrap();
     assert!(
         aimed.describe().contains("target return 50.0"),
         "{}",
         aimed.describe()
     );
-    let mut best = dreamgym_agents::load_policy(&folder, &obs, &act, 0).unwrap();
+    let mut best = dreamgym_agents::load_policy(&folder, "CartPole-v0", &obs, &act, 0).unwrap();
     assert!(best.describe().contains("decision transformer"));
     let stats = dreamgym_agents::run_episode(env.as_mut(), best.as_mut(), 3, 50).unwrap();
     assert!(stats.steps > 0);
@@ -139,6 +140,7 @@ fn trains_evaluates_and_resumes_exactly() {
     let reacher = registry.make("Reacher-v0", None).unwrap();
     let err = dreamgym_agents::load_policy(
         &folder,
+        "Reacher-v0",
         reacher.observation_space(),
         reacher.action_space(),
         0,
@@ -149,7 +151,8 @@ fn trains_evaluates_and_resumes_exactly() {
         format!("{err:#}").contains("floats per observation"),
         "{err:#}"
     );
-    let err = dreamgym_agents::check_policy_spec(&format!("{folder}@lots")).unwrap_err();
+    let err =
+        dreamgym_agents::check_policy_spec(&format!("{folder}@lots"), "CartPole-v0").unwrap_err();
     assert!(
         format!("{err:#}").contains("not a target return"),
         "{err:#}"
@@ -182,4 +185,85 @@ fn data_it_cannot_use_is_a_clear_error() {
     let mut bad = stage(&exp);
     bad.model.transformer.block_size = 10;
     assert!(format!("{:#}", bad.validate().unwrap_err()).contains("block_size"));
+}
+
+#[test]
+fn pixels_train_through_v_and_the_run_then_acts_on_frames() {
+    let registry = Registry::with_builtins();
+    let wm = tempfile::tempdir().unwrap();
+    dreamgym_agents::testing::tiny_run(wm.path()).unwrap();
+    let wm_path = wm.path().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+name = "dt-pixels"
+[rollout]
+env = "Racer-v0"
+env_config = {{ obs = "pixels", width = 16, height = 16 }}
+policy = "{wm_path} | {wm_path}~0.3 | random"
+episodes = 4
+num_envs = 2
+[decision_transformer]
+encoder = "{wm_path}"
+steps = 6
+batch_size = 4
+warmup_steps = 2
+eval = {{ episodes = 1, targets = [10.0], max_steps = 20, reference = "{wm_path}" }}
+model = {{ context = 4, max_timestep = 1024, return_scale = 100.0, transformer = {{ n_layer = 1, n_embd = 16, n_head = 2, block_size = 12, positions = "none" }} }}
+"#
+    );
+    let mut exp = parse_experiment(&text, "test").unwrap();
+    exp.out = Some(dir.path().to_path_buf());
+    // Without V, pixels are refused with what to set.
+    let mut blind = exp.clone();
+    blind.decision_transformer.as_mut().unwrap().encoder = String::new();
+    let err = format!(
+        "{:#}",
+        run_experiment(&blind, &registry, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(err.contains("decision_transformer.encoder"), "{err}");
+    // The refused run saved its config; the encoder is a DT setting, so only the DT is redone.
+    let out = run_experiment(&exp, &registry, OnChange::Force, &()).unwrap();
+    let (trained, eval) = out.decision_transformer.unwrap();
+    assert_eq!(trained.steps, 6);
+    let (reference, returns) = eval.reference.expect("the reference was evaluated");
+    assert_eq!((reference.as_str(), returns.len()), (wm_path.as_str(), 1));
+    // The model reads V's z (4 floats in the tiny V), not 16x16x3 pixels.
+    let (cfg, _): (dreamgym_policies::DtCheckpointConfig, serde_json::Value) =
+        dreamgym_nn::read_checkpoint_meta(
+            &RunDir::new(dir.path()).checkpoint("dt"),
+            dreamgym_policies::DT_CHECKPOINT_KIND,
+        )
+        .unwrap();
+    assert_eq!(cfg.spec.obs_dim(), 4);
+    // The run is a policy on pixels: V encodes each frame.
+    let overrides: serde_json::Value =
+        serde_json::from_str(r#"{"obs": "pixels", "width": 16, "height": 16}"#).unwrap();
+    let mut env = registry.make("Racer-v0", Some(&overrides)).unwrap();
+    let folder = dir.path().display().to_string();
+    let mut policy = dreamgym_agents::load_policy(
+        &format!("{folder}@50"),
+        "Racer-v0",
+        env.observation_space(),
+        env.action_space(),
+        0,
+    )
+    .unwrap();
+    assert!(policy.describe().contains("V's z"), "{}", policy.describe());
+    let stats = dreamgym_agents::run_episode(env.as_mut(), policy.as_mut(), 1, 5).unwrap();
+    assert_eq!(stats.steps, 5);
+    // Frames of another size than V's are refused by name.
+    let big: serde_json::Value =
+        serde_json::from_str(r#"{"obs": "pixels", "width": 32, "height": 32}"#).unwrap();
+    let env = registry.make("Racer-v0", Some(&big)).unwrap();
+    let err = dreamgym_agents::load_policy(
+        &folder,
+        "Racer-v0",
+        env.observation_space(),
+        env.action_space(),
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(format!("{err:#}").contains("V expects"), "{err:#}");
 }

@@ -246,6 +246,7 @@ fn a_trained_run_is_a_policy_that_drives_rollouts() {
     let ep = &ds.episodes[0];
     let mut agent = dreamgym_agents::load_policy(
         &config.policy,
+        &meta.env_id,
         &meta.observation_space,
         &meta.action_space,
         7,
@@ -258,6 +259,7 @@ fn a_trained_run_is_a_policy_that_drives_rollouts() {
     // A policy for another env is refused with the reason.
     let err = dreamgym_agents::load_policy(
         &config.policy,
+        &meta.env_id,
         &meta.observation_space,
         &dreamgym_envs::Space::Discrete(dreamgym_envs::Discrete::new(2)),
         0,
@@ -286,9 +288,15 @@ fn stages_trained_on_an_older_v_are_retrained_or_refused() {
     assert!(err.contains("train-controller"), "{err}");
     let meta = dreamgym_agents::world_models::dataset_meta(&run.data()).unwrap();
     let spec = root.path().display().to_string();
-    let err = dreamgym_agents::load_policy(&spec, &meta.observation_space, &meta.action_space, 0)
-        .err()
-        .unwrap();
+    let err = dreamgym_agents::load_policy(
+        &spec,
+        &meta.env_id,
+        &meta.observation_space,
+        &meta.action_space,
+        0,
+    )
+    .err()
+    .unwrap();
     assert!(format!("{err:#}").contains("another V or M"), "{err:#}");
     // M, trained on the old V's latents, starts over instead of being reported done.
     let m = stage(&cfg, &run, Stage::Mdn).unwrap().mdn.unwrap();

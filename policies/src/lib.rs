@@ -13,6 +13,7 @@ mod error;
 mod linear;
 mod policy;
 mod random;
+mod scripted;
 
 pub use cmaes::{CmaEs, CmaEsConfig, CmaEsState};
 pub use decision_transformer::{
@@ -23,3 +24,6 @@ pub use error::PolicyError;
 pub use linear::LinearController;
 pub use policy::{Policy, PolicyBatch};
 pub use random::RandomPolicy;
+pub use scripted::{
+    CartPoleExpert, EXPERTS, MixturePolicy, NoisyPolicy, ReacherExpert, expert_for,
+};

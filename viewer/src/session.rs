@@ -133,6 +133,7 @@ impl Session {
                 let load = |e: &dyn Env| {
                     dreamgym_agents::load_policy(
                         policy,
+                        env,
                         e.observation_space(),
                         e.action_space(),
                         *seed,
