@@ -315,11 +315,7 @@ impl LatentPolicy {
 
 impl Policy for LatentPolicy {
     fn describe(&self) -> String {
-        format!(
-            "{} (on V's z from {})",
-            self.inner.describe(),
-            self.encoder.run.display()
-        )
+        format!("{} on V's z", self.inner.describe())
     }
     fn reset(&mut self, episode_seed: u64) -> Result<(), PolicyError> {
         self.inner.reset(episode_seed)

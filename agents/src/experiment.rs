@@ -999,7 +999,7 @@ mod tests {
         exp.out = Some(dir.path().join("top"));
         run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
         let n = |run: &str| {
-            dreamgym_envs::recording::Dataset::open(&dir.path().join(run).join("data"))
+            dreamgym_envs::recording::Dataset::open(dir.path().join(run).join("data"))
                 .unwrap()
                 .stored_episodes()
         };

@@ -482,9 +482,12 @@ impl Session {
             None => format!("episode {}", self.episode + 1),
         };
         let mut status = Vec::new();
-        if let Some(p) = self.policy_description().filter(|_| self.live) {
-            status.push(format!("policy: {p}"));
-        }
+        // The policy on a line of its own: a Decision Transformer's target and return to go
+        // make it long.
+        let policy = match self.policy_description().filter(|_| self.live) {
+            Some(p) => format!("policy: {p}\n"),
+            None => String::new(),
+        };
         if paused {
             status.push("PAUSED".to_string());
         }
@@ -503,7 +506,7 @@ impl Session {
             "space pause | . step | +/- speed | r restart | n/p episode | left/right scrub (shift x10) | f follow | esc quit"
         };
         format!(
-            "{}  {}  step {}  speed {speed}x  {}\nreward {:+.3}  return {:.3}  action {action}\n{keys}",
+            "{}  {}  step {}  speed {speed}x  {}\n{policy}reward {:+.3}  return {:.3}  action {action}\n{keys}",
             self.env_id,
             episode,
             self.step,
