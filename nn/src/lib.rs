@@ -48,7 +48,9 @@ pub use conv::{
 pub use device::device;
 pub use embedding::Embedding;
 pub use error::NnError;
-pub use fused::{bias_relu, contiguous_f32, gelu_tanh, sigmoid_sse};
+pub use fused::{
+    add_bias, bias_relu, contiguous_f32, gelu_tanh, mul_weight, sigmoid_sse, sum_rows,
+};
 pub use init::{ParamInit, standard_normal};
 pub use linear::Linear;
 pub use lstm::{Lstm, lstm_cell};

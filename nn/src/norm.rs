@@ -36,11 +36,13 @@ impl LayerNorm {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = centred
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?;
+        // Weight and bias through the row ops: their gradients are sums over every row.
+        let y = crate::mul_weight(
+            &centred.broadcast_div(&(var + self.eps)?.sqrt()?)?,
+            &self.weight,
+        )?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => crate::add_bias(&y, b),
             None => Ok(y),
         }
     }
@@ -66,8 +68,7 @@ impl RmsNorm {
     /// Normalises `x` `[.., dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)
+        crate::mul_weight(&x.broadcast_div(&(ms + self.eps)?.sqrt()?)?, &self.weight)
     }
 }
 

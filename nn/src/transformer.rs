@@ -219,7 +219,7 @@ impl Proj {
         let rows = x.elem_count() / inp.max(1);
         let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => crate::add_bias(&y, b)?,
             None => y,
         };
         let mut out = dims;
