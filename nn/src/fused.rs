@@ -131,6 +131,11 @@ impl CustomOp1 for SumRows {
     }
 }
 
+/// Checks that `p` is a vector as long as the last dimension of `x` (for the fused norms).
+pub(crate) fn contiguous_row_param(x: &Tensor, p: &Tensor, op: &str) -> Result<usize> {
+    check_row_param(x, p, op)
+}
+
 /// Checks that `p` is a vector as long as the last dimension of `x`.
 fn check_row_param(x: &Tensor, p: &Tensor, op: &str) -> Result<usize> {
     let c = x.dim(candle_core::D::Minus1)?;

@@ -1,7 +1,9 @@
-//! LayerNorm and RMSNorm from elementwise and reduction ops, so that gradients flow through
-//! them (candle's fused `layer_norm` and `rms_norm` have no backward pass).
+//! LayerNorm and RMSNorm with gradients (candle's fused `layer_norm` and `rms_norm` have no
+//! backward pass). LayerNorm is one fused op each way on the CPU for f32 (the composition took
+//! about twenty passes over the activations); elsewhere, and for RMSNorm, elementwise and
+//! reduction ops.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 
 use crate::ParamInit;
 
@@ -33,6 +35,18 @@ impl LayerNorm {
     /// Normalises `x` `[.., dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(self.weight.dtype())?;
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let bias = match &self.bias {
+                Some(b) => b.clone(),
+                None => self.weight.zeros_like()?,
+            };
+            crate::fused::contiguous_row_param(&x, &self.weight, "layer_norm")?;
+            return x.contiguous()?.apply_op3(
+                &self.weight.contiguous()?,
+                &bias.contiguous()?,
+                FusedLayerNorm { eps: self.eps },
+            );
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -45,6 +59,124 @@ impl LayerNorm {
             Some(b) => crate::add_bias(&y, b),
             None => Ok(y),
         }
+    }
+}
+
+/// LayerNorm in one pass per row: (x, weight, bias) → y.
+struct FusedLayerNorm {
+    eps: f64,
+}
+
+/// Its gradient: (x, weight, upstream) → `[rows + 2, C]`: dx, then d(weight), then d(bias).
+struct FusedLayerNormBackward {
+    eps: f64,
+}
+
+/// Mean and 1/σ of one row (f64 accumulation, as PyTorch's CPU kernel accumulates wider).
+fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
+    let n = row.len().max(1) as f64;
+    let mean = row.iter().map(|v| *v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+impl CustomOp3 for FusedLayerNorm {
+    fn name(&self) -> &'static str {
+        "dreamgym-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = crate::contiguous_f32(s1, l1, "layer_norm")?;
+        let w = crate::contiguous_f32(s2, l2, "layer_norm")?;
+        let b = crate::contiguous_f32(s3, l3, "layer_norm")?;
+        let c = w.len().max(1);
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(c) {
+            let (mean, rstd) = row_stats(row, self.eps);
+            out.extend(
+                row.iter()
+                    .zip(w.iter().zip(b))
+                    .map(|(x, (w, b))| (x - mean) * rstd * w + b),
+            );
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = w.dim(0)?;
+        let rows = x.elem_count() / c.max(1);
+        let packed = x.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &grad.contiguous()?,
+            &FusedLayerNormBackward { eps: self.eps },
+        )?;
+        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, rows, 1)?.reshape(c)?;
+        let db = packed.narrow(0, rows + 1, 1)?.reshape(c)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp3 for FusedLayerNormBackward {
+    fn name(&self) -> &'static str {
+        "dreamgym-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = crate::contiguous_f32(s1, l1, "layer_norm_backward")?;
+        let w = crate::contiguous_f32(s2, l2, "layer_norm_backward")?;
+        let dy = crate::contiguous_f32(s3, l3, "layer_norm_backward")?;
+        let c = w.len().max(1);
+        let rows = x.len() / c;
+        let mut out = vec![0f32; (rows + 2) * c];
+        let (dx_all, params) = out.split_at_mut(rows * c);
+        let (dw, db) = params.split_at_mut(c);
+        let mut xhat = vec![0f32; c];
+        let mut g = vec![0f32; c];
+        for ((row, dy), dx) in x
+            .chunks_exact(c)
+            .zip(dy.chunks_exact(c))
+            .zip(dx_all.chunks_exact_mut(c))
+        {
+            let (mean, rstd) = row_stats(row, self.eps);
+            let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+            for i in 0..c {
+                xhat[i] = (row[i] - mean) * rstd;
+                g[i] = dy[i] * w[i];
+                sum_g += g[i] as f64;
+                sum_gx += (g[i] * xhat[i]) as f64;
+                dw[i] += dy[i] * xhat[i];
+                db[i] += dy[i];
+            }
+            let (mg, mgx) = ((sum_g / c as f64) as f32, (sum_gx / c as f64) as f32);
+            for i in 0..c {
+                dx[i] = rstd * (g[i] - mg - xhat[i] * mgx);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, c))))
     }
 }
 
@@ -69,6 +201,62 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         crate::mul_weight(&x.broadcast_div(&(ms + self.eps)?.sqrt()?)?, &self.weight)
+    }
+}
+
+#[cfg(test)]
+mod fused_tests {
+    use super::*;
+    use crate::test_util::{max_diff, rand};
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn fused_layer_norm_matches_the_composed_one_and_its_gradients() {
+        for bias in [true, false] {
+            let varmap = VarMap::new();
+            let mut init = ParamInit::new(&varmap, &Device::Cpu, 0);
+            let mut ln = LayerNorm::new(&mut init, "ln", 7, 1e-5, bias).unwrap();
+            // Non-trivial weight and bias.
+            ln.weight = Var::from_tensor(&(rand(&[7], 31) + 1.0).unwrap())
+                .unwrap()
+                .as_tensor()
+                .clone();
+            if bias {
+                ln.bias = Some(
+                    Var::from_tensor(&rand(&[7], 32))
+                        .unwrap()
+                        .as_tensor()
+                        .clone(),
+                );
+            }
+            let x = Var::from_tensor(&(rand(&[3, 4, 7], 33) * 3.0).unwrap()).unwrap();
+            let up = rand(&[3, 4, 7], 34);
+            let fused = ln.forward(&x).unwrap();
+            // The composition is what the f64 path runs: compute it in f64, compare in f32.
+            let mut ln64 = ln.clone();
+            ln64.weight = ln.weight.to_dtype(DType::F64).unwrap();
+            ln64.bias = ln.bias.as_ref().map(|b| b.to_dtype(DType::F64).unwrap());
+            let composed = ln64.forward(&x.to_dtype(DType::F64).unwrap()).unwrap();
+            assert!(max_diff(&fused, &composed.to_dtype(DType::F32).unwrap()) < 1e-5);
+            let loss = |y: &Tensor| {
+                (y * up.to_dtype(y.dtype()).unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            };
+            let (g1, g2) = (loss(&fused), loss(&composed));
+            let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            assert!(max_diff(g1.get(&x).unwrap(), &f32_of(g2.get(&x).unwrap())) < 1e-5);
+            // The composed path reaches the f32 parameters through its f64 copies.
+            let w = &ln.weight;
+            assert!(max_diff(g1.get(w).unwrap(), &f32_of(g2.get(w).unwrap())) < 1e-5);
+            if let Some(b) = &ln.bias {
+                assert!(max_diff(g1.get(b).unwrap(), &f32_of(g2.get(b).unwrap())) < 1e-5);
+            }
+        }
     }
 }
 
