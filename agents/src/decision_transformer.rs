@@ -421,6 +421,14 @@ impl DtData {
                 let mut obs = Vec::with_capacity(t * obs_dim);
                 match encoder {
                     Some(enc) => {
+                        if progress.interrupted() {
+                            progress.end();
+                            return Err(Interrupted {
+                                stage: "encode frames with V".into(),
+                                saved: "encoding keeps nothing; run again to encode again".into(),
+                            }
+                            .into());
+                        }
                         for start in (0..t).step_by(256) {
                             let n = (t - start).min(256);
                             let mut frames = Vec::new();

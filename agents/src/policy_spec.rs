@@ -55,14 +55,6 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
     },
 ];
 
-fn experts_list() -> String {
-    dreamgym_policies::EXPERTS
-        .iter()
-        .map(|(id, _)| *id)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn kinds_list() -> String {
     POLICY_KINDS
         .iter()
@@ -71,10 +63,30 @@ fn kinds_list() -> String {
         .join(", ")
 }
 
-/// The parts of a mixture `a | b | c` (None for a spec without `|` or one that is a path).
-fn mixture_parts(spec: &str) -> Option<Vec<&str>> {
-    (spec.contains('|') && !Path::new(spec).exists())
-        .then(|| spec.split('|').map(str::trim).collect())
+/// The parts of a mixture `a | b | c` (None for a spec without `|` or one that is a path);
+/// an empty part is an error.
+fn mixture_parts(spec: &str) -> anyhow::Result<Option<Vec<&str>>> {
+    if !spec.contains('|') || Path::new(spec).exists() {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = spec.split('|').map(str::trim).collect();
+    anyhow::ensure!(
+        parts.iter().all(|p| !p.is_empty()),
+        "policy `{spec}`: an empty part in the mixture"
+    );
+    Ok(Some(parts))
+}
+
+/// The error for `expert` on an env without one.
+fn no_expert(env_id: &str) -> anyhow::Error {
+    let experts: Vec<&str> = dreamgym_policies::EXPERTS
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    anyhow::anyhow!(
+        "{env_id} has no scripted expert (experts: {})",
+        experts.join(", ")
+    )
 }
 
 /// Splits `<spec>~<noise>` (None for a spec without it or one that is a path).
@@ -98,12 +110,8 @@ fn noise_suffix(spec: &str) -> anyhow::Result<Option<(&str, f64)>> {
 /// Checks that a spec names a policy that could load on `env_id`, without loading models (for
 /// config validation).
 pub fn check_policy_spec(spec: &str, env_id: &str) -> anyhow::Result<()> {
-    if let Some(parts) = mixture_parts(spec) {
+    if let Some(parts) = mixture_parts(spec)? {
         for part in parts {
-            anyhow::ensure!(
-                !part.is_empty(),
-                "policy `{spec}`: an empty part in the mixture"
-            );
             check_policy_spec(part, env_id)?;
         }
         return Ok(());
@@ -115,13 +123,12 @@ pub fn check_policy_spec(spec: &str, env_id: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     if spec == "expert" {
-        anyhow::ensure!(
-            dreamgym_policies::EXPERTS
-                .iter()
-                .any(|(id, _)| *id == env_id),
-            "{env_id} has no scripted expert (experts: {})",
-            experts_list()
-        );
+        if !dreamgym_policies::EXPERTS
+            .iter()
+            .any(|(id, _)| *id == env_id)
+        {
+            return Err(no_expert(env_id));
+        }
         return Ok(());
     }
     let spec = match dt_target(spec)? {
@@ -209,15 +216,11 @@ pub fn load_policy(
     action_space: &Space,
     seed: u64,
 ) -> anyhow::Result<Box<dyn Policy>> {
-    if let Some(parts) = mixture_parts(spec) {
+    if let Some(parts) = mixture_parts(spec)? {
         let loaded = parts
             .iter()
             .enumerate()
             .map(|(i, part)| {
-                anyhow::ensure!(
-                    !part.is_empty(),
-                    "policy `{spec}`: an empty part in the mixture"
-                );
                 let s = dreamgym_base::derive_seed(seed, "policy.mixture.part", i as u64);
                 load_policy(part, env_id, observation_space, action_space, s)
                     .with_context(|| format!("in the mixture `{spec}`"))
@@ -240,14 +243,8 @@ pub fn load_policy(
         return Ok(Box::new(RandomPolicy::new(action_space.clone(), seed)));
     }
     if spec == "expert" {
-        return dreamgym_policies::expert_for(env_id, observation_space, action_space)?.ok_or_else(
-            || {
-                anyhow::anyhow!(
-                    "{env_id} has no scripted expert (experts: {})",
-                    experts_list()
-                )
-            },
-        );
+        return dreamgym_policies::expert_for(env_id, observation_space, action_space)?
+            .ok_or_else(|| no_expert(env_id));
     }
     if let Some((folder, target)) = dt_target(spec)? {
         return load_dt(

@@ -266,4 +266,12 @@ model = {{ context = 4, max_timestep = 1024, return_scale = 100.0, transformer =
     .err()
     .unwrap();
     assert!(format!("{err:#}").contains("V expects"), "{err:#}");
+    // Ctrl-C while V encodes the frames stops there, saying so.
+    let stop = StopAfter(AtomicU64::new(0), 0);
+    let err = run_decision_transformer(&stage(&exp), &RunDir::new(dir.path()), &registry, &stop)
+        .unwrap_err();
+    let interrupted = err
+        .downcast_ref::<dreamgym_agents::Interrupted>()
+        .expect("an Interrupted error");
+    assert_eq!(interrupted.stage, "encode frames with V");
 }

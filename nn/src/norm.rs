@@ -40,7 +40,7 @@ impl LayerNorm {
                 Some(b) => b.clone(),
                 None => self.weight.zeros_like()?,
             };
-            crate::fused::contiguous_row_param(&x, &self.weight, "layer_norm")?;
+            crate::fused::check_row_param(&x, &self.weight, "layer_norm")?;
             return x.contiguous()?.apply_op3(
                 &self.weight.contiguous()?,
                 &bias.contiguous()?,
@@ -50,13 +50,12 @@ impl LayerNorm {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        // Weight and bias through the row ops: their gradients are sums over every row.
-        let y = crate::mul_weight(
-            &centred.broadcast_div(&(var + self.eps)?.sqrt()?)?,
-            &self.weight,
-        )?;
+        // Off the CPU or in f64 (finite differences): candle's ops, gradients on every device.
+        let y = centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?;
         match &self.bias {
-            Some(b) => crate::add_bias(&y, b),
+            Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }

@@ -54,18 +54,16 @@ pub fn expert_for(
             Box::new(CartPoleExpert)
         }
         "Reacher-v0" => {
-            let fits = obs_len(10)
-                && action_space.as_box().is_some_and(|b| {
-                    b.shape == [2] && b.low.iter().chain(&b.high).all(|v| v.is_finite())
-                });
-            if !fits {
+            let torques = action_space
+                .as_box()
+                .filter(|b| b.shape == [2] && b.low.iter().chain(&b.high).all(|v| v.is_finite()));
+            let Some(b) = torques.filter(|_| obs_len(10)) else {
                 return Err(PolicyError::Incompatible(format!(
                     "the Reacher-v0 expert reads the 10 state floats (obs = \"state\") and \
                      commands 2 bounded torques; this env observes {observation_space} and acts \
                      in {action_space}"
                 )));
-            }
-            let b = action_space.as_box().expect("checked above");
+            };
             Box::new(ReacherExpert {
                 low: [b.low[0], b.low[1]],
                 high: [b.high[0], b.high[1]],
