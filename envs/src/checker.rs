@@ -218,5 +218,6 @@ fn bad_actions(space: &Space) -> Vec<Value> {
         ],
         Space::MultiDiscrete(m) => vec![Value::Ints(vec![0; m.nvec.len() + 1]), Value::Int(0)],
         Space::Dict(_) => vec![Value::Int(0)],
+        Space::Text(_) => vec![Value::Int(0), Value::F32(vec![0.0])],
     }
 }

@@ -35,7 +35,9 @@ pub use checker::{CheckError, CheckOptions, check_env, check_env_with};
 pub use env::{Env, EnvError, EpisodeState, Info, Step};
 pub use registry::{ConfigError, EnvConfig, EnvSpec, Registry, parse_overrides};
 pub use seeding::{EnvRng, EpisodeSeeder, entropy_seed};
-pub use space::{BoxSpace, DictSpace, Discrete, Dtype, MultiDiscrete, Space, SpaceError, Value};
+pub use space::{
+    BoxSpace, DictSpace, Discrete, Dtype, MultiDiscrete, Space, SpaceError, TextSpace, Value,
+};
 pub use vector::{AutoresetMode, SyncVecEnv, ThreadedVecEnv, VecEnv, VecStep};
 
 /// The types most users need.

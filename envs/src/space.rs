@@ -1,4 +1,4 @@
-//! Spaces (Box, Discrete, MultiDiscrete, Dict) and the values that live in them.
+//! Spaces (Box, Discrete, MultiDiscrete, Dict, Text) and the values that live in them.
 //!
 //! Semantics follow Gymnasium 1.x: `contains` is exact (a NaN is never inside a Box), `sample`
 //! is reproducible from the random generator it is given, and a Dict keeps its keys sorted.
@@ -39,6 +39,8 @@ pub enum Value {
     Ints(Vec<i64>),
     /// Named values, for `Dict`.
     Dict(BTreeMap<String, Value>),
+    /// A string, for `Text`.
+    Text(String),
 }
 
 impl Value {
@@ -46,6 +48,14 @@ impl Value {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
             Value::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(t) => Some(t),
             _ => None,
         }
     }
@@ -58,6 +68,7 @@ impl Value {
             Value::Int(i) => format!("integer {i}"),
             Value::Ints(v) => format!("{} integers", v.len()),
             Value::Dict(d) => format!("dict with keys {:?}", d.keys().collect::<Vec<_>>()),
+            Value::Text(t) => format!("text of {} characters", t.chars().count()),
         }
     }
 
@@ -203,6 +214,53 @@ pub struct DictSpace {
     pub spaces: BTreeMap<String, Space>,
 }
 
+/// Strings of `min_length..=max_length` characters (Unicode scalar values), each drawn from
+/// `charset` when one is given, as Gymnasium's `spaces.Text`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextSpace {
+    /// Fewest characters.
+    pub min_length: usize,
+    /// Most characters.
+    pub max_length: usize,
+    /// The characters allowed; `None` allows any character but control characters other than
+    /// newline and tab.
+    pub charset: Option<String>,
+}
+
+impl TextSpace {
+    /// Any text of at most `max_length` characters (no control characters but `\n` and `\t`).
+    pub fn new(max_length: usize) -> Self {
+        Self {
+            min_length: 0,
+            max_length,
+            charset: None,
+        }
+    }
+
+    /// Whether `c` may appear in a member of the space.
+    pub fn allows(&self, c: char) -> bool {
+        match &self.charset {
+            Some(set) => set.contains(c),
+            None => !c.is_control() || c == '\n' || c == '\t',
+        }
+    }
+
+    /// Why `text` is not a member of the space, or `None` if it is.
+    pub fn why_not(&self, text: &str) -> Option<String> {
+        let n = text.chars().count();
+        if n < self.min_length || n > self.max_length {
+            return Some(format!(
+                "text of {n} characters; the space takes {}..={}",
+                self.min_length, self.max_length
+            ));
+        }
+        text.chars()
+            .enumerate()
+            .find(|(_, c)| !self.allows(*c))
+            .map(|(i, c)| format!("character {i} ({c:?}) is not in the space's charset"))
+    }
+}
+
 /// An observation or action space.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -215,6 +273,8 @@ pub enum Space {
     MultiDiscrete(MultiDiscrete),
     /// Named sub-spaces.
     Dict(DictSpace),
+    /// A string.
+    Text(TextSpace),
 }
 
 impl Space {
@@ -266,6 +326,24 @@ impl Space {
                     .map(|(k, s)| (k.clone(), s.sample(rng)))
                     .collect(),
             ),
+            Space::Text(t) => {
+                // Printable ASCII stands in for "any character" when no charset is given.
+                let chars: Vec<char> = match &t.charset {
+                    Some(set) => set.chars().collect(),
+                    None => (' '..='~').collect(),
+                };
+                let hi = t.max_length.max(t.min_length);
+                let n = if chars.is_empty() {
+                    0
+                } else {
+                    rng.random_range(t.min_length..=hi)
+                };
+                Value::Text(
+                    (0..n)
+                        .map(|_| chars[rng.random_range(0..chars.len())])
+                        .collect(),
+                )
+            }
         }
     }
 
@@ -299,6 +377,7 @@ impl Space {
                         .iter()
                         .all(|(k, s)| v.get(k).is_some_and(|x| s.contains(x)))
             }
+            (Space::Text(t), Value::Text(x)) => t.why_not(x).is_none(),
             _ => false,
         }
     }
@@ -345,12 +424,22 @@ impl Space {
                 }
                 Ok(())
             }
+            Space::Text(t) if t.min_length > t.max_length => Err(format!(
+                "Text with min_length {} above max_length {}",
+                t.min_length, t.max_length
+            )
+            .into()),
+            Space::Text(t) if t.min_length > 0 && t.charset.as_deref() == Some("") => {
+                Err("Text with an empty charset has no elements but the empty string".into())
+            }
+            Space::Text(_) => Ok(()),
         }
     }
 
     /// Checks that `action` could be passed to `step` for this action space: the right kind
     /// and shape, finite, and (for discrete spaces) in range. Out-of-range Box values pass:
-    /// envs clip them and flag it in `info`.
+    /// envs clip them and flag it in `info`. Any string passes for a Text space: what a text
+    /// action means (and whether it is too long) is the env's to say, in its observation.
     pub fn check_action(&self, action: &Value) -> Result<(), SpaceError> {
         match (self, action) {
             (Space::Box(b), Value::F32(v)) if b.dtype == Dtype::F32 => {
@@ -364,6 +453,7 @@ impl Space {
             }
             (Space::Box(b), Value::U8(v)) if b.dtype == Dtype::U8 && v.len() == b.len() => Ok(()),
             (Space::Discrete(_) | Space::MultiDiscrete(_), _) if self.contains(action) => Ok(()),
+            (Space::Text(_), Value::Text(_)) => Ok(()),
             (Space::Dict(d), Value::Dict(v)) if d.spaces.len() == v.len() => {
                 for (k, s) in &d.spaces {
                     let x = v.get(k).ok_or_else(|| format!("missing key `{k}`"))?;
@@ -418,6 +508,16 @@ impl fmt::Display for Space {
                 }
                 write!(f, ")")
             }
+            Space::Text(t) => match &t.charset {
+                None => write!(f, "Text({}..={})", t.min_length, t.max_length),
+                Some(set) => write!(
+                    f,
+                    "Text({}..={}, {} characters)",
+                    t.min_length,
+                    t.max_length,
+                    set.chars().count()
+                ),
+            },
         }
     }
 }
@@ -521,6 +621,45 @@ mod tests {
             assert!(space.contains(&v), "{v:?}");
             assert_eq!(v, space.sample(&mut r2));
         }
+    }
+
+    #[test]
+    fn text_spaces_sample_members_and_check_length_and_charset() {
+        let space = Space::Text(TextSpace {
+            min_length: 2,
+            max_length: 5,
+            charset: Some("abc é".into()),
+        });
+        space.validate().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut lengths = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let v = space.sample(&mut rng);
+            assert!(space.contains(&v), "{v:?}");
+            lengths.insert(v.as_text().unwrap().chars().count());
+        }
+        assert_eq!(lengths, (2..=5).collect());
+        // Lengths count characters, not bytes: "éé" is 2 characters, 4 bytes.
+        assert!(space.contains(&Value::Text("éé".into())));
+        assert!(!space.contains(&Value::Text("a".into())));
+        assert!(!space.contains(&Value::Text("abcabc".into())));
+        assert!(!space.contains(&Value::Text("abz".into())));
+        assert!(!space.contains(&Value::U8(b"abc".to_vec())));
+        // Any string is an acceptable action: the env says what it means.
+        assert!(space.check_action(&Value::Text("zzzzzzzz".into())).is_ok());
+        assert!(space.check_action(&Value::Int(0)).is_err());
+        let any = Space::Text(TextSpace::new(20));
+        assert!(any.contains(&Value::Text("push red\ndone".into())));
+        assert!(!any.contains(&Value::Text("a\u{7}b".into())));
+        let bad = Space::Text(TextSpace {
+            min_length: 3,
+            max_length: 2,
+            charset: None,
+        });
+        assert!(bad.validate().is_err());
+        let json = serde_json::to_string(&space).unwrap();
+        assert_eq!(serde_json::from_str::<Space>(&json).unwrap(), space);
+        assert_eq!(space.to_string(), "Text(2..=5, 5 characters)");
     }
 
     #[test]

@@ -25,5 +25,5 @@ pub use linear::LinearController;
 pub use policy::{Policy, PolicyBatch};
 pub use random::RandomPolicy;
 pub use scripted::{
-    CartPoleExpert, EXPERTS, MixturePolicy, NoisyPolicy, ReacherExpert, expert_for,
+    CartPoleExpert, EXPERTS, MixturePolicy, NoisyPolicy, ReacherExpert, TabletopPlanner, expert_for,
 };

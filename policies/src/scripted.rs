@@ -13,6 +13,7 @@
 //! reproducible from its seed alone.
 
 use dreamgym_base::derive_seed;
+use dreamgym_envs::builtin::tabletop;
 use dreamgym_envs::{Space, Value};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,6 +29,11 @@ pub const EXPERTS: &[(&str, &str)] = &[
     (
         "Reacher-v0",
         "inverse kinematics to the target, then a PD loop on both joints",
+    ),
+    (
+        "Tabletop-v0",
+        "the scripted planner (mode = \"language\"): reads the instruction and the scene, \
+         writes the commands",
     ),
 ];
 
@@ -69,6 +75,21 @@ pub fn expert_for(
                 high: [b.high[0], b.high[1]],
             })
         }
+        "Tabletop-v0" => {
+            let text = |s: &Space| match s {
+                Space::Text(_) => true,
+                Space::Dict(d) => matches!(d.spaces.get("text"), Some(Space::Text(_))),
+                _ => false,
+            };
+            if !(text(observation_space) && matches!(action_space, Space::Text(_))) {
+                return Err(PolicyError::Incompatible(format!(
+                    "the Tabletop-v0 expert is the language planner: it needs mode = \
+                     \"language\" (text observations and actions); this env observes \
+                     {observation_space} and acts in {action_space}"
+                )));
+            }
+            Box::new(TabletopPlanner::default())
+        }
         _ => return Ok(None),
     };
     Ok(Some(expert))
@@ -81,6 +102,59 @@ fn floats<'a>(obs: &'a Value, n: usize, who: &str) -> Result<&'a [f32], PolicyEr
             "{who} expects {n} finite floats, got {}",
             other.describe()
         ))),
+    }
+}
+
+/// Tabletop-v0 in language mode: reads the instruction and the scene from the observation
+/// text, resolves the instruction on the episode's first scene (a reference such as "the
+/// leftmost object" or a displacement's start is fixed then), and writes the scripted
+/// planner's commands; `done` once the planner sees nothing left to do.
+#[derive(Debug, Clone, Default)]
+pub struct TabletopPlanner {
+    instruction: Option<tabletop::Instruction>,
+}
+
+impl Policy for TabletopPlanner {
+    fn describe(&self) -> String {
+        "expert (Tabletop scripted planner)".into()
+    }
+    fn reset(&mut self, _episode_seed: u64) -> Result<(), PolicyError> {
+        self.instruction = None;
+        Ok(())
+    }
+    fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
+        let text = match obs {
+            Value::Text(t) => t.as_str(),
+            Value::Dict(d) => d.get("text").and_then(Value::as_text).unwrap_or_default(),
+            _ => "",
+        };
+        let (words, scene) = tabletop::parse_observation(text).ok_or_else(|| {
+            PolicyError::Incompatible(format!(
+                "the Tabletop planner cannot read this observation: {}",
+                obs.describe()
+            ))
+        })?;
+        if self.instruction.is_none() {
+            self.instruction =
+                Some(tabletop::parse_instruction(&words, &scene).ok_or_else(|| {
+                    PolicyError::Incompatible(format!(
+                        "the Tabletop planner does not know the instruction {words:?}"
+                    ))
+                })?);
+        }
+        let plan = self
+            .instruction
+            .as_ref()
+            .map(|i| tabletop::plan(i, &scene))
+            .unwrap_or_default();
+        Ok(Value::Text(if plan.is_empty() {
+            "done".into()
+        } else {
+            tabletop::format_program(&plan)
+        }))
+    }
+    fn fork(&self) -> Box<dyn Policy> {
+        Box::new(TabletopPlanner::default())
     }
 }
 

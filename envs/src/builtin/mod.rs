@@ -4,17 +4,19 @@ mod cartpole;
 mod pixels;
 mod racer;
 mod reacher;
+pub mod tabletop;
 mod track;
 
 pub use cartpole::{CartPole, CartPoleConfig};
 pub use pixels::ObsMode;
 pub use racer::{Racer, RacerConfig};
 pub use reacher::{Reacher, ReacherConfig};
+pub use tabletop::{Tabletop, TabletopConfig};
 pub use track::Track;
 
 use crate::{EnvError, Info, Registry};
 
-/// Registers `CartPole-v0`, `Reacher-v0` and `Racer-v0`.
+/// Registers `CartPole-v0`, `Reacher-v0`, `Racer-v0` and `Tabletop-v0`.
 pub fn register_builtins(registry: &mut Registry) {
     let result = registry
         .register::<CartPoleConfig, _>(
@@ -37,6 +39,14 @@ pub fn register_builtins(registry: &mut Registry) {
                 "drive a ray-cast vehicle around a seeded closed track (CarRacing rewards)",
                 Some(1000),
                 Racer::new,
+            )
+        })
+        .and_then(|_| {
+            registry.register::<TabletopConfig, _>(
+                "Tabletop-v0",
+                "push coloured objects into zones as instructed; low-level or language mode",
+                Some(400),
+                Tabletop::new,
             )
         });
     // The ids above are distinct and well formed; a failure here is a bug in this file.

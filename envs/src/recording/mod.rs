@@ -257,6 +257,14 @@ pub(crate) enum LeafKind {
     F32,
     U8,
     I64,
+    /// UTF-8 strings: the bytes of every row end to end in a 1-D u8 tensor named after the
+    /// leaf, and `rows + 1` i64 offsets (starting at 0) in `<name>.offsets`.
+    Text,
+}
+
+/// The name of a text column's offsets tensor.
+pub(crate) fn offsets_name(leaf: &str) -> String {
+    format!("{leaf}.offsets")
 }
 
 /// The columns a space is stored in, named `prefix` or `prefix.key`.
@@ -285,5 +293,10 @@ pub(crate) fn leaves(space: &Space, prefix: &str) -> Vec<Leaf> {
             .iter()
             .flat_map(|(k, s)| leaves(s, &format!("{prefix}.{k}")))
             .collect(),
+        Space::Text(_) => vec![Leaf {
+            name: prefix.into(),
+            kind: LeafKind::Text,
+            row_shape: vec![],
+        }],
     }
 }

@@ -293,6 +293,33 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, Malfor
                     LeafKind::F32 => 4,
                     LeafKind::U8 => 1,
                     LeafKind::I64 => 8,
+                    LeafKind::Text => {
+                        let name = super::offsets_name(&leaf.name);
+                        let offsets = tensor(&name)?;
+                        let bytes = tensor(&leaf.name)?;
+                        let ends = le_i64(offsets.data());
+                        let ordered = ends.first() == Some(&0)
+                            && ends.windows(2).all(|w| w[0] <= w[1])
+                            && ends.last() == Some(&(bytes.data().len() as i64));
+                        if offsets.shape() != [rows + 1] || bytes.shape().len() != 1 || !ordered {
+                            return Err(format!(
+                                "text column `{}`: {} offsets for {rows} rows, not increasing \
+                                 from 0 to its {} bytes",
+                                leaf.name,
+                                ends.len(),
+                                bytes.data().len()
+                            )
+                            .into());
+                        }
+                        let offsets_leaf = super::Leaf {
+                            name: name.clone(),
+                            kind: LeafKind::I64,
+                            row_shape: vec![],
+                        };
+                        cols.insert(name, (offsets_leaf, offsets.data()));
+                        cols.insert(leaf.name.clone(), (leaf, bytes.data()));
+                        continue;
+                    }
                 };
             if let Some(raw) = unpacked.get(&leaf.name) {
                 if raw.len() != rows * row_bytes {
@@ -375,11 +402,31 @@ fn decode_row(
     let (leaf, data) = cols
         .get(prefix)
         .ok_or_else(|| format!("missing column `{prefix}`"))?;
+    if leaf.kind == LeafKind::Text {
+        // The offsets were checked to increase from 0 to the column's length.
+        let (_, offsets) = cols
+            .get(&super::offsets_name(prefix))
+            .ok_or_else(|| format!("missing offsets of `{prefix}`"))?;
+        let at = |i: usize| {
+            offsets
+                .get(i * 8..i * 8 + 8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        };
+        let (start, end) = at(row)
+            .zip(at(row + 1))
+            .ok_or_else(|| format!("text column `{prefix}` is too short"))?;
+        let bytes = data
+            .get(start..end)
+            .ok_or_else(|| format!("text column `{prefix}` is too short"))?;
+        return String::from_utf8(bytes.to_vec())
+            .map(Value::Text)
+            .map_err(|e| format!("text column `{prefix}` row {row} is not UTF-8: {e}").into());
+    }
     let per_row: usize = leaf.row_shape.iter().product();
     let width = match leaf.kind {
         LeafKind::F32 => 4,
         LeafKind::U8 => 1,
-        LeafKind::I64 => 8,
+        LeafKind::I64 | LeafKind::Text => 8,
     };
     let bytes = data
         .get(row * per_row * width..(row + 1) * per_row * width)
@@ -393,7 +440,7 @@ fn decode_row(
         ),
         (_, LeafKind::U8) => Value::U8(bytes.to_vec()),
         (Space::Discrete(_), LeafKind::I64) => Value::Int(le_i64(bytes)[0]),
-        (_, LeafKind::I64) => Value::Ints(le_i64(bytes)),
+        (_, LeafKind::I64 | LeafKind::Text) => Value::Ints(le_i64(bytes)),
     })
 }
 

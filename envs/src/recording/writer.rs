@@ -280,6 +280,7 @@ fn approx_bytes(e: &Episode) -> usize {
         Value::Int(_) => 8,
         Value::Ints(x) => x.len() * 8,
         Value::Dict(d) => d.len() * 64,
+        Value::Text(t) => t.len() + 8,
     };
     e.observations.iter().map(size).sum::<usize>()
         + e.actions.iter().map(size).sum::<usize>()
@@ -342,6 +343,14 @@ fn encode_value(
                 encode_value(s, x, &format!("{prefix}.{k}"), cols)?;
             }
         }
+        (Space::Text(_), Value::Text(t)) => {
+            let col = cols.entry(prefix.to_string()).or_default();
+            col.extend_from_slice(t.as_bytes());
+            let end = col.len() as i64;
+            cols.entry(super::offsets_name(prefix))
+                .or_default()
+                .extend_from_slice(&end.to_le_bytes());
+        }
         _ => return Err(mismatch()),
     }
     Ok(())
@@ -354,6 +363,7 @@ pub(crate) fn encode_chunk(
 ) -> Result<Vec<u8>, RecordError> {
     let mut cols: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut shapes: BTreeMap<String, (StDtype, Vec<usize>)> = BTreeMap::new();
+    let mut texts: Vec<String> = Vec::new();
     let (n_obs, n_steps): (usize, usize) = episodes
         .iter()
         .fold((0, 0), |(o, s), e| (o + e.observations.len(), s + e.len()));
@@ -366,6 +376,15 @@ pub(crate) fn encode_chunk(
                 LeafKind::F32 => StDtype::F32,
                 LeafKind::U8 => StDtype::U8,
                 LeafKind::I64 => StDtype::I64,
+                LeafKind::Text => {
+                    // Offsets start at 0; the byte column's length is known once encoded.
+                    let offsets = super::offsets_name(&leaf.name);
+                    cols.insert(offsets.clone(), 0i64.to_le_bytes().to_vec());
+                    shapes.insert(offsets, (StDtype::I64, vec![rows + 1]));
+                    cols.insert(leaf.name.clone(), Vec::new());
+                    texts.push(leaf.name);
+                    continue;
+                }
             };
             let mut shape = vec![rows];
             shape.extend(&leaf.row_shape);
@@ -394,6 +413,10 @@ pub(crate) fn encode_chunk(
         seeds.extend_from_slice(&e.seed.to_le_bytes());
     }
     let n_eps = episodes.len();
+    for name in texts {
+        let len = cols.get(&name).map_or(0, Vec::len);
+        shapes.insert(name, (StDtype::U8, vec![len]));
+    }
     cols.insert("reward".into(), reward);
     shapes.insert("reward".into(), (StDtype::F64, vec![n_steps]));
     cols.insert("terminated".into(), terminated);
