@@ -207,7 +207,7 @@ fn bad_input_gets_a_clear_error() {
 fn check_passes_on_builtins() {
     let o = dreamgym(&["check"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(text(&o).matches(": ok").count(), 3);
+    assert_eq!(text(&o).matches(": ok").count(), 4);
 }
 
 #[test]

@@ -10,6 +10,7 @@
 mod cmaes;
 mod decision_transformer;
 mod error;
+pub mod language;
 mod linear;
 mod policy;
 mod random;
@@ -21,6 +22,7 @@ pub use decision_transformer::{
     DtAction, DtBatch, DtCheckpointConfig, DtPolicy, DtSpec,
 };
 pub use error::PolicyError;
+pub use language::{LanguageModel, LanguagePolicy, LlamaSize, Sampling, Stop, TextTokenizer};
 pub use linear::LinearController;
 pub use policy::{Policy, PolicyBatch};
 pub use random::RandomPolicy;

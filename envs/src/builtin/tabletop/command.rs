@@ -690,6 +690,58 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Vec<Command>, ParseError> {
     parse_program(&String::from_utf8_lossy(bytes))
 }
 
+/// The words of the action language (for completing a partial word).
+const KEYWORDS: &[&str] = &[
+    "push", "move", "done", "to", "into", "the", "zone", "of", "left", "right", "behind", "in",
+    "front", "forward", "back", "cm", "red", "green", "blue", "yellow", "purple", "orange", "cube",
+    "ball", "cylinder",
+];
+
+const END: &str = "the end of the text";
+
+/// Whether `text` parses, or stops parsing only because it ends.
+fn complete_or_cut(text: &str) -> bool {
+    match parse_program(text) {
+        Ok(_) => true,
+        Err(e) => e.found == END,
+    }
+}
+
+/// Whether some continuation of `text` is a valid program: the test grammar-constrained
+/// decoding applies to every candidate token. A trailing partial word (`pu`) or number (`-`,
+/// `1.`) counts when it can be completed.
+///
+/// ```
+/// use dreamgym_envs::builtin::tabletop::command::is_viable_prefix;
+/// assert!(is_viable_prefix("push the re"));
+/// assert!(is_viable_prefix("move to (-"));
+/// assert!(!is_viable_prefix("push the pink"));
+/// assert!(!is_viable_prefix("done done"));
+/// ```
+pub fn is_viable_prefix(text: &str) -> bool {
+    if complete_or_cut(text) {
+        return true;
+    }
+    let trimmed = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let partial = &text[trimmed.len()..];
+    if !partial.is_empty() {
+        let partial = partial.to_ascii_lowercase();
+        return KEYWORDS
+            .iter()
+            .filter(|k| k.starts_with(&partial) && **k != partial)
+            .any(|k| complete_or_cut(&format!("{trimmed}{k}")));
+    }
+    if text.ends_with(['-', '.']) {
+        return complete_or_cut(&format!("{text}0"));
+    }
+    false
+}
+
+/// Whether `text` is a whole program of at least one command (where decoding may stop).
+pub fn is_complete_program(text: &str) -> bool {
+    parse_program(text).is_ok_and(|p| !p.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,6 +850,27 @@ mod tests {
         assert_eq!(e.position, 0);
         let e = parse_program("done; é").unwrap_err();
         assert_eq!(e.position, 6);
+    }
+
+    #[test]
+    fn viable_prefixes_are_exactly_the_prefixes_of_valid_programs() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for _ in 0..300 {
+            let program: Vec<Command> = (0..2).map(|_| random_command(&mut rng)).collect();
+            let text = format_program(&program);
+            let chars: Vec<char> = text.chars().collect();
+            for i in 0..=chars.len() {
+                let prefix: String = chars[..i].iter().collect();
+                assert!(is_viable_prefix(&prefix), "{prefix:?} of {text:?}");
+            }
+            assert!(is_complete_program(&text));
+            assert!(!is_viable_prefix(&format!("{text} x")), "{text}");
+        }
+        assert!(!is_complete_program(""));
+        assert!(!is_complete_program("push red cube"));
+        assert!(!is_viable_prefix("pushx"));
+        assert!(!is_viable_prefix("push red cube to (1, 2))"));
+        assert!(is_viable_prefix("push red cube to (1.5"));
     }
 
     #[test]

@@ -1,0 +1,703 @@
+//! The language controller: a Llama-architecture language model (RMSNorm, rotary positions,
+//! SwiGLU, grouped-query attention, tied embeddings; Hugging Face parameter names) on the
+//! shared transformer core, a byte-level BPE tokenizer, sampling with a KV cache (greedy,
+//! temperature, top-p), optional grammar-constrained decoding for the Tabletop action
+//! language, and [`LanguagePolicy`], which acts in `Tabletop-v0`'s language mode.
+//!
+//! A prompt is the observation text followed by `"\naction: "`; the model writes the action
+//! and ends it with the end token. Training (SFT) lives in `dreamgym-agents`.
+
+mod tokenizer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::VarMap;
+use dreamgym_envs::Value;
+use dreamgym_envs::builtin::tabletop::command::{is_complete_program, is_viable_prefix};
+use dreamgym_nn::{
+    Gpt, GptConfig, KvCache, MlpKind, NormKind, ParamInit, PositionKind, TransformerConfig,
+};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Policy, PolicyError};
+
+pub use tokenizer::{BOS, EOS, TextTokenizer};
+
+/// The kind written in the checkpoint sidecar.
+pub const LM_CHECKPOINT_KIND: &str = "language_model";
+
+/// What follows the observation in a prompt.
+pub const PROMPT_SUFFIX: &str = "\naction: ";
+
+/// The prompt for an observation text.
+pub fn prompt_for(observation: &str) -> String {
+    format!("{observation}{PROMPT_SUFFIX}")
+}
+
+/// The size of a Llama-architecture model (the rest of the choices are Llama's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlamaSize {
+    /// Blocks.
+    pub n_layer: usize,
+    /// Width.
+    pub n_embd: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
+    pub n_kv_head: usize,
+    /// SwiGLU hidden width.
+    pub mlp_hidden: usize,
+    /// Context, tokens.
+    pub block_size: usize,
+    /// Dropout while training.
+    pub dropout: f32,
+}
+
+impl Default for LlamaSize {
+    /// About 0.9 M parameters with a 512-token vocabulary.
+    fn default() -> Self {
+        Self {
+            n_layer: 4,
+            n_embd: 128,
+            n_head: 4,
+            n_kv_head: 2,
+            mlp_hidden: 344,
+            block_size: 384,
+            dropout: 0.0,
+        }
+    }
+}
+
+impl LlamaSize {
+    /// The model config for a vocabulary size.
+    pub fn gpt(&self, vocab_size: usize) -> GptConfig {
+        GptConfig {
+            transformer: TransformerConfig {
+                n_layer: self.n_layer,
+                n_embd: self.n_embd,
+                n_head: self.n_head,
+                n_kv_head: self.n_kv_head,
+                block_size: self.block_size,
+                norm: NormKind::RmsNorm,
+                norm_eps: 1e-5,
+                positions: PositionKind::Rotary,
+                rope_theta: 10_000.0,
+                mlp: MlpKind::SwiGlu,
+                mlp_hidden: self.mlp_hidden,
+                bias: false,
+                dropout: self.dropout,
+            },
+            vocab_size,
+            tie_embeddings: true,
+        }
+    }
+}
+
+/// A language model with its tokenizer.
+pub struct LanguageModel {
+    config: GptConfig,
+    gpt: Gpt,
+    tokenizer: TextTokenizer,
+    varmap: VarMap,
+    device: Device,
+}
+
+impl std::fmt::Debug for LanguageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LanguageModel({:?}, {:?})", self.config, self.tokenizer)
+    }
+}
+
+/// The tokenizer file beside a checkpoint stem.
+pub fn tokenizer_path(stem: &Path) -> PathBuf {
+    let mut name = stem.file_name().unwrap_or_default().to_os_string();
+    name.push(".tokenizer.json");
+    stem.with_file_name(name)
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// The model wrote the end token.
+    End,
+    /// The token budget ran out.
+    Budget,
+    /// The context is full.
+    Context,
+    /// Constrained decoding found no allowed token (the grammar has no continuation).
+    Stuck,
+}
+
+/// How to pick tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sampling {
+    /// 0 picks the most likely token (greedy); above 0 samples from the softened distribution.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities add up to this.
+    pub top_p: f32,
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Mask tokens that cannot continue a valid program of the Tabletop action language.
+    pub constrained: bool,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_new_tokens: 96,
+            constrained: false,
+        }
+    }
+}
+
+/// A generated completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Its text.
+    pub text: String,
+    /// Tokens generated (the end token included).
+    pub tokens: usize,
+    /// Why it stopped.
+    pub stop: Stop,
+}
+
+fn nn<E: Into<dreamgym_nn::NnError>>(e: E) -> PolicyError {
+    PolicyError::Model(e.into())
+}
+
+impl LanguageModel {
+    /// A new model with parameters drawn from `seed`.
+    pub fn new(
+        size: &LlamaSize,
+        tokenizer: TextTokenizer,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self, PolicyError> {
+        let config = size.gpt(tokenizer.vocab_size());
+        Self::with_config(config, tokenizer, device, seed)
+    }
+
+    fn with_config(
+        config: GptConfig,
+        tokenizer: TextTokenizer,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self, PolicyError> {
+        if config.vocab_size != tokenizer.vocab_size() {
+            return Err(PolicyError::Load(format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}: they do not \
+                 belong together",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let varmap = VarMap::new();
+        let mut init = ParamInit::new(&varmap, device, seed);
+        let gpt = Gpt::new(&mut init, &config, device)?;
+        Ok(Self {
+            config,
+            gpt,
+            tokenizer,
+            varmap,
+            device: device.clone(),
+        })
+    }
+
+    /// The model config.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The parameters.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `[B, T, vocab]` for ids `[B, T]`.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, PolicyError> {
+        Ok(self.gpt.forward(ids, cache, rng)?)
+    }
+
+    /// The mean cross-entropy of `targets` `[B, T]` over the positions where `mask` `[B, T]`
+    /// (f32, 0 or 1) is 1: the completion-only loss.
+    pub fn masked_loss(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, PolicyError> {
+        let logits = self.forward(inputs, None, rng)?;
+        let run = || -> candle_core::Result<Tensor> {
+            let v = self.config.vocab_size;
+            let logp = candle_nn::ops::log_softmax(&logits.reshape(((), v))?, D::Minus1)?;
+            let picked = logp
+                .gather(&targets.flatten_all()?.unsqueeze(1)?, 1)?
+                .squeeze(1)?;
+            let mask = mask.flatten_all()?;
+            let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
+            (picked * &mask)?
+                .sum_all()?
+                .affine(-1.0 / count as f64, 0.0)
+        };
+        run().map_err(nn)
+    }
+
+    /// Token ids of a prompt, with the start token: refuses one that leaves no room in the
+    /// context for an answer.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, PolicyError> {
+        let mut ids = vec![self.tokenizer.bos()];
+        ids.extend(self.tokenizer.encode(prompt)?);
+        let block = self.config.transformer.block_size;
+        if ids.len() >= block {
+            return Err(PolicyError::Config(format!(
+                "the prompt is {} tokens, and the model's context is {block}: no room to answer",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Continues `prompt` token by token with the KV cache.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        sampling: &Sampling,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Generation, PolicyError> {
+        if !(sampling.temperature.is_finite() && sampling.temperature >= 0.0)
+            || !(sampling.top_p > 0.0 && sampling.top_p <= 1.0)
+        {
+            return Err(PolicyError::Config(format!(
+                "temperature must be finite and >= 0 and top_p in (0, 1], got {} and {}",
+                sampling.temperature, sampling.top_p
+            )));
+        }
+        let ids = self.prompt_ids(prompt)?;
+        let block = self.config.transformer.block_size;
+        let mut cache = KvCache::new();
+        let input = Tensor::new(ids.as_slice(), &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(nn)?;
+        let mut logits = self.last_logits(&input, &mut cache)?;
+        let mut out: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        let mut len = ids.len();
+        let stop = loop {
+            if out.len() >= sampling.max_new_tokens {
+                break Stop::Budget;
+            }
+            if len >= block {
+                break Stop::Context;
+            }
+            if sampling.constrained {
+                self.constrain(&mut logits, &text);
+                if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+                    break Stop::Stuck;
+                }
+            }
+            let next = pick(&logits, sampling, rng);
+            out.push(next);
+            if next == self.tokenizer.eos() {
+                break Stop::End;
+            }
+            text.push_str(self.tokenizer.piece(next));
+            len += 1;
+            let input = Tensor::new(&[[next]], &self.device).map_err(nn)?;
+            logits = self.last_logits(&input, &mut cache)?;
+        };
+        let body: Vec<u32> = out
+            .iter()
+            .copied()
+            .filter(|&t| t != self.tokenizer.eos())
+            .collect();
+        Ok(Generation {
+            text: self.tokenizer.decode(&body)?,
+            tokens: out.len(),
+            stop,
+        })
+    }
+
+    fn last_logits(&self, input: &Tensor, cache: &mut KvCache) -> Result<Vec<f32>, PolicyError> {
+        let logits = self.forward(input, Some(cache), None)?;
+        let t = logits.dim(1).map_err(nn)?;
+        logits
+            .narrow(1, t - 1, 1)
+            .and_then(|l| l.flatten_all())
+            .and_then(|l| l.to_dtype(DType::F32))
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(nn)
+    }
+
+    /// Masks every token that cannot continue `text` into a valid program; the end token
+    /// only where `text` is a whole program.
+    fn constrain(&self, logits: &mut [f32], text: &str) {
+        let complete = is_complete_program(text);
+        let mut candidate = String::with_capacity(text.len() + 16);
+        for (id, l) in logits.iter_mut().enumerate() {
+            let id = id as u32;
+            let allowed = if id == self.tokenizer.eos() {
+                complete
+            } else if id == self.tokenizer.bos() {
+                false
+            } else {
+                let piece = self.tokenizer.piece(id);
+                candidate.clear();
+                candidate.push_str(text);
+                candidate.push_str(piece);
+                !piece.is_empty() && piece.is_ascii() && is_viable_prefix(&candidate)
+            };
+            if !allowed {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// Saves weights (and the optimiser's moments, when given), the config, and the
+    /// tokenizer beside them as `<stem>.tokenizer.json`.
+    pub fn save(
+        &self,
+        stem: &Path,
+        optimizer: Option<&dreamgym_nn::Adam>,
+        state: serde_json::Value,
+    ) -> Result<(), PolicyError> {
+        let json = self.tokenizer.to_json()?;
+        dreamgym_base::write_atomic(&tokenizer_path(stem), json.as_bytes())
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        dreamgym_nn::save_checkpoint(
+            stem,
+            LM_CHECKPOINT_KIND,
+            &self.config,
+            &self.varmap,
+            optimizer,
+            state,
+        )?;
+        Ok(())
+    }
+
+    /// Loads a model saved by [`save`](Self::save).
+    pub fn load(stem: &Path, device: &Device) -> Result<Self, PolicyError> {
+        let (config, _): (GptConfig, serde_json::Value) =
+            dreamgym_nn::read_checkpoint_meta(stem, LM_CHECKPOINT_KIND)?;
+        let tokenizer = TextTokenizer::load(&tokenizer_path(stem))?;
+        let model = Self::with_config(config, tokenizer, device, 0)?;
+        dreamgym_nn::load_weights(stem, &model.varmap)?;
+        Ok(model)
+    }
+}
+
+/// Picks a token: the most likely at temperature 0, else a draw from the top-p nucleus of
+/// the softened distribution. Masked tokens are `-inf`.
+fn pick(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32);
+    if sampling.temperature == 0.0 {
+        return argmax;
+    }
+    let top = logits[argmax as usize];
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, l)| (i as u32, (((l - top) / sampling.temperature) as f64).exp()))
+        .collect();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    let mut kept = Vec::new();
+    let mut mass = 0.0;
+    for (i, p) in probs {
+        kept.push((i, p));
+        mass += p / total;
+        if mass >= sampling.top_p as f64 {
+            break;
+        }
+    }
+    let kept_total: f64 = kept.iter().map(|p| p.1).sum();
+    let mut u = rng.random::<f64>() * kept_total;
+    for (i, p) in &kept {
+        if u < *p {
+            return *i;
+        }
+        u -= p;
+    }
+    kept.last().map_or(argmax, |k| k.0)
+}
+
+/// The text of a language observation: the observation itself, or its `text` key.
+pub fn observation_text(obs: &Value) -> Option<&str> {
+    match obs {
+        Value::Text(t) => Some(t),
+        Value::Dict(d) => d.get("text").and_then(Value::as_text),
+        _ => None,
+    }
+}
+
+/// A language model acting in a language env: each observation becomes a prompt, and the
+/// generated text is the action.
+pub struct LanguagePolicy {
+    model: Arc<LanguageModel>,
+    sampling: Sampling,
+    name: String,
+    rng: ChaCha8Rng,
+    /// The last generation, for inspection (reports, the chat command).
+    pub last: Option<Generation>,
+}
+
+impl LanguagePolicy {
+    /// A policy around a loaded model.
+    pub fn new(model: Arc<LanguageModel>, sampling: Sampling, name: &str) -> Self {
+        Self {
+            model,
+            sampling,
+            name: name.into(),
+            rng: ChaCha8Rng::seed_from_u64(0),
+            last: None,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<LanguageModel> {
+        &self.model
+    }
+}
+
+impl Policy for LanguagePolicy {
+    fn describe(&self) -> String {
+        format!(
+            "language model {}{}",
+            self.name,
+            if self.sampling.constrained {
+                " (constrained)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn reset(&mut self, episode_seed: u64) -> Result<(), PolicyError> {
+        self.rng = ChaCha8Rng::seed_from_u64(dreamgym_base::derive_seed(episode_seed, "lm", 0));
+        self.last = None;
+        Ok(())
+    }
+
+    fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
+        let text = observation_text(obs).ok_or_else(|| {
+            PolicyError::Incompatible(format!(
+                "a language model reads text observations, got {}",
+                obs.describe()
+            ))
+        })?;
+        let generation = self
+            .model
+            .generate(&prompt_for(text), &self.sampling, &mut self.rng)?;
+        let action = Value::Text(generation.text.clone());
+        self.last = Some(generation);
+        Ok(action)
+    }
+
+    fn fork(&self) -> Box<dyn Policy> {
+        Box::new(LanguagePolicy::new(
+            self.model.clone(),
+            self.sampling,
+            &self.name,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn tiny() -> LanguageModel {
+        let texts: Vec<String> = (0..50)
+            .map(|i| {
+                format!("instruction: push the red cube {i}\naction: push red cube left {i} cm")
+            })
+            .collect();
+        let tok = TextTokenizer::train(&texts, 300).unwrap();
+        let size = LlamaSize {
+            n_layer: 2,
+            n_embd: 16,
+            n_head: 4,
+            n_kv_head: 2,
+            mlp_hidden: 24,
+            block_size: 64,
+            dropout: 0.0,
+        };
+        LanguageModel::new(&size, tok, &Device::Cpu, 3).unwrap()
+    }
+
+    #[test]
+    fn constrained_decoding_only_writes_valid_programs() {
+        let model = tiny();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for seed in 0..6 {
+            let sampling = Sampling {
+                temperature: 1.0 + seed as f32,
+                top_p: 1.0,
+                max_new_tokens: 40,
+                constrained: true,
+            };
+            let g = model
+                .generate("instruction: x\naction: ", &sampling, &mut rng)
+                .unwrap();
+            // An untrained model writes noise, but only noise the grammar allows.
+            assert!(is_viable_prefix(&g.text), "{g:?}");
+            if g.stop == Stop::End {
+                assert!(is_complete_program(&g.text), "{g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn generation_stops_at_its_budget_and_refuses_long_prompts() {
+        let model = tiny();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let sampling = Sampling {
+            max_new_tokens: 5,
+            temperature: 1.0,
+            ..Sampling::default()
+        };
+        let g = model.generate("a", &sampling, &mut rng).unwrap();
+        assert!(g.tokens <= 5 && (g.stop == Stop::Budget || g.stop == Stop::End));
+        let long = "word ".repeat(100);
+        let e = model.generate(&long, &sampling, &mut rng).unwrap_err();
+        assert!(e.to_string().contains("no room to answer"), "{e}");
+        let bad = Sampling {
+            temperature: f32::NAN,
+            ..Sampling::default()
+        };
+        assert!(model.generate("a", &bad, &mut rng).is_err());
+    }
+
+    #[test]
+    fn the_kv_cache_matches_a_full_forward_pass() {
+        let model = tiny();
+        let ids: Vec<u32> = model.tokenizer().encode("push red cube left 3 cm").unwrap();
+        let full = model
+            .forward(
+                &Tensor::new(ids.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                None,
+                None,
+            )
+            .unwrap();
+        let mut cache = KvCache::new();
+        for (t, id) in ids.iter().enumerate() {
+            let step = model
+                .forward(
+                    &Tensor::new(&[[*id]], &Device::Cpu).unwrap(),
+                    Some(&mut cache),
+                    None,
+                )
+                .unwrap();
+            let a = step.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = full
+                .narrow(1, t, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d < 1e-4, "position {t}: {d}");
+        }
+    }
+
+    #[test]
+    fn the_masked_loss_counts_only_masked_positions_and_saves_round_trip() {
+        let model = tiny();
+        let ids = Tensor::new(&[[1u32, 5, 9, 12]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[[5u32, 9, 12, 1]], &Device::Cpu).unwrap();
+        let logits = model.forward(&ids, None, None).unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+        let lp = |t: usize, id: usize| -> f32 {
+            logp.get(0)
+                .unwrap()
+                .get(t)
+                .unwrap()
+                .get(id)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let mask = Tensor::new(&[[0f32, 0.0, 1.0, 1.0]], &Device::Cpu).unwrap();
+        let loss = model
+            .masked_loss(&ids, &targets, &mask, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let expect = -(lp(2, 12) + lp(3, 1)) / 2.0;
+        assert!((loss - expect).abs() < 1e-5, "{loss} vs {expect}");
+        // Every parameter learns from the completion tokens.
+        let l = model.masked_loss(&ids, &targets, &mask, None).unwrap();
+        let grads = l.backward().unwrap();
+        for (name, var) in dreamgym_nn::sorted_vars(model.varmap()) {
+            let g: &Var = &var;
+            let grad = grads
+                .get(g.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let n = grad
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0 && n.is_finite(), "{name}: {n}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let stem = dir.path().join("lm");
+        model.save(&stem, None, serde_json::json!({})).unwrap();
+        let back = LanguageModel::load(&stem, &Device::Cpu).unwrap();
+        let again = back.forward(&ids, None, None).unwrap();
+        let d = (again - &logits)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0);
+        // A tokenizer from another model is refused.
+        let other = TextTokenizer::train(&["completely different text here"; 20], 270).unwrap();
+        std::fs::write(tokenizer_path(&stem), other.to_json().unwrap()).unwrap();
+        let e = LanguageModel::load(&stem, &Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("do not belong together"), "{e}");
+    }
+}
