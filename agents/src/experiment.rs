@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::decision_transformer::{
     DecisionTransformerStage, DtEvalSummary, DtTrainSummary, run_decision_transformer,
 };
+use crate::language::{LanguageSftStage, SftEvalSummary, SftTrainSummary, run_language_sft};
 use crate::world_models::{Outcome, Stage, WorldModelsConfig, run_world_models};
 use crate::{CollectConfig, CollectSummary, Interrupted, Progress, RunDir, collect};
 
@@ -41,6 +42,9 @@ pub struct Experiment {
     /// A Decision Transformer trained on the collected episodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision_transformer: Option<DecisionTransformerStage>,
+    /// A language controller fine-tuned on the collected language episodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language_sft: Option<LanguageSftStage>,
 }
 
 impl Default for Experiment {
@@ -52,6 +56,7 @@ impl Default for Experiment {
             rollout: CollectConfig::default(),
             world_models: None,
             decision_transformer: None,
+            language_sft: None,
         }
     }
 }
@@ -149,6 +154,8 @@ pub enum Part {
     Eval,
     /// The Decision Transformer (made from the dataset alone).
     Dt,
+    /// The fine-tuned language model (made from the dataset alone).
+    Sft,
 }
 
 impl Part {
@@ -160,6 +167,7 @@ impl Part {
             Part::Controller => "C",
             Part::Eval => "the evaluation",
             Part::Dt => "the Decision Transformer",
+            Part::Sft => "the language model",
         }
     }
 
@@ -210,6 +218,16 @@ impl Part {
                 "metrics/dt.csv",
                 "tb/dt",
             ],
+            Part::Sft => &[
+                "lm.safetensors",
+                "lm.optimizer.safetensors",
+                "lm.json",
+                "lm.tokenizer.json",
+                "lm_eval.json",
+                "lm_report.md",
+                "metrics/lm.csv",
+                "tb/lm",
+            ],
         }
     }
 
@@ -218,17 +236,19 @@ impl Part {
         match (self, other) {
             (_, Part::Data) => true,
             (Part::Dt, o) | (o, Part::Dt) => o == self,
+            (Part::Sft, o) | (o, Part::Sft) => o == self,
             (s, o) => s >= o,
         }
     }
 
-    const ALL: [Part; 6] = [
+    const ALL: [Part; 7] = [
         Part::Data,
         Part::Vae,
         Part::Mdn,
         Part::Controller,
         Part::Eval,
         Part::Dt,
+        Part::Sft,
     ];
 }
 
@@ -288,6 +308,9 @@ fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::V
         "decision_transformer.checkpoint_every" => Effect::Free,
         k if k.starts_with("decision_transformer.eval.") => Effect::Rerun(Part::Dt),
         k if k.starts_with("decision_transformer.") => Effect::Stale(Part::Dt),
+        "language_sft.device" | "language_sft.checkpoint_every" => Effect::Free,
+        k if k.starts_with("language_sft.eval.") => Effect::Rerun(Part::Sft),
+        k if k.starts_with("language_sft.") => Effect::Stale(Part::Sft),
         k if k.starts_with("world_models.eval.") => Effect::Rerun(Part::Eval),
         k if k.starts_with("world_models.vae.") || k == "world_models.seed" => {
             Effect::Stale(Part::Vae)
@@ -679,6 +702,8 @@ pub struct ExperimentOutcome {
     pub world_models: Option<Outcome>,
     /// The Decision Transformer's training and evaluation.
     pub decision_transformer: Option<(DtTrainSummary, DtEvalSummary)>,
+    /// The language model's fine-tuning and evaluation.
+    pub language_sft: Option<(SftTrainSummary, SftEvalSummary)>,
 }
 
 /// Runs the experiments `exp` builds on (`requires`), depth first.
@@ -740,7 +765,8 @@ fn run_experiment_only(
     let _lock = run.lock()?;
     // Without experiment.toml beside trained models (accepted by --resume), the stages'
     // own checks decide: the config is saved only once they have agreed.
-    let unvouched = !run.experiment().exists() && (holds(&run, Part::Vae) || holds(&run, Part::Dt));
+    let unvouched = !run.experiment().exists()
+        && (holds(&run, Part::Vae) || holds(&run, Part::Dt) || holds(&run, Part::Sft));
     prepare_run(exp, &run, on_change, progress)?;
     let saved = config_to_save(exp, &run);
     let save = || -> anyhow::Result<()> {
@@ -816,6 +842,9 @@ fn run_experiment_only(
     if let Some(dt) = &exp.decision_transformer {
         outcome.decision_transformer =
             Some(run_decision_transformer(dt, &run, registry, progress)?);
+    }
+    if let Some(sft) = &exp.language_sft {
+        outcome.language_sft = Some(run_language_sft(sft, &run, registry, progress)?);
     }
     if unvouched {
         save()?;

@@ -17,6 +17,7 @@ mod episode;
 mod evaluate;
 mod experiment;
 pub mod figures;
+pub mod language;
 mod metrics;
 mod policy_spec;
 mod progress;

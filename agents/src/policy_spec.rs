@@ -31,7 +31,7 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
     },
     PolicyKind {
         spec: "expert",
-        description: "the env's scripted expert (CartPole-v0: state feedback; Reacher-v0: inverse kinematics + PD); state observations",
+        description: "the env's scripted expert (CartPole-v0: state feedback; Reacher-v0: inverse kinematics + PD; Tabletop-v0 in language mode: the scripted planner)",
     },
     PolicyKind {
         spec: "<spec>~<noise>",
@@ -48,6 +48,14 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
     PolicyKind {
         spec: "<run folder>@<target return>",
         description: "a trained Decision Transformer run (dt.json): acts on float observations, or on pixels through the V it was trained with, aiming at the target return (without @target: the best return in its dataset)",
+    },
+    PolicyKind {
+        spec: "<run folder>",
+        description: "a fine-tuned language model run (lm.json): writes action-language commands for Tabletop-v0 in mode = \"language\" (greedy decoding)",
+    },
+    PolicyKind {
+        spec: "<path>.gguf",
+        description: "a pretrained Llama-family model in a GGUF file (SmolLM2-135M-Instruct: scripts/fetch-smollm2.sh), zero-shot on Tabletop-v0's language mode with the action language in its system prompt",
     },
     PolicyKind {
         spec: "<path>/controller.json",
@@ -256,6 +264,25 @@ pub fn load_policy(
         );
     }
     let path = Path::new(spec);
+    let gguf = path.is_file() && path.extension().is_some_and(|e| e == "gguf");
+    if gguf
+        || (path.is_dir()
+            && path.join("lm.json").exists()
+            && !path.join("controller.json").exists())
+    {
+        anyhow::ensure!(
+            crate::language::is_text_space(observation_space)
+                && matches!(action_space, Space::Text(_)),
+            "policy `{spec}` is a language model: it reads text and writes text (Tabletop-v0 \
+             with mode = \"language\"); this env observes {observation_space} and acts in \
+             {action_space}"
+        );
+        if gguf {
+            return crate::language::load_gguf_policy(path, false)
+                .with_context(|| format!("policy `{spec}`"));
+        }
+        return crate::language::load_language_policy(&RunDir::new(path), false);
+    }
     if path.is_dir() && !path.join("controller.json").exists() && path.join("dt.json").exists() {
         return load_dt(spec, path, None, observation_space, action_space);
     }

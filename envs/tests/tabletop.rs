@@ -246,3 +246,43 @@ fn text_episodes_round_trip_through_a_dataset() {
     assert!(back.damaged.is_empty());
     assert_eq!(back.episodes, episodes);
 }
+
+#[test]
+fn the_instruction_option_replaces_the_drawn_instruction_or_says_why_not() {
+    let mut env = language(Family::ALL.to_vec());
+    let (obs, _) = env.reset(Some(4), &Info::new()).unwrap();
+    let (_, scene) = parse_observation(text(&obs)).unwrap();
+    let object = scene.objects[0].0;
+    let zone = scene.zones[0].0;
+    let words = format!("push the {object} into the {} zone", zone.name());
+    let absent_zone = tabletop::Colour::ALL
+        .into_iter()
+        .find(|c| scene.zone(*c).is_none())
+        .unwrap();
+    let mut options = Info::new();
+    options.insert("instruction".into(), words.clone().into());
+    let (obs, info) = env.reset(Some(4), &options).unwrap();
+    assert_eq!(info["instruction"], words.as_str());
+    // The same table: only the instruction changed.
+    let (_, again) = parse_observation(text(&obs)).unwrap();
+    assert_eq!(again.objects, scene.objects);
+    assert_eq!(
+        env.instruction().goal,
+        tabletop::Goal::Place { object, zone }
+    );
+    for bad in [
+        serde_json::json!("juggle the red cube"),
+        serde_json::json!(3),
+        serde_json::json!(format!(
+            "push the {object} into the {} zone",
+            absent_zone.name()
+        )),
+    ] {
+        let mut options = Info::new();
+        options.insert("instruction".into(), bad);
+        assert!(matches!(
+            env.reset(Some(4), &options),
+            Err(dreamgym_envs::EnvError::InvalidOption(_))
+        ));
+    }
+}

@@ -1,8 +1,10 @@
 //! The command-line interface: argument parsing and one module per command.
 
 mod bench;
+mod chat;
 mod check;
 mod envs;
+mod eval_language;
 mod experiment;
 mod images;
 mod inspect;
@@ -40,6 +42,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Run the conformance checker on an environment.
     Check(check::Args),
+    /// Give a language controller an instruction on Tabletop-v0 and watch it act.
+    Chat(chat::Args),
+    /// Evaluate a policy on Tabletop-v0's language splits with physics execution.
+    EvalLanguage(eval_language::Args),
     /// Run an experiment from a TOML config (the embedded default when none is given).
     Run(experiment::Args),
     /// Save what an env's camera sees (pixel observations) as a PNG.
@@ -116,6 +122,8 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Policies(a) => policies::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Check(a) => check::run(a, registry),
+        Command::Chat(a) => chat::run(a, registry),
+        Command::EvalLanguage(a) => eval_language::run(a, registry),
         Command::Run(a) => experiment::run(a, registry),
         Command::Render(a) => images::render(a, registry),
         Command::ExportGif(a) => images::export_gif(a),

@@ -7,6 +7,7 @@
 //! A prompt is the observation text followed by `"\naction: "`; the model writes the action
 //! and ends it with the end token. Training (SFT) lives in `dreamgym-agents`.
 
+mod gguf;
 mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Policy, PolicyError};
 
+pub use gguf::{SYSTEM_PROMPT, load_gguf};
 pub use tokenizer::{BOS, EOS, TextTokenizer};
 
 /// The kind written in the checkpoint sidecar.
@@ -98,8 +100,19 @@ impl LlamaSize {
     }
 }
 
+/// How an observation becomes a prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptFormat {
+    /// The observation and `"\naction: "` (models trained here).
+    Plain,
+    /// A ChatML conversation (SmolLM2's template) with this system message, the observation
+    /// as the user's turn, and the assistant's turn opened.
+    Chat(String),
+}
+
 /// A language model with its tokenizer.
 pub struct LanguageModel {
+    format: PromptFormat,
     config: GptConfig,
     gpt: Gpt,
     tokenizer: TextTokenizer,
@@ -204,6 +217,7 @@ impl LanguageModel {
         let mut init = ParamInit::new(&varmap, device, seed);
         let gpt = Gpt::new(&mut init, &config, device)?;
         Ok(Self {
+            format: PromptFormat::Plain,
             config,
             gpt,
             tokenizer,
@@ -215,6 +229,35 @@ impl LanguageModel {
     /// The model config.
     pub fn config(&self) -> &GptConfig {
         &self.config
+    }
+
+    /// The prompt for an observation text.
+    pub fn prompt(&self, observation: &str) -> String {
+        match &self.format {
+            PromptFormat::Plain => prompt_for(observation),
+            PromptFormat::Chat(system) => format!(
+                "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{observation}<|im_end|>\n<|im_start|>assistant\n"
+            ),
+        }
+    }
+
+    /// Replaces a parameter's value (loading pretrained weights), checking its shape.
+    fn set_parameter(&self, name: &str, value: &Tensor) -> Result<(), PolicyError> {
+        let data = self.varmap.data().lock().map_err(|_| {
+            PolicyError::Load("the parameter table is poisoned by an earlier panic".into())
+        })?;
+        let var = data
+            .get(name)
+            .ok_or_else(|| PolicyError::Load(format!("the model has no parameter `{name}`")))?;
+        if var.dims() != value.dims() {
+            return Err(PolicyError::Load(format!(
+                "`{name}` is {:?} in the model and {:?} in the file",
+                var.dims(),
+                value.dims()
+            )));
+        }
+        var.set(&value.to_dtype(var.dtype()).map_err(nn)?)
+            .map_err(nn)
     }
 
     /// The tokenizer.
@@ -270,7 +313,11 @@ impl LanguageModel {
     /// Token ids of a prompt, with the start token: refuses one that leaves no room in the
     /// context for an answer.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, PolicyError> {
-        let mut ids = vec![self.tokenizer.bos()];
+        let mut ids = if self.tokenizer.add_bos() {
+            vec![self.tokenizer.bos()]
+        } else {
+            vec![]
+        };
         ids.extend(self.tokenizer.encode(prompt)?);
         let block = self.config.transformer.block_size;
         if ids.len() >= block {
@@ -514,9 +561,10 @@ impl Policy for LanguagePolicy {
                 obs.describe()
             ))
         })?;
+        let prompt = self.model.prompt(text);
         let generation = self
             .model
-            .generate(&prompt_for(text), &self.sampling, &mut self.rng)?;
+            .generate(&prompt, &self.sampling, &mut self.rng)?;
         let action = Value::Text(generation.text.clone());
         self.last = Some(generation);
         Ok(action)

@@ -23,6 +23,7 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     bos: u32,
     eos: u32,
+    add_bos: bool,
     pieces: Vec<String>,
 }
 
@@ -102,10 +103,30 @@ impl TextTokenizer {
                 .ok_or_else(|| PolicyError::Load(format!("the tokenizer has no `{t}` token")))
         };
         let (bos, eos) = (id(BOS)?, id(EOS)?);
+        Self::from_parts(inner, bos, eos, true)
+    }
+
+    /// A tokenizer with its own start and end tokens (a pretrained model's); `add_bos` says
+    /// whether prompts start with the start token (else the prompt's template writes it).
+    pub fn from_parts(
+        inner: Tokenizer,
+        bos: u32,
+        eos: u32,
+        add_bos: bool,
+    ) -> Result<Self, PolicyError> {
         let n = inner.get_vocab_size(true);
+        if bos as usize >= n || eos as usize >= n {
+            return Err(PolicyError::Load(format!(
+                "start and end tokens {bos} and {eos} are outside a vocabulary of {n}"
+            )));
+        }
+        let added = inner.get_added_vocabulary();
         let pieces = (0..n as u32)
             .map(|i| {
-                if i == bos || i == eos {
+                let special = inner
+                    .id_to_token(i)
+                    .is_some_and(|t| added.is_special_token(&t));
+                if i == bos || i == eos || special {
                     Ok(String::new())
                 } else {
                     inner.decode(&[i], false).map_err(tok_err("cannot decode"))
@@ -116,6 +137,7 @@ impl TextTokenizer {
             inner,
             bos,
             eos,
+            add_bos,
             pieces,
         })
     }
@@ -135,6 +157,11 @@ impl TextTokenizer {
     /// The start-of-sequence id.
     pub fn bos(&self) -> u32 {
         self.bos
+    }
+
+    /// Whether prompts start with the start token.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
     }
 
     /// The end-of-completion id.

@@ -500,6 +500,25 @@ pub fn displace_target(start: [f32; 2], direction: Direction, cm: f32) -> [f32; 
 }
 
 impl Instruction {
+    /// Whether every object and zone the goal names is on `scene` (a sort needs a zone for
+    /// each object of its shape).
+    pub fn fits(&self, scene: &SceneState) -> bool {
+        match self.goal {
+            Goal::Place { object, zone } => {
+                scene.position(object).is_some() && scene.zone(zone).is_some()
+            }
+            Goal::Relation {
+                object, reference, ..
+            } => scene.position(object).is_some() && scene.position(reference).is_some(),
+            Goal::Sort { shape } => {
+                let mut of_shape = scene.objects.iter().filter(|(o, _)| o.shape == shape);
+                of_shape.clone().count() > 0
+                    && of_shape.all(|(o, _)| scene.zone(o.colour).is_some())
+            }
+            Goal::Displace { object, .. } => scene.position(object).is_some(),
+        }
+    }
+
     /// Whether the goal holds on `scene`.
     pub fn succeeded(&self, scene: &SceneState) -> bool {
         match self.goal {

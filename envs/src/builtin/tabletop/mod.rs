@@ -44,12 +44,12 @@
 //!   instruction is in `info["instruction"]`.
 //! - `language`, `obs = "state"`: `Text(0..=2048)`, for example:
 //!   ```text
-//!   instruction: push the red cube into the blue zone
 //!   pusher: (0, -25)
 //!   objects: red cube (12, -5); green ball (-20, 10); blue cylinder (3, 14)
 //!   zones: blue (30, 15); yellow (-30, 15)
 //!   commands left: 8
 //!   last: none
+//!   instruction: push the red cube into the blue zone
 //!   ```
 //!   `last` reports what each command of the previous action did, or the parse error (with
 //!   its position) or why a command was impossible. With `obs = "pixels"` or `"both"`, a
@@ -62,7 +62,9 @@
 //!
 //! ## Starting State
 //! Drawn from the episode seed: zones, objects (outside every zone, 9 cm apart), the
-//! instruction (one of `families`, in `split`), and the pusher at (0, −25).
+//! instruction (one of `families`, in `split`), and the pusher at (0, −25). The reset option
+//! `instruction` replaces the drawn instruction with words of the grammar about the same
+//! table (an error names words it cannot check).
 //!
 //! ## Episode End
 //! - Terminated: the verifier says the instruction is carried out, or (`language`) the
@@ -313,7 +315,11 @@ impl Tabletop {
             eye: Vector::new(0.0, 1.5, 0.0),
             target: Vector::ZERO,
             up: -Vector::Z,
-            projection: Projection::Orthographic { half_height: 0.33 },
+            // The whole table, walls included, whatever the image's aspect.
+            projection: Projection::Orthographic {
+                half_height: 0.33f32
+                    .max(0.54 * self.config.height as f32 / self.config.width.max(1) as f32),
+            },
             width: self.config.width,
             height: self.config.height,
             near: 0.1,
@@ -517,20 +523,23 @@ impl Tabletop {
             .map(|(c, p)| format!("{} {}", c.name(), fmt_point(*p)))
             .collect();
         let mut text = format!(
-            "instruction: {}\npusher: {}\nobjects: {}\nzones: {}\ncommands left: {}\nlast: ",
-            self.instruction.text,
+            "pusher: {}\nobjects: {}\nzones: {}\ncommands left: {}\nlast: ",
             fmt_point(s.pusher),
             objects.join("; "),
             zones.join("; "),
             self.commands_left
         );
-        // Keep the observation inside its space whatever the feedback says.
-        let room = MAX_OBSERVATION_CHARS.saturating_sub(text.chars().count());
+        // The instruction comes last, nearest the controller's answer. The feedback is cut to
+        // keep the observation inside its space whatever it says.
+        let instruction = format!("\ninstruction: {}", self.instruction.text);
+        let room = MAX_OBSERVATION_CHARS
+            .saturating_sub(text.chars().count() + instruction.chars().count());
         text.extend(
             last.chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .take(room),
         );
+        text.push_str(&instruction);
         text
     }
 
@@ -689,10 +698,24 @@ impl Env for Tabletop {
     }
 
     fn reset(&mut self, seed: Option<u64>, options: &Info) -> Result<(Value, Info), EnvError> {
-        reject_unknown_options(ID, options, &[])?;
+        reject_unknown_options(ID, options, &["instruction"])?;
         let (episode_seed, mut rng) = self.seeder.next_episode(seed);
-        let (state, instruction) =
+        let (state, mut instruction) =
             instruction::sample(&mut rng, &self.config.families, self.config.split);
+        if let Some(words) = options.get("instruction") {
+            let words = words.as_str().ok_or_else(|| {
+                EnvError::InvalidOption(format!("`instruction` must be text, got {words}"))
+            })?;
+            instruction = parse_instruction(words, &state)
+                .filter(|i| i.fits(&state))
+                .ok_or_else(|| {
+                    EnvError::InvalidOption(format!(
+                        "{ID} cannot check {words:?}: instructions follow the grammar of its five \
+                     families (for example \"push the red cube into the blue zone\"), and \
+                     must name objects and zones on this table"
+                    ))
+                })?;
+        }
         self.build(&state)?;
         // Let the objects settle onto the table.
         for _ in 0..3 {

@@ -1,0 +1,95 @@
+//! `dreamgym eval-language`: a policy on the language env's instruction splits, with physics
+//! execution: success per split and per instruction family, and the parse rate.
+
+use dreamgym_agents::language::{SftEval, evaluate_policy};
+use dreamgym_envs::Registry;
+use dreamgym_envs::builtin::tabletop::Split;
+
+/// Arguments of `dreamgym eval-language`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The policy: `expert` (the planner), a fine-tuned run folder, or a `.gguf` file.
+    #[arg(long)]
+    policy: String,
+    /// Episodes per split.
+    #[arg(long, default_value_t = 20)]
+    episodes: usize,
+    /// Seed of the first episode.
+    #[arg(long, default_value_t = 1_000_000)]
+    seed: u64,
+    /// Splits: train, unseen_combinations, unseen_phrasings, all (repeatable).
+    #[arg(long = "split", default_values_t = vec!["train".to_string(), "unseen_combinations".to_string(), "unseen_phrasings".to_string()])]
+    splits: Vec<String>,
+    /// Env config overrides, `key=value` (repeatable); `mode=language` is always set.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=100_000).contains(&args.episodes),
+        "--episodes must be in 1..=100000"
+    );
+    let splits = args
+        .splits
+        .iter()
+        .map(|s| {
+            serde_json::from_value::<Split>(serde_json::Value::String(s.clone())).map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown split `{s}`: train, unseen_combinations, unseen_phrasings or all"
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut set = args.set.clone();
+    set.push("mode=language".into());
+    let overrides = super::parse_overrides(&set)?.unwrap_or_default();
+    let id = "Tabletop-v0";
+    let env = registry.make(id, Some(&overrides))?;
+    let mut policy = dreamgym_agents::load_policy(
+        &args.policy,
+        id,
+        env.observation_space(),
+        env.action_space(),
+        args.seed,
+    )?;
+    let eval = SftEval {
+        episodes: args.episodes,
+        seed: args.seed,
+        splits: splits.clone(),
+        samples: 0,
+        ..SftEval::default()
+    };
+    let progress = super::CliProgress::new();
+    let label = policy.describe();
+    println!("| split | success | parse rate | per family |\n|---|---|---|---|");
+    for split in splits {
+        dreamgym_agents::Progress::begin(&progress, &format!("{split:?}"), args.episodes as u64);
+        let r = evaluate_policy(
+            &label,
+            policy.as_mut(),
+            registry,
+            &(id.to_string(), overrides.clone()),
+            split,
+            &eval,
+            None,
+            &progress,
+        )?;
+        dreamgym_agents::Progress::end(&progress);
+        let families: Vec<String> = r
+            .families
+            .iter()
+            .map(|(f, (n, k))| format!("{f} {k}/{n}"))
+            .collect();
+        println!(
+            "| {} | {:.0}% ({}/{}) | {:.0}% | {} |",
+            serde_json::to_value(split)?.as_str().unwrap_or("?"),
+            100.0 * r.success(),
+            r.successes,
+            r.episodes,
+            100.0 * r.parse_rate(),
+            families.join(", ")
+        );
+    }
+    Ok(())
+}
