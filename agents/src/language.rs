@@ -63,8 +63,9 @@ pub struct LanguageSftStage {
     pub warmup_steps: usize,
     /// Largest gradient norm.
     pub grad_clip: f64,
-    /// Pack examples end to end into rows (TRL's `packing`); otherwise one example a row,
-    /// padded.
+    /// Pack examples end to end into rows (TRL's `packing`: no padding, but an example
+    /// attends to the ones before it in its row); otherwise one example a row, padded (TRL's
+    /// default).
     pub packing: bool,
     /// Learn only from episodes that succeeded (return 1).
     pub successful_only: bool,
@@ -87,7 +88,7 @@ impl Default for LanguageSftStage {
             weight_decay: 0.0,
             warmup_steps: 50,
             grad_clip: 1.0,
-            packing: true,
+            packing: false,
             successful_only: true,
             checkpoint_every: 100,
             eval: SftEval::default(),
@@ -1026,5 +1027,80 @@ pub fn is_text_space(space: &Space) -> bool {
         Space::Text(_) => true,
         Space::Dict(d) => matches!(d.spaces.get("text"), Some(Space::Text(_))),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn examples() -> Vec<SftExample> {
+        (0..5)
+            .map(|i| SftExample {
+                prompt: prompt_for(&format!("instruction: push the red cube {i} cm")),
+                completion: format!("push red cube left {i} cm"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_mask_everything_but_the_completions() {
+        let ex = examples();
+        let texts: Vec<String> = ex
+            .iter()
+            .flat_map(|e| [e.prompt.clone(), e.completion.clone()])
+            .collect();
+        let tok = TextTokenizer::train(&texts, 280).unwrap();
+        let completion_tokens: usize = ex
+            .iter()
+            .map(|e| tok.encode(&e.completion).unwrap().len() + 1)
+            .sum();
+        for packing in [false, true] {
+            let rows = make_rows(&ex, &tok, 48, packing, 3).unwrap();
+            let counted: f32 = rows.mask.iter().flatten().sum();
+            // Every completion token and each end token is learned, nothing else.
+            assert_eq!(counted as usize, completion_tokens, "packing {packing}");
+            for ((x, y), m) in rows.inputs.iter().zip(&rows.targets).zip(&rows.mask) {
+                assert_eq!((x.len(), y.len(), m.len()), (48, 48, 48));
+                // Targets are the inputs shifted by one.
+                assert_eq!(&x[1..], &y[..47]);
+                for (t, w) in y.iter().zip(m) {
+                    if *w == 1.0 {
+                        assert_ne!(*t, tok.bos());
+                    }
+                }
+            }
+            if packing {
+                assert!(rows.inputs.len() < ex.len(), "packing fills rows");
+            } else {
+                assert_eq!(rows.inputs.len(), ex.len());
+            }
+        }
+        let e = make_rows(&ex, &tok, 8, false, 3).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("raise language_sft.model.block_size"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_learning_rate_warms_up_then_decays_to_a_tenth() {
+        let stage = LanguageSftStage {
+            steps: 100,
+            warmup_steps: 10,
+            lr: 1e-3,
+            ..LanguageSftStage::default()
+        };
+        assert!((stage.lr_at(0) - 1e-4).abs() < 1e-12);
+        assert!((stage.lr_at(9) - 1e-3).abs() < 1e-12);
+        assert!((stage.lr_at(10) - 1e-3).abs() < 1e-12);
+        assert!((stage.lr_at(99) - 1e-4).abs() < 1e-5);
+        assert!(stage.validate().is_ok());
+        let bad = LanguageSftStage {
+            vocab_size: 10,
+            ..LanguageSftStage::default()
+        };
+        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("vocab_size"));
     }
 }

@@ -20,6 +20,7 @@ env_config = { mode = "language", families = ["single", "number"] }
 [language_sft]
 vocab_size = 300
 steps = 12
+packing = true
 batch_size = 2
 warmup_steps = 2
 checkpoint_every = 5

@@ -56,6 +56,10 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             std::io::stdout().flush().ok();
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;
+            if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                // Piped input is not echoed: end the prompt's line.
+                println!();
+            }
             let line = line.trim().to_string();
             if line.is_empty() { drawn } else { line }
         }

@@ -336,9 +336,9 @@ impl LanguageModel {
         sampling: &Sampling,
         rng: &mut ChaCha8Rng,
     ) -> Result<Generation, PolicyError> {
-        if !(sampling.temperature.is_finite() && sampling.temperature >= 0.0)
-            || !(sampling.top_p > 0.0 && sampling.top_p <= 1.0)
-        {
+        let temperature_ok = sampling.temperature.is_finite() && sampling.temperature >= 0.0;
+        let top_p_ok = sampling.top_p > 0.0 && sampling.top_p <= 1.0;
+        if !(temperature_ok && top_p_ok) {
             return Err(PolicyError::Config(format!(
                 "temperature must be finite and >= 0 and top_p in (0, 1], got {} and {}",
                 sampling.temperature, sampling.top_p
@@ -747,5 +747,88 @@ mod tests {
         std::fs::write(tokenizer_path(&stem), other.to_json().unwrap()).unwrap();
         let e = LanguageModel::load(&stem, &Device::Cpu).unwrap_err();
         assert!(e.to_string().contains("do not belong together"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod learning {
+    use super::*;
+    use dreamgym_nn::{Adam, AdamConfig};
+
+    /// The model learns to copy a word from its prompt through the masked loss: the smallest
+    /// thing SFT needs (a broken mask, attention or rotary table fails it).
+    #[test]
+    fn a_tiny_model_learns_to_copy_a_word_from_the_prompt() {
+        let words = ["red", "green", "blue", "yellow", "purple", "orange"];
+        let example = |i: usize, j: usize| {
+            (
+                format!(
+                    "noise {j} colour: {} more noise {}\naction: ",
+                    words[i],
+                    j * 7
+                ),
+                format!("push {}", words[i]),
+            )
+        };
+        let texts: Vec<String> = (0..60)
+            .map(|k| {
+                let (p, c) = example(k % 6, k);
+                format!("{p}{c}")
+            })
+            .collect();
+        let tok = TextTokenizer::train(&texts, 300).unwrap();
+        let size = LlamaSize {
+            n_layer: 2,
+            n_embd: 32,
+            n_head: 4,
+            n_kv_head: 2,
+            mlp_hidden: 64,
+            block_size: 64,
+            dropout: 0.0,
+        };
+        let model = LanguageModel::new(&size, tok, &Device::Cpu, 1).unwrap();
+        let mut opt = Adam::new(
+            dreamgym_nn::sorted_vars(model.varmap()),
+            AdamConfig {
+                lr: 3e-3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let t = model.tokenizer().clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let len = 40;
+        for _ in 0..300 {
+            let (mut inputs, mut targets, mut masks) = (vec![], vec![], vec![]);
+            for _ in 0..8 {
+                let (p, c) = example(rng.random_range(0..6), rng.random_range(0..50));
+                let mut ids = vec![t.bos()];
+                ids.extend(t.encode(&p).unwrap());
+                let first = ids.len();
+                ids.extend(t.encode(&c).unwrap());
+                ids.push(t.eos());
+                let mut x = ids[..ids.len() - 1].to_vec();
+                let mut y = ids[1..].to_vec();
+                let mut m: Vec<f32> = (1..ids.len()).map(|j| (j >= first) as u8 as f32).collect();
+                x.resize(len, t.eos());
+                y.resize(len, t.eos());
+                m.resize(len, 0.0);
+                inputs.extend(x);
+                targets.extend(y);
+                masks.extend(m);
+            }
+            let x = Tensor::from_vec(inputs, (8, len), &Device::Cpu).unwrap();
+            let y = Tensor::from_vec(targets, (8, len), &Device::Cpu).unwrap();
+            let m = Tensor::from_vec(masks, (8, len), &Device::Cpu).unwrap();
+            let loss = model.masked_loss(&x, &y, &m, None).unwrap();
+            opt.step(loss.backward().unwrap()).unwrap();
+        }
+        let mut right = 0;
+        for i in 0..6 {
+            let (p, c) = example(i, 99);
+            let g = model.generate(&p, &Sampling::default(), &mut rng).unwrap();
+            right += (g.text == c) as usize;
+        }
+        assert_eq!(right, 6, "copied {right} of 6");
     }
 }
