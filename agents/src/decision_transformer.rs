@@ -212,13 +212,7 @@ impl DecisionTransformerStage {
 
     /// The learning rate at `step`: linear warm-up, then cosine decay to `lr / 10`.
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let span = (self.steps - self.warmup_steps.min(self.steps)).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let min = self.lr / 10.0;
-        min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+        crate::warmup_cosine(self.lr, self.warmup_steps, self.steps, step)
     }
 }
 

@@ -187,13 +187,7 @@ impl LanguageSftStage {
 
     /// The learning rate at `step`: linear warm-up, then cosine decay to `lr / 10`.
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let span = (self.steps - self.warmup_steps.min(self.steps)).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let min = self.lr / 10.0;
-        min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+        crate::warmup_cosine(self.lr, self.warmup_steps, self.steps, step)
     }
 }
 
@@ -223,11 +217,7 @@ impl SftData {
     pub fn load(dir: &std::path::Path, successful_only: bool) -> anyhow::Result<Self> {
         let ds = Dataset::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
         let meta = ds.meta().clone();
-        let text_obs = match &meta.observation_space {
-            Space::Text(_) => true,
-            Space::Dict(d) => matches!(d.spaces.get("text"), Some(Space::Text(_))),
-            _ => false,
-        };
+        let text_obs = dreamgym_policies::language::is_text_space(&meta.observation_space);
         anyhow::ensure!(
             text_obs && matches!(meta.action_space, Space::Text(_)),
             "{} holds {} episodes that observe {} and act in {}: supervised fine-tuning needs \
@@ -799,36 +789,24 @@ pub fn evaluate_language_model(
     let mut results = Vec::new();
     let mut samples = Vec::new();
     for &split in &stage.eval.splits {
-        results.push(evaluate_policy(
-            "planner",
-            &mut planner,
-            registry,
-            &data.env,
-            split,
-            &stage.eval,
-            None,
-            progress,
-        )?);
-        results.push(evaluate_policy(
-            "SFT",
-            &mut sft,
-            registry,
-            &data.env,
-            split,
-            &stage.eval,
-            Some(&mut samples),
-            progress,
-        )?);
-        results.push(evaluate_policy(
-            "SFT, constrained",
-            &mut constrained,
-            registry,
-            &data.env,
-            split,
-            &stage.eval,
-            None,
-            progress,
-        )?);
+        let policies: [(&str, &mut dyn Policy, bool); 3] = [
+            ("planner", &mut planner, false),
+            ("SFT", &mut sft, true),
+            ("SFT, constrained", &mut constrained, false),
+        ];
+        for (label, policy, sampled) in policies {
+            let kept = if sampled { Some(&mut samples) } else { None };
+            results.push(evaluate_policy(
+                label,
+                policy,
+                registry,
+                &data.env,
+                split,
+                &stage.eval,
+                kept,
+                progress,
+            )?);
+        }
     }
     progress.end();
     let summary = SftEvalSummary {
@@ -1019,15 +997,6 @@ pub fn load_language_policy(run: &RunDir, constrained: bool) -> anyhow::Result<B
         },
         &run.root().display().to_string(),
     )))
-}
-
-/// Whether `value` is a text observation (for checks before loading a language policy).
-pub fn is_text_space(space: &Space) -> bool {
-    match space {
-        Space::Text(_) => true,
-        Space::Dict(d) => matches!(d.spaces.get("text"), Some(Space::Text(_))),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub use experiment::{
     DEFAULT_EXPERIMENT, Experiment, ExperimentOutcome, OnChange, Part, config_to_save,
     load_experiment, parse_experiment, prepare_run, run_experiment,
 };
-pub use metrics::{MetricsLog, read_csv};
+pub use metrics::{MetricsLog, read_csv, warmup_cosine};
 pub use policy_spec::{POLICY_KINDS, PolicyKind, check_policy_spec, load_policy};
 pub use progress::{Interrupted, Progress, StopFlag};
 pub use run_dir::RunDir;

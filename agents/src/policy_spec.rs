@@ -271,7 +271,7 @@ pub fn load_policy(
             && !path.join("controller.json").exists())
     {
         anyhow::ensure!(
-            crate::language::is_text_space(observation_space)
+            dreamgym_policies::language::is_text_space(observation_space)
                 && matches!(action_space, Space::Text(_)),
             "policy `{spec}` is a language model: it reads text and writes text (Tabletop-v0 \
              with mode = \"language\"); this env observes {observation_space} and acts in \

@@ -76,12 +76,8 @@ pub fn expert_for(
             })
         }
         "Tabletop-v0" => {
-            let text = |s: &Space| match s {
-                Space::Text(_) => true,
-                Space::Dict(d) => matches!(d.spaces.get("text"), Some(Space::Text(_))),
-                _ => false,
-            };
-            if !(text(observation_space) && matches!(action_space, Space::Text(_))) {
+            let text = crate::language::is_text_space(observation_space);
+            if !(text && matches!(action_space, Space::Text(_))) {
                 return Err(PolicyError::Incompatible(format!(
                     "the Tabletop-v0 expert is the language planner: it needs mode = \
                      \"language\" (text observations and actions); this env observes \
@@ -123,11 +119,7 @@ impl Policy for TabletopPlanner {
         Ok(())
     }
     fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
-        let text = match obs {
-            Value::Text(t) => t.as_str(),
-            Value::Dict(d) => d.get("text").and_then(Value::as_text).unwrap_or_default(),
-            _ => "",
-        };
+        let text = crate::language::observation_text(obs).unwrap_or_default();
         let (words, scene) = tabletop::parse_observation(text).ok_or_else(|| {
             PolicyError::Incompatible(format!(
                 "the Tabletop planner cannot read this observation: {}",

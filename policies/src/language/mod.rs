@@ -497,6 +497,17 @@ fn pick(logits: &[f32], sampling: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
     kept.last().map_or(argmax, |k| k.0)
 }
 
+/// Whether a space holds language observations: text, or a Dict with a `text` key.
+pub fn is_text_space(space: &dreamgym_envs::Space) -> bool {
+    match space {
+        dreamgym_envs::Space::Text(_) => true,
+        dreamgym_envs::Space::Dict(d) => {
+            matches!(d.spaces.get("text"), Some(dreamgym_envs::Space::Text(_)))
+        }
+        _ => false,
+    }
+}
+
 /// The text of a language observation: the observation itself, or its `text` key.
 pub fn observation_text(obs: &Value) -> Option<&str> {
     match obs {
