@@ -180,6 +180,18 @@ impl MetricsLog {
     }
 }
 
+/// A learning rate with a linear warm-up over `warmup_steps`, then a cosine decay to `lr / 10`
+/// at `steps`: the transformer trainers' schedule.
+pub fn warmup_cosine(lr: f64, warmup_steps: usize, steps: usize, step: usize) -> f64 {
+    if step < warmup_steps {
+        return lr * (step + 1) as f64 / warmup_steps as f64;
+    }
+    let span = (steps - warmup_steps.min(steps)).max(1) as f64;
+    let progress = ((step - warmup_steps) as f64 / span).min(1.0);
+    let min = lr / 10.0;
+    min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,16 +217,4 @@ mod tests {
         let tb: Vec<_> = std::fs::read_dir(run.tensorboard("vae")).unwrap().collect();
         assert_eq!(tb.len(), 1);
     }
-}
-
-/// A learning rate with a linear warm-up over `warmup_steps`, then a cosine decay to `lr / 10`
-/// at `steps`: the transformer trainers' schedule.
-pub fn warmup_cosine(lr: f64, warmup_steps: usize, steps: usize, step: usize) -> f64 {
-    if step < warmup_steps {
-        return lr * (step + 1) as f64 / warmup_steps as f64;
-    }
-    let span = (steps - warmup_steps.min(steps)).max(1) as f64;
-    let progress = ((step - warmup_steps) as f64 / span).min(1.0);
-    let min = lr / 10.0;
-    min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
 }
