@@ -604,12 +604,10 @@ impl Tabletop {
                 return Ok((report.join("; "), true));
             }
             let outcome = skills::execute(self, &command)?;
-            let failed = !matches!(outcome, CommandOutcome::Reached);
             report.push(format!("{command}: {}", outcome.describe()));
             if matches!(outcome, CommandOutcome::Impossible(_)) {
                 break;
             }
-            let _ = failed;
             if self.instruction.succeeded(&self.scene_state()) {
                 break;
             }
