@@ -60,6 +60,10 @@ struct WindowHeight(f32);
 struct VisualEntity {
     index: usize,
     shape: VisualShape,
+    /// The visual's name and colour when spawned: an env that builds a new scene at reset
+    /// (Tabletop-v0) changes them, and the entities are then spawned anew.
+    name: String,
+    color: [u8; 3],
 }
 
 #[derive(Component)]
@@ -232,6 +236,7 @@ fn initial_distance(env_id: &str) -> f32 {
         "Racer" => 28.0,
         "CartPole" => 6.5,
         "Reacher" => 0.65,
+        "Tabletop" => 1.3,
         _ => 8.0,
     }
 }
@@ -248,27 +253,7 @@ fn setup(
     let mut focus = Vec3::ZERO;
     if let Some((world, scene)) = session.scene() {
         focus = focus_point(world, scene);
-        for (index, (visual, pose)) in scene
-            .visuals
-            .iter()
-            .zip(scene.world_poses(world))
-            .enumerate()
-        {
-            commands.spawn((
-                Mesh3d(meshes.add(mesh_of(&visual.shape))),
-                MeshMaterial3d(materials.add(material_of(visual.color, &visual.shape))),
-                pose.map(|p| to_transform(&p)).unwrap_or_default(),
-                if pose.is_some() {
-                    Visibility::Visible
-                } else {
-                    Visibility::Hidden
-                },
-                VisualEntity {
-                    index,
-                    shape: visual.shape.clone(),
-                },
-            ));
-        }
+        spawn_visuals(&mut commands, &mut meshes, &mut materials, world, scene);
     }
     commands.spawn((
         DirectionalLight {
@@ -450,10 +435,46 @@ fn step_sim(
     }
 }
 
+/// One entity per visual of the scene, posed as the world is now.
+fn spawn_visuals(
+    commands: &mut Commands,
+    meshes: &mut Assets<Mesh>,
+    materials: &mut Assets<StandardMaterial>,
+    world: &dreamgym_sim::World,
+    scene: &dreamgym_sim::Scene,
+) {
+    for (index, (visual, pose)) in scene
+        .visuals
+        .iter()
+        .zip(scene.world_poses(world))
+        .enumerate()
+    {
+        commands.spawn((
+            Mesh3d(meshes.add(mesh_of(&visual.shape))),
+            MeshMaterial3d(materials.add(material_of(visual.color, &visual.shape))),
+            pose.map(|p| to_transform(&p)).unwrap_or_default(),
+            if pose.is_some() {
+                Visibility::Visible
+            } else {
+                Visibility::Hidden
+            },
+            VisualEntity {
+                index,
+                shape: visual.shape.clone(),
+                name: visual.name.clone(),
+                color: visual.color,
+            },
+        ));
+    }
+}
+
 fn sync_visuals(
+    mut commands: Commands,
     sim: Res<Sim>,
     mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
     mut query: Query<(
+        Entity,
         &mut VisualEntity,
         &mut Transform,
         &mut Visibility,
@@ -464,8 +485,23 @@ fn sync_visuals(
     let Some((world, scene)) = session.scene() else {
         return;
     };
+    // A new scene (other objects, or other colours): spawn its visuals anew.
+    let changed = query.iter().count() != scene.visuals.len()
+        || query.iter().any(|(_, ve, ..)| {
+            scene
+                .visuals
+                .get(ve.index)
+                .is_none_or(|v| v.name != ve.name || v.color != ve.color)
+        });
+    if changed {
+        for (entity, ..) in &query {
+            commands.entity(entity).despawn();
+        }
+        spawn_visuals(&mut commands, &mut meshes, &mut materials, world, scene);
+        return;
+    }
     let poses = scene.world_poses(world);
-    for (mut ve, mut transform, mut visibility, mut mesh) in &mut query {
+    for (_, mut ve, mut transform, mut visibility, mut mesh) in &mut query {
         let Some(visual) = scene.visuals.get(ve.index) else {
             continue;
         };

@@ -475,6 +475,14 @@ impl Session {
                     .join(", ")
             ),
             Some(Value::Int(i)) => i.to_string(),
+            // A language action: the commands themselves, on one line.
+            Some(Value::Text(t)) => {
+                let line: String = t.chars().map(|c| if c == '\n' { ';' } else { c }).collect();
+                match line.char_indices().nth(60) {
+                    Some((cut, _)) => format!("{}…", &line[..cut]),
+                    None => line,
+                }
+            }
             Some(other) => other.describe(),
         };
         let episode = match self.episode_count() {
