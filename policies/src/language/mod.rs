@@ -319,6 +319,12 @@ impl LanguageModel {
             vec![]
         };
         ids.extend(self.tokenizer.encode(prompt)?);
+        if ids.is_empty() {
+            return Err(PolicyError::Config(
+                "the prompt is empty and this model adds no start token: nothing to continue"
+                    .into(),
+            ));
+        }
         let block = self.config.transformer.block_size;
         if ids.len() >= block {
             return Err(PolicyError::Config(format!(
