@@ -37,6 +37,31 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     set.push("mode=language".into());
     let overrides = super::parse_overrides(&set)?;
     let mut env = registry.make(&args.env, overrides.as_ref())?;
+    // The controller first: a wrong --model is an error before any question.
+    let mut policy: Box<dyn dreamgym_policies::Policy> = if args.model == "expert" {
+        dreamgym_agents::load_policy(
+            "expert",
+            &args.env,
+            env.observation_space(),
+            env.action_space(),
+            args.seed,
+        )?
+    } else if args.model.ends_with(".gguf") {
+        dreamgym_agents::language::load_gguf_policy(
+            std::path::Path::new(&args.model),
+            args.constrained,
+        )?
+    } else {
+        let run = dreamgym_agents::RunDir::new(&args.model);
+        anyhow::ensure!(
+            run.file("lm.json").exists(),
+            "{} holds no fine-tuned language model (lm.json); train one with `dreamgym run \
+             experiments/language-sft.toml`",
+            args.model
+        );
+        dreamgym_agents::language::load_language_policy(&run, args.constrained)
+            .with_context(|| format!("cannot load the language model in {}", args.model))?
+    };
     let (obs, info) = env.reset(Some(args.seed), &Info::new())?;
     let text = |v: &Value| {
         dreamgym_policies::language::observation_text(v)
@@ -67,30 +92,6 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     let mut options = Info::new();
     options.insert("instruction".into(), words.clone().into());
     let (mut obs, _) = env.reset(Some(args.seed), &options)?;
-    let mut policy: Box<dyn dreamgym_policies::Policy> = if args.model == "expert" {
-        dreamgym_agents::load_policy(
-            "expert",
-            &args.env,
-            env.observation_space(),
-            env.action_space(),
-            args.seed,
-        )?
-    } else if args.model.ends_with(".gguf") {
-        dreamgym_agents::language::load_gguf_policy(
-            std::path::Path::new(&args.model),
-            args.constrained,
-        )?
-    } else {
-        let run = dreamgym_agents::RunDir::new(&args.model);
-        anyhow::ensure!(
-            run.file("lm.json").exists(),
-            "{} holds no fine-tuned language model (lm.json); train one with `dreamgym run \
-             experiments/language-sft.toml`",
-            args.model
-        );
-        dreamgym_agents::language::load_language_policy(&run, args.constrained)
-            .with_context(|| format!("cannot load the language model in {}", args.model))?
-    };
     policy.reset(args.seed)?;
     println!("instruction: {words}");
     loop {
