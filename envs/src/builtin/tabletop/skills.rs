@@ -113,7 +113,17 @@ pub(crate) fn execute(env: &mut Tabletop, command: &Command) -> Result<CommandOu
     };
     let outcome = match object {
         None => move_pusher(env, target)?,
-        Some(o) => push(env, o, target)?,
+        Some(o) => {
+            // A push whose straight line would run into another object goes round it: first
+            // to a point beside the first object in the way, then on to the target.
+            if let Some(way) = scene
+                .position(o)
+                .and_then(|from| detour(&scene, o, from, target))
+            {
+                push(env, o, way)?;
+            }
+            push(env, o, target)?
+        }
     };
     // Stop and let things settle.
     for _ in 0..3 {
@@ -254,29 +264,22 @@ pub(crate) fn current_subgoal(
 }
 
 /// The scripted planner: the commands that carry out `instruction` from `scene`, empty when
-/// there is nothing left to do. A push whose straight path would run into another object
-/// goes by a waypoint beside it first.
+/// there is nothing left to do. It names objects and places only: the push skill finds its own
+/// way round objects in its path.
 pub fn plan(instruction: &Instruction, scene: &SceneState) -> Vec<Command> {
     if instruction.succeeded(scene) {
         return vec![];
     }
     let mut out = Vec::new();
-    let push = |object: ObjectRef, to: Place, target: [f32; 2], out: &mut Vec<Command>| {
-        let Some(from) = scene.position(object) else {
-            return;
-        };
-        if let Some(way) = detour(scene, object, from, target) {
-            out.push(Command::Push {
-                object,
-                to: Place::Point(way),
-            });
+    let push = |object: ObjectRef, to: Place, out: &mut Vec<Command>| {
+        if scene.position(object).is_some() {
+            out.push(Command::Push { object, to });
         }
-        out.push(Command::Push { object, to });
     };
     match instruction.goal {
         Goal::Place { object, zone } => {
-            if let Some(t) = scene.zone(zone) {
-                push(object, Place::Zone(zone), t, &mut out);
+            if scene.zone(zone).is_some() {
+                push(object, Place::Zone(zone), &mut out);
             }
         }
         Goal::Relation {
@@ -284,18 +287,17 @@ pub fn plan(instruction: &Instruction, scene: &SceneState) -> Vec<Command> {
             relation,
             reference,
         } => {
-            if let Some(r) = scene.position(reference) {
-                let t = relation_target(r, relation);
-                push(object, Place::Relation(relation, reference), t, &mut out);
+            if scene.position(reference).is_some() {
+                push(object, Place::Relation(relation, reference), &mut out);
             }
         }
         Goal::Sort { shape } => {
             for (o, p) in &scene.objects {
                 if o.shape == shape
                     && !scene.in_zone(*p, o.colour)
-                    && let Some(t) = scene.zone(o.colour)
+                    && scene.zone(o.colour).is_some()
                 {
-                    push(*o, Place::Zone(o.colour), t, &mut out);
+                    push(*o, Place::Zone(o.colour), &mut out);
                 }
             }
         }
