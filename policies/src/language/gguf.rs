@@ -109,6 +109,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LanguageModel, PolicyEr
             mlp_hidden: hidden,
             bias: false,
             dropout: 0.0,
+            init_std: 0.02,
         },
         vocab_size: tokenizer.vocab_size(),
         tie_embeddings: tied,
