@@ -58,6 +58,10 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
         description: "a pretrained Llama-family model in a GGUF file (SmolLM2-135M-Instruct: scripts/fetch-smollm2.sh), zero-shot on Tabletop-v0's language mode with the action language in its system prompt",
     },
     PolicyKind {
+        spec: "<folder with config.json>",
+        description: "a pretrained Llama-family model in Hugging Face's layout (config.json, model.safetensors, tokenizer.json), zero-shot like a GGUF file",
+    },
+    PolicyKind {
         spec: "<path>/controller.json",
         description: "a linear controller C: inside a World Models run it acts through that run's V and M; alone it acts on float observations of its input size",
     },
@@ -264,8 +268,8 @@ pub fn load_policy(
         );
     }
     let path = Path::new(spec);
-    let gguf = path.is_file() && path.extension().is_some_and(|e| e == "gguf");
-    if gguf
+    let pretrained = dreamgym_policies::language::is_pretrained(path);
+    if pretrained
         || (path.is_dir()
             && path.join("lm.json").exists()
             && !path.join("controller.json").exists())
@@ -277,8 +281,8 @@ pub fn load_policy(
              with mode = \"language\"); this env observes {observation_space} and acts in \
              {action_space}"
         );
-        if gguf {
-            return crate::language::load_gguf_policy(path, false)
+        if pretrained {
+            return crate::language::load_pretrained_policy(path, false)
                 .with_context(|| format!("policy `{spec}`"));
         }
         return crate::language::load_language_policy(&RunDir::new(path), false);

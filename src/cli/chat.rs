@@ -13,8 +13,8 @@ pub struct Args {
     /// Environment id (a language env).
     #[arg(long, default_value = "Tabletop-v0")]
     env: String,
-    /// The controller: a fine-tuned language model's run folder, a pretrained model's `.gguf`
-    /// file, or `expert` (the scripted planner).
+    /// The controller: a fine-tuned language model's run folder, a pretrained model (a `.gguf`
+    /// file or a Hugging Face folder with config.json), or `expert` (the scripted planner).
     #[arg(long)]
     model: String,
     /// Seed of the table.
@@ -46,8 +46,8 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             env.action_space(),
             args.seed,
         )?
-    } else if args.model.ends_with(".gguf") {
-        dreamgym_agents::language::load_gguf_policy(
+    } else if dreamgym_policies::language::is_pretrained(std::path::Path::new(&args.model)) {
+        dreamgym_agents::language::load_pretrained_policy(
             std::path::Path::new(&args.model),
             args.constrained,
         )?

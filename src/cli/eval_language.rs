@@ -8,7 +8,8 @@ use dreamgym_envs::builtin::tabletop::Split;
 /// Arguments of `dreamgym eval-language`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The policy: `expert` (the planner), a fine-tuned run folder, or a `.gguf` file.
+    /// The policy: `expert` (the planner), a fine-tuned run folder, a `.gguf` file or a Hugging
+    /// Face checkpoint folder.
     #[arg(long)]
     policy: String,
     /// Episodes per split.

@@ -142,6 +142,14 @@ impl TextTokenizer {
         })
     }
 
+    /// Widens the vocabulary to `n` ids (a pretrained model's embedding table is often
+    /// padded past its tokenizer's last token); the extra ids decode to nothing.
+    pub fn pad_vocab(&mut self, n: usize) {
+        if n > self.pieces.len() {
+            self.pieces.resize(n, String::new());
+        }
+    }
+
     /// The tokenizer as JSON (Hugging Face's `tokenizer.json` format).
     pub fn to_json(&self) -> Result<String, PolicyError> {
         self.inner
