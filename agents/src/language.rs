@@ -25,7 +25,7 @@ use dreamgym_envs::builtin::tabletop::{Split, parse_program};
 use dreamgym_envs::recording::Dataset;
 use dreamgym_envs::{Info, Registry, Space};
 use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
-use dreamgym_policies::language::{observation_text, prompt_for};
+use dreamgym_policies::language::{masked_mean, observation_text, prompt_for};
 use dreamgym_policies::{
     LanguageModel, LanguagePolicy, LlamaSize, Policy, Sampling, TextTokenizer,
 };
@@ -67,6 +67,11 @@ pub struct LanguageSftStage {
     /// attends to the ones before it in its row); otherwise one example a row, padded (TRL's
     /// default).
     pub packing: bool,
+    /// Weight of a language-modelling loss on the prompt's tokens beside the completion's
+    /// (0: completion only, TRL's default; OpenAI's fine-tuning once used 0.01). A model
+    /// trained from scratch learns the observations' text from it: which objects are on the
+    /// table, what an instruction names.
+    pub prompt_loss_weight: f64,
     /// Learn only from episodes that succeeded (return 1).
     pub successful_only: bool,
     /// Steps between checkpoints.
@@ -89,6 +94,7 @@ impl Default for LanguageSftStage {
             warmup_steps: 50,
             grad_clip: 1.0,
             packing: false,
+            prompt_loss_weight: 0.0,
             successful_only: true,
             checkpoint_every: 100,
             eval: SftEval::default(),
@@ -161,6 +167,10 @@ impl LanguageSftStage {
         ensure(
             self.weight_decay.is_finite() && self.weight_decay >= 0.0,
             "weight_decay must be a number >= 0",
+        )?;
+        ensure(
+            (0.0..=10.0).contains(&self.prompt_loss_weight),
+            "prompt_loss_weight must be in [0, 10]",
         )?;
         ensure(
             self.grad_clip.is_finite() && self.grad_clip > 0.0,
@@ -273,6 +283,10 @@ struct Rows {
     inputs: Vec<Vec<u32>>,
     targets: Vec<Vec<u32>>,
     mask: Vec<Vec<f32>>,
+    /// 1 where the target is a prompt token (the start token's successor on), else 0.
+    prompt: Vec<Vec<f32>>,
+    /// Tokens before the padding: a batch is cut to its longest row.
+    lengths: Vec<usize>,
 }
 
 /// Tokenizes and lays out the examples: packed end to end into rows of `block` tokens, or
@@ -316,6 +330,8 @@ fn make_rows(
         inputs: vec![],
         targets: vec![],
         mask: vec![],
+        prompt: vec![],
+        lengths: vec![],
     };
     if packing {
         let mut stream: Vec<u32> = Vec::new();
@@ -334,6 +350,7 @@ fn make_rows(
             let mut inputs = stream[start..end].to_vec();
             let mut targets = stream[start + 1..end + 1].to_vec();
             let mut mask = stream_mask[start..end].to_vec();
+            rows.lengths.push(inputs.len());
             pad(&mut inputs, &mut targets, &mut mask, block, tokenizer.eos());
             rows.inputs.push(inputs);
             rows.targets.push(targets);
@@ -345,12 +362,25 @@ fn make_rows(
             let mut inputs = ids[..ids.len() - 1].to_vec();
             let mut targets = ids[1..].to_vec();
             let mut mask = mask;
+            rows.lengths.push(inputs.len());
             pad(&mut inputs, &mut targets, &mut mask, block, tokenizer.eos());
             rows.inputs.push(inputs);
             rows.targets.push(targets);
             rows.mask.push(mask);
         }
     }
+    // Every real target that is not the completion's belongs to the prompt.
+    rows.prompt = rows
+        .mask
+        .iter()
+        .zip(&rows.lengths)
+        .map(|(m, &n)| {
+            m.iter()
+                .enumerate()
+                .map(|(j, &c)| if j < n && c == 0.0 { 1.0 } else { 0.0 })
+                .collect()
+        })
+        .collect();
     Ok(rows)
 }
 
@@ -396,6 +426,7 @@ fn settings_of(stage: &LanguageSftStage) -> serde_json::Value {
         "warmup_steps": stage.warmup_steps,
         "grad_clip": stage.grad_clip,
         "packing": stage.packing,
+        "prompt_loss_weight": stage.prompt_loss_weight,
         "successful_only": stage.successful_only,
         "steps": stage.steps,
     })
@@ -500,7 +531,7 @@ pub fn train_language_model(
     let mut metrics = MetricsLog::open(
         run,
         "lm",
-        &["step", "loss", "lr", "tokens"],
+        &["step", "loss", "prompt_loss", "lr", "tokens"],
         Some(start as f64),
     )?;
     let state = |steps_done: usize, loss: f64| {
@@ -539,38 +570,56 @@ pub fn train_language_model(
             .map(|_| batch_rng.random_range(0..rows.inputs.len()))
             .collect();
         let b = picks.len();
+        // Padding past the batch's longest row changes nothing (it is masked and comes
+        // after every real token), so the batch is cut there.
+        let width = picks.iter().map(|&i| rows.lengths[i]).max().unwrap_or(1).max(1);
         let gather_u32 = |src: &Vec<Vec<u32>>| -> anyhow::Result<Tensor> {
-            let flat: Vec<u32> = picks.iter().flat_map(|&i| src[i].iter().copied()).collect();
-            Ok(Tensor::from_vec(flat, (b, block), &device)?)
+            let flat: Vec<u32> = picks
+                .iter()
+                .flat_map(|&i| src[i][..width].iter().copied())
+                .collect();
+            Ok(Tensor::from_vec(flat, (b, width), &device)?)
         };
         let inputs = gather_u32(&rows.inputs)?;
         let targets = gather_u32(&rows.targets)?;
         let mask_flat: Vec<f32> = picks
             .iter()
-            .flat_map(|&i| rows.mask[i].iter().copied())
+            .flat_map(|&i| rows.mask[i][..width].iter().copied())
             .collect();
         let tokens: f32 = mask_flat.iter().sum();
-        let mask = Tensor::from_vec(mask_flat, (b, block), &device)?;
+        let mask = Tensor::from_vec(mask_flat, (b, width), &device)?;
         let use_dropout = stage.model.dropout > 0.0;
-        let loss = model.masked_loss(
+        let losses = model.token_losses(
             &inputs,
             &targets,
-            &mask,
             if use_dropout {
                 Some(&mut drop_rng)
             } else {
                 None
             },
         )?;
-        let l = loss.to_scalar::<f32>()? as f64;
+        let completion_loss = masked_mean(&losses, &mask)?;
+        let (loss, prompt_loss) = if stage.prompt_loss_weight > 0.0 {
+            let prompt_flat: Vec<f32> = picks
+                .iter()
+                .flat_map(|&i| rows.prompt[i][..width].iter().copied())
+                .collect();
+            let prompt = Tensor::from_vec(prompt_flat, (b, width), &device)?;
+            let p = masked_mean(&losses, &prompt)?;
+            let total = (&completion_loss + p.affine(stage.prompt_loss_weight, 0.0)?)?;
+            (total, p.to_scalar::<f32>()? as f64)
+        } else {
+            (completion_loss.clone(), f64::NAN)
+        };
+        let l = completion_loss.to_scalar::<f32>()? as f64;
         anyhow::ensure!(
-            l.is_finite(),
-            "language model: the loss became {l} at step {step}"
+            l.is_finite() && !prompt_loss.is_infinite(),
+            "language model: the loss became {l} (prompt {prompt_loss}) at step {step}"
         );
         let lr = stage.lr_at(step);
         opt.set_lr(lr);
         opt.step(loss.backward()?)?;
-        metrics.push(&[step as f64, l, lr, tokens as f64])?;
+        metrics.push(&[step as f64, l, prompt_loss, lr, tokens as f64])?;
         recent.push(l);
         if recent.len() > 50 {
             recent.remove(0);
@@ -969,13 +1018,14 @@ pub fn run_language_sft(
     Ok((trained, eval))
 }
 
-/// A pretrained model in a GGUF file as a zero-shot policy (greedy decoding, SmolLM2's chat
-/// template with the action language in the system message).
-pub fn load_gguf_policy(
+/// A pretrained model (a GGUF file or a Hugging Face checkpoint folder) as a zero-shot policy
+/// (greedy decoding; a ChatML model such as SmolLM2 gets the action language in its system
+/// message).
+pub fn load_pretrained_policy(
     path: &std::path::Path,
     constrained: bool,
 ) -> anyhow::Result<Box<dyn Policy>> {
-    let model = dreamgym_policies::language::load_gguf(path, &Device::Cpu)?;
+    let model = dreamgym_policies::language::load_pretrained(path, &Device::Cpu)?;
     Ok(Box::new(LanguagePolicy::new(
         Arc::new(model),
         Sampling {
@@ -1039,10 +1089,20 @@ mod tests {
                     }
                 }
             }
+            // The prompt mask covers the other real targets, and padding is in neither.
+            for ((m, p), &n) in rows.mask.iter().zip(&rows.prompt).zip(&rows.lengths) {
+                for j in 0..48 {
+                    assert_eq!(m[j] + p[j], if j < n { 1.0 } else { 0.0 }, "position {j}");
+                }
+            }
             if packing {
                 assert!(rows.inputs.len() < ex.len(), "packing fills rows");
             } else {
                 assert_eq!(rows.inputs.len(), ex.len());
+                let prompt_tokens: usize =
+                    ex.iter().map(|e| tok.encode(&e.prompt).unwrap().len()).sum();
+                let counted: f32 = rows.prompt.iter().flatten().sum();
+                assert_eq!(counted as usize, prompt_tokens);
             }
         }
         let e = make_rows(&ex, &tok, 8, false, 3).err().unwrap();
