@@ -572,7 +572,12 @@ pub fn train_language_model(
         let b = picks.len();
         // Padding past the batch's longest row changes nothing (it is masked and comes
         // after every real token), so the batch is cut there.
-        let width = picks.iter().map(|&i| rows.lengths[i]).max().unwrap_or(1).max(1);
+        let width = picks
+            .iter()
+            .map(|&i| rows.lengths[i])
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let gather_u32 = |src: &Vec<Vec<u32>>| -> anyhow::Result<Tensor> {
             let flat: Vec<u32> = picks
                 .iter()
@@ -1099,8 +1104,10 @@ mod tests {
                 assert!(rows.inputs.len() < ex.len(), "packing fills rows");
             } else {
                 assert_eq!(rows.inputs.len(), ex.len());
-                let prompt_tokens: usize =
-                    ex.iter().map(|e| tok.encode(&e.prompt).unwrap().len()).sum();
+                let prompt_tokens: usize = ex
+                    .iter()
+                    .map(|e| tok.encode(&e.prompt).unwrap().len())
+                    .sum();
                 let counted: f32 = rows.prompt.iter().flatten().sum();
                 assert_eq!(counted as usize, prompt_tokens);
             }

@@ -63,7 +63,10 @@ fn example(rng: &mut ChaCha8Rng) -> (String, String) {
         SHAPES[s],
         COLOURS[z]
     );
-    (prompt, format!("push {} {} to {} zone", COLOURS[c], SHAPES[s], COLOURS[z]))
+    (
+        prompt,
+        format!("push {} {} to {} zone", COLOURS[c], SHAPES[s], COLOURS[z]),
+    )
 }
 
 fn main() -> anyhow::Result<()> {

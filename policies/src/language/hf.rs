@@ -95,7 +95,11 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<LanguageModel, PolicyError
             "config.json describes a `{t}` model; only the Llama architecture loads here"
         )));
     }
-    let refuse = |what: &str| err(format!("config.json asks for {what}, which the core does not run"));
+    let refuse = |what: &str| {
+        err(format!(
+            "config.json asks for {what}, which the core does not run"
+        ))
+    };
     if cfg.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(refuse("rope scaling"));
     }
@@ -106,7 +110,7 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<LanguageModel, PolicyError
         return Err(refuse(&format!("the `{}` activation", cfg.hidden_act)));
     }
     let heads = cfg.num_attention_heads;
-    if heads == 0 || cfg.hidden_size % heads != 0 {
+    if heads == 0 || !cfg.hidden_size.is_multiple_of(heads) {
         return Err(err(format!(
             "hidden_size {} does not split into {heads} heads",
             cfg.hidden_size
@@ -131,7 +135,11 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<LanguageModel, PolicyError
         .as_ref()
         .and_then(OneOrMany::first)
         .ok_or_else(|| err("config.json has no eos_token_id".into()))?;
-    let bos = cfg.bos_token_id.as_ref().and_then(OneOrMany::first).unwrap_or(eos);
+    let bos = cfg
+        .bos_token_id
+        .as_ref()
+        .and_then(OneOrMany::first)
+        .unwrap_or(eos);
     // The tokenizer's own post-processor says whether a prompt starts with the start token.
     let add_bos = inner
         .encode("a", true)
@@ -282,7 +290,9 @@ mod tests {
         // The vocabulary in config.json is 4 larger than the tokenizer's (as HF pads it):
         // the embedding table in the file must be that size too.
         let model = tiny(dir.path(), true);
-        let mut tensors = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        let mut tensors =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
         let e = &tensors["model.embed_tokens.weight"];
         let extra = Tensor::zeros((4, 16), e.dtype(), &Device::Cpu).unwrap();
         let padded = Tensor::cat(&[e, &extra], 0).unwrap();
@@ -295,7 +305,12 @@ mod tests {
         let b = loaded.forward(&ids, None, None).unwrap();
         let (a, b) = (
             a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            b.narrow(2, 0, model.config().vocab_size).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.narrow(2, 0, model.config().vocab_size)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
         );
         assert_eq!(a, b);
         assert_eq!(
@@ -337,12 +352,19 @@ mod tests {
         assert!(e.contains("`gpt2`"), "{e}");
         fix("model_type", serde_json::json!("llama"));
 
-        fix("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0}));
+        fix(
+            "rope_scaling",
+            serde_json::json!({"type": "linear", "factor": 2.0}),
+        );
         let e = load_hf(dir.path(), &Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("rope scaling"), "{e}");
         fix("rope_scaling", serde_json::Value::Null);
 
-        std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+        std::fs::write(
+            dir.path().join("model.safetensors"),
+            b"not a safetensors file",
+        )
+        .unwrap();
         let e = load_hf(dir.path(), &Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("not a readable safetensors file"), "{e}");
 

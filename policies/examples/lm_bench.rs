@@ -1,0 +1,157 @@
+//! The language model beside Hugging Face `transformers` (driven by `bench/lm_parity.py`):
+//!
+//!     lm_bench logits <model> <ids.safetensors> <out.safetensors> [--grads]
+//!         logits [B, T, V] of the token ids `ids` [B, T] (i64), the mean next-token
+//!         cross-entropy over every position, and with --grads every parameter's gradient
+//!         (`grad.<Hugging Face name>`);
+//!     lm_bench tokenize <model> <text>
+//!         the token ids of a text, as JSON;
+//!     lm_bench speed <model> <prompt tokens> <new tokens> <batch> <length> <steps>
+//!         greedy generation with the KV cache (tokens/s after the prompt) and SFT training
+//!         steps (forward, backward, AdamW) on random ids (tokens/s), as JSON.
+//!
+//! `<model>` is a `.gguf` file or a folder with config.json, model.safetensors and
+//! tokenizer.json. Threads: candle's CPU kernels use `RAYON_NUM_THREADS`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{D, Device, Tensor};
+use dreamgym_nn::{Adam, AdamConfig, KvCache, sorted_vars};
+use dreamgym_policies::language::{LanguageModel, load_pretrained};
+
+fn next_token_loss(model: &LanguageModel, ids: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+    let (b, t) = ids.dims2()?;
+    let inputs = ids.narrow(1, 0, t - 1)?;
+    let targets = ids.narrow(1, 1, t - 1)?;
+    let mask = Tensor::ones((b, t - 1), candle_core::DType::F32, ids.device())?;
+    let loss = model.masked_loss(&inputs, &targets, &mask, None)?;
+    let logits = model.forward(ids, None, None)?;
+    Ok((logits, loss))
+}
+
+fn logits(model: &LanguageModel, ids_path: &Path, out: &Path, grads: bool) -> anyhow::Result<()> {
+    let io = candle_core::safetensors::load(ids_path, &Device::Cpu)?;
+    let ids = io
+        .get("ids")
+        .context("the ids file has no `ids` tensor")?
+        .to_dtype(candle_core::DType::U32)?;
+    let (logits, loss) = next_token_loss(model, &ids)?;
+    let mut out_map: HashMap<String, Tensor> = HashMap::new();
+    out_map.insert("logits".into(), logits);
+    out_map.insert("loss".into(), loss.reshape(1)?);
+    if grads {
+        let g = loss.backward()?;
+        for (name, var) in sorted_vars(model.varmap()) {
+            let grad = g
+                .get(var.as_tensor())
+                .with_context(|| format!("no gradient for {name}"))?;
+            out_map.insert(format!("grad.{name}"), grad.clone());
+        }
+    }
+    candle_core::safetensors::save(&out_map, out)?;
+    Ok(())
+}
+
+fn speed(model: &LanguageModel, args: &[usize]) -> anyhow::Result<()> {
+    let [prompt, new, batch, length, steps] = args else {
+        anyhow::bail!("speed takes: prompt tokens, new tokens, batch, length, steps");
+    };
+    let v = model.config().vocab_size as u32;
+    let dev = model.device().clone();
+    // Fixed pseudo-random ids (the same recipe in bench/lm_parity.py is not needed: the cost
+    // does not depend on which tokens they are).
+    let id = |i: usize| ((i as u64 * 2_654_435_761) % (v as u64 - 2)) as u32 + 1;
+
+    // Generation: prefill, then one token at a time with the cache (greedy, no early stop).
+    let ids: Vec<u32> = (0..*prompt).map(id).collect();
+    let mut cache = KvCache::new();
+    let t0 = Instant::now();
+    let x = Tensor::from_vec(ids, (1, *prompt), &dev)?;
+    let mut last = model.forward(&x, Some(&mut cache), None)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..*new {
+        let next = last
+            .narrow(1, last.dim(1)? - 1, 1)?
+            .squeeze(1)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?[0];
+        let x = Tensor::from_vec(vec![next], (1, 1), &dev)?;
+        last = model.forward(&x, Some(&mut cache), None)?;
+    }
+    let decode = t1.elapsed().as_secs_f64();
+
+    // Training: forward, backward and an AdamW step on `batch` rows of `length` tokens.
+    let mut opt = Adam::new(
+        sorted_vars(model.varmap()),
+        AdamConfig {
+            lr: 1e-5,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let rows: Vec<u32> = (0..batch * (length + 1)).map(|i| id(i * 7 + 3)).collect();
+    let ids = Tensor::from_vec(rows, (*batch, length + 1), &dev)?;
+    let mut times = Vec::new();
+    for _ in 0..*steps {
+        let t = Instant::now();
+        let (_, loss) = next_token_loss(model, &ids)?;
+        opt.step(loss.backward()?)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    // The first step warms allocations up; it is left out when there are more.
+    let counted = if times.len() > 1 {
+        &times[1..]
+    } else {
+        &times[..]
+    };
+    let train = counted.iter().sum::<f64>() / counted.len().max(1) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "prefill_tokens_per_s": *prompt as f64 / prefill,
+            "generate_tokens_per_s": *new as f64 / decode,
+            "train_tokens_per_s": (batch * length) as f64 / train,
+            "train_step_s": train,
+        })
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: lm_bench logits|tokenize|speed <model> ...";
+    let (cmd, model_path) = match (args.first(), args.get(1)) {
+        (Some(c), Some(m)) => (c.as_str(), Path::new(m)),
+        _ => anyhow::bail!(usage),
+    };
+    let model = load_pretrained(model_path, &Device::Cpu)?;
+    match cmd {
+        "logits" => {
+            let (ids, out) = match (args.get(2), args.get(3)) {
+                (Some(i), Some(o)) => (Path::new(i), Path::new(o)),
+                _ => anyhow::bail!(usage),
+            };
+            logits(&model, ids, out, args.iter().any(|a| a == "--grads"))
+        }
+        "tokenize" => {
+            let text = args.get(2).context(usage)?;
+            println!(
+                "{}",
+                serde_json::to_string(&model.tokenizer().encode(text)?)?
+            );
+            Ok(())
+        }
+        "speed" => {
+            let nums = args[2..]
+                .iter()
+                .map(|a| a.parse::<usize>().context("speed takes whole numbers"))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            speed(&model, &nums)
+        }
+        _ => anyhow::bail!(usage),
+    }
+}
