@@ -8,7 +8,7 @@
 3. Speed for SmolLM2-135M in f32 on the same threads: greedy generation tokens/s with the KV
    cache, and SFT training tokens/s (forward, backward, AdamW), dreamgym beside PyTorch.
 
-    pip install torch transformers gguf tokenizers safetensors
+    pip install torch transformers accelerate gguf tokenizers safetensors
     cargo build --release -p dreamgym-policies --example lm_bench
     python3 bench/lm_parity.py [--gguf models/SmolLM2-135M-Instruct.Q4_1.gguf] [--threads 2]
 
@@ -125,7 +125,7 @@ def parity_gguf(tmp, gguf, threads):
 
     t0 = time.time()
     model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(os.path.abspath(gguf)), gguf_file=os.path.basename(gguf), torch_dtype=torch.float32
+        os.path.dirname(os.path.abspath(gguf)), gguf_file=os.path.basename(gguf), dtype=torch.float32
     )
     model.eval()
     print(f"smollm2: transformers loaded and dequantized the GGUF in {time.time() - t0:.1f} s")
