@@ -300,15 +300,7 @@ mod tests {
             .map(|i| format!("push the red cube {i} cm to the left; done"))
             .collect();
         let tokenizer = TextTokenizer::train(&texts, 300).unwrap();
-        let size = super::super::LlamaSize {
-            n_layer: 2,
-            n_embd: 16,
-            n_head: 4,
-            n_kv_head: 2,
-            mlp_hidden: 24,
-            block_size: 64,
-            dropout: 0.0,
-        };
+        let size = crate::language::tiny_size();
         let model = LanguageModel::new(&size, tokenizer.clone(), &Device::Cpu, 7).unwrap();
         let params: HashMap<String, Tensor> = dreamgym_nn::sorted_vars(model.varmap())
             .into_iter()

@@ -235,22 +235,13 @@ fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::language::LlamaSize;
 
     fn tiny(dir: &Path, tie: bool) -> LanguageModel {
         let texts: Vec<String> = (0..40)
             .map(|i| format!("push the red cube {i} cm to the left; done"))
             .collect();
         let tok = TextTokenizer::train(&texts, 300).unwrap();
-        let size = LlamaSize {
-            n_layer: 2,
-            n_embd: 16,
-            n_head: 4,
-            n_kv_head: 2,
-            mlp_hidden: 24,
-            block_size: 64,
-            dropout: 0.0,
-        };
+        let size = crate::language::tiny_size();
         let model = LanguageModel::new(&size, tok.clone(), &Device::Cpu, 3).unwrap();
         let mut tensors: HashMap<String, Tensor> = dreamgym_nn::sorted_vars(model.varmap())
             .into_iter()

@@ -62,6 +62,20 @@ pub fn load_pretrained(path: &Path, device: &Device) -> Result<LanguageModel, Po
     }
 }
 
+/// A 2-layer, 16-wide size for tests.
+#[cfg(test)]
+pub(crate) fn tiny_size() -> LlamaSize {
+    LlamaSize {
+        n_layer: 2,
+        n_embd: 16,
+        n_head: 4,
+        n_kv_head: 2,
+        mlp_hidden: 24,
+        block_size: 64,
+        dropout: 0.0,
+    }
+}
+
 /// The prompt for an observation text.
 pub fn prompt_for(observation: &str) -> String {
     format!("{observation}{PROMPT_SUFFIX}")
@@ -646,16 +660,7 @@ mod tests {
             })
             .collect();
         let tok = TextTokenizer::train(&texts, 300).unwrap();
-        let size = LlamaSize {
-            n_layer: 2,
-            n_embd: 16,
-            n_head: 4,
-            n_kv_head: 2,
-            mlp_hidden: 24,
-            block_size: 64,
-            dropout: 0.0,
-        };
-        LanguageModel::new(&size, tok, &Device::Cpu, 3).unwrap()
+        LanguageModel::new(&tiny_size(), tok, &Device::Cpu, 3).unwrap()
     }
 
     #[test]
