@@ -283,8 +283,6 @@ struct Rows {
     inputs: Vec<Vec<u32>>,
     targets: Vec<Vec<u32>>,
     mask: Vec<Vec<f32>>,
-    /// 1 where the target is a prompt token (the start token's successor on), else 0.
-    prompt: Vec<Vec<f32>>,
     /// Tokens before the padding: a batch is cut to its longest row.
     lengths: Vec<usize>,
 }
@@ -330,7 +328,6 @@ fn make_rows(
         inputs: vec![],
         targets: vec![],
         mask: vec![],
-        prompt: vec![],
         lengths: vec![],
     };
     if packing {
@@ -369,19 +366,16 @@ fn make_rows(
             rows.mask.push(mask);
         }
     }
-    // Every real target that is not the completion's belongs to the prompt.
-    rows.prompt = rows
-        .mask
-        .iter()
-        .zip(&rows.lengths)
-        .map(|(m, &n)| {
-            m.iter()
-                .enumerate()
-                .map(|(j, &c)| if j < n && c == 0.0 { 1.0 } else { 0.0 })
-                .collect()
-        })
-        .collect();
     Ok(rows)
+}
+
+/// The prompt mask of a row's first `width` targets: 1 for every real target (before the
+/// row's `length`) that is not the completion's, 0 for the completion and the padding.
+fn prompt_mask(mask: &[f32], length: usize, width: usize) -> impl Iterator<Item = f32> + '_ {
+    mask[..width]
+        .iter()
+        .enumerate()
+        .map(move |(j, &c)| if j < length && c == 0.0 { 1.0 } else { 0.0 })
 }
 
 fn pad(
@@ -607,7 +601,7 @@ pub fn train_language_model(
         let (loss, prompt_loss) = if stage.prompt_loss_weight > 0.0 {
             let prompt_flat: Vec<f32> = picks
                 .iter()
-                .flat_map(|&i| rows.prompt[i][..width].iter().copied())
+                .flat_map(|&i| prompt_mask(&rows.mask[i], rows.lengths[i], width))
                 .collect();
             let prompt = Tensor::from_vec(prompt_flat, (b, width), &device)?;
             let p = masked_mean(&losses, &prompt)?;
@@ -617,9 +611,11 @@ pub fn train_language_model(
             (completion_loss.clone(), f64::NAN)
         };
         let l = completion_loss.to_scalar::<f32>()? as f64;
+        let total = loss.to_scalar::<f32>()?;
         anyhow::ensure!(
-            l.is_finite() && !prompt_loss.is_infinite(),
-            "language model: the loss became {l} (prompt {prompt_loss}) at step {step}"
+            total.is_finite(),
+            "language model: the loss became {total} (completion {l}, prompt {prompt_loss}) at \
+             step {step}"
         );
         let lr = stage.lr_at(step);
         opt.set_lr(lr);
@@ -1095,7 +1091,8 @@ mod tests {
                 }
             }
             // The prompt mask covers the other real targets, and padding is in neither.
-            for ((m, p), &n) in rows.mask.iter().zip(&rows.prompt).zip(&rows.lengths) {
+            for (m, &n) in rows.mask.iter().zip(&rows.lengths) {
+                let p: Vec<f32> = prompt_mask(m, n, 48).collect();
                 for j in 0..48 {
                     assert_eq!(m[j] + p[j], if j < n { 1.0 } else { 0.0 }, "position {j}");
                 }
@@ -1108,7 +1105,12 @@ mod tests {
                     .iter()
                     .map(|e| tok.encode(&e.prompt).unwrap().len())
                     .sum();
-                let counted: f32 = rows.prompt.iter().flatten().sum();
+                let counted: f32 = rows
+                    .mask
+                    .iter()
+                    .zip(&rows.lengths)
+                    .flat_map(|(m, &n)| prompt_mask(m, n, 48))
+                    .sum();
                 assert_eq!(counted as usize, prompt_tokens);
             }
         }

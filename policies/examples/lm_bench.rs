@@ -22,14 +22,14 @@ use candle_core::{D, Device, Tensor};
 use dreamgym_nn::{Adam, AdamConfig, KvCache, sorted_vars};
 use dreamgym_policies::language::{LanguageModel, load_pretrained};
 
-fn next_token_loss(model: &LanguageModel, ids: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+/// The mean next-token cross-entropy of `ids` `[B, T]` (one forward pass, on `T - 1`
+/// positions, as Hugging Face's `labels = ids` computes it).
+fn next_token_loss(model: &LanguageModel, ids: &Tensor) -> anyhow::Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let inputs = ids.narrow(1, 0, t - 1)?;
     let targets = ids.narrow(1, 1, t - 1)?;
     let mask = Tensor::ones((b, t - 1), candle_core::DType::F32, ids.device())?;
-    let loss = model.masked_loss(&inputs, &targets, &mask, None)?;
-    let logits = model.forward(ids, None, None)?;
-    Ok((logits, loss))
+    Ok(model.masked_loss(&inputs, &targets, &mask, None)?)
 }
 
 fn logits(model: &LanguageModel, ids_path: &Path, out: &Path, grads: bool) -> anyhow::Result<()> {
@@ -38,7 +38,8 @@ fn logits(model: &LanguageModel, ids_path: &Path, out: &Path, grads: bool) -> an
         .get("ids")
         .context("the ids file has no `ids` tensor")?
         .to_dtype(candle_core::DType::U32)?;
-    let (logits, loss) = next_token_loss(model, &ids)?;
+    let logits = model.forward(&ids, None, None)?;
+    let loss = next_token_loss(model, &ids)?;
     let mut out_map: HashMap<String, Tensor> = HashMap::new();
     out_map.insert("logits".into(), logits);
     out_map.insert("loss".into(), loss.reshape(1)?);
@@ -98,7 +99,7 @@ fn speed(model: &LanguageModel, args: &[usize]) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..*steps {
         let t = Instant::now();
-        let (_, loss) = next_token_loss(model, &ids)?;
+        let loss = next_token_loss(model, &ids)?;
         opt.step(loss.backward()?)?;
         times.push(t.elapsed().as_secs_f64());
     }
