@@ -24,8 +24,8 @@ use dreamgym_base::derive_seed;
 use dreamgym_envs::builtin::tabletop::{Split, parse_program};
 use dreamgym_envs::recording::Dataset;
 use dreamgym_envs::{Info, Registry, Space};
-use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
-use dreamgym_policies::language::{masked_mean, observation_text, prompt_for};
+use dreamgym_nn::{Adam, AdamConfig, LoraConfig};
+use dreamgym_policies::language::{load_pretrained, masked_mean, observation_text, prompt_for};
 use dreamgym_policies::{
     LanguageModel, LanguagePolicy, LlamaSize, Policy, Sampling, TextTokenizer,
 };
@@ -47,6 +47,13 @@ pub struct LanguageSftStage {
     pub device: String,
     /// Seed of the initialisation, the packing order, batches and dropout.
     pub seed: u64,
+    /// A pretrained model to fine-tune (a GGUF file or a Hugging Face folder); its size and
+    /// tokenizer replace `vocab_size` and `model`. Unset: a new model of `model`'s size, with
+    /// a BPE tokenizer trained on the examples.
+    pub base: Option<std::path::PathBuf>,
+    /// Train LoRA adapters on the base's projections instead of every weight; the run
+    /// folder then holds only the adapters.
+    pub lora: Option<LoraConfig>,
     /// Tokens of the BPE vocabulary (bytes and special tokens included).
     pub vocab_size: usize,
     /// The model's size (a Llama architecture).
@@ -85,6 +92,8 @@ impl Default for LanguageSftStage {
         Self {
             device: "cpu".into(),
             seed: 0,
+            base: None,
+            lora: None,
             vocab_size: 512,
             model: LlamaSize::default(),
             steps: 800,
@@ -117,6 +126,9 @@ pub struct SftEval {
     pub max_new_tokens: usize,
     /// Samples of the model's actions shown in the report.
     pub samples: usize,
+    /// Episodes per split on which the base model is evaluated before fine-tuning
+    /// (zero-shot, greedy and constrained), as a baseline; 0 skips it. Needs `base`.
+    pub zero_shot_episodes: usize,
 }
 
 impl Default for SftEval {
@@ -131,6 +143,7 @@ impl Default for SftEval {
             ],
             max_new_tokens: 96,
             samples: 10,
+            zero_shot_episodes: 0,
         }
     }
 }
@@ -192,6 +205,29 @@ impl LanguageSftStage {
             (1..=4096).contains(&self.eval.max_new_tokens),
             "eval.max_new_tokens must be in 1..=4096",
         )?;
+        ensure(
+            self.eval.zero_shot_episodes <= 100_000,
+            "eval.zero_shot_episodes must be at most 100000",
+        )?;
+        ensure(
+            self.base.is_some() || self.eval.zero_shot_episodes == 0,
+            "eval.zero_shot_episodes needs a pretrained base (a new model knows nothing yet)",
+        )?;
+        ensure(
+            self.base.is_some() || self.lora.is_none(),
+            "lora needs a pretrained base to adapt (set language_sft.base)",
+        )?;
+        if let Some(lora) = &self.lora {
+            lora.validate().context("invalid [language_sft.lora]")?;
+        }
+        if let Some(base) = &self.base {
+            anyhow::ensure!(
+                dreamgym_policies::language::is_pretrained(base),
+                "language_sft.base: {} is neither a .gguf file nor a folder with config.json \
+                 and tokenizer.json (SmolLM2-135M-Instruct: scripts/fetch-smollm2.sh)",
+                base.display()
+            );
+        }
         Ok(())
     }
 
@@ -201,11 +237,12 @@ impl LanguageSftStage {
     }
 }
 
-/// One demonstration: the prompt (an observation) and the completion (the action).
+/// One demonstration: an observation (the model's prompt is made from it) and the
+/// completion (the action).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftExample {
-    /// The observation text with the prompt suffix.
-    pub prompt: String,
+    /// The observation text.
+    pub observation: String,
     /// The action text.
     pub completion: String,
 }
@@ -258,7 +295,7 @@ impl SftData {
                     continue;
                 };
                 examples.push(SftExample {
-                    prompt: prompt_for(o),
+                    observation: o.to_string(),
                     completion: a.to_string(),
                 });
             }
@@ -292,6 +329,7 @@ struct Rows {
 fn make_rows(
     examples: &[SftExample],
     tokenizer: &TextTokenizer,
+    prompt_of: &dyn Fn(&str) -> String,
     block: usize,
     packing: bool,
     seed: u64,
@@ -305,9 +343,13 @@ fn make_rows(
     let mut seqs = Vec::with_capacity(order.len());
     for i in order {
         let e = &examples[i];
-        let prompt = tokenizer.encode(&e.prompt)?;
+        let prompt = tokenizer.encode(&prompt_of(&e.observation))?;
         let completion = tokenizer.encode(&e.completion)?;
-        let mut ids = vec![tokenizer.bos()];
+        let mut ids = if tokenizer.add_bos() {
+            vec![tokenizer.bos()]
+        } else {
+            vec![]
+        };
         ids.extend(&prompt);
         let first_answer = ids.len();
         ids.extend(&completion);
@@ -403,6 +445,9 @@ pub struct SftTrainSummary {
     pub seconds: f64,
     /// Parameters.
     pub parameters: usize,
+    /// Parameters that trained (the adapters' with LoRA).
+    #[serde(default)]
+    pub trainable: usize,
     /// Examples and rows trained on.
     pub examples: usize,
     /// Completion tokens per row, on average.
@@ -413,6 +458,8 @@ pub struct SftTrainSummary {
 fn settings_of(stage: &LanguageSftStage) -> serde_json::Value {
     serde_json::json!({
         "seed": stage.seed,
+        "base": stage.base,
+        "lora": stage.lora,
         "vocab_size": stage.vocab_size,
         "batch_size": stage.batch_size,
         "lr": stage.lr,
@@ -426,6 +473,42 @@ fn settings_of(stage: &LanguageSftStage) -> serde_json::Value {
     })
 }
 
+/// The model training starts from: the pretrained base (with fresh adapters when `lora` is
+/// set), or a new model of the config's size with a tokenizer trained on the examples (read
+/// back from the checkpoint when resuming: training it again would give the same one).
+fn initial_model(
+    stage: &LanguageSftStage,
+    data: &SftData,
+    stem: &std::path::Path,
+    resumable: bool,
+    device: &Device,
+) -> anyhow::Result<LanguageModel> {
+    if let Some(base) = &stage.base {
+        let mut model = load_pretrained(base, device)
+            .with_context(|| format!("cannot load the base model {}", base.display()))?;
+        if let Some(lora) = &stage.lora {
+            model.add_lora(lora, derive_seed(stage.seed, "lm.lora", 0))?;
+        }
+        return Ok(model);
+    }
+    let tokenizer = if resumable {
+        TextTokenizer::load(&dreamgym_policies::language::tokenizer_path(stem))?
+    } else {
+        let texts: Vec<String> = data
+            .examples
+            .iter()
+            .flat_map(|e| [prompt_for(&e.observation), e.completion.clone()])
+            .collect();
+        TextTokenizer::train(&texts, stage.vocab_size)?
+    };
+    Ok(LanguageModel::new(
+        &stage.model,
+        tokenizer,
+        device,
+        derive_seed(stage.seed, "lm.init", 0),
+    )?)
+}
+
 /// Trains (or resumes) the language model on `data`.
 pub fn train_language_model(
     stage: &LanguageSftStage,
@@ -436,33 +519,25 @@ pub fn train_language_model(
     let device = dreamgym_nn::device(&stage.device)?;
     let stem = run.checkpoint(LM_CHECKPOINT);
     let trained_on = serde_json::json!({ "dataset": data.fingerprint });
-    // A saved model of this config on this dataset keeps its tokenizer (retraining it would
-    // give the same one, but reading it is instant).
     let saved = read_state(&stem)?;
     let resumable = saved.as_ref().is_some_and(|s| {
         s.get("trained_on") == Some(&trained_on) && s.get("settings") == Some(&settings_of(stage))
     });
+    let model = initial_model(stage, data, &stem, resumable, &device)?;
+    let architecture = serde_json::to_value(model.config())?;
+    // A checkpoint of another architecture (another size, or one saved before a change of
+    // initialisation) is not resumed: training starts again.
+    let resumable = resumable
+        && saved
+            .as_ref()
+            .is_some_and(|s| s.get("model") == Some(&architecture));
     if saved.is_some() && !resumable {
-        progress.note("language model: the dataset or settings changed since it was trained; training it from scratch");
+        progress.note("language model: the dataset, settings or model changed since it was trained; training it from scratch");
     }
-    let tokenizer = if resumable {
-        TextTokenizer::load(&dreamgym_policies::language::tokenizer_path(&stem))?
-    } else {
-        let texts: Vec<String> = data
-            .examples
-            .iter()
-            .flat_map(|e| [e.prompt.clone(), e.completion.clone()])
-            .collect();
-        TextTokenizer::train(&texts, stage.vocab_size)?
-    };
-    let model = LanguageModel::new(
-        &stage.model,
-        tokenizer,
-        &device,
-        derive_seed(stage.seed, "lm.init", 0),
-    )?;
+    let trainable = model.trainable();
+    let trainable_count: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = Adam::new(
-        sorted_vars(model.varmap()),
+        trainable,
         AdamConfig {
             lr: stage.lr,
             beta2: 0.95,
@@ -473,17 +548,7 @@ pub fn train_language_model(
     )?;
     let (start, mut last_loss) = match (resumable, &saved) {
         (true, Some(state)) => {
-            anyhow::ensure!(
-                dreamgym_nn::read_checkpoint_meta::<dreamgym_nn::GptConfig>(
-                    &stem,
-                    dreamgym_policies::language::LM_CHECKPOINT_KIND
-                )?
-                .0 == *model.config(),
-                "{} holds a language model of another size than the config asks for; run with \
-                 --force to discard it, or use another --out",
-                stem.display()
-            );
-            dreamgym_nn::load_weights(&stem, model.varmap())?;
+            model.load_trainable(&stem)?;
             dreamgym_nn::load_optimizer(&stem, &mut opt)?;
             (
                 state
@@ -499,10 +564,11 @@ pub fn train_language_model(
         _ => (0, f64::NAN),
     };
     let parameters = dreamgym_nn::param_count(model.varmap());
-    let block = stage.model.block_size;
+    let block = model.config().transformer.block_size;
     let rows = make_rows(
         &data.examples,
         model.tokenizer(),
+        &|o| model.prompt(o),
         block,
         stage.packing,
         stage.seed,
@@ -513,6 +579,7 @@ pub fn train_language_model(
         final_loss: loss,
         seconds,
         parameters,
+        trainable: trainable_count,
         examples: data.examples.len(),
         rows: rows.inputs.len(),
     };
@@ -534,6 +601,7 @@ pub fn train_language_model(
             "loss": loss,
             "settings": settings_of(stage),
             "trained_on": trained_on,
+            "model": architecture,
         })
     };
     progress.begin("train the language model", (stage.steps - start) as u64);
@@ -586,19 +654,16 @@ pub fn train_language_model(
             .flat_map(|&i| rows.mask[i][..width].iter().copied())
             .collect();
         let tokens: f32 = mask_flat.iter().sum();
-        let mask = Tensor::from_vec(mask_flat, (b, width), &device)?;
         let use_dropout = stage.model.dropout > 0.0;
-        let losses = model.token_losses(
-            &inputs,
-            &targets,
-            if use_dropout {
-                Some(&mut drop_rng)
-            } else {
-                None
-            },
-        )?;
-        let completion_loss = masked_mean(&losses, &mask)?;
-        let (loss, prompt_loss) = if stage.prompt_loss_weight > 0.0 {
+        let drop = if use_dropout {
+            Some(&mut drop_rng)
+        } else {
+            None
+        };
+        let (completion_loss, loss, prompt_loss) = if stage.prompt_loss_weight > 0.0 {
+            let mask = Tensor::from_vec(mask_flat, (b, width), &device)?;
+            let losses = model.token_losses(&inputs, &targets, drop)?;
+            let completion_loss = masked_mean(&losses, &mask)?;
             let prompt_flat: Vec<f32> = picks
                 .iter()
                 .flat_map(|&i| prompt_mask(&rows.mask[i], rows.lengths[i], width))
@@ -606,9 +671,22 @@ pub fn train_language_model(
             let prompt = Tensor::from_vec(prompt_flat, (b, width), &device)?;
             let p = masked_mean(&losses, &prompt)?;
             let total = (&completion_loss + p.affine(stage.prompt_loss_weight, 0.0)?)?;
-            (total, p.to_scalar::<f32>()? as f64)
+            let p = p.to_scalar::<f32>()? as f64;
+            (completion_loss, total, p)
         } else {
-            (completion_loss.clone(), f64::NAN)
+            // Completion only: the head runs at the completion's positions alone.
+            let at: Vec<u32> = mask_flat
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m > 0.0)
+                .map(|(j, _)| j as u32)
+                .collect();
+            let n = at.len();
+            let at = Tensor::from_vec(at, n, &device)?;
+            let completion_loss = model
+                .token_losses_at(&inputs, &targets, &at, drop)?
+                .mean_all()?;
+            (completion_loss.clone(), completion_loss, f64::NAN)
         };
         let l = completion_loss.to_scalar::<f32>()? as f64;
         let total = loss.to_scalar::<f32>()?;
@@ -644,8 +722,9 @@ fn read_state(stem: &std::path::Path) -> anyhow::Result<Option<serde_json::Value
     if !dreamgym_nn::checkpoint_paths(stem).1.exists() {
         return Ok(None);
     }
-    let (_, state): (dreamgym_nn::GptConfig, serde_json::Value) =
-        dreamgym_nn::read_checkpoint_meta(stem, dreamgym_policies::language::LM_CHECKPOINT_KIND)?;
+    let kind = dreamgym_nn::checkpoint_kind(stem)?;
+    let (_, state): (serde_json::Value, serde_json::Value) =
+        dreamgym_nn::read_checkpoint_meta(stem, &kind)?;
     Ok(Some(state))
 }
 
@@ -799,19 +878,97 @@ pub fn evaluate_policy(
     Ok(result)
 }
 
+/// The pretrained base before fine-tuning, greedy and constrained, on
+/// `eval.zero_shot_episodes` episodes of every split: the baseline fine-tuning is measured
+/// against. Kept in `lm_zero_shot.json` while the base and the eval settings hold.
+pub fn evaluate_zero_shot(
+    stage: &LanguageSftStage,
+    data: &SftData,
+    run: &RunDir,
+    registry: &Registry,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<SplitResult>> {
+    let (Some(base), n) = (&stage.base, stage.eval.zero_shot_episodes) else {
+        return Ok(vec![]);
+    };
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let made_by = serde_json::json!({ "base": base, "eval": stage.eval });
+    let path = run.file("lm_zero_shot.json");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(old) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && old.get("made_by") == Some(&made_by)
+        && let Some(Ok(results)) = old
+            .get("results")
+            .map(|r| serde_json::from_value::<Vec<SplitResult>>(r.clone()))
+    {
+        return Ok(results);
+    }
+    let model = Arc::new(
+        load_pretrained(base, &Device::Cpu)
+            .with_context(|| format!("cannot load the base model {}", base.display()))?,
+    );
+    let sampling = Sampling {
+        max_new_tokens: stage.eval.max_new_tokens,
+        ..Sampling::default()
+    };
+    let mut greedy = LanguagePolicy::new(model.clone(), sampling, "zero-shot");
+    let mut constrained = LanguagePolicy::new(
+        model,
+        Sampling {
+            constrained: true,
+            ..sampling
+        },
+        "zero-shot",
+    );
+    let eval = SftEval {
+        episodes: n,
+        ..stage.eval.clone()
+    };
+    progress.begin(
+        "evaluate the base model zero-shot",
+        (n * eval.splits.len() * 2) as u64,
+    );
+    let mut results = Vec::new();
+    for &split in &eval.splits {
+        for (label, policy) in [
+            ("zero-shot", &mut greedy),
+            ("zero-shot, constrained", &mut constrained),
+        ] {
+            results.push(evaluate_policy(
+                label, policy, registry, &data.env, split, &eval, None, progress,
+            )?);
+        }
+    }
+    progress.end();
+    dreamgym_base::write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&serde_json::json!({ "made_by": made_by, "results": results }))?,
+    )?;
+    Ok(results)
+}
+
 /// Evaluates the planner, the model and the constrained model on every split; writes
-/// `lm_eval.json` and `lm_report.md`. Returns the numbers and whether they were computed now.
+/// `lm_eval.json` and `lm_report.md` (with the `zero_shot` baseline's results first).
+/// Returns the numbers and whether they were computed now.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_language_model(
     stage: &LanguageSftStage,
     data: &SftData,
     model: Arc<LanguageModel>,
     trained: &SftTrainSummary,
+    zero_shot: &[SplitResult],
     run: &RunDir,
     registry: &Registry,
     progress: &dyn Progress,
 ) -> anyhow::Result<(SftEvalSummary, bool)> {
     let crc = dreamgym_nn::weights_crc32(&run.checkpoint(LM_CHECKPOINT))?;
-    let made_by = serde_json::json!({ "weights_crc32": crc, "eval": stage.eval });
+    let made_by = serde_json::json!({
+        "weights_crc32": crc,
+        "eval": stage.eval,
+        "base": stage.base,
+    });
     let eval_path = run.file("lm_eval.json");
     if let Ok(bytes) = std::fs::read(&eval_path)
         && let Ok(old) = serde_json::from_slice::<SftEvalSummary>(&bytes)
@@ -836,7 +993,7 @@ pub fn evaluate_language_model(
     let mut planner = dreamgym_policies::TabletopPlanner::default();
     let n = stage.eval.episodes * stage.eval.splits.len() * 3;
     progress.begin("evaluate the language model", n as u64);
-    let mut results = Vec::new();
+    let mut results = zero_shot.to_vec();
     let mut samples = Vec::new();
     for &split in &stage.eval.splits {
         let policies: [(&str, &mut dyn Policy, bool); 3] = [
@@ -889,16 +1046,36 @@ fn report(
 ) -> String {
     let mut s = String::new();
     s.push_str("# Language controller: supervised fine-tuning\n\n");
+    let model = match (&stage.base, &stage.lora) {
+        (Some(base), Some(lora)) => format!(
+            "{} ({} parameters) with LoRA adapters (rank {}, alpha {}, on {}: {} trainable \
+             parameters)",
+            base.display(),
+            trained.parameters,
+            lora.rank,
+            lora.alpha,
+            lora.targets.join(", "),
+            trained.trainable
+        ),
+        (Some(base), None) => format!(
+            "{} ({} parameters, every one trained)",
+            base.display(),
+            trained.parameters
+        ),
+        _ => format!(
+            "A {}-parameter Llama-architecture model ({} layers, {} wide, {} heads, {} \
+             key/value heads, vocabulary {})",
+            trained.parameters,
+            stage.model.n_layer,
+            stage.model.n_embd,
+            stage.model.n_head,
+            stage.model.n_kv_head,
+            stage.vocab_size
+        ),
+    };
     s.push_str(&format!(
-        "A {}-parameter Llama-architecture model ({} layers, {} wide, {} heads, {} key/value \
-         heads, vocabulary {}), trained for {} steps on {} demonstrations from {} of {} recorded \
-         episodes ({}); final loss {:.4}.\n\n",
-        trained.parameters,
-        stage.model.n_layer,
-        stage.model.n_embd,
-        stage.model.n_head,
-        stage.model.n_kv_head,
-        stage.vocab_size,
+        "{model}, trained for {} steps on {} demonstrations from {} of {} recorded episodes \
+         ({}); final loss {:.4}.\n\n",
         trained.steps,
         trained.examples,
         data.episodes.0,
@@ -906,6 +1083,13 @@ fn report(
         data.env.0,
         trained.final_loss
     ));
+    if stage.eval.zero_shot_episodes > 0 {
+        s.push_str(&format!(
+            "The zero-shot rows are the base model before fine-tuning, prompted with the \
+             action language, on the first {} seeds of each split.\n\n",
+            stage.eval.zero_shot_episodes
+        ));
+    }
     s.push_str(&format!(
         "Evaluation: {} episodes per split and policy, seeds {}.., with physics execution.\n\n",
         stage.eval.episodes, stage.eval.seed
@@ -970,6 +1154,7 @@ pub fn run_language_sft(
 ) -> anyhow::Result<(SftTrainSummary, SftEvalSummary)> {
     stage.validate()?;
     let data = SftData::load(&run.data(), stage.successful_only)?;
+    let zero_shot = evaluate_zero_shot(stage, &data, run, registry, progress)?;
     let (model, trained) = train_language_model(stage, &data, run, progress)?;
     if trained.seconds == 0.0 {
         progress.done(&format!(
@@ -998,6 +1183,7 @@ pub fn run_language_sft(
         &data,
         Arc::new(model),
         &trained,
+        &zero_shot,
         run,
         registry,
         progress,
@@ -1057,7 +1243,7 @@ mod tests {
     fn examples() -> Vec<SftExample> {
         (0..5)
             .map(|i| SftExample {
-                prompt: prompt_for(&format!("instruction: push the red cube {i} cm")),
+                observation: format!("instruction: push the red cube {i} cm"),
                 completion: format!("push red cube left {i} cm"),
             })
             .collect()
@@ -1068,7 +1254,7 @@ mod tests {
         let ex = examples();
         let texts: Vec<String> = ex
             .iter()
-            .flat_map(|e| [e.prompt.clone(), e.completion.clone()])
+            .flat_map(|e| [prompt_for(&e.observation), e.completion.clone()])
             .collect();
         let tok = TextTokenizer::train(&texts, 280).unwrap();
         let completion_tokens: usize = ex
@@ -1076,7 +1262,7 @@ mod tests {
             .map(|e| tok.encode(&e.completion).unwrap().len() + 1)
             .sum();
         for packing in [false, true] {
-            let rows = make_rows(&ex, &tok, 48, packing, 3).unwrap();
+            let rows = make_rows(&ex, &tok, &prompt_for, 48, packing, 3).unwrap();
             let counted: f32 = rows.mask.iter().flatten().sum();
             // Every completion token and each end token is learned, nothing else.
             assert_eq!(counted as usize, completion_tokens, "packing {packing}");
@@ -1103,7 +1289,7 @@ mod tests {
                 assert_eq!(rows.inputs.len(), ex.len());
                 let prompt_tokens: usize = ex
                     .iter()
-                    .map(|e| tok.encode(&e.prompt).unwrap().len())
+                    .map(|e| tok.encode(&prompt_for(&e.observation)).unwrap().len())
                     .sum();
                 let counted: f32 = rows
                     .mask
@@ -1114,7 +1300,9 @@ mod tests {
                 assert_eq!(counted as usize, prompt_tokens);
             }
         }
-        let e = make_rows(&ex, &tok, 8, false, 3).err().unwrap();
+        let e = make_rows(&ex, &tok, &prompt_for, 8, false, 3)
+            .err()
+            .unwrap();
         assert!(
             e.to_string()
                 .contains("raise language_sft.model.block_size"),

@@ -148,6 +148,11 @@ pub fn read_checkpoint_meta<C: DeserializeOwned>(
     Ok((config, sidecar.state))
 }
 
+/// The kind a checkpoint's sidecar names (which model it holds).
+pub fn checkpoint_kind(stem: &Path) -> Result<String, NnError> {
+    Ok(read_sidecar(stem)?.kind)
+}
+
 /// The CRC-32 of a checkpoint's weights as its sidecar records it: an identity for "which
 /// trained model", so that what was trained on a model can tell when the model changed.
 pub fn weights_crc32(stem: &Path) -> Result<u32, NnError> {

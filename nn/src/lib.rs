@@ -38,8 +38,9 @@ mod transformer;
 pub use attention::{causal_attention, causal_mask, softmax};
 pub use check::{FdReport, check_gradients_reach_every_parameter, finite_difference_check};
 pub use checkpoint::{
-    checkpoint_paths, load_optimizer, load_weights, param_count, read_checkpoint_meta,
-    safetensors_bytes, save_checkpoint, sorted_vars, tensors_bytes, weights_crc32,
+    checkpoint_kind, checkpoint_paths, load_optimizer, load_weights, param_count,
+    read_checkpoint_meta, safetensors_bytes, save_checkpoint, sorted_vars, tensors_bytes,
+    weights_crc32,
 };
 pub use conv::{
     conv_out_size, conv_transpose_out_size, conv_transpose2d, conv_transpose2d_act, conv2d,
@@ -57,8 +58,8 @@ pub use lstm::{Lstm, lstm_cell};
 pub use norm::{LayerNorm, RmsNorm};
 pub use optim::{Adam, AdamConfig};
 pub use transformer::{
-    Dropout, Gpt, GptConfig, KvCache, MlpKind, NormKind, PositionKind, Proj, Transformer,
-    TransformerConfig,
+    Dropout, Gpt, GptConfig, KvCache, LORA_TARGETS, LoraConfig, LoraPair, MlpKind, NormKind,
+    PositionKind, Proj, Transformer, TransformerConfig,
 };
 
 /// The names most models use.

@@ -198,13 +198,107 @@ impl TransformerConfig {
     }
 }
 
-/// A projection `x Wᵀ (+ b)` with PyTorch's layout `[out, in]`, on inputs of any rank.
+/// Low-rank adapters (LoRA; Hu et al., 2021) on a model's projections: `W x` becomes
+/// `W x + (alpha / rank) · B A x` with `A` `[rank, in]` and `B` `[out, rank]`, and only `A`
+/// and `B` train. As in Hugging Face PEFT: `A` starts uniform in ±1/√in (Kaiming-uniform with
+/// a = √5), `B` at zero (the adapted model starts equal to the base), and the adapters are
+/// named `base_model.model.<projection>.lora_A.weight` / `lora_B.weight`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank of each adapter.
+    pub rank: usize,
+    /// Scale numerator: the update is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Projections adapted, by their Hugging Face names (`q_proj`, `k_proj`, `v_proj`,
+    /// `o_proj`, `gate_proj`, `up_proj`, `down_proj`).
+    pub targets: Vec<String>,
+}
+
+/// The projections a [`LoraConfig`] may name.
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+impl Default for LoraConfig {
+    /// Rank 8, alpha 16, on every projection of every block (PEFT's "all-linear" without the
+    /// output head).
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            targets: LORA_TARGETS.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+}
+
+impl LoraConfig {
+    /// The update's scale, `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank.max(1) as f64
+    }
+
+    /// Checks the rank, alpha and targets, naming the first bad one.
+    pub fn validate(&self) -> std::result::Result<(), NnError> {
+        if !(1..=4096).contains(&self.rank) {
+            return Err(NnError::Config(format!(
+                "lora.rank must be in 1..=4096, got {}",
+                self.rank
+            )));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(NnError::Config(format!(
+                "lora.alpha must be a positive number, got {}",
+                self.alpha
+            )));
+        }
+        if self.targets.is_empty() {
+            return Err(NnError::Config(format!(
+                "lora.targets must name at least one of {}",
+                LORA_TARGETS.join(", ")
+            )));
+        }
+        if let Some(bad) = self
+            .targets
+            .iter()
+            .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+        {
+            return Err(NnError::Config(format!(
+                "lora.targets: unknown projection `{bad}`; the projections are {}",
+                LORA_TARGETS.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One adapter: `scale · B A x`.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    /// `[rank, in]`.
+    pub a: Tensor,
+    /// `[out, rank]`.
+    pub b: Tensor,
+    /// `alpha / rank`.
+    pub scale: f64,
+}
+
+/// A projection `x Wᵀ (+ b)` with PyTorch's layout `[out, in]`, on inputs of any rank, with
+/// an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Proj {
     /// `[out, in]`.
     pub weight: Tensor,
     /// `[out]`, when the layer has one.
     pub bias: Option<Tensor>,
+    /// A low-rank adapter added to the output, when the model has them.
+    pub lora: Option<LoraPair>,
 }
 
 impl Proj {
@@ -224,7 +318,40 @@ impl Proj {
             } else {
                 None
             },
+            lora: None,
         })
+    }
+
+    /// A projection with these weights and no adapter.
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// Attaches a LoRA adapter named `base_model.model.{name}.lora_A.weight` (and `lora_B`).
+    fn add_lora(&mut self, init: &mut ParamInit, name: &str, cfg: &LoraConfig) -> Result<()> {
+        let (out, inp) = self.weight.dims2()?;
+        let stem = format!("base_model.model.{name}");
+        self.lora = Some(LoraPair {
+            a: init.uniform(
+                &format!("{stem}.lora_A.weight"),
+                &[cfg.rank, inp],
+                1.0 / (inp as f32).sqrt(),
+            )?,
+            b: init.constant(&format!("{stem}.lora_B.weight"), &[out, cfg.rank], 0.0)?,
+            scale: cfg.scale(),
+        });
+        Ok(())
+    }
+
+    /// Stops gradients at the weight and bias (they become constants); an adapter still
+    /// trains.
+    fn freeze(&mut self) {
+        self.weight = self.weight.detach();
+        self.bias = self.bias.as_ref().map(|b| b.detach());
     }
 
     /// Applies the layer to `[.., in]`.
@@ -232,11 +359,15 @@ impl Proj {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / inp.max(1);
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => crate::add_bias(&y, b)?,
-            None => y,
-        };
+        let x = x.reshape((rows, inp))?;
+        let mut y = x.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = crate::add_bias(&y, bias)?;
+        }
+        if let Some(l) = &self.lora {
+            let update = x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+            y = (y + update.affine(l.scale, 0.0)?)?;
+        }
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = self.weight.dim(0)?;
@@ -269,6 +400,16 @@ impl Norm {
         match self {
             Norm::Layer(n) => n.forward(x),
             Norm::Rms(n) => n.forward(x),
+        }
+    }
+
+    fn freeze(&mut self) {
+        match self {
+            Norm::Layer(n) => {
+                n.weight = n.weight.detach();
+                n.bias = n.bias.as_ref().map(|b| b.detach());
+            }
+            Norm::Rms(n) => n.weight = n.weight.detach(),
         }
     }
 }
@@ -388,6 +529,30 @@ impl Block {
             up: p(init, "mlp.up_proj", c, cfg.hidden(), std)?,
             down: p(init, "mlp.down_proj", cfg.hidden(), c, out_std)?,
         })
+    }
+
+    /// The block's projections by their Hugging Face names.
+    fn projections(&mut self) -> Vec<(&'static str, &mut Proj)> {
+        let mut p: Vec<(&'static str, &mut Proj)> = vec![
+            ("self_attn.q_proj", &mut self.q),
+            ("self_attn.k_proj", &mut self.k),
+            ("self_attn.v_proj", &mut self.v),
+            ("self_attn.o_proj", &mut self.o),
+        ];
+        if let Some(g) = &mut self.gate {
+            p.push(("mlp.gate_proj", g));
+        }
+        p.push(("mlp.up_proj", &mut self.up));
+        p.push(("mlp.down_proj", &mut self.down));
+        p
+    }
+
+    fn freeze(&mut self) {
+        self.input_norm.freeze();
+        self.post_norm.freeze();
+        for (_, p) in self.projections() {
+            p.freeze();
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -533,6 +698,44 @@ impl Transformer {
         &self.config
     }
 
+    /// Makes every parameter a constant (no gradient flows into it); adapters added later
+    /// still train.
+    pub fn freeze(&mut self) {
+        self.positions = self.positions.as_ref().map(|p| p.detach());
+        self.norm.freeze();
+        for b in &mut self.blocks {
+            b.freeze();
+        }
+    }
+
+    /// Attaches LoRA adapters, created in `init`, to the projections `cfg` names in every
+    /// block; parameters are named under `prefix` like the core's own. Returns how many.
+    pub fn add_lora(
+        &mut self,
+        init: &mut ParamInit,
+        prefix: &str,
+        cfg: &LoraConfig,
+    ) -> std::result::Result<usize, NnError> {
+        cfg.validate()?;
+        let mut added = 0;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for (name, proj) in block.projections() {
+                let short = name.rsplit('.').next().unwrap_or(name);
+                if cfg.targets.iter().any(|t| t == short) {
+                    proj.add_lora(init, &format!("{prefix}layers.{i}.{name}"), cfg)?;
+                    added += 1;
+                }
+            }
+        }
+        if added == 0 {
+            return Err(NnError::Config(format!(
+                "lora.targets ({}) name no projection of this model",
+                cfg.targets.join(", ")
+            )));
+        }
+        Ok(added)
+    }
+
     /// Runs the blocks on `x` `[B, T, n_embd]`. With a `cache`, `x` holds the positions after
     /// the cached ones, which are attended to and extended. `dropout` (training only) drops
     /// input and residual-branch units with the config's probability.
@@ -671,6 +874,27 @@ impl Gpt {
         &self.config
     }
 
+    /// Freezes every parameter (embeddings, norms, projections, head) and attaches LoRA
+    /// adapters created in `init` (their own parameter map, so they save apart from the
+    /// base): from here on only the adapters get gradients. Returns how many adapters.
+    pub fn add_lora(
+        &mut self,
+        init: &mut ParamInit,
+        cfg: &LoraConfig,
+    ) -> std::result::Result<usize, NnError> {
+        if self.core.blocks.iter().any(|b| b.q.lora.is_some()) {
+            return Err(NnError::Config(
+                "the model already has LoRA adapters".into(),
+            ));
+        }
+        self.embed.weight = self.embed.weight.detach();
+        if let Some(h) = &mut self.head {
+            h.freeze();
+        }
+        self.core.freeze();
+        self.core.add_lora(init, "model.", cfg)
+    }
+
     /// Logits `[B, T, vocab]` for token ids `[B, T]` (after the cached positions, if any).
     pub fn forward(
         &self,
@@ -678,15 +902,27 @@ impl Gpt {
         cache: Option<&mut KvCache>,
         rng: Option<&mut ChaCha8Rng>,
     ) -> std::result::Result<Tensor, NnError> {
+        let h = self.hidden(ids, cache, rng)?;
+        self.head(&h)
+    }
+
+    /// The final hidden states `[B, T, n_embd]` for token ids `[B, T]`: [`forward`](Self::forward)
+    /// without the head, for a caller that needs logits at a few positions only.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> std::result::Result<Tensor, NnError> {
         let x = self.embed.forward(ids)?;
-        let h = self.core.forward(&x, cache, rng)?;
+        self.core.forward(&x, cache, rng)
+    }
+
+    /// Logits (f32) for hidden states `[.., n_embd]`.
+    pub fn head(&self, h: &Tensor) -> std::result::Result<Tensor, NnError> {
         let logits = match &self.head {
-            Some(head) => head.forward(&h)?,
-            None => Proj {
-                weight: self.embed.weight.clone(),
-                bias: None,
-            }
-            .forward(&h)?,
+            Some(head) => head.forward(h)?,
+            None => Proj::from_weight(self.embed.weight.clone(), None).forward(h)?,
         };
         Ok(logits.to_dtype(DType::F32)?)
     }
@@ -962,5 +1198,182 @@ mod tests {
         }
         let err = a.forward(&rand(&[1, 5, 6], 15), None, None).unwrap_err();
         assert!(err.to_string().contains("width 6"), "{err}");
+    }
+
+    fn lora_gpt(dtype: DType) -> (VarMap, Gpt, GptConfig) {
+        let cfg = GptConfig {
+            transformer: variants()[1].clone(),
+            vocab_size: 11,
+            tie_embeddings: true,
+        };
+        let vm = VarMap::new();
+        let mut init = ParamInit::new(&vm, &Device::Cpu, 21).with_dtype(dtype);
+        let gpt = Gpt::new(&mut init, &cfg, &Device::Cpu).unwrap();
+        (vm, gpt, cfg)
+    }
+
+    fn lora_ids() -> Tensor {
+        Tensor::new(&[[1u32, 4, 7, 10], [0, 2, 2, 9]], &Device::Cpu).unwrap()
+    }
+
+    /// Draws every adapter's `B` away from zero (it starts at zero, where `A` gets no gradient).
+    fn randomize_b(adapters: &VarMap, dtype: DType) {
+        for (i, (name, var)) in crate::sorted_vars(adapters).iter().enumerate() {
+            if name.contains("lora_B") {
+                let w = (rand(var.dims(), 300 + i as u64) * 0.3).unwrap();
+                var.set(&w.to_dtype(dtype).unwrap()).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn lora_starts_as_the_base_and_only_its_adapters_train() {
+        let (base, mut gpt, _) = lora_gpt(DType::F32);
+        let before = gpt.forward(&lora_ids(), None, None).unwrap();
+        let adapters = VarMap::new();
+        let mut init = ParamInit::new(&adapters, &Device::Cpu, 22);
+        let cfg = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        };
+        assert_eq!(
+            gpt.add_lora(&mut init, &cfg).unwrap(),
+            6,
+            "3 targets in 2 blocks"
+        );
+        let names: Vec<String> = crate::sorted_vars(&adapters)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names.len(), 12);
+        assert!(
+            names.contains(&"base_model.model.model.layers.1.mlp.down_proj.lora_A.weight".into()),
+            "{names:?}"
+        );
+        // B starts at zero: the adapted model is the base.
+        let after = gpt.forward(&lora_ids(), None, None).unwrap();
+        assert_eq!(max_diff(&before, &after), 0.0);
+        randomize_b(&adapters, DType::F32);
+        let logits = gpt.forward(&lora_ids(), None, None).unwrap();
+        assert!(max_diff(&before, &logits) > 1e-4);
+        let loss = logits.sqr().unwrap().mean_all().unwrap();
+        check_gradients_reach_every_parameter(&adapters, &loss).unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in crate::sorted_vars(&base) {
+            assert!(
+                grads.get(&var).is_none(),
+                "{name} is frozen but got a gradient"
+            );
+        }
+        assert!(gpt.add_lora(&mut init, &cfg).is_err(), "adapters twice");
+    }
+
+    #[test]
+    fn lora_equals_its_merged_weight_and_matches_finite_differences() {
+        // The core in f64 (the language model's logits come out in f32).
+        let cfg = variants()[1].clone();
+        let core = |vm: &VarMap| {
+            let mut init = ParamInit::new(vm, &Device::Cpu, 21).with_dtype(DType::F64);
+            Transformer::new(&mut init, "", &cfg, &Device::Cpu).unwrap()
+        };
+        let mut adapted = core(&VarMap::new());
+        let adapters = VarMap::new();
+        let mut init = ParamInit::new(&adapters, &Device::Cpu, 23).with_dtype(DType::F64);
+        let lora = LoraConfig {
+            rank: 3,
+            alpha: 6.0,
+            targets: vec!["k_proj".into()],
+        };
+        adapted.add_lora(&mut init, "", &lora).unwrap();
+        randomize_b(&adapters, DType::F64);
+        // The same base with W + (alpha / rank) B A in place of each k_proj.
+        let merged_vm = VarMap::new();
+        let merged = core(&merged_vm);
+        let vars = adapters.data().lock().unwrap().clone();
+        for layer in 0..2 {
+            let stem = format!("base_model.model.layers.{layer}.self_attn.k_proj");
+            let a = vars[&format!("{stem}.lora_A.weight")].as_tensor().clone();
+            let b = vars[&format!("{stem}.lora_B.weight")].as_tensor().clone();
+            let name = format!("layers.{layer}.self_attn.k_proj.weight");
+            let w = merged_vm.data().lock().unwrap()[&name].clone();
+            let update = (b.matmul(&a).unwrap() * lora.scale()).unwrap();
+            w.set(&(w.as_tensor() + update).unwrap()).unwrap();
+        }
+        let x = rand(&[2, 5, 8], 24).to_dtype(DType::F64).unwrap();
+        let y = adapted.forward(&x, None, None).unwrap();
+        let y_merged = merged.forward(&x, None, None).unwrap();
+        let diff: f64 = (&y - &y_merged)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-12, "{diff}");
+        let loss = || {
+            adapted
+                .forward(&x, None, None)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                .sin()?
+                .sum_all()
+        };
+        for var in vars.values() {
+            let r = finite_difference_check(&loss, var, 1e-5, 8).unwrap();
+            assert!(r.max_abs_err < 1e-6, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn bad_lora_configs_are_refused_by_name() {
+        for (bad, what) in [
+            (
+                LoraConfig {
+                    rank: 0,
+                    ..LoraConfig::default()
+                },
+                "rank",
+            ),
+            (
+                LoraConfig {
+                    alpha: f64::NAN,
+                    ..LoraConfig::default()
+                },
+                "alpha",
+            ),
+            (
+                LoraConfig {
+                    targets: vec!["lm_head".into()],
+                    ..LoraConfig::default()
+                },
+                "lm_head",
+            ),
+            (
+                LoraConfig {
+                    targets: vec![],
+                    ..LoraConfig::default()
+                },
+                "targets",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+        // gate_proj on a GELU model names nothing there.
+        let vm = VarMap::new();
+        let mut init = ParamInit::new(&vm, &Device::Cpu, 1);
+        let mut core = Transformer::new(&mut init, "", &variants()[0], &Device::Cpu).unwrap();
+        let err = core
+            .add_lora(
+                &mut init,
+                "",
+                &LoraConfig {
+                    targets: vec!["gate_proj".into()],
+                    ..LoraConfig::default()
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("no projection"), "{err}");
     }
 }

@@ -275,20 +275,86 @@ mod tests {
         model
     }
 
+    /// Pads the embedding table in the folder's weights to config.json's vocabulary.
+    fn pad_vocab(dir: &Path) {
+        let path = dir.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let e = &tensors["model.embed_tokens.weight"];
+        let extra = Tensor::zeros((4, 16), e.dtype(), &Device::Cpu).unwrap();
+        let padded = Tensor::cat(&[e, &extra], 0).unwrap();
+        tensors.insert("model.embed_tokens.weight".into(), padded);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+    }
+
+    fn logits(model: &LanguageModel) -> Vec<f32> {
+        let ids = Tensor::new(&[[3u32, 40, 7, 9]], &Device::Cpu).unwrap();
+        let l = model.forward(&ids, None, None).unwrap();
+        l.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn fine_tuning_a_pretrained_model_saves_only_what_changed_and_loads_back_on_its_base() {
+        let base = tempfile::tempdir().unwrap();
+        tiny(base.path(), true);
+        pad_vocab(base.path());
+        let runs = tempfile::tempdir().unwrap();
+        // LoRA: only the adapters train and only they are saved.
+        let mut model = crate::language::load_pretrained(base.path(), &Device::Cpu).unwrap();
+        let original = logits(&model);
+        let lora = dreamgym_nn::LoraConfig::default();
+        assert_eq!(
+            model.add_lora(&lora, 1).unwrap(),
+            14,
+            "7 projections, 2 blocks"
+        );
+        let trainable = model.trainable();
+        assert_eq!(trainable.len(), 28);
+        assert!(trainable.iter().all(|(n, _)| n.contains(".lora_")));
+        assert_eq!(logits(&model), original, "B starts at zero");
+        for (name, var) in &trainable {
+            if name.contains("lora_B") {
+                let w = Tensor::randn(0f32, 0.5, var.dims(), &Device::Cpu).unwrap();
+                var.set(&w).unwrap();
+            }
+        }
+        let adapted = logits(&model);
+        assert_ne!(adapted, original);
+        let stem = runs.path().join("lm");
+        model.save(&stem, None, serde_json::json!({})).unwrap();
+        let saved =
+            candle_core::safetensors::load(stem.with_extension("safetensors"), &Device::Cpu)
+                .unwrap();
+        assert_eq!(saved.len(), 28, "the adapters alone");
+        let loaded = LanguageModel::load(&stem, &Device::Cpu).unwrap();
+        assert_eq!(loaded.lora(), Some(&lora));
+        assert_eq!(logits(&loaded), adapted);
+        // Every weight (no LoRA): the whole model is saved, and loads back the same.
+        let full = crate::language::load_pretrained(base.path(), &Device::Cpu).unwrap();
+        let (name, var) = &full.trainable()[0];
+        assert!(!name.contains("lora"));
+        var.set(&(var.as_tensor() * 1.5).unwrap()).unwrap();
+        let changed = logits(&full);
+        let stem2 = runs.path().join("full");
+        full.save(&stem2, None, serde_json::json!({})).unwrap();
+        assert_eq!(
+            logits(&LanguageModel::load(&stem2, &Device::Cpu).unwrap()),
+            changed
+        );
+        // Without its base, the adapter says where the base was.
+        std::fs::remove_dir_all(base.path()).unwrap();
+        let e = LanguageModel::load(&stem, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not there any more"), "{e}");
+    }
+
     #[test]
     fn a_saved_pretrained_folder_loads_with_its_tokenizer_and_padded_vocabulary() {
         let dir = tempfile::tempdir().unwrap();
         // The vocabulary in config.json is 4 larger than the tokenizer's (as HF pads it):
         // the embedding table in the file must be that size too.
         let model = tiny(dir.path(), true);
-        let mut tensors =
-            candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
-                .unwrap();
-        let e = &tensors["model.embed_tokens.weight"];
-        let extra = Tensor::zeros((4, 16), e.dtype(), &Device::Cpu).unwrap();
-        let padded = Tensor::cat(&[e, &extra], 0).unwrap();
-        tensors.insert("model.embed_tokens.weight".into(), padded);
-        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        pad_vocab(dir.path());
         let loaded = load_hf(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(loaded.config().vocab_size, model.config().vocab_size + 4);
         let ids = Tensor::new(&[[3u32, 40, 7, 9]], &Device::Cpu).unwrap();

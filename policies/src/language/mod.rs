@@ -14,12 +14,14 @@ mod tokenizer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::Var;
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarMap;
 use dreamgym_envs::Value;
 use dreamgym_envs::builtin::tabletop::command::{is_complete_program, is_viable_prefix};
 use dreamgym_nn::{
-    Gpt, GptConfig, KvCache, MlpKind, NormKind, ParamInit, PositionKind, TransformerConfig,
+    Gpt, GptConfig, KvCache, LoraConfig, MlpKind, NormKind, ParamInit, PositionKind,
+    TransformerConfig,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,6 +35,22 @@ pub use tokenizer::{BOS, EOS, TextTokenizer};
 
 /// The kind written in the checkpoint sidecar.
 pub const LM_CHECKPOINT_KIND: &str = "language_model";
+
+/// The kind of a checkpoint that holds what fine-tuning changed in a pretrained base model
+/// (its LoRA adapters, or every weight), and where the base is.
+pub const FINETUNE_CHECKPOINT_KIND: &str = "language_model_finetune";
+
+/// The config of a [`FINETUNE_CHECKPOINT_KIND`] checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// The pretrained model (a GGUF file or a Hugging Face folder), as an absolute path.
+    pub base: PathBuf,
+    /// The base's architecture, to tell when the file at `base` changed.
+    pub model: GptConfig,
+    /// The adapters, when only they were trained (the checkpoint then holds only them).
+    pub lora: Option<LoraConfig>,
+}
 
 /// What follows the observation in a prompt.
 pub const PROMPT_SUFFIX: &str = "\naction: ";
@@ -53,13 +71,16 @@ pub fn is_pretrained(path: &Path) -> bool {
             && path.join("tokenizer.json").is_file())
 }
 
-/// A pretrained Llama-family model: a GGUF file, or a Hugging Face checkpoint folder.
+/// A pretrained Llama-family model: a GGUF file, or a Hugging Face checkpoint folder. The
+/// model remembers where it came from, so that fine-tuning saves only what it changed.
 pub fn load_pretrained(path: &Path, device: &Device) -> Result<LanguageModel, PolicyError> {
-    if path.is_dir() {
-        load_hf(path, device)
+    let mut model = if path.is_dir() {
+        load_hf(path, device)?
     } else {
-        load_gguf(path, device)
-    }
+        load_gguf(path, device)?
+    };
+    model.base = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    Ok(model)
 }
 
 /// A 2-layer, 16-wide size for tests.
@@ -163,6 +184,10 @@ pub struct LanguageModel {
     tokenizer: TextTokenizer,
     varmap: VarMap,
     device: Device,
+    /// The pretrained file or folder it was loaded from.
+    base: Option<PathBuf>,
+    /// LoRA adapters and their own parameters.
+    lora: Option<(LoraConfig, VarMap)>,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -268,7 +293,54 @@ impl LanguageModel {
             tokenizer,
             varmap,
             device: device.clone(),
+            base: None,
+            lora: None,
         })
+    }
+
+    /// Freezes the model and attaches LoRA adapters (drawn from `seed`) to the projections
+    /// `cfg` names: from here on [`trainable`](Self::trainable) is the adapters alone, and
+    /// [`save`](Self::save) writes only them. Returns how many projections were adapted.
+    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<usize, PolicyError> {
+        if self.lora.is_some() {
+            return Err(PolicyError::Config(
+                "the model already has LoRA adapters".into(),
+            ));
+        }
+        let varmap = VarMap::new();
+        let mut init = ParamInit::new(&varmap, &self.device, seed);
+        let n = self.gpt.add_lora(&mut init, cfg)?;
+        self.lora = Some((cfg.clone(), varmap));
+        Ok(n)
+    }
+
+    /// The LoRA config, when the model has adapters.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|(c, _)| c)
+    }
+
+    /// The pretrained file or folder the model was loaded from.
+    pub fn base(&self) -> Option<&Path> {
+        self.base.as_deref()
+    }
+
+    /// The parameters that train, sorted by name: the adapters when there are any, else
+    /// every parameter.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        match &self.lora {
+            Some((_, adapters)) => dreamgym_nn::sorted_vars(adapters),
+            None => dreamgym_nn::sorted_vars(&self.varmap),
+        }
+    }
+
+    /// Loads a checkpoint saved by [`save`](Self::save) from this same model into its
+    /// trainable parameters (resuming training).
+    pub fn load_trainable(&self, stem: &Path) -> Result<(), PolicyError> {
+        let params = match &self.lora {
+            Some((_, adapters)) => adapters,
+            None => &self.varmap,
+        };
+        Ok(dreamgym_nn::load_weights(stem, params)?)
     }
 
     /// The model config.
@@ -345,6 +417,33 @@ impl LanguageModel {
                 .squeeze(1)?
                 .neg()?
                 .reshape(targets.dims())
+        };
+        run().map_err(nn)
+    }
+
+    /// The cross-entropy of the next-token targets at the flat positions `at` (u32 indices
+    /// into the `B · T` positions of `inputs` `[B, T]`): `[at.len()]`. The head runs at those
+    /// positions only: SFT's loss needs the completion's few tokens, not the prompt's
+    /// hundreds (with a 49k-token vocabulary, the head over every position cost more than
+    /// the rest of the model).
+    pub fn token_losses_at(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        at: &Tensor,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, PolicyError> {
+        let h = self.gpt.hidden(inputs, None, rng)?;
+        let run = || -> candle_core::Result<Tensor> {
+            let c = h.dim(D::Minus1)?;
+            Ok(h.reshape(((), c))?.index_select(at, 0)?)
+        };
+        let picked = run().map_err(nn)?;
+        let logits = self.gpt.head(&picked)?;
+        let run = || -> candle_core::Result<Tensor> {
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let t = targets.flatten_all()?.index_select(at, 0)?;
+            logp.gather(&t.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
         };
         run().map_err(nn)
     }
@@ -459,10 +558,14 @@ impl LanguageModel {
     }
 
     /// Masks every token that cannot continue `text` into a valid program; the end token
-    /// only where `text` is a whole program.
+    /// only where `text` is a whole program. A token whose first character cannot continue
+    /// `text` is masked without parsing it whole (what extends a program extends it one
+    /// character at a time): each first character is tried once, which spares most of a
+    /// 49k-token vocabulary's parses.
     fn constrain(&self, logits: &mut [f32], text: &str) {
         let complete = is_complete_program(text);
         let mut candidate = String::with_capacity(text.len() + 16);
+        let mut first_ok: [Option<bool>; 128] = [None; 128];
         for (id, l) in logits.iter_mut().enumerate() {
             let id = id as u32;
             let allowed = if id == self.tokenizer.eos() {
@@ -471,10 +574,23 @@ impl LanguageModel {
                 false
             } else {
                 let piece = self.tokenizer.piece(id);
-                candidate.clear();
-                candidate.push_str(text);
-                candidate.push_str(piece);
-                !piece.is_empty() && piece.is_ascii() && is_viable_prefix(&candidate)
+                match piece.as_bytes().first() {
+                    Some(&c) if c.is_ascii() && piece.is_ascii() => {
+                        let ok = *first_ok[c as usize].get_or_insert_with(|| {
+                            candidate.clear();
+                            candidate.push_str(text);
+                            candidate.push(c as char);
+                            is_viable_prefix(&candidate)
+                        });
+                        ok && (piece.len() == 1 || {
+                            candidate.clear();
+                            candidate.push_str(text);
+                            candidate.push_str(piece);
+                            is_viable_prefix(&candidate)
+                        })
+                    }
+                    _ => false,
+                }
             };
             if !allowed {
                 *l = f32::NEG_INFINITY;
@@ -483,13 +599,35 @@ impl LanguageModel {
     }
 
     /// Saves weights (and the optimiser's moments, when given), the config, and the
-    /// tokenizer beside them as `<stem>.tokenizer.json`.
+    /// tokenizer beside them as `<stem>.tokenizer.json`. A model loaded from a pretrained
+    /// base saves only what fine-tuning changes (its adapters, or every weight without
+    /// them) and where the base is: the base's own file is not copied.
     pub fn save(
         &self,
         stem: &Path,
         optimizer: Option<&dreamgym_nn::Adam>,
         state: serde_json::Value,
     ) -> Result<(), PolicyError> {
+        if let Some(base) = &self.base {
+            let config = FinetuneConfig {
+                base: base.clone(),
+                model: self.config.clone(),
+                lora: self.lora().cloned(),
+            };
+            let params = match &self.lora {
+                Some((_, adapters)) => adapters,
+                None => &self.varmap,
+            };
+            dreamgym_nn::save_checkpoint(
+                stem,
+                FINETUNE_CHECKPOINT_KIND,
+                &config,
+                params,
+                optimizer,
+                state,
+            )?;
+            return Ok(());
+        }
         let json = self.tokenizer.to_json()?;
         dreamgym_base::write_atomic(&tokenizer_path(stem), json.as_bytes())
             .map_err(|e| PolicyError::Load(e.to_string()))?;
@@ -504,13 +642,52 @@ impl LanguageModel {
         Ok(())
     }
 
-    /// Loads a model saved by [`save`](Self::save).
+    /// Loads a model saved by [`save`](Self::save): one trained here, or a fine-tuned
+    /// pretrained model (its base is read from where it was when training ran).
     pub fn load(stem: &Path, device: &Device) -> Result<Self, PolicyError> {
+        if dreamgym_nn::checkpoint_kind(stem)? == FINETUNE_CHECKPOINT_KIND {
+            let (config, _): (FinetuneConfig, serde_json::Value) =
+                dreamgym_nn::read_checkpoint_meta(stem, FINETUNE_CHECKPOINT_KIND)?;
+            return Self::load_finetuned(stem, &config, device);
+        }
         let (config, _): (GptConfig, serde_json::Value) =
             dreamgym_nn::read_checkpoint_meta(stem, LM_CHECKPOINT_KIND)?;
         let tokenizer = TextTokenizer::load(&tokenizer_path(stem))?;
         let model = Self::with_config(config, tokenizer, device, 0)?;
         dreamgym_nn::load_weights(stem, &model.varmap)?;
+        Ok(model)
+    }
+
+    fn load_finetuned(
+        stem: &Path,
+        config: &FinetuneConfig,
+        device: &Device,
+    ) -> Result<Self, PolicyError> {
+        if !config.base.exists() {
+            return Err(PolicyError::Load(format!(
+                "{} was fine-tuned from {}, which is not there any more (a GGUF of SmolLM2 \
+                 comes back with scripts/fetch-smollm2.sh)",
+                stem.display(),
+                config.base.display()
+            )));
+        }
+        let mut model = load_pretrained(&config.base, device)?;
+        if model.config != config.model {
+            return Err(PolicyError::Load(format!(
+                "{} was fine-tuned from another model than the one now at {}",
+                stem.display(),
+                config.base.display()
+            )));
+        }
+        match &config.lora {
+            Some(lora) => {
+                model.add_lora(lora, 0)?;
+                if let Some((_, adapters)) = &model.lora {
+                    dreamgym_nn::load_weights(stem, adapters)?;
+                }
+            }
+            None => dreamgym_nn::load_weights(stem, &model.varmap)?,
+        }
         Ok(model)
     }
 }

@@ -874,6 +874,34 @@ mod tests {
     }
 
     #[test]
+    fn what_extends_a_viable_prefix_extends_it_one_character_at_a_time() {
+        // Constrained decoding skips a token whose first character cannot continue the text:
+        // that is sound only if viability is closed under prefixes.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let pieces = [
+            "push", " red", "Push", " cube", " to", " (", "(-", "-3", "1.5", ".", " left", ";",
+            "\n", " done", "zz", ")", ", ", " cm", "12", " the", " zone", "xpush", " of",
+        ];
+        for _ in 0..200 {
+            let program: Vec<Command> = (0..2).map(|_| random_command(&mut rng)).collect();
+            let text = format_program(&program);
+            let chars: Vec<char> = text.chars().collect();
+            let cut = rng.random_range(0..=chars.len());
+            let prefix: String = chars[..cut].iter().collect();
+            for piece in pieces {
+                let whole = format!("{prefix}{piece}");
+                if is_viable_prefix(&whole) {
+                    let first = &piece[..1];
+                    assert!(
+                        is_viable_prefix(&format!("{prefix}{first}")),
+                        "{whole:?} is viable but not its prefix with {first:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn limits_are_errors_not_panics() {
         assert_eq!(parse_program("").unwrap(), vec![]);
         assert_eq!(parse_program(" ;\n; ").unwrap(), vec![]);
