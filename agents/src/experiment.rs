@@ -224,6 +224,7 @@ impl Part {
                 "lm.json",
                 "lm.tokenizer.json",
                 "lm_eval.json",
+                "lm_zero_shot.json",
                 "lm_report.md",
                 "metrics/lm.csv",
                 "tb/lm",

@@ -128,6 +128,7 @@ pub struct SftEval {
     pub samples: usize,
     /// Episodes per split on which the base model is evaluated before fine-tuning
     /// (zero-shot, greedy and constrained), as a baseline; 0 skips it. Needs `base`.
+    #[serde(skip_serializing_if = "is_zero")]
     pub zero_shot_episodes: usize,
 }
 
@@ -152,11 +153,14 @@ impl LanguageSftStage {
     /// Checks every field before any work, naming the first bad one.
     pub fn validate(&self) -> anyhow::Result<()> {
         dreamgym_nn::device(&self.device)?;
-        self.model
-            .gpt(self.vocab_size.max(1))
-            .transformer
-            .validate()
-            .context("invalid [language_sft.model]")?;
+        // With a base, its own size and tokenizer replace `model` and `vocab_size`.
+        if self.base.is_none() {
+            self.model
+                .gpt(self.vocab_size.max(1))
+                .transformer
+                .validate()
+                .context("invalid [language_sft.model]")?;
+        }
         let ensure = |ok: bool, what: &str| -> anyhow::Result<()> {
             anyhow::ensure!(ok, "language_sft.{what}");
             Ok(())
@@ -235,6 +239,10 @@ impl LanguageSftStage {
     pub fn lr_at(&self, step: usize) -> f64 {
         crate::warmup_cosine(self.lr, self.warmup_steps, self.steps, step)
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One demonstration: an observation (the model's prompt is made from it) and the
@@ -357,7 +365,7 @@ fn make_rows(
         anyhow::ensure!(
             ids.len() <= block + 1,
             "an example is {} tokens and the model's context is {block}: raise \
-             language_sft.model.block_size",
+             language_sft.model.block_size (a pretrained base's context is its own)",
             ids.len()
         );
         // Target j is token j + 1: it counts when it belongs to the completion.
@@ -456,10 +464,8 @@ pub struct SftTrainSummary {
 
 /// What, besides the architecture and the step count, shapes the trained weights.
 fn settings_of(stage: &LanguageSftStage) -> serde_json::Value {
-    serde_json::json!({
+    let mut settings = serde_json::json!({
         "seed": stage.seed,
-        "base": stage.base,
-        "lora": stage.lora,
         "vocab_size": stage.vocab_size,
         "batch_size": stage.batch_size,
         "lr": stage.lr,
@@ -470,7 +476,17 @@ fn settings_of(stage: &LanguageSftStage) -> serde_json::Value {
         "prompt_loss_weight": stage.prompt_loss_weight,
         "successful_only": stage.successful_only,
         "steps": stage.steps,
-    })
+    });
+    // Only when set, so that runs trained before these settings existed still resume.
+    if let Some(m) = settings.as_object_mut() {
+        if let Some(base) = &stage.base {
+            m.insert("base".into(), serde_json::json!(base));
+        }
+        if let Some(lora) = &stage.lora {
+            m.insert("lora".into(), serde_json::json!(lora));
+        }
+    }
+    settings
 }
 
 /// The model training starts from: the pretrained base (with fresh adapters when `lora` is
@@ -520,17 +536,14 @@ pub fn train_language_model(
     let stem = run.checkpoint(LM_CHECKPOINT);
     let trained_on = serde_json::json!({ "dataset": data.fingerprint });
     let saved = read_state(&stem)?;
-    let resumable = saved.as_ref().is_some_and(|s| {
+    let resumable = saved.as_ref().is_some_and(|(s, _)| {
         s.get("trained_on") == Some(&trained_on) && s.get("settings") == Some(&settings_of(stage))
     });
     let model = initial_model(stage, data, &stem, resumable, &device)?;
     let architecture = serde_json::to_value(model.config())?;
     // A checkpoint of another architecture (another size, or one saved before a change of
     // initialisation) is not resumed: training starts again.
-    let resumable = resumable
-        && saved
-            .as_ref()
-            .is_some_and(|s| s.get("model") == Some(&architecture));
+    let resumable = resumable && saved.as_ref().is_some_and(|(_, a)| *a == architecture);
     if saved.is_some() && !resumable {
         progress.note("language model: the dataset, settings or model changed since it was trained; training it from scratch");
     }
@@ -547,7 +560,7 @@ pub fn train_language_model(
         },
     )?;
     let (start, mut last_loss) = match (resumable, &saved) {
-        (true, Some(state)) => {
+        (true, Some((state, _))) => {
             model.load_trainable(&stem)?;
             dreamgym_nn::load_optimizer(&stem, &mut opt)?;
             (
@@ -601,7 +614,6 @@ pub fn train_language_model(
             "loss": loss,
             "settings": settings_of(stage),
             "trained_on": trained_on,
-            "model": architecture,
         })
     };
     progress.begin("train the language model", (stage.steps - start) as u64);
@@ -654,7 +666,7 @@ pub fn train_language_model(
             .flat_map(|&i| rows.mask[i][..width].iter().copied())
             .collect();
         let tokens: f32 = mask_flat.iter().sum();
-        let use_dropout = stage.model.dropout > 0.0;
+        let use_dropout = model.config().transformer.dropout > 0.0;
         let drop = if use_dropout {
             Some(&mut drop_rng)
         } else {
@@ -682,6 +694,7 @@ pub fn train_language_model(
                 .map(|(j, _)| j as u32)
                 .collect();
             let n = at.len();
+            anyhow::ensure!(n > 0, "language model: a batch without completion tokens");
             let at = Tensor::from_vec(at, n, &device)?;
             let completion_loss = model
                 .token_losses_at(&inputs, &targets, &at, drop)?
@@ -718,14 +731,23 @@ pub fn train_language_model(
     ))
 }
 
-fn read_state(stem: &std::path::Path) -> anyhow::Result<Option<serde_json::Value>> {
+/// A saved checkpoint's training state and the architecture it holds (the model config of a
+/// model trained here; the base's for a fine-tuned pretrained model).
+fn read_state(
+    stem: &std::path::Path,
+) -> anyhow::Result<Option<(serde_json::Value, serde_json::Value)>> {
     if !dreamgym_nn::checkpoint_paths(stem).1.exists() {
         return Ok(None);
     }
     let kind = dreamgym_nn::checkpoint_kind(stem)?;
-    let (_, state): (serde_json::Value, serde_json::Value) =
+    let (config, state): (serde_json::Value, serde_json::Value) =
         dreamgym_nn::read_checkpoint_meta(stem, &kind)?;
-    Ok(Some(state))
+    let architecture = if kind == dreamgym_policies::language::FINETUNE_CHECKPOINT_KIND {
+        config.get("model").cloned().unwrap_or_default()
+    } else {
+        config
+    };
+    Ok(Some((state, architecture)))
 }
 
 /// Success of one policy on one split.
@@ -816,8 +838,8 @@ pub fn evaluate_policy(
     for i in 0..eval.episodes {
         if progress.interrupted() {
             return Err(Interrupted {
-                stage: "evaluate the language model".into(),
-                saved: "the trained model is saved; run again to evaluate".into(),
+                stage: format!("evaluate {label}"),
+                saved: "finished stages are saved; run again to go on".into(),
             }
             .into());
         }
@@ -894,7 +916,15 @@ pub fn evaluate_zero_shot(
     if n == 0 {
         return Ok(vec![]);
     }
-    let made_by = serde_json::json!({ "base": base, "eval": stage.eval });
+    let made_by = serde_json::json!({
+        "base": base,
+        "base_fingerprint": dreamgym_policies::language::base_fingerprint(base)?,
+        "env": data.env,
+        "episodes": n,
+        "seed": stage.eval.seed,
+        "splits": stage.eval.splits,
+        "max_new_tokens": stage.eval.max_new_tokens,
+    });
     let path = run.file("lm_zero_shot.json");
     if let Ok(bytes) = std::fs::read(&path)
         && let Ok(old) = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -964,11 +994,10 @@ pub fn evaluate_language_model(
     progress: &dyn Progress,
 ) -> anyhow::Result<(SftEvalSummary, bool)> {
     let crc = dreamgym_nn::weights_crc32(&run.checkpoint(LM_CHECKPOINT))?;
-    let made_by = serde_json::json!({
-        "weights_crc32": crc,
-        "eval": stage.eval,
-        "base": stage.base,
-    });
+    let mut made_by = serde_json::json!({ "weights_crc32": crc, "eval": stage.eval });
+    if let (Some(base), Some(m)) = (&stage.base, made_by.as_object_mut()) {
+        m.insert("base".into(), serde_json::json!(base));
+    }
     let eval_path = run.file("lm_eval.json");
     if let Ok(bytes) = std::fs::read(&eval_path)
         && let Ok(old) = serde_json::from_slice::<SftEvalSummary>(&bytes)

@@ -882,10 +882,29 @@ impl Gpt {
         init: &mut ParamInit,
         cfg: &LoraConfig,
     ) -> std::result::Result<usize, NnError> {
-        if self.core.blocks.iter().any(|b| b.q.lora.is_some()) {
+        if self
+            .core
+            .blocks
+            .iter_mut()
+            .any(|b| b.projections().iter().any(|(_, p)| p.lora.is_some()))
+        {
             return Err(NnError::Config(
                 "the model already has LoRA adapters".into(),
             ));
+        }
+        // Checked before anything is frozen, so a bad config leaves the model as it was.
+        cfg.validate()?;
+        let targeted = self.core.blocks.iter_mut().any(|b| {
+            b.projections().iter().any(|(name, _)| {
+                let short = name.rsplit('.').next().unwrap_or(name);
+                cfg.targets.iter().any(|t| t == short)
+            })
+        });
+        if !targeted {
+            return Err(NnError::Config(format!(
+                "lora.targets ({}) name no projection of this model",
+                cfg.targets.join(", ")
+            )));
         }
         self.embed.weight = self.embed.weight.detach();
         if let Some(h) = &mut self.head {
@@ -1266,7 +1285,37 @@ mod tests {
                 "{name} is frozen but got a gradient"
             );
         }
-        assert!(gpt.add_lora(&mut init, &cfg).is_err(), "adapters twice");
+        let others = LoraConfig {
+            targets: vec!["up_proj".into()],
+            ..cfg.clone()
+        };
+        assert!(gpt.add_lora(&mut init, &others).is_err(), "adapters twice");
+        // A config that names nothing here (gate_proj on a GELU model), or a bad rank, is
+        // refused before anything is frozen: every base weight still trains.
+        for bad in [
+            LoraConfig {
+                targets: vec!["gate_proj".into()],
+                ..cfg.clone()
+            },
+            LoraConfig {
+                rank: 0,
+                ..cfg.clone()
+            },
+        ] {
+            let base = VarMap::new();
+            let mut init = ParamInit::new(&base, &Device::Cpu, 25);
+            let gelu = GptConfig {
+                transformer: variants()[0].clone(),
+                vocab_size: 11,
+                tie_embeddings: true,
+            };
+            let mut gpt = Gpt::new(&mut init, &gelu, &Device::Cpu).unwrap();
+            let mut adapter_init = ParamInit::new(&adapters, &Device::Cpu, 26);
+            assert!(gpt.add_lora(&mut adapter_init, &bad).is_err(), "{bad:?}");
+            let logits = gpt.forward(&lora_ids(), None, None).unwrap();
+            let loss = logits.sqr().unwrap().mean_all().unwrap();
+            check_gradients_reach_every_parameter(&base, &loss).unwrap();
+        }
     }
 
     #[test]

@@ -46,8 +46,12 @@ pub const FINETUNE_CHECKPOINT_KIND: &str = "language_model_finetune";
 pub struct FinetuneConfig {
     /// The pretrained model (a GGUF file or a Hugging Face folder), as an absolute path.
     pub base: PathBuf,
-    /// The base's architecture, to tell when the file at `base` changed.
+    /// The base's architecture.
     pub model: GptConfig,
+    /// [`base_fingerprint`] of the base when it was fine-tuned: another model of the same
+    /// architecture (SmolLM2-135M and -Instruct, two quantisations) at that path is refused.
+    #[serde(default)]
+    pub base_fingerprint: String,
     /// The adapters, when only they were trained (the checkpoint then holds only them).
     pub lora: Option<LoraConfig>,
 }
@@ -69,6 +73,40 @@ pub fn is_pretrained(path: &Path) -> bool {
         || (path.is_dir()
             && path.join("config.json").is_file()
             && path.join("tokenizer.json").is_file())
+}
+
+/// An identity for a pretrained model's files, cheap to compute: the size and the CRC-32 of
+/// the first MiB of a GGUF file (its header: metadata and tensor table), or of a Hugging Face
+/// folder's `config.json` and the sizes of its weight files.
+pub fn base_fingerprint(path: &Path) -> Result<String, PolicyError> {
+    let io = |p: &Path, e: std::io::Error| PolicyError::Load(format!("{}: {e}", p.display()));
+    let head = |p: &Path| -> Result<(u64, u32), PolicyError> {
+        use std::io::Read;
+        let file = std::fs::File::open(p).map_err(|e| io(p, e))?;
+        let len = file.metadata().map_err(|e| io(p, e))?.len();
+        let mut buf = Vec::new();
+        file.take(1 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|e| io(p, e))?;
+        Ok((len, crc32fast::hash(&buf)))
+    };
+    if path.is_dir() {
+        let (_, config) = head(&path.join("config.json"))?;
+        let mut sizes = Vec::new();
+        let entries = std::fs::read_dir(path).map_err(|e| io(path, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".safetensors") {
+                let len = entry.metadata().map_err(|e| io(&entry.path(), e))?.len();
+                sizes.push(format!("{name}:{len}"));
+            }
+        }
+        sizes.sort();
+        Ok(format!("config {config:08x}; {}", sizes.join(", ")))
+    } else {
+        let (len, crc) = head(path)?;
+        Ok(format!("{len} bytes; header {crc:08x}"))
+    }
 }
 
 /// A pretrained Llama-family model: a GGUF file, or a Hugging Face checkpoint folder. The
@@ -612,6 +650,7 @@ impl LanguageModel {
             let config = FinetuneConfig {
                 base: base.clone(),
                 model: self.config.clone(),
+                base_fingerprint: base_fingerprint(base)?,
                 lora: self.lora().cloned(),
             };
             let params = match &self.lora {
@@ -665,14 +704,16 @@ impl LanguageModel {
     ) -> Result<Self, PolicyError> {
         if !config.base.exists() {
             return Err(PolicyError::Load(format!(
-                "{} was fine-tuned from {}, which is not there any more (a GGUF of SmolLM2 \
-                 comes back with scripts/fetch-smollm2.sh)",
+                "{} was fine-tuned from {}, which is not there any more: put the base model \
+                 back at that path (SmolLM2's GGUF comes back with scripts/fetch-smollm2.sh)",
                 stem.display(),
                 config.base.display()
             )));
         }
         let mut model = load_pretrained(&config.base, device)?;
-        if model.config != config.model {
+        let changed = !config.base_fingerprint.is_empty()
+            && base_fingerprint(&config.base)? != config.base_fingerprint;
+        if changed || model.config != config.model {
             return Err(PolicyError::Load(format!(
                 "{} was fine-tuned from another model than the one now at {}",
                 stem.display(),
@@ -838,6 +879,48 @@ mod tests {
             .collect();
         let tok = TextTokenizer::train(&texts, 300).unwrap();
         LanguageModel::new(&tiny_size(), tok, &Device::Cpu, 3).unwrap()
+    }
+
+    #[test]
+    fn the_loss_at_chosen_positions_is_the_masked_loss_with_the_same_gradients() {
+        let model = tiny();
+        let cpu = Device::Cpu;
+        let ids = Tensor::new(&[[1u32, 5, 9, 3, 7], [2, 4, 6, 8, 10]], &cpu).unwrap();
+        let targets = Tensor::new(&[[5u32, 9, 3, 7, 11], [4, 6, 8, 10, 12]], &cpu).unwrap();
+        let mask = [[0f32, 0., 1., 1., 0.], [0., 1., 1., 1., 1.]];
+        let at: Vec<u32> = mask
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, m)| **m > 0.0)
+            .map(|(j, _)| j as u32)
+            .collect();
+        let mask = Tensor::new(&mask, &cpu).unwrap();
+        let at = Tensor::new(at.as_slice(), &cpu).unwrap();
+        let full = model.masked_loss(&ids, &targets, &mask, None).unwrap();
+        let part = model
+            .token_losses_at(&ids, &targets, &at, None)
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let (a, b) = (
+            full.to_scalar::<f32>().unwrap(),
+            part.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        let (ga, gb) = (full.backward().unwrap(), part.backward().unwrap());
+        for (name, var) in dreamgym_nn::sorted_vars(model.varmap()) {
+            let (x, y) = (ga.get(&var).unwrap(), gb.get(&var).unwrap());
+            let diff: f32 = (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-5, "{name}: {diff}");
+        }
     }
 
     #[test]

@@ -882,6 +882,7 @@ mod tests {
             "push", " red", "Push", " cube", " to", " (", "(-", "-3", "1.5", ".", " left", ";",
             "\n", " done", "zz", ")", ", ", " cm", "12", " the", " zone", "xpush", " of",
         ];
+        let mut checked = 0;
         for _ in 0..200 {
             let program: Vec<Command> = (0..2).map(|_| random_command(&mut rng)).collect();
             let text = format_program(&program);
@@ -891,6 +892,7 @@ mod tests {
             for piece in pieces {
                 let whole = format!("{prefix}{piece}");
                 if is_viable_prefix(&whole) {
+                    checked += 1;
                     let first = &piece[..1];
                     assert!(
                         is_viable_prefix(&format!("{prefix}{first}")),
@@ -899,6 +901,7 @@ mod tests {
                 }
             }
         }
+        assert!(checked > 150, "only {checked} viable extensions were tried");
     }
 
     #[test]
