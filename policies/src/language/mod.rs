@@ -577,8 +577,14 @@ impl LanguageModel {
             .copied()
             .filter(|&t| t != self.tokenizer.eos())
             .collect();
+        let mut text = self.tokenizer.decode(&body)?;
+        if sampling.constrained && stop != Stop::End {
+            // Cut off by the budget or the context in the middle of a command: keep the
+            // whole commands before it, so that constrained decoding still gives a program.
+            text = complete_commands(&text);
+        }
         Ok(Generation {
-            text: self.tokenizer.decode(&body)?,
+            text,
             tokens: out.len(),
             stop,
         })
@@ -731,6 +737,22 @@ impl LanguageModel {
         }
         Ok(model)
     }
+}
+
+/// The longest prefix of `text`, ended at a command separator, that is a whole program; the
+/// whole text when it is one, and when no prefix is.
+fn complete_commands(text: &str) -> String {
+    if is_complete_program(text) {
+        return text.to_string();
+    }
+    text.char_indices()
+        .filter(|(_, c)| *c == ';' || *c == '\n')
+        .map(|(i, _)| &text[..i])
+        .rev()
+        .find(|prefix| is_complete_program(prefix))
+        .unwrap_or(text)
+        .trim_end()
+        .to_string()
 }
 
 /// Picks a token: the most likely at temperature 0, else a draw from the top-p nucleus of
@@ -921,6 +943,27 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-5, "{name}: {diff}");
         }
+    }
+
+    #[test]
+    fn a_program_cut_off_mid_command_keeps_its_whole_commands() {
+        assert_eq!(
+            complete_commands("push red cube left 3 cm; push blue ball to (1"),
+            "push red cube left 3 cm"
+        );
+        assert_eq!(
+            complete_commands("move to (1, 2); move to (3, 4)\npush"),
+            "move to (1, 2); move to (3, 4)"
+        );
+        assert_eq!(
+            complete_commands("push red cube left 3 cm"),
+            "push red cube left 3 cm"
+        );
+        assert_eq!(
+            complete_commands("push red"),
+            "push red",
+            "nothing whole: unchanged"
+        );
     }
 
     #[test]
