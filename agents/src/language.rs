@@ -900,6 +900,27 @@ pub fn evaluate_policy(
     Ok(result)
 }
 
+/// The model as two evaluation policies: greedy, and greedy with grammar-constrained
+/// decoding.
+fn greedy_and_constrained(
+    model: Arc<LanguageModel>,
+    eval: &SftEval,
+    name: &str,
+) -> (LanguagePolicy, LanguagePolicy) {
+    let sampling = Sampling {
+        max_new_tokens: eval.max_new_tokens,
+        ..Sampling::default()
+    };
+    let constrained = Sampling {
+        constrained: true,
+        ..sampling
+    };
+    (
+        LanguagePolicy::new(model.clone(), sampling, name),
+        LanguagePolicy::new(model, constrained, name),
+    )
+}
+
 /// The pretrained base before fine-tuning, greedy and constrained, on
 /// `eval.zero_shot_episodes` episodes of every split: the baseline fine-tuning is measured
 /// against. Kept in `lm_zero_shot.json` while the base and the eval settings hold.
@@ -939,19 +960,7 @@ pub fn evaluate_zero_shot(
         load_pretrained(base, &Device::Cpu)
             .with_context(|| format!("cannot load the base model {}", base.display()))?,
     );
-    let sampling = Sampling {
-        max_new_tokens: stage.eval.max_new_tokens,
-        ..Sampling::default()
-    };
-    let mut greedy = LanguagePolicy::new(model.clone(), sampling, "zero-shot");
-    let mut constrained = LanguagePolicy::new(
-        model,
-        Sampling {
-            constrained: true,
-            ..sampling
-        },
-        "zero-shot",
-    );
+    let (mut greedy, mut constrained) = greedy_and_constrained(model, &stage.eval, "zero-shot");
     let eval = SftEval {
         episodes: n,
         ..stage.eval.clone()
@@ -1006,19 +1015,7 @@ pub fn evaluate_language_model(
     {
         return Ok((old, false));
     }
-    let sampling = Sampling {
-        max_new_tokens: stage.eval.max_new_tokens,
-        ..Sampling::default()
-    };
-    let mut sft = LanguagePolicy::new(model.clone(), sampling, "SFT");
-    let mut constrained = LanguagePolicy::new(
-        model,
-        Sampling {
-            constrained: true,
-            ..sampling
-        },
-        "SFT",
-    );
+    let (mut sft, mut constrained) = greedy_and_constrained(model, &stage.eval, "SFT");
     let mut planner = dreamgym_policies::TabletopPlanner::default();
     let n = stage.eval.episodes * stage.eval.splits.len() * 3;
     progress.begin("evaluate the language model", n as u64);

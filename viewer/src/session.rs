@@ -70,6 +70,8 @@ pub struct Session {
     last_action: Option<Value>,
     obs: Value,
     done: bool,
+    /// The language env's verdict on a finished episode (its `success` info).
+    verdict: Option<bool>,
     diverged: bool,
     has_pixels: bool,
     world: Option<WorldModelView>,
@@ -262,6 +264,7 @@ impl Session {
             last_action: None,
             obs: Value::Int(0),
             done: false,
+            verdict: None,
             diverged: false,
             has_pixels,
             world: None,
@@ -305,6 +308,7 @@ impl Session {
         self.last_reward = 0.0;
         self.last_action = None;
         self.done = false;
+        self.verdict = None;
         self.diverged = false;
         self.update_world_model()
     }
@@ -342,6 +346,9 @@ impl Session {
         self.last_reward = step.reward;
         self.episode_return += step.reward;
         self.done = step.done();
+        if self.done {
+            self.verdict = step.info.get("success").and_then(|v| v.as_bool());
+        }
         if !self.live {
             let recorded = &self.episodes[self.episode].observations[self.step];
             if state_part(&step.obs) != state_part(recorded) {
@@ -476,18 +483,36 @@ impl Session {
             ),
             Some(Value::Int(i)) => i.to_string(),
             // A language action: the commands themselves, on one line.
-            Some(Value::Text(t)) => {
-                let line: String = t.chars().map(|c| if c == '\n' { ';' } else { c }).collect();
-                match line.char_indices().nth(60) {
-                    Some((cut, _)) => format!("{}…", &line[..cut]),
-                    None => line,
-                }
-            }
+            Some(Value::Text(t)) => ellipsize(t, 60),
             Some(other) => other.describe(),
         };
         let episode = match self.episode_count() {
             Some(n) => format!("episode {}/{}", self.episode + 1, n),
             None => format!("episode {}", self.episode + 1),
+        };
+        // A language episode: the instruction, what the env said of the last action, and
+        // the verdict once the episode is over.
+        let language = match observation_text(&self.obs) {
+            Some(text) => {
+                let line = |key: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(key))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                let verdict = match self.verdict {
+                    Some(true) => "\nverdict: success",
+                    Some(false) => "\nverdict: failure",
+                    None => "",
+                };
+                format!(
+                    "instruction: {}\nlast: {}{verdict}\n",
+                    ellipsize(&line("instruction: "), 90),
+                    ellipsize(&line("last: "), 90)
+                )
+            }
+            None => String::new(),
         };
         let mut status = Vec::new();
         // The policy on a line of its own: a Decision Transformer's target and return to go
@@ -514,7 +539,7 @@ impl Session {
             "space pause | . step | +/- speed | r restart | n/p episode | left/right scrub (shift x10) | f follow | esc quit"
         };
         format!(
-            "{}  {}  step {}  speed {speed}x  {}\n{policy}reward {:+.3}  return {:.3}  action {action}\n{keys}",
+            "{}  {}  step {}  speed {speed}x  {}\n{policy}{language}reward {:+.3}  return {:.3}  action {action}\n{keys}",
             self.env_id,
             episode,
             self.step,
@@ -522,6 +547,30 @@ impl Session {
             self.last_reward,
             self.episode_return,
         )
+    }
+}
+
+/// `text` on one line (newlines become `;`), cut to `n` characters with an ellipsis.
+fn ellipsize(text: &str, n: usize) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c == '\n' { ';' } else { c })
+        .collect();
+    match line.char_indices().nth(n) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+/// The text of a language observation (Text, or a Dict's `text`).
+fn observation_text(v: &Value) -> Option<&str> {
+    match v {
+        Value::Text(t) => Some(t),
+        Value::Dict(d) => match d.get("text") {
+            Some(Value::Text(t)) => Some(t),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -547,6 +596,48 @@ mod tests {
             world_model: None,
         };
         Session::new(&source, &Registry::with_builtins()).unwrap()
+    }
+
+    #[test]
+    fn a_language_episode_shows_its_instruction_feedback_and_verdict() {
+        let source = Source::Live {
+            env: "Tabletop-v0".into(),
+            overrides: Some(serde_json::json!({ "mode": "language" })),
+            policy: "expert".into(),
+            seed: 3,
+            world_model: None,
+        };
+        let mut s = Session::new(&source, &Registry::with_builtins()).unwrap();
+        let hud = s.hud(1.0, false);
+        let instruction = hud
+            .lines()
+            .find_map(|l| l.strip_prefix("instruction: "))
+            .unwrap_or_else(|| panic!("no instruction in {hud}"));
+        assert!(!instruction.is_empty(), "{hud}");
+        assert!(!hud.contains("verdict"), "{hud}");
+        for _ in 0..16 {
+            s.advance().unwrap();
+            if s.done {
+                break;
+            }
+        }
+        assert!(
+            s.done,
+            "the planner's episode ends within its command budget"
+        );
+        let hud = s.hud(1.0, false);
+        // The env's feedback on the last command, and the verdict with the return it earned.
+        let last = hud
+            .lines()
+            .find_map(|l| l.strip_prefix("last: "))
+            .unwrap_or_else(|| panic!("no feedback in {hud}"));
+        assert!(!last.is_empty() && last != "none", "{hud}");
+        let verdict = if s.episode_return > 0.999 {
+            "success"
+        } else {
+            "failure"
+        };
+        assert!(hud.contains(&format!("verdict: {verdict}")), "{hud}");
     }
 
     #[test]
