@@ -474,7 +474,7 @@ impl LanguageModel {
         let h = self.gpt.hidden(inputs, None, rng)?;
         let run = || -> candle_core::Result<Tensor> {
             let c = h.dim(D::Minus1)?;
-            Ok(h.reshape(((), c))?.index_select(at, 0)?)
+            h.reshape(((), c))?.index_select(at, 0)
         };
         let picked = run().map_err(nn)?;
         let logits = self.gpt.head(&picked)?;
