@@ -450,10 +450,7 @@ impl LanguageModel {
         let logits = self.forward(inputs, None, rng)?;
         let run = || -> candle_core::Result<Tensor> {
             let v = self.config.vocab_size;
-            let logp = candle_nn::ops::log_softmax(&logits.reshape(((), v))?, D::Minus1)?;
-            logp.gather(&targets.flatten_all()?.unsqueeze(1)?, 1)?
-                .squeeze(1)?
-                .neg()?
+            cross_entropy(&logits.reshape(((), v))?, &targets.flatten_all()?)?
                 .reshape(targets.dims())
         };
         run().map_err(nn)
@@ -478,11 +475,7 @@ impl LanguageModel {
         };
         let picked = run().map_err(nn)?;
         let logits = self.gpt.head(&picked)?;
-        let run = || -> candle_core::Result<Tensor> {
-            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let t = targets.flatten_all()?.index_select(at, 0)?;
-            logp.gather(&t.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
-        };
+        let run = || cross_entropy(&logits, &targets.flatten_all()?.index_select(at, 0)?);
         run().map_err(nn)
     }
 
@@ -737,6 +730,12 @@ impl LanguageModel {
         }
         Ok(model)
     }
+}
+
+/// `-log softmax(logits)[target]` per row: logits `[N, V]` and targets `[N]` in, `[N]` out.
+fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
 }
 
 /// The longest prefix of `text`, ended at a command separator, that is a whole program; the
