@@ -30,14 +30,28 @@ pub fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(m, (t_q, t_k), device)
 }
 
-/// `softmax(q kᵀ / √d + mask) v` with a causal mask, for `q` `[B, H, Tq, D]` and `k`, `v`
-/// `[B, H, Tk, D]` (`Tk >= Tq`: the queries are the last positions). Returns `[B, H, Tq, D]`.
+/// `softmax(q kᵀ / √d + causal mask) v` for `q` `[B, H, Tq, D]` and `k`, `v` `[B, KV, Tk, D]`
+/// (`Tk >= Tq`: the queries are the last positions). With grouped-query attention (`KV < H`,
+/// `H` a multiple of `KV`) query head `h` reads key head `h / (H / KV)`, as Hugging Face's
+/// `repeat_kv`; the heads sharing a key head are stacked into one matmul instead of copying
+/// the keys. The softmax is one fused pass each way on the CPU
+/// ([`causal_softmax`](crate::causal_softmax)). Returns `[B, H, Tq, D]`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let (_, _, t_q, d) = q.dims4()?;
-    let t_k = k.dim(2)?;
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
-    let mask = causal_mask(t_q, t_k, q.device())?.to_dtype(scores.dtype())?;
-    softmax(&scores.broadcast_add(&mask)?)?.matmul(&v.contiguous()?)
+    let (b, h, t_q, d) = q.dims4()?;
+    let (bk, kv, _, dk) = k.dims4()?;
+    if bk != b || dk != d || kv == 0 || h % kv != 0 || v.dims() != k.dims() {
+        candle_core::bail!(
+            "attention: queries {:?} do not fit keys {:?} and values {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let rep = h / kv;
+    let q = q.contiguous()?.reshape((b, kv, rep * t_q, d))?;
+    let scores = q.matmul(&k.t()?)?;
+    let p = crate::causal_softmax(&scores, t_q, 1.0 / (d as f64).sqrt())?;
+    p.matmul(&v.contiguous()?)?.reshape((b, h, t_q, d))
 }
 
 #[cfg(test)]

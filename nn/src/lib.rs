@@ -28,6 +28,7 @@ mod error;
 mod fused;
 mod init;
 mod linear;
+mod llama_ops;
 mod lstm;
 mod norm;
 mod optim;
@@ -54,6 +55,7 @@ pub use fused::{
 };
 pub use init::{ParamInit, standard_normal};
 pub use linear::Linear;
+pub use llama_ops::{causal_softmax, cross_entropy, linear, rms_norm, rotary, swiglu};
 pub use lstm::{Lstm, lstm_cell};
 pub use norm::{LayerNorm, RmsNorm};
 pub use optim::{Adam, AdamConfig};

@@ -198,8 +198,7 @@ impl RmsNorm {
 
     /// Normalises `x` `[.., dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        crate::mul_weight(&x.broadcast_div(&(ms + self.eps)?.sqrt()?)?, &self.weight)
+        crate::rms_norm(x, &self.weight, self.eps)
     }
 }
 

@@ -13,7 +13,7 @@
 //! `layers.{i}.input_layernorm.weight`, `norm.weight`) under a prefix of the caller's choice;
 //! [`Gpt`] puts the core under `model.` beside `lm_head`, as Llama checkpoints do.
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -360,7 +360,7 @@ impl Proj {
         let inp = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / inp.max(1);
         let x = x.reshape((rows, inp))?;
-        let mut y = x.matmul(&self.weight.t()?)?;
+        let mut y = crate::linear(&x, &self.weight)?;
         if let Some(bias) = &self.bias {
             y = crate::add_bias(&y, bias)?;
         }
@@ -574,8 +574,8 @@ impl Block {
         let mut k = heads(self.k.forward(&n)?, kv)?;
         let v = heads(self.v.forward(&n)?, kv)?;
         if let Some((cos, sin)) = rope {
-            q = apply_rotary(&q, cos, sin)?;
-            k = apply_rotary(&k, cos, sin)?;
+            q = crate::rotary(&q, cos, sin)?;
+            k = crate::rotary(&k, cos, sin)?;
         }
         let (k, v) = match cache {
             Some(slot) => {
@@ -588,43 +588,17 @@ impl Block {
             }
             None => (k, v),
         };
-        let (k, v) = (repeat_kv(&k, h / kv)?, repeat_kv(&v, h / kv)?);
         let y = causal_attention(&q, &k, &v)?
             .transpose(1, 2)?
             .reshape((b, t, h * hd))?;
         let x = (x + dropout(drop, self.o.forward(&y)?)?)?;
         let n = self.post_norm.forward(&x)?;
         let hidden = match &self.gate {
-            Some(gate) => (candle_nn::ops::silu(&gate.forward(&n)?)? * self.up.forward(&n)?)?,
+            Some(gate) => crate::swiglu(&gate.forward(&n)?, &self.up.forward(&n)?)?,
             None => crate::gelu_tanh(&self.up.forward(&n)?)?,
         };
         x + dropout(drop, self.down.forward(&hidden)?)?
     }
-}
-
-/// `[B, kv, T, D]` → `[B, kv · rep, T, D]`, each key/value head shared by `rep` query heads.
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, t, d))?
-        .contiguous()?
-        .reshape((b, kv * rep, t, d))
-}
-
-/// Rotary embedding in the "rotate half" layout: `x · cos + rotate_half(x) · sin`, for `x`
-/// `[B, H, T, D]` and tables `[T, D]`.
-fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let (x1, x2) = (
-        x.narrow(D::Minus1, 0, d / 2)?,
-        x.narrow(D::Minus1, d / 2, d / 2)?,
-    );
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
 /// The rotary tables `[positions, D]` (each frequency twice, halves side by side).
@@ -1131,13 +1105,13 @@ mod tests {
         let q = rand(&[1, 1, 1, 2], 11);
         let k = rand(&[1, 1, 1, 2], 12);
         let score = |m: usize, n: usize| -> f32 {
-            let rq = apply_rotary(
+            let rq = crate::rotary(
                 &q,
                 &cos.narrow(0, m, 1).unwrap(),
                 &sin.narrow(0, m, 1).unwrap(),
             )
             .unwrap();
-            let rk = apply_rotary(
+            let rk = crate::rotary(
                 &k,
                 &cos.narrow(0, n, 1).unwrap(),
                 &sin.narrow(0, n, 1).unwrap(),

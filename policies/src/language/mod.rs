@@ -450,7 +450,7 @@ impl LanguageModel {
         let logits = self.forward(inputs, None, rng)?;
         let run = || -> candle_core::Result<Tensor> {
             let v = self.config.vocab_size;
-            cross_entropy(&logits.reshape(((), v))?, &targets.flatten_all()?)?
+            dreamgym_nn::cross_entropy(&logits.reshape(((), v))?, &targets.flatten_all()?)?
                 .reshape(targets.dims())
         };
         run().map_err(nn)
@@ -475,7 +475,8 @@ impl LanguageModel {
         };
         let picked = run().map_err(nn)?;
         let logits = self.gpt.head(&picked)?;
-        let run = || cross_entropy(&logits, &targets.flatten_all()?.index_select(at, 0)?);
+        let run =
+            || dreamgym_nn::cross_entropy(&logits, &targets.flatten_all()?.index_select(at, 0)?);
         run().map_err(nn)
     }
 
@@ -730,12 +731,6 @@ impl LanguageModel {
         }
         Ok(model)
     }
-}
-
-/// `-log softmax(logits)[target]` per row: logits `[N, V]` and targets `[N]` in, `[N]` out.
-fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
 }
 
 /// The longest prefix of `text`, ended at a command separator, that is a whole program; the
