@@ -49,7 +49,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     }
     let rep = h / kv;
     let q = q.contiguous()?.reshape((b, kv, rep * t_q, d))?;
-    let scores = q.matmul(&k.t()?)?;
+    // A transposed view is enough for the CPU's gemm; other devices need it contiguous.
+    let scores = q.matmul(&k.contiguous()?.t()?)?;
     let p = crate::causal_softmax(&scores, t_q, 1.0 / (d as f64).sqrt())?;
     p.matmul(&v.contiguous()?)?.reshape((b, h, t_q, d))
 }

@@ -12,6 +12,8 @@ pub struct ParamInit<'a> {
     device: &'a Device,
     rng: ChaCha8Rng,
     dtype: candle_core::DType,
+    /// Every parameter zero, none drawn: the model's weights are loaded next.
+    placeholders: bool,
 }
 
 impl<'a> ParamInit<'a> {
@@ -22,6 +24,16 @@ impl<'a> ParamInit<'a> {
             device,
             rng: ChaCha8Rng::seed_from_u64(seed),
             dtype: candle_core::DType::F32,
+            placeholders: false,
+        }
+    }
+
+    /// Parameters that are all zero, for a model whose weights are loaded right after it is
+    /// built (drawing SmolLM2's 135 M random numbers took seconds).
+    pub fn placeholders(varmap: &'a VarMap, device: &'a Device) -> Self {
+        Self {
+            placeholders: true,
+            ..Self::new(varmap, device, 0)
         }
     }
 
@@ -41,6 +53,9 @@ impl<'a> ParamInit<'a> {
         bound: f32,
     ) -> candle_core::Result<Tensor> {
         let n: usize = shape.iter().product();
+        if self.placeholders {
+            return self.insert(name, vec![0.0; n], shape);
+        }
         let data: Vec<f32> = (0..n)
             .map(|_| self.rng.random_range(-bound..=bound))
             .collect();
@@ -51,6 +66,9 @@ impl<'a> ParamInit<'a> {
     /// `std = 0.02`).
     pub fn normal(&mut self, name: &str, shape: &[usize], std: f32) -> candle_core::Result<Tensor> {
         let n: usize = shape.iter().product();
+        if self.placeholders {
+            return self.insert(name, vec![0.0; n], shape);
+        }
         let data: Vec<f32> = (0..n)
             .map(|_| std * standard_normal(&mut self.rng))
             .collect();

@@ -7,8 +7,10 @@
 //!   [`softmax`] and [`causal_attention`]. Every one is built from ops that carry gradients:
 //!   candle's fused `layer_norm`, `rms_norm`, `softmax_last_dim` and `sdpa` have no backward
 //!   pass, so gradients would silently stop there.
-//! - Fused CPU ops ([`bias_relu`], [`sigmoid_sse`], the LSTM sequence), each with a
-//!   composition of candle ops as the fallback on other devices.
+//! - Fused CPU ops ([`bias_relu`], [`sigmoid_sse`], the LSTM sequence; for the Llama core
+//!   [`rms_norm`], [`rotary`], [`swiglu`], [`causal_softmax`], [`cross_entropy`] and the
+//!   few-row [`linear`] of a generation step, multi-threaded with results independent of the
+//!   thread count), each with a composition of candle ops as the fallback on other devices.
 //! - [`Adam`] (and AdamW through `weight_decay`) with clipping by value or global norm; its
 //!   moments are saved in checkpoints so a resumed run takes the same steps.
 //! - Checkpoints ([`save_checkpoint`], [`load_weights`], [`load_optimizer`]): safetensors with

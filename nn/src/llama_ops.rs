@@ -25,20 +25,38 @@ const PAR_MIN_ELEMS: usize = 1 << 14;
 const SUM_BLOCK_ROWS: usize = 64;
 
 /// Calls `f(row index, output row)` for every `row`-long row of `out`, on several threads
-/// when there is enough work.
+/// when there is enough work (`cost` per row, in elements touched). Each task is compiled for
+/// the widest vector unit the CPU has (AVX-512 or AVX2, chosen at run time; the loops use only
+/// exactly rounded operations, so every unit gives the same numbers).
 fn for_rows<F>(out: &mut [f32], row: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
-    let row = row.max(1);
-    if out.len() < PAR_MIN_ELEMS {
-        out.chunks_mut(row).enumerate().for_each(|(i, o)| f(i, o));
+    for_rows_costing(out, row, row, f)
+}
+
+/// [`for_rows`] for rows that each cost `cost` elements of work.
+fn for_rows_costing<F>(out: &mut [f32], row: usize, cost: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    let (row, cost) = (row.max(1), cost.max(1));
+    let arch = pulp::Arch::new();
+    let run = |first: usize, chunk: &mut [f32]| {
+        arch.dispatch(|| {
+            for (i, o) in chunk.chunks_mut(row).enumerate() {
+                f(first + i, o);
+            }
+        })
+    };
+    let rows = out.len() / row;
+    if rows * cost < PAR_MIN_ELEMS {
+        run(0, out);
     } else {
-        let min_rows = (PAR_MIN_ELEMS / 4 / row).max(1);
-        out.par_chunks_mut(row)
+        let per_task = (PAR_MIN_ELEMS / 4 / cost).max(1);
+        out.par_chunks_mut(per_task * row)
             .enumerate()
-            .with_min_len(min_rows)
-            .for_each(|(i, o)| f(i, o));
+            .for_each(|(t, chunk)| run(t * per_task, chunk));
     }
 }
 
@@ -51,10 +69,13 @@ where
 {
     let blocks = rows.div_ceil(SUM_BLOCK_ROWS);
     let mut partial = vec![0f32; blocks * c];
+    let arch = pulp::Arch::new();
     let block = |b: usize, acc: &mut [f32]| {
-        for r in b * SUM_BLOCK_ROWS..rows.min((b + 1) * SUM_BLOCK_ROWS) {
-            f(r, acc);
-        }
+        arch.dispatch(|| {
+            for r in b * SUM_BLOCK_ROWS..rows.min((b + 1) * SUM_BLOCK_ROWS) {
+                f(r, acc);
+            }
+        })
     };
     if rows * c < PAR_MIN_ELEMS {
         partial
@@ -100,6 +121,28 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// `Σ f(i)` for `i < n`, in 16 interleaved partial sums added in a fixed order at the end:
+/// independent chains of additions that vectorise, and the same result on every run.
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let whole = n / L * L;
+    for base in (0..whole).step_by(L) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    let mut sum = 0f32;
+    for a in acc {
+        sum += a;
+    }
+    for i in whole..n {
+        sum += f(i);
+    }
+    sum
+}
+
 fn contiguous_u32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [u32]> {
     let data = match storage {
         CpuStorage::U32(d) => d.as_slice(),
@@ -136,7 +179,7 @@ fn ce_shape(logits: &Layout, targets: usize, op: &str) -> Result<usize> {
 /// `(max, log Σ e^(x − max))` of a row.
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|x| fast_exp(x - max)).sum();
+    let sum = lane_sum(row.len(), |i| fast_exp(row[i] - max));
     (max, sum.ln())
 }
 
@@ -159,20 +202,12 @@ impl CustomOp2 for CrossEntropy {
             candle_core::bail!("cross_entropy: target {bad} is outside the {v} classes");
         }
         let mut out = vec![0f32; t.len()];
-        let rows = |i: usize, o: &mut [f32]| {
+        // One output number per row, which reads a row of logits.
+        for_rows_costing(&mut out, 1, v, |i, o| {
             let row = &x[i * v..(i + 1) * v];
             let (max, lse) = log_sum_exp(row);
             o[0] = max + lse - row[t[i] as usize];
-        };
-        // One output number per row: share rows by the size of the logits, not the output.
-        if x.len() < PAR_MIN_ELEMS {
-            out.chunks_mut(1).enumerate().for_each(|(i, o)| rows(i, o));
-        } else {
-            out.par_chunks_mut(1)
-                .enumerate()
-                .with_min_len((PAR_MIN_ELEMS / v).max(1))
-                .for_each(|(i, o)| rows(i, o));
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from(t.len())))
     }
 
@@ -264,7 +299,7 @@ struct RmsNormGradW {
 
 #[inline]
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+    let ms = lane_sum(row.len(), |i| row[i] * row[i]) / row.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
 
@@ -331,7 +366,7 @@ impl CustomOp3 for RmsNormGradX {
         for_rows(&mut out, c, |i, o| {
             let (row, gr) = (&x[i * c..(i + 1) * c], &g[i * c..(i + 1) * c]);
             let r = inv_rms(row, self.eps);
-            let dot: f32 = row.iter().zip(gr).zip(w).map(|((x, g), w)| g * w * x).sum();
+            let dot = lane_sum(c, |j| gr[j] * w[j] * row[j]);
             let k = dot * r * r / c as f32;
             for (((o, x), g), w) in o.iter_mut().zip(row).zip(gr).zip(w) {
                 *o = r * (g * w - x * k);
@@ -355,7 +390,10 @@ impl CustomOp2 for RmsNormGradW {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "rms_norm_grad")?;
         let g = contiguous_f32(s2, l2, "rms_norm_grad")?;
-        let c = l1.dims().last().copied().unwrap_or(1).max(1);
+        let c = l1.dims().last().copied().unwrap_or(0);
+        if c == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), Shape::from(0)));
+        }
         let total = sum_over_rows(x.len() / c, c, |i, acc| {
             let (row, gr) = (&x[i * c..(i + 1) * c], &g[i * c..(i + 1) * c]);
             let r = inv_rms(row, self.eps);
@@ -515,7 +553,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 // Rotary positions
 
 /// `x · cos + rotate_half(x) · sin` for `x` `[.., T, D]` and tables `[T, D]`; with `inverse`,
-/// the rotation back (`sin` negated): the gradient of the forward rotation.
+/// its transpose (the rotation back): the gradient of the forward rotation.
 struct Rotary {
     inverse: bool,
 }
@@ -549,7 +587,6 @@ impl CustomOp3 for Rotary {
                 l3.dims()
             );
         }
-        let sign = if self.inverse { -1.0 } else { 1.0 };
         let h = d / 2;
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, d, |i, o| {
@@ -561,9 +598,17 @@ impl CustomOp3 for Rotary {
             );
             let (x1, x2) = row.split_at(h);
             let (o1, o2) = o.split_at_mut(h);
-            for j in 0..h {
-                o1[j] = x1[j] * c[j] - sign * x2[j] * s[j];
-                o2[j] = x2[j] * c[h + j] + sign * x1[j] * s[h + j];
+            if self.inverse {
+                // The transpose of the rotation below, exact for any tables.
+                for j in 0..h {
+                    o1[j] = x1[j] * c[j] + x2[j] * s[h + j];
+                    o2[j] = x2[j] * c[h + j] - x1[j] * s[j];
+                }
+            } else {
+                for j in 0..h {
+                    o1[j] = x1[j] * c[j] - x2[j] * s[j];
+                    o2[j] = x2[j] * c[h + j] + x1[j] * s[h + j];
+                }
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -577,8 +622,7 @@ impl CustomOp3 for Rotary {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // A rotation's transpose is the rotation back (the tables are the same in both
-        // halves, which the tables built here are).
+        // The gradient of a rotation is its transpose.
         let g = grad.contiguous()?.apply_op3_no_bwd(
             cos,
             sin,
@@ -591,8 +635,8 @@ impl CustomOp3 for Rotary {
 }
 
 /// Rotary embedding in the "rotate half" layout, `x · cos + rotate_half(x) · sin`, for `x`
-/// `[.., T, D]` and tables `[T, D]` whose two halves repeat the same frequencies. Fused on the
-/// CPU in f32; the tables are constants (no gradient).
+/// `[.., T, D]` and tables `[T, D]` (Llama's repeat the same frequencies in both halves). Fused
+/// on the CPU in f32; the tables are constants (no gradient).
 pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
     if is_cpu_f32(&[x]) {
@@ -645,13 +689,10 @@ impl CustomOp1 for CausalSoftmax {
             let seen = (i % self.t_q) + offset + 1;
             let row = &x[i * t_k..i * t_k + seen];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
             for (o, x) in o.iter_mut().zip(row) {
-                let e = fast_exp(self.scale * (x - max));
-                *o = e;
-                sum += e;
+                *o = fast_exp(self.scale * (x - max));
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / lane_sum(seen, |j| o[j]);
             for o in &mut o[..seen] {
                 *o *= inv;
             }
@@ -686,7 +727,7 @@ impl CustomOp2 for CausalSoftmaxGrad {
         let mut out = vec![0f32; y.len()];
         for_rows(&mut out, t_k, |i, o| {
             let (y, g) = (&y[i * t_k..(i + 1) * t_k], &g[i * t_k..(i + 1) * t_k]);
-            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            let dot = lane_sum(t_k, |j| y[j] * g[j]);
             for ((o, y), g) in o.iter_mut().zip(y).zip(g) {
                 *o = self.scale * y * (g - dot);
             }
@@ -841,7 +882,9 @@ impl CustomOp2 for FewRowsLinear {
 /// weight row once, on several threads (gemm's path for one row reads at half the speed);
 /// otherwise a matmul.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if x.dim(0)? <= FEW_ROWS && is_cpu_f32(&[x, w]) {
+    let (m, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    if (1..=FEW_ROWS).contains(&m) && k > 0 && n > 0 && is_cpu_f32(&[x, w]) {
         x.contiguous()?.apply_op2(&w.contiguous()?, FewRowsLinear)
     } else {
         x.matmul(&w.t()?)
@@ -985,6 +1028,24 @@ mod tests {
     }
 
     #[test]
+    fn the_rotary_gradient_is_the_transpose_for_any_tables() {
+        // Tables whose halves differ: the backward is still the exact transpose.
+        let x = var(&[2, 4, 6], 17, 1.0);
+        let (cos, sin) = (rand(&[4, 6], 18), rand(&[4, 6], 19));
+        grads_agree(
+            &[x],
+            |x| rotary(&x[0], &cos, &sin),
+            |x| {
+                let (c, s) = (cos.to_dtype(DType::F64)?, sin.to_dtype(DType::F64)?);
+                let (x1, x2) = (x[0].narrow(2, 0, 3)?, x[0].narrow(2, 3, 3)?);
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], 2)?;
+                x[0].broadcast_mul(&c)? + rotated.broadcast_mul(&s)?
+            },
+            1e-5,
+        );
+    }
+
+    #[test]
     fn grouped_query_attention_equals_repeated_keys_and_its_gradients() {
         // 6 query heads on 2 key heads, 5 queries after 3 cached positions.
         let q = var(&[2, 6, 5, 8], 9, 1.0);
@@ -1009,15 +1070,27 @@ mod tests {
             },
             2e-5,
         );
+        // The composed fallback (here in f64) stacks the heads the same way.
+        let [q, k, v] = [9, 10, 11].map(|s| {
+            rand(
+                &[2, if s == 9 { 6 } else { 2 }, if s == 9 { 5 } else { 8 }, 8],
+                s,
+            )
+        });
+        let fused = crate::causal_attention(&q, &k, &v).unwrap();
+        let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let fallback = crate::causal_attention(&f64_of(&q), &f64_of(&k), &f64_of(&v)).unwrap();
+        assert!(max_diff(&fused, &fallback.to_dtype(DType::F32).unwrap()) < 1e-5);
     }
 
     #[test]
     fn a_few_rows_times_a_weight_is_a_matmul_with_its_gradients() {
-        // 1 and 3 rows; 70 × 1000 weights are shared between threads, K = 70 leaves a tail
-        // after the vector lanes.
-        for m in [1, 3] {
-            let x = var(&[m, 70], 15, 1.0);
-            let w = var(&[1000, 70], 16, 1.0);
+        // 70 × 1003 weights are shared between threads, the small ones are not; K = 70, 33
+        // and 5 leave a tail after the vector lanes.
+        // 1003 rows of w: the last group of four is short.
+        for (m, n, k) in [(1, 1003, 70), (3, 1003, 70), (2, 3, 5), (4, 7, 33)] {
+            let x = var(&[m, k], 15, 1.0);
+            let w = var(&[n, k], 16, 1.0);
             grads_agree(
                 &[x, w],
                 |t| linear(&t[0], &t[1]),
@@ -1027,6 +1100,15 @@ mod tests {
             );
         }
         assert!(linear(&rand(&[1, 3], 1), &rand(&[4, 5], 2)).is_err());
+        // No rows, no inputs or no outputs: an empty product, not a panic.
+        let empty = linear(&rand(&[0, 5], 1), &rand(&[4, 5], 2)).unwrap();
+        assert_eq!(empty.dims(), [0, 4]);
+        let zero_k = linear(
+            &Tensor::zeros((2, 0), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(zero_k.dims(), [2, 3]);
     }
 
     #[test]

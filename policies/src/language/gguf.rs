@@ -114,7 +114,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LanguageModel, PolicyEr
         vocab_size: tokenizer.vocab_size(),
         tie_embeddings: tied,
     };
-    let mut model = LanguageModel::with_config(config, tokenizer, device, 0)?;
+    let mut model = LanguageModel::with_config(config, tokenizer, device, None)?;
     model.format = PromptFormat::Chat(SYSTEM_PROMPT.into());
     let head_dim = n_embd / n_head.max(1);
     let mut names: Vec<(String, String, Option<usize>)> = vec![

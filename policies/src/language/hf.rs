@@ -175,7 +175,7 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<LanguageModel, PolicyError
         .transformer
         .validate()
         .map_err(|e| err(format!("config.json: {e}")))?;
-    let mut model = LanguageModel::with_config(config, tokenizer, device, 0)?;
+    let mut model = LanguageModel::with_config(config, tokenizer, device, None)?;
     if chat {
         model.format = PromptFormat::Chat(SYSTEM_PROMPT.into());
     }

@@ -304,14 +304,16 @@ impl LanguageModel {
         seed: u64,
     ) -> Result<Self, PolicyError> {
         let config = size.gpt(tokenizer.vocab_size());
-        Self::with_config(config, tokenizer, device, seed)
+        Self::with_config(config, tokenizer, device, Some(seed))
     }
 
+    /// A model of `config`, its weights drawn from `seed`, or all zero without one (for a
+    /// model whose weights are loaded next).
     fn with_config(
         config: GptConfig,
         tokenizer: TextTokenizer,
         device: &Device,
-        seed: u64,
+        seed: Option<u64>,
     ) -> Result<Self, PolicyError> {
         if config.vocab_size != tokenizer.vocab_size() {
             return Err(PolicyError::Load(format!(
@@ -322,7 +324,10 @@ impl LanguageModel {
             )));
         }
         let varmap = VarMap::new();
-        let mut init = ParamInit::new(&varmap, device, seed);
+        let mut init = match seed {
+            Some(seed) => ParamInit::new(&varmap, device, seed),
+            None => ParamInit::placeholders(&varmap, device),
+        };
         let gpt = Gpt::new(&mut init, &config, device)?;
         Ok(Self {
             format: PromptFormat::Plain,
@@ -692,7 +697,7 @@ impl LanguageModel {
         let (config, _): (GptConfig, serde_json::Value) =
             dreamgym_nn::read_checkpoint_meta(stem, LM_CHECKPOINT_KIND)?;
         let tokenizer = TextTokenizer::load(&tokenizer_path(stem))?;
-        let model = Self::with_config(config, tokenizer, device, 0)?;
+        let model = Self::with_config(config, tokenizer, device, None)?;
         dreamgym_nn::load_weights(stem, &model.varmap)?;
         Ok(model)
     }
