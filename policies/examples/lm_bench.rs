@@ -8,7 +8,13 @@
 //!         the token ids of a text, as JSON;
 //!     lm_bench speed <model> <prompt tokens> <new tokens> <batch> <length> <steps>
 //!         greedy generation with the KV cache (tokens/s after the prompt) and SFT training
-//!         steps (forward, backward, AdamW) on random ids (tokens/s), as JSON.
+//!         steps (forward, backward, AdamW) on random ids (tokens/s), as JSON;
+//!     lm_bench dpo <model> <reference model> <batch.json> <out.safetensors> [steps]
+//!         the preference loss of a batch of pairs (bench/dpo_trl_reference.py's format:
+//!         beta, loss_type, label_smoothing, pairs of prompt / chosen / rejected ids), its
+//!         log-probs, TRL's metrics (`rewards.chosen`, ...) and every parameter's gradient
+//!         (`grad.<Hugging Face name>`); with `steps`, also that many timed DPO steps
+//!         (forward, backward, AdamW; the reference's log-probs once), as JSON.
 //!
 //! `<model>` is a `.gguf` file or a folder with config.json, model.safetensors and
 //! tokenizer.json. Threads: candle's CPU kernels use `RAYON_NUM_THREADS`.
@@ -29,7 +35,10 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{D, Device, Tensor};
 use dreamgym_nn::{Adam, AdamConfig, KvCache, sorted_vars};
-use dreamgym_policies::language::{LanguageModel, load_pretrained};
+use dreamgym_policies::language::{
+    LanguageModel, PreferenceLoss, PreferenceLossKind, PreferencePair, load_pretrained, pair_logps,
+    preference_loss, reference_logps,
+};
 
 /// The mean next-token cross-entropy of `ids` `[B, T]` (one forward pass, on `T - 1`
 /// positions, as Hugging Face's `labels = ids` computes it).
@@ -62,6 +71,83 @@ fn logits(model: &LanguageModel, ids_path: &Path, out: &Path, grads: bool) -> an
         }
     }
     candle_core::safetensors::save(&out_map, out)?;
+    Ok(())
+}
+
+/// A batch of preference pairs as bench/dpo_trl_reference.py reads it.
+#[derive(serde::Deserialize)]
+struct DpoBatch {
+    beta: f64,
+    loss_type: PreferenceLossKind,
+    #[serde(default)]
+    label_smoothing: f64,
+    pairs: Vec<PreferencePair>,
+}
+
+fn dpo(
+    model: &LanguageModel,
+    reference: &LanguageModel,
+    batch: &Path,
+    out: &Path,
+    steps: usize,
+) -> anyhow::Result<()> {
+    let batch: DpoBatch = serde_json::from_str(
+        &std::fs::read_to_string(batch)
+            .with_context(|| format!("cannot read {}", batch.display()))?,
+    )?;
+    let loss = PreferenceLoss {
+        kind: batch.loss_type,
+        beta: batch.beta,
+        label_smoothing: batch.label_smoothing,
+    };
+    let pairs = &batch.pairs;
+    let refs = reference_logps(reference, pairs)?;
+    let (chosen, rejected) = pair_logps(model, pairs)?;
+    let (value, metrics) = preference_loss(model, pairs, &refs, &loss)?;
+    let mut out_map: HashMap<String, Tensor> = HashMap::new();
+    let dev = model.device();
+    let scalar = |x: f64| Tensor::new(&[x as f32], dev);
+    out_map.insert("loss".into(), value.reshape(1)?);
+    out_map.insert("chosen_logps".into(), chosen);
+    out_map.insert("rejected_logps".into(), rejected);
+    let (rc, rr): (Vec<f32>, Vec<f32>) = refs.iter().copied().unzip();
+    out_map.insert("ref_chosen_logps".into(), Tensor::new(rc, dev)?);
+    out_map.insert("ref_rejected_logps".into(), Tensor::new(rr, dev)?);
+    for (name, v) in metrics.named() {
+        out_map.insert(name.replace('/', "."), scalar(v)?);
+    }
+    let g = value.backward()?;
+    for (name, var) in sorted_vars(model.varmap()) {
+        let grad = g
+            .get(var.as_tensor())
+            .with_context(|| format!("no gradient for {name}"))?;
+        out_map.insert(format!("grad.{name}"), grad.clone());
+    }
+    candle_core::safetensors::save(&out_map, out)?;
+    if steps > 0 {
+        let mut opt = Adam::new(
+            sorted_vars(model.varmap()),
+            AdamConfig {
+                lr: 1e-6,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let mut times = Vec::new();
+        for _ in 0..steps {
+            let t = Instant::now();
+            let (value, _) = preference_loss(model, pairs, &refs, &loss)?;
+            opt.step(value.backward()?)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let counted = if times.len() > 1 {
+            &times[1..]
+        } else {
+            &times[..]
+        };
+        let step = counted.iter().sum::<f64>() / counted.len() as f64;
+        println!("{}", serde_json::json!({ "dpo_step_s": step }));
+    }
     Ok(())
 }
 
@@ -145,7 +231,7 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: a plain option setter, called before any allocation on another thread.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: lm_bench logits|tokenize|speed <model> ...";
+    let usage = "usage: lm_bench logits|tokenize|speed|dpo <model> ...";
     let (cmd, model_path) = match (args.first(), args.get(1)) {
         (Some(c), Some(m)) => (c.as_str(), Path::new(m)),
         _ => anyhow::bail!(usage),
@@ -166,6 +252,18 @@ fn main() -> anyhow::Result<()> {
                 serde_json::to_string(&model.tokenizer().encode(text)?)?
             );
             Ok(())
+        }
+        "dpo" => {
+            let (reference, batch, out) = match (args.get(2), args.get(3), args.get(4)) {
+                (Some(r), Some(b), Some(o)) => (Path::new(r), Path::new(b), Path::new(o)),
+                _ => anyhow::bail!(usage),
+            };
+            let steps = match args.get(5) {
+                Some(s) => s.parse::<usize>().context("steps is a whole number")?,
+                None => 0,
+            };
+            let reference = load_pretrained(reference, &Device::Cpu)?;
+            dpo(&model, &reference, batch, out, steps)
         }
         "speed" => {
             let nums = args[2..]

@@ -9,6 +9,7 @@
 
 mod gguf;
 mod hf;
+mod preference;
 mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ use crate::{Policy, PolicyError};
 
 pub use gguf::{SYSTEM_PROMPT, load_gguf};
 pub use hf::load_hf;
+pub use preference::{
+    PreferenceLoss, PreferenceLossKind, PreferenceMetrics, PreferencePair, completion_logps,
+    pair_logps, preference_loss, reference_logps,
+};
 pub use tokenizer::{BOS, EOS, TextTokenizer};
 
 /// The kind written in the checkpoint sidecar.
