@@ -10,6 +10,7 @@
 //! - [`world_models`]: V, M and C trained, evaluated and reported.
 //! - [`MetricsLog`], [`figures`], [`tensorboard`]: metrics as CSV and TensorBoard event files,
 //!   figures with labelled axes.
+//! - [`labels`]: preference labels (the fsynced log, undo, agreement, the synthetic labeler).
 
 mod collect;
 pub mod decision_transformer;
@@ -17,6 +18,7 @@ mod episode;
 mod evaluate;
 mod experiment;
 pub mod figures;
+pub mod labels;
 pub mod language;
 mod metrics;
 mod policy_spec;

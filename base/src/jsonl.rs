@@ -127,6 +127,50 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError
     Ok(out)
 }
 
+/// What [`read_jsonl_lenient`] found: the records that parse, and what it left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonlRead<T> {
+    /// Every complete line that parses, in order.
+    pub records: Vec<T>,
+    /// The 1-based line number of each record.
+    pub lines: Vec<usize>,
+    /// Complete lines that do not parse: (1-based line number, why).
+    pub skipped: Vec<(usize, String)>,
+    /// Bytes of a torn last line (no newline: a crash mid-write), dropped; 0 when none.
+    pub torn_bytes: usize,
+}
+
+/// Reads a JSON-lines log as [`read_jsonl`] does, but skips complete lines that do not parse
+/// and reports them (with a torn last line) instead of failing: for logs people edit or
+/// merge by hand, where one bad line must not hide the others.
+pub fn read_jsonl_lenient<T: DeserializeOwned>(path: &Path) -> Result<JsonlRead<T>, JsonlError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(IoError::new("cannot read", path, e).into()),
+    };
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut read = JsonlRead {
+        records: Vec::new(),
+        lines: Vec::new(),
+        skipped: Vec::new(),
+        torn_bytes: bytes.len() - complete,
+    };
+    for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(r) => {
+                read.records.push(r);
+                read.lines.push(i + 1);
+            }
+            Err(e) => read.skipped.push((i + 1, e.to_string())),
+        }
+    }
+    Ok(read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +228,25 @@ mod tests {
         std::fs::write(&path, "{\"pair\":1,\"choice\":\"a\"}\nnot json\n").unwrap();
         let err = read_jsonl::<Label>(&path).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("x.jsonl"), "{err}");
+    }
+
+    #[test]
+    fn the_lenient_reader_skips_bad_lines_and_reports_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        std::fs::write(
+            &path,
+            "{\"pair\":1,\"choice\":\"a\"}\ngarbage\n\n{\"pair\":2,\"choice\":\"b\"}\n{\"pair\":3,\"ch",
+        )
+        .unwrap();
+        let read: JsonlRead<Label> = read_jsonl_lenient(&path).unwrap();
+        assert_eq!(read.records.len(), 2);
+        assert_eq!(read.records[1].pair, 2);
+        assert_eq!(read.lines, [1, 4]);
+        assert_eq!(read.skipped.len(), 1);
+        assert_eq!(read.skipped[0].0, 2);
+        assert_eq!(read.torn_bytes, 13);
+        let none: JsonlRead<Label> = read_jsonl_lenient(&dir.path().join("missing")).unwrap();
+        assert!(none.records.is_empty() && none.skipped.is_empty() && none.torn_bytes == 0);
     }
 }

@@ -15,6 +15,6 @@ mod lock;
 mod seed;
 
 pub use atomic::{IoError, write_atomic};
-pub use jsonl::{JsonlError, JsonlWriter, read_jsonl};
+pub use jsonl::{JsonlError, JsonlRead, JsonlWriter, read_jsonl, read_jsonl_lenient};
 pub use lock::{FolderLock, LOCK_FILE, LockError, is_temporary, remove_stale_temporaries};
 pub use seed::derive_seed;
