@@ -10,7 +10,8 @@
 //! - [`world_models`]: V, M and C trained, evaluated and reported.
 //! - [`MetricsLog`], [`figures`], [`tensorboard`]: metrics as CSV and TensorBoard event files,
 //!   figures with labelled axes.
-//! - [`labels`]: preference labels (the fsynced log, undo, agreement, the synthetic labeler).
+//! - [`labels`]: preference labels (the fsynced log, undo, agreement, the synthetic labeler);
+//!   [`preference`]: pairs of sampled episodes, TRL's preference format, DPO training.
 
 mod collect;
 pub mod decision_transformer;
@@ -22,6 +23,7 @@ pub mod labels;
 pub mod language;
 mod metrics;
 mod policy_spec;
+pub mod preference;
 mod progress;
 mod run_dir;
 pub mod tensorboard;

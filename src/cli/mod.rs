@@ -3,11 +3,14 @@
 mod bench;
 mod chat;
 mod check;
+mod dpo;
 mod envs;
 mod eval_language;
 mod experiment;
 mod images;
 mod inspect;
+mod labels;
+mod pairs;
 mod policies;
 mod progress;
 mod rollout;
@@ -48,6 +51,13 @@ pub enum Command {
     EvalLanguage(eval_language::Args),
     /// Run an experiment from a TOML config (the embedded default when none is given).
     Run(experiment::Args),
+    /// Sample two episodes from a language model per start state, for preference labels.
+    Pairs(pairs::Args),
+    /// Preference labels of a pairs folder: stats, synthetic labels, TRL export and import.
+    #[command(subcommand)]
+    Labels(labels::Command),
+    /// Fine-tune a language model on labeled pairs (DPO, IPO, hinge, robust DPO).
+    Dpo(dpo::Args),
     /// Save what an env's camera sees (pixel observations) as a PNG.
     Render(images::RenderArgs),
     /// Turn a recorded pixel episode into an animated GIF.
@@ -125,6 +135,9 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Chat(a) => chat::run(a, registry),
         Command::EvalLanguage(a) => eval_language::run(a, registry),
         Command::Run(a) => experiment::run(a, registry),
+        Command::Pairs(a) => pairs::run(a, registry),
+        Command::Labels(c) => labels::run(c),
+        Command::Dpo(a) => dpo::run(a, registry),
         Command::Render(a) => images::render(a, registry),
         Command::ExportGif(a) => images::export_gif(a),
         #[cfg(feature = "viewer")]

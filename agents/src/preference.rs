@@ -1,0 +1,804 @@
+//! Preference data and training for the language controller: pairs of episodes sampled from a
+//! model from one start state, labels on them (see [`crate::labels`]), TRL's preference format,
+//! and DPO.
+//!
+//! A pairs folder holds `pairs.json` (what made the pairs: env, config, model, sampling) and
+//! `pairs.jsonl` (one [`PairRecord`] per line, fsynced as each pair is done, so an interrupted
+//! run goes on where it stopped), and the labels log `labels.jsonl`.
+//!
+//! Both episodes of a pair start from the env reset with the same seed: resets are
+//! deterministic, and the two first observations are compared to prove it (a pair whose
+//! starts differ is refused). The preference is over the first action (the prompt both sides
+//! share), as ETO pairs trajectories from one instruction: the rest of each episode is the
+//! evidence the labeler judges it by.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use dreamgym_base::{JsonlWriter, derive_seed, read_jsonl_lenient};
+use dreamgym_envs::{Info, Registry};
+use dreamgym_policies::Policy;
+use dreamgym_policies::language::{
+    LanguageModel, LanguagePolicy, PreferenceLoss, PreferenceMetrics, PreferencePair, Sampling,
+    observation_text, preference_loss,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::labels::{Choice, LabelLog, LabelRecord, SyntheticLabeler};
+use crate::{Interrupted, Progress};
+
+/// The pairs file of a pairs folder.
+pub const PAIRS_FILE: &str = "pairs.jsonl";
+/// The labels log of a pairs folder.
+pub const LABELS_FILE: &str = "labels.jsonl";
+/// What made a pairs folder's pairs.
+pub const PAIRS_META: &str = "pairs.json";
+
+/// One step of an episode: what the controller saw, what it wrote, what the env said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// The observation text.
+    pub observation: String,
+    /// The action text.
+    pub action: String,
+    /// The env's feedback on it.
+    pub feedback: String,
+}
+
+/// One episode of a pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairSide {
+    /// The seed the policy sampled with.
+    pub sample_seed: u64,
+    /// Its steps.
+    pub turns: Vec<Turn>,
+    /// Whether the instruction's verifier said it succeeded.
+    pub success: bool,
+    /// The verifier's final progress, 0 to 1.
+    pub progress: f64,
+}
+
+/// A pair of episodes from one start state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// Its id (`p000042`).
+    pub id: String,
+    /// The env seed both episodes started from.
+    pub seed: u64,
+    /// The instruction.
+    pub instruction: String,
+    /// The instruction's family.
+    pub family: String,
+    /// Episode A.
+    pub a: PairSide,
+    /// Episode B.
+    pub b: PairSide,
+}
+
+impl PairRecord {
+    /// The first observation (both sides share it).
+    pub fn prompt(&self) -> &str {
+        self.a
+            .turns
+            .first()
+            .map(|t| t.observation.as_str())
+            .unwrap_or("")
+    }
+
+    /// The first action of a side.
+    pub fn first_action(&self, b: bool) -> &str {
+        let side = if b { &self.b } else { &self.a };
+        side.turns.first().map(|t| t.action.as_str()).unwrap_or("")
+    }
+}
+
+/// What made a pairs folder's pairs (`pairs.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairsMeta {
+    /// The env id.
+    pub env: String,
+    /// Its config.
+    pub env_config: serde_json::Value,
+    /// The model (a run folder or a file).
+    pub model: String,
+    /// How actions were sampled.
+    pub sampling: Sampling,
+    /// The first env seed.
+    pub seed: u64,
+}
+
+/// Settings of [`collect_pairs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairsConfig {
+    /// Pairs wanted in the folder (those already there count).
+    pub count: usize,
+    /// The env seed of pair 0 (pair `i` starts from `seed + i`).
+    pub seed: u64,
+    /// How both sides sample (temperature above 0, or the two sides are the same).
+    pub sampling: Sampling,
+    /// Most actions per episode.
+    pub max_turns: usize,
+}
+
+/// Reads a pairs folder: its meta and every complete pair (a torn last line from a crash is
+/// dropped; a line that is not a pair is an error naming it).
+pub fn read_pairs(dir: &Path) -> anyhow::Result<(PairsMeta, Vec<PairRecord>)> {
+    let meta_path = dir.join(PAIRS_META);
+    let meta: PairsMeta =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| {
+            format!("{} is not a pairs folder (no {PAIRS_META})", dir.display())
+        })?)
+        .with_context(|| format!("cannot read {}", meta_path.display()))?;
+    let read = read_jsonl_lenient::<PairRecord>(&dir.join(PAIRS_FILE))?;
+    if let Some((line, why)) = read.skipped.first() {
+        anyhow::bail!(
+            "{}: line {line} is not a pair: {why}",
+            dir.join(PAIRS_FILE).display()
+        );
+    }
+    Ok((meta, read.records))
+}
+
+/// Samples pairs of episodes from `model` into `dir`, from env seeds `seed`, `seed + 1`, ...;
+/// pairs already in the folder are kept and the run goes on after them. Returns the pairs.
+#[allow(clippy::too_many_arguments)]
+pub fn collect_pairs(
+    model: Arc<LanguageModel>,
+    model_name: &str,
+    registry: &Registry,
+    env: (&str, &serde_json::Value),
+    cfg: &PairsConfig,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<PairRecord>> {
+    anyhow::ensure!(
+        cfg.sampling.temperature > 0.0,
+        "pairs need sampling (a temperature above 0): greedy decoding writes the same action twice"
+    );
+    anyhow::ensure!(cfg.max_turns > 0, "an episode needs at least one turn");
+    let meta = PairsMeta {
+        env: env.0.to_string(),
+        env_config: env.1.clone(),
+        model: model_name.to_string(),
+        sampling: cfg.sampling,
+        seed: cfg.seed,
+    };
+    let meta_path = dir.join(PAIRS_META);
+    let mut pairs = if meta_path.exists() {
+        let (old, pairs) = read_pairs(dir)?;
+        anyhow::ensure!(
+            old == meta,
+            "{} holds pairs made otherwise ({} from {}, seed {}): use another folder",
+            dir.display(),
+            old.env,
+            old.model,
+            old.seed
+        );
+        pairs
+    } else {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        dreamgym_base::write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        Vec::new()
+    };
+    let mut writer = JsonlWriter::open(&dir.join(PAIRS_FILE))?;
+    let mut e = registry
+        .make(env.0, Some(env.1))
+        .with_context(|| format!("cannot build {}", env.0))?;
+    let mut policy = LanguagePolicy::new(model, cfg.sampling, model_name);
+    progress.begin("pairs", cfg.count as u64);
+    progress.advance(pairs.len().min(cfg.count) as u64);
+    for i in pairs.len()..cfg.count {
+        if progress.interrupted() {
+            return Err(Interrupted {
+                stage: "pairs".into(),
+                saved: format!("{i} pairs are saved; run again to go on"),
+            }
+            .into());
+        }
+        let seed = cfg.seed + i as u64;
+        let mut sides = Vec::new();
+        let mut start: Option<String> = None;
+        let mut info0 = Info::new();
+        for side in 0..2u64 {
+            let (obs, info) = e.reset(Some(seed), &Info::new())?;
+            let text = observation_text(&obs).unwrap_or("").to_string();
+            match &start {
+                None => {
+                    start = Some(text);
+                    info0 = info;
+                }
+                Some(s) => anyhow::ensure!(
+                    *s == text,
+                    "{} did not restart identically from seed {seed}: the two episodes of a \
+                     pair must share their start",
+                    env.0
+                ),
+            }
+            let sample_seed = derive_seed(seed, "pair side", side);
+            policy.reset(sample_seed)?;
+            sides.push(run_side(
+                e.as_mut(),
+                &mut policy,
+                obs,
+                sample_seed,
+                cfg.max_turns,
+            )?);
+        }
+        let text = |k: &str| {
+            info0
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (b, a) = (sides.pop(), sides.pop());
+        let (Some(a), Some(b)) = (a, b) else {
+            anyhow::bail!("a pair lost a side");
+        };
+        let record = PairRecord {
+            id: format!("p{i:06}"),
+            seed,
+            instruction: text("instruction"),
+            family: text("family"),
+            a,
+            b,
+        };
+        writer.append(&record)?;
+        pairs.push(record);
+        progress.advance(1);
+    }
+    progress.end();
+    Ok(pairs)
+}
+
+/// Runs one episode of a pair.
+fn run_side(
+    e: &mut dyn dreamgym_envs::Env,
+    policy: &mut LanguagePolicy,
+    mut obs: dreamgym_envs::Value,
+    sample_seed: u64,
+    max_turns: usize,
+) -> anyhow::Result<PairSide> {
+    let mut turns = Vec::new();
+    let mut success = false;
+    let mut progress = 0.0;
+    for _ in 0..max_turns {
+        let observation = observation_text(&obs).unwrap_or("").to_string();
+        let action = policy.act(&obs)?;
+        let step = e.step(&action)?;
+        turns.push(Turn {
+            observation,
+            action: action.as_text().unwrap_or("").to_string(),
+            feedback: step
+                .info
+                .get("feedback")
+                .and_then(|f| f.as_str())
+                .unwrap_or("")
+                .to_string(),
+        });
+        progress = step
+            .info
+            .get("progress")
+            .and_then(|p| p.as_f64())
+            .unwrap_or(progress);
+        obs = step.obs;
+        if step.terminated || step.truncated {
+            success = step.info.get("success") == Some(&true.into());
+            break;
+        }
+    }
+    Ok(PairSide {
+        sample_seed,
+        turns,
+        success,
+        progress,
+    })
+}
+
+/// Labels every pair of `pairs` that `labeler` has not labeled yet, appending to `log`.
+/// Returns how many it labeled.
+pub fn synth_labels(
+    pairs: &[PairRecord],
+    log: &mut LabelLog,
+    labeler: &SyntheticLabeler,
+) -> anyhow::Result<usize> {
+    labeler.validate().map_err(anyhow::Error::msg)?;
+    let done = log.labeled_by(SyntheticLabeler::NAME);
+    let mut n = 0;
+    for p in pairs.iter().filter(|p| !done.contains(&p.id)) {
+        let choice = labeler.choose(&p.id, (p.a.progress, p.b.progress));
+        log.append(LabelRecord {
+            pair: p.id.clone(),
+            labeler: SyntheticLabeler::NAME.into(),
+            choice,
+            left: None,
+            seconds: 0.0,
+            timestamp: now(),
+        })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// One preference as text: the shared prompt (an observation) and the two first actions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPreference {
+    /// The pair.
+    pub pair: String,
+    /// The observation both sides started from.
+    pub prompt: String,
+    /// The preferred first action.
+    pub chosen: String,
+    /// The other.
+    pub rejected: String,
+}
+
+/// The preferences the labels in effect give: one per (pair, labeler) with a choice of A or B
+/// whose first actions differ (equal, skipped and identical-action pairs say nothing to learn).
+/// Labels of pairs not in `pairs` are counted in the second value and left out.
+pub fn preferences(pairs: &[PairRecord], log: &LabelLog) -> (Vec<TextPreference>, usize) {
+    let by_id: std::collections::BTreeMap<&str, &PairRecord> =
+        pairs.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut out = Vec::new();
+    let mut unknown = 0;
+    for ((pair, _), label) in log.in_effect() {
+        let Some(p) = by_id.get(pair.as_str()) else {
+            unknown += 1;
+            continue;
+        };
+        let Some(side) = label.choice.preferred() else {
+            continue;
+        };
+        let b_wins = side == crate::labels::Side::B;
+        let (chosen, rejected) = (p.first_action(b_wins), p.first_action(!b_wins));
+        if chosen == rejected {
+            continue;
+        }
+        out.push(TextPreference {
+            pair: pair.clone(),
+            prompt: p.prompt().to_string(),
+            chosen: chosen.to_string(),
+            rejected: rejected.to_string(),
+        });
+    }
+    (out, unknown)
+}
+
+/// A preference in TRL's conversational preference format (`prompt`, `chosen`, `rejected`,
+/// each a list of messages), which `datasets.load_dataset("json", ...)` and `DPOTrainer`
+/// read as they are.
+pub fn to_trl(p: &TextPreference) -> serde_json::Value {
+    let msg = |role: &str, content: &str| serde_json::json!([{ "role": role, "content": content }]);
+    serde_json::json!({
+        "prompt": msg("user", &p.prompt),
+        "chosen": msg("assistant", &p.chosen),
+        "rejected": msg("assistant", &p.rejected),
+    })
+}
+
+/// Reads one line of TRL's preference format (conversational, or plain strings) back.
+pub fn from_trl(v: &serde_json::Value) -> anyhow::Result<(String, String, String)> {
+    let field = |k: &str| -> anyhow::Result<String> {
+        let x = v
+            .get(k)
+            .with_context(|| format!("a TRL preference needs `{k}`"))?;
+        if let Some(s) = x.as_str() {
+            return Ok(s.to_string());
+        }
+        let msgs = x
+            .as_array()
+            .with_context(|| format!("`{k}` is neither text nor a list of messages"))?;
+        let texts: Vec<&str> = msgs
+            .iter()
+            .filter_map(|m| m.get("content").and_then(|c| c.as_str()))
+            .collect();
+        anyhow::ensure!(
+            texts.len() == msgs.len() && !texts.is_empty(),
+            "`{k}` has messages without text content"
+        );
+        Ok(texts.join("\n"))
+    };
+    Ok((field("prompt")?, field("chosen")?, field("rejected")?))
+}
+
+/// Labels from TRL-format preferences: each line is matched to the pair whose prompt and
+/// first actions it carries, and becomes a label of `labeler` (lines that match no pair are
+/// counted in the second value).
+pub fn import_trl(
+    pairs: &[PairRecord],
+    lines: &[serde_json::Value],
+    labeler: &str,
+) -> anyhow::Result<(Vec<LabelRecord>, usize)> {
+    let mut out = Vec::new();
+    let mut unmatched = 0;
+    for v in lines {
+        let (prompt, chosen, rejected) = from_trl(v)?;
+        let found = pairs.iter().find_map(|p| {
+            let (a, b) = (p.first_action(false), p.first_action(true));
+            if p.prompt() != prompt {
+                None
+            } else if a == chosen && b == rejected {
+                Some((p, Choice::A))
+            } else if b == chosen && a == rejected {
+                Some((p, Choice::B))
+            } else {
+                None
+            }
+        });
+        match found {
+            Some((p, choice)) => out.push(LabelRecord {
+                pair: p.id.clone(),
+                labeler: labeler.to_string(),
+                choice,
+                left: None,
+                seconds: 0.0,
+                timestamp: now(),
+            }),
+            None => unmatched += 1,
+        }
+    }
+    Ok((out, unmatched))
+}
+
+/// Token ids of text preferences for `model`: the prompt as the model reads an observation,
+/// each action as SFT taught it (its tokens, then the end token).
+pub fn tokenize_preferences(
+    model: &LanguageModel,
+    prefs: &[TextPreference],
+) -> anyhow::Result<Vec<PreferencePair>> {
+    let tok = model.tokenizer();
+    prefs
+        .iter()
+        .map(|p| {
+            let prompt = model.prompt_ids(&model.prompt(&p.prompt))?;
+            let answer = |t: &str| -> anyhow::Result<Vec<u32>> {
+                let mut ids = tok.encode(t)?;
+                ids.push(tok.eos());
+                Ok(ids)
+            };
+            Ok(PreferencePair {
+                prompt,
+                chosen: answer(&p.chosen)?,
+                rejected: answer(&p.rejected)?,
+            })
+        })
+        .collect()
+}
+
+/// Settings of [`train_dpo`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoConfig {
+    /// The loss.
+    pub loss: PreferenceLoss,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// AdamW's learning rate.
+    pub lr: f64,
+    /// The seed of the batch order.
+    pub seed: u64,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        Self {
+            loss: PreferenceLoss::default(),
+            steps: 200,
+            batch_size: 16,
+            lr: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+/// DPO (or another [`PreferenceLoss`]) on `pairs`: `policy` trains, `reference` gives the
+/// frozen log-probs (computed once). Returns each step's metrics and loss.
+pub fn train_dpo(
+    policy: &LanguageModel,
+    reference: &LanguageModel,
+    pairs: &[PreferencePair],
+    cfg: &DpoConfig,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<(f64, PreferenceMetrics)>> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    cfg.loss.validate()?;
+    anyhow::ensure!(!pairs.is_empty(), "DPO needs at least one labeled pair");
+    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be at least 1");
+    let refs = {
+        let mut all = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(cfg.batch_size.max(1)) {
+            all.extend(dreamgym_policies::language::reference_logps(
+                reference, chunk,
+            )?);
+        }
+        all
+    };
+    let mut opt = dreamgym_nn::Adam::new(
+        dreamgym_nn::sorted_vars(policy.varmap()),
+        dreamgym_nn::AdamConfig {
+            lr: cfg.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "dpo.order", 0));
+    let mut order: Vec<usize> = Vec::new();
+    let mut log = Vec::with_capacity(cfg.steps);
+    progress.begin("DPO", cfg.steps as u64);
+    for step in 0..cfg.steps {
+        if progress.interrupted() {
+            return Err(Interrupted {
+                stage: "DPO".into(),
+                saved: format!("{step} steps done; the model is not saved"),
+            }
+            .into());
+        }
+        let mut batch = Vec::with_capacity(cfg.batch_size);
+        while batch.len() < cfg.batch_size.min(pairs.len()) {
+            if order.is_empty() {
+                order = (0..pairs.len()).collect();
+                order.shuffle(&mut rng);
+            }
+            if let Some(i) = order.pop() {
+                batch.push(i);
+            }
+        }
+        let b: Vec<PreferencePair> = batch.iter().map(|&i| pairs[i].clone()).collect();
+        let r: Vec<(f32, f32)> = batch.iter().map(|&i| refs[i]).collect();
+        let (loss, metrics) = preference_loss(policy, &b, &r, &cfg.loss)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        anyhow::ensure!(value.is_finite(), "the DPO loss is {value} at step {step}");
+        opt.step(loss.backward()?)?;
+        log.push((value, metrics));
+        progress.advance(1);
+    }
+    progress.end();
+    Ok(log)
+}
+
+/// The pairs folders of a run, one per round (`pairs/round1`, ...).
+pub fn round_dir(run: &Path, round: usize) -> PathBuf {
+    run.join("pairs").join(format!("round{round}"))
+}
+
+/// Pair ids labeled by someone (any choice).
+pub fn labeled_pairs(log: &LabelLog) -> BTreeSet<String> {
+    log.in_effect().into_keys().map(|(p, _)| p).collect()
+}
+
+/// A language model from a fine-tuned run folder (`lm.json`) or a pretrained model (a `.gguf`
+/// file or a Hugging Face folder).
+pub fn load_language_model(spec: &Path) -> anyhow::Result<LanguageModel> {
+    let cpu = candle_core::Device::Cpu;
+    if dreamgym_policies::language::is_pretrained(spec) {
+        return Ok(dreamgym_policies::language::load_pretrained(spec, &cpu)?);
+    }
+    let run = crate::RunDir::new(spec);
+    anyhow::ensure!(
+        run.checkpoint(crate::language::LM_CHECKPOINT)
+            .with_extension("json")
+            .exists(),
+        "{} holds no language model (lm.json): train one with `dreamgym run \
+         experiments/language-sft.toml`, or give a .gguf file or a Hugging Face folder",
+        spec.display()
+    );
+    Ok(LanguageModel::load(
+        &run.checkpoint(crate::language::LM_CHECKPOINT),
+        &cpu,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::Side;
+    use dreamgym_policies::language::{LlamaSize, TextTokenizer};
+
+    /// A small untrained model: it writes text at random, which is all pairs need.
+    fn model() -> LanguageModel {
+        let texts: Vec<String> = (0..40)
+            .map(|i| format!("objects: red cube ({i}, 3)\ninstruction: push the red cube\naction: push red cube to blue zone"))
+            .collect();
+        let tok = TextTokenizer::train(&texts, 300).unwrap();
+        let size = LlamaSize {
+            n_layer: 1,
+            n_embd: 16,
+            n_head: 2,
+            n_kv_head: 1,
+            mlp_hidden: 24,
+            block_size: 512,
+            dropout: 0.0,
+        };
+        LanguageModel::new(&size, tok, &candle_core::Device::Cpu, 1).unwrap()
+    }
+
+    fn pairs_config(count: usize) -> PairsConfig {
+        PairsConfig {
+            count,
+            seed: 5,
+            sampling: Sampling {
+                temperature: 1.0,
+                max_new_tokens: 12,
+                ..Sampling::default()
+            },
+            max_turns: 2,
+        }
+    }
+
+    #[test]
+    fn pairs_share_their_start_resume_and_refuse_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::with_builtins();
+        let config = serde_json::json!({ "mode": "language", "max_commands": 2 });
+        let m = Arc::new(model());
+        let quiet = ();
+        let two = collect_pairs(
+            m.clone(),
+            "tiny",
+            &registry,
+            ("Tabletop-v0", &config),
+            &pairs_config(2),
+            dir.path(),
+            &quiet,
+        )
+        .unwrap();
+        assert_eq!(two.len(), 2);
+        for p in &two {
+            assert_eq!(p.a.turns[0].observation, p.b.turns[0].observation);
+            assert_ne!(p.a.sample_seed, p.b.sample_seed);
+            assert!(!p.instruction.is_empty() && !p.family.is_empty());
+        }
+        // Asked for three: the two saved are kept as they are and one is added.
+        let three = collect_pairs(
+            m.clone(),
+            "tiny",
+            &registry,
+            ("Tabletop-v0", &config),
+            &pairs_config(3),
+            dir.path(),
+            &quiet,
+        )
+        .unwrap();
+        assert_eq!(&three[..2], &two[..]);
+        assert_eq!(three[2].seed, 7);
+        let (_, read) = read_pairs(dir.path()).unwrap();
+        assert_eq!(read, three);
+        // Another seed into the same folder is refused; so is greedy decoding.
+        let mut other = pairs_config(3);
+        other.seed = 9;
+        assert!(
+            collect_pairs(
+                m.clone(),
+                "tiny",
+                &registry,
+                ("Tabletop-v0", &config),
+                &other,
+                dir.path(),
+                &quiet
+            )
+            .is_err()
+        );
+        let mut greedy = pairs_config(3);
+        greedy.sampling.temperature = 0.0;
+        assert!(
+            collect_pairs(
+                m,
+                "tiny",
+                &registry,
+                ("Tabletop-v0", &config),
+                &greedy,
+                dir.path(),
+                &quiet
+            )
+            .is_err()
+        );
+    }
+
+    fn record(id: &str, a: &str, b: &str, progress: (f64, f64)) -> PairRecord {
+        let side = |action: &str, p: f64| PairSide {
+            sample_seed: 0,
+            turns: vec![Turn {
+                observation: format!("scene of {id}"),
+                action: action.into(),
+                feedback: String::new(),
+            }],
+            success: p >= 1.0,
+            progress: p,
+        };
+        PairRecord {
+            id: id.into(),
+            seed: 0,
+            instruction: "push".into(),
+            family: "single".into(),
+            a: side(a, progress.0),
+            b: side(b, progress.1),
+        }
+    }
+
+    #[test]
+    fn synthetic_labels_export_to_trl_and_import_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = vec![
+            record("p0", "push red cube to blue zone", "done", (1.0, 0.0)),
+            record("p1", "done", "push red cube to blue zone", (0.0, 1.0)),
+            // The same action twice teaches nothing.
+            record("p2", "done", "done", (0.0, 0.0)),
+        ];
+        let mut log = LabelLog::open(&dir.path().join(LABELS_FILE)).unwrap();
+        let sharp = SyntheticLabeler {
+            temperature: 0.0,
+            flip: 0.0,
+            seed: 0,
+        };
+        assert_eq!(synth_labels(&pairs, &mut log, &sharp).unwrap(), 3);
+        // Labeled pairs are not labeled again.
+        assert_eq!(synth_labels(&pairs, &mut log, &sharp).unwrap(), 0);
+        let (prefs, unknown) = preferences(&pairs, &log);
+        assert_eq!((prefs.len(), unknown), (2, 0));
+        assert!(
+            prefs
+                .iter()
+                .all(|p| p.chosen == "push red cube to blue zone" && p.rejected == "done")
+        );
+        let lines: Vec<serde_json::Value> = prefs.iter().map(to_trl).collect();
+        assert_eq!(lines[0]["prompt"][0]["role"], "user");
+        assert_eq!(
+            lines[0]["chosen"][0]["content"],
+            "push red cube to blue zone"
+        );
+        let (labels, unmatched) = import_trl(&pairs, &lines, "alice").unwrap();
+        assert_eq!(unmatched, 0);
+        assert_eq!(labels[0].choice, Choice::A);
+        assert_eq!(labels[1].choice, Choice::B);
+        assert_eq!(labels[1].choice.preferred(), Some(Side::B));
+        // A line from elsewhere matches no pair; one without `chosen` is an error.
+        let stranger = serde_json::json!({"prompt": "x", "chosen": "a", "rejected": "b"});
+        assert_eq!(import_trl(&pairs, &[stranger], "alice").unwrap().1, 1);
+        assert!(import_trl(&pairs, &[serde_json::json!({"prompt": "x"})], "alice").is_err());
+    }
+
+    #[test]
+    fn dpo_raises_the_chosen_completion_over_the_rejected() {
+        let policy = model();
+        let reference = model();
+        let prefs: Vec<TextPreference> = (0..4)
+            .map(|i| TextPreference {
+                pair: format!("p{i}"),
+                prompt: format!("objects: red cube ({i}, 3)\ninstruction: push the red cube"),
+                chosen: "push red cube to blue zone".into(),
+                rejected: "done".into(),
+            })
+            .collect();
+        let pairs = tokenize_preferences(&policy, &prefs).unwrap();
+        let cfg = DpoConfig {
+            steps: 15,
+            batch_size: 4,
+            lr: 3e-3,
+            ..DpoConfig::default()
+        };
+        let log = train_dpo(&policy, &reference, &pairs, &cfg, &()).unwrap();
+        let (first, last) = (log[0], log[log.len() - 1]);
+        // The policy starts as the reference: loss ln 2, no margin.
+        assert!(
+            (first.0 - std::f64::consts::LN_2).abs() < 1e-4,
+            "{}",
+            first.0
+        );
+        assert!(last.0 < first.0 - 0.05, "loss {} -> {}", first.0, last.0);
+        assert!(last.1.rewards_margins > 0.0 && last.1.rewards_accuracies == 1.0);
+        assert!(train_dpo(&policy, &reference, &[], &cfg, &()).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! `dreamgym dpo`: fine-tune a language model on the preferences of one or more labeled pairs
+//! folders (DPO, IPO, hinge or robust DPO against the model as it was), save it as a run
+//! folder, and evaluate it on Tabletop-v0's language splits.
+
+use std::path::PathBuf;
+
+use dreamgym_agents::labels::LabelLog;
+use dreamgym_agents::language::{LM_CHECKPOINT, SftEval, evaluate_policy};
+use dreamgym_agents::preference::{
+    DpoConfig, LABELS_FILE, load_language_model, preferences, read_pairs, tokenize_preferences,
+    train_dpo,
+};
+use dreamgym_agents::{MetricsLog, Progress, RunDir};
+use dreamgym_envs::Registry;
+use dreamgym_envs::builtin::tabletop::Split;
+use dreamgym_policies::language::{LanguagePolicy, PreferenceLoss, PreferenceLossKind, Sampling};
+
+/// Arguments of `dreamgym dpo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model to start from, which is also the frozen reference: a fine-tuned run folder
+    /// (`runs/language-sft`), a `.gguf` file or a Hugging Face folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Labeled pairs folders (repeatable).
+    #[arg(long = "pairs", required = true)]
+    pairs: Vec<PathBuf>,
+    /// The run folder to write (the model as `lm.*`, metrics in `metrics/dpo.csv`).
+    #[arg(long)]
+    out: PathBuf,
+    /// The loss: sigmoid (DPO), ipo, hinge or robust.
+    #[arg(long, default_value = "sigmoid")]
+    loss: String,
+    /// How far the model may move from the reference.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Assumed label-flip rate (sigmoid: conservative DPO; robust).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// AdamW's learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Seed of the batch order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluation episodes per split after training (0: none).
+    #[arg(long, default_value_t = 50)]
+    eval_episodes: usize,
+    /// Seed of the first evaluation episode.
+    #[arg(long, default_value_t = 1_000_000)]
+    eval_seed: u64,
+}
+
+pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
+    let kind: PreferenceLossKind =
+        serde_json::from_value(serde_json::Value::String(args.loss.clone())).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown loss `{}`: sigmoid, ipo, hinge or robust",
+                args.loss
+            )
+        })?;
+    let cfg = DpoConfig {
+        loss: PreferenceLoss {
+            kind,
+            beta: args.beta,
+            label_smoothing: args.label_smoothing,
+        },
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+    };
+    cfg.loss.validate()?;
+    anyhow::ensure!(
+        args.lr.is_finite() && args.lr > 0.0,
+        "--lr must be positive"
+    );
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&args.steps) && (1..=4096).contains(&args.batch_size),
+        "--steps must be in 1..=1000000 and --batch-size in 1..=4096"
+    );
+    let mut prefs = Vec::new();
+    let mut env: Option<(String, serde_json::Value)> = None;
+    for dir in &args.pairs {
+        let (meta, records) = read_pairs(dir)?;
+        let log = LabelLog::read(&dir.join(LABELS_FILE))?;
+        let (p, unknown) = preferences(&records, &log);
+        if unknown > 0 {
+            eprintln!(
+                "note: {unknown} labels in {} name pairs it does not have; left out",
+                dir.display()
+            );
+        }
+        eprintln!("{}: {} preferences", dir.display(), p.len());
+        prefs.extend(p);
+        env.get_or_insert((meta.env, meta.env_config));
+    }
+    anyhow::ensure!(
+        !prefs.is_empty(),
+        "no preferences to learn from: label the pairs first (`dreamgym labels synth`, or a \
+         labeling session)"
+    );
+    let policy = load_language_model(&args.model)?;
+    let reference = load_language_model(&args.model)?;
+    let pairs = tokenize_preferences(&policy, &prefs)?;
+    let run = RunDir::new(&args.out);
+    std::fs::create_dir_all(run.root())?;
+    let progress = super::CliProgress::new();
+    let started = std::time::Instant::now();
+    let log = train_dpo(&policy, &reference, &pairs, &cfg, &progress)?;
+    let mut csv = MetricsLog::open(
+        &run,
+        "dpo",
+        &[
+            "step",
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/accuracies",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+        ],
+        None,
+    )?;
+    for (i, (loss, m)) in log.iter().enumerate() {
+        csv.push(&[
+            i as f64 + 1.0,
+            *loss,
+            m.rewards_chosen,
+            m.rewards_rejected,
+            m.rewards_accuracies,
+            m.rewards_margins,
+            m.logps_chosen,
+            m.logps_rejected,
+        ])?;
+    }
+    csv.commit()?;
+    let tail = &log[log.len().saturating_sub(20)..];
+    let mean = |f: &dyn Fn(&(f64, dreamgym_policies::language::PreferenceMetrics)) -> f64| {
+        tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64
+    };
+    progress.done(&format!(
+        "DPO: {} steps on {} preferences in {:.1} s; last 20 steps: loss {:.4}, rewards/accuracies \
+         {:.2}, rewards/margins {:.3}",
+        args.steps,
+        pairs.len(),
+        started.elapsed().as_secs_f64(),
+        mean(&|x| x.0),
+        mean(&|x| x.1.rewards_accuracies),
+        mean(&|x| x.1.rewards_margins)
+    ));
+    policy.save(
+        &run.checkpoint(LM_CHECKPOINT),
+        None,
+        serde_json::json!({
+            "dpo": {
+                "from": args.model.display().to_string(),
+                "pairs": args.pairs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "preferences": pairs.len(),
+                "config": cfg,
+            }
+        }),
+    )?;
+    if args.eval_episodes > 0 {
+        let (id, config) = env.unwrap_or_else(|| ("Tabletop-v0".into(), serde_json::json!({})));
+        let eval = SftEval {
+            episodes: args.eval_episodes,
+            seed: args.eval_seed,
+            samples: 0,
+            ..SftEval::default()
+        };
+        let mut policy = LanguagePolicy::new(
+            std::sync::Arc::new(policy),
+            Sampling::default(),
+            &args.out.display().to_string(),
+        );
+        println!("| split | success | parse rate | per family |\n|---|---|---|---|");
+        for split in [
+            Split::Train,
+            Split::UnseenCombinations,
+            Split::UnseenPhrasings,
+        ] {
+            progress.begin(&format!("{split:?}"), args.eval_episodes as u64);
+            let r = evaluate_policy(
+                "DPO",
+                &mut policy,
+                registry,
+                &(id.clone(), config.clone()),
+                split,
+                &eval,
+                None,
+                &progress,
+            )?;
+            progress.end();
+            let families: Vec<String> = r
+                .families
+                .iter()
+                .map(|(f, (n, k))| format!("{f} {k}/{n}"))
+                .collect();
+            println!(
+                "| {} | {:.0}% ({}/{}) | {:.0}% | {} |",
+                serde_json::to_value(split)?.as_str().unwrap_or("?"),
+                100.0 * r.success(),
+                r.successes,
+                r.episodes,
+                100.0 * r.parse_rate(),
+                families.join(", ")
+            );
+        }
+    }
+    Ok(())
+}

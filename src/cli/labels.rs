@@ -1,0 +1,196 @@
+//! `dreamgym labels`: what a pairs folder's labels say, synthetic labels, and TRL's preference
+//! format out and in.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use dreamgym_agents::labels::{Choice, LabelLog, SyntheticLabeler, label_stats};
+use dreamgym_agents::preference::{
+    LABELS_FILE, import_trl, preferences, read_pairs, synth_labels, to_trl,
+};
+
+/// `dreamgym labels` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Counts per labeler, agreement (Cohen's and Fleiss' kappa), position bias, time per label.
+    Stats {
+        /// The pairs folder.
+        pairs: PathBuf,
+    },
+    /// Label as a synthetic labeler: Bradley-Terry over the verifier's progress of each side.
+    Synth {
+        /// The pairs folder.
+        pairs: PathBuf,
+        /// The rate at which a drawn preference is flipped.
+        #[arg(long, default_value_t = 0.1)]
+        flip: f64,
+        /// Softness of the preference (0: the side that got further always wins).
+        #[arg(long, default_value_t = 0.05)]
+        temperature: f64,
+        /// The seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Write the preferences (pairs labeled A or B whose first actions differ) to stdout.
+    Export {
+        /// The pairs folder.
+        pairs: PathBuf,
+        /// The format: `trl` (conversational prompt / chosen / rejected, one JSON a line).
+        #[arg(long, default_value = "trl")]
+        format: String,
+    },
+    /// Read preferences in TRL's format back as labels of `--labeler`.
+    Import {
+        /// The pairs folder.
+        pairs: PathBuf,
+        /// The JSON-lines file.
+        file: PathBuf,
+        /// Whose labels they are.
+        #[arg(long)]
+        labeler: String,
+    },
+}
+
+fn open_log(pairs: &std::path::Path, write: bool) -> anyhow::Result<LabelLog> {
+    let path = pairs.join(LABELS_FILE);
+    let log = if write {
+        LabelLog::open(&path)?
+    } else {
+        LabelLog::read(&path)?
+    };
+    for (line, why) in &log.skipped {
+        eprintln!(
+            "note: {} line {line} is not a label and was skipped: {why}",
+            path.display()
+        );
+    }
+    if log.torn_bytes > 0 {
+        eprintln!(
+            "note: {} ended in a torn line ({} bytes, a crash mid-write){}",
+            path.display(),
+            log.torn_bytes,
+            if write { "; it was cut" } else { "" }
+        );
+    }
+    Ok(log)
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Stats { pairs } => {
+            let (_, records) = read_pairs(&pairs)?;
+            let log = open_log(&pairs, false)?;
+            let effect = log.in_effect();
+            let s = label_stats(&effect);
+            println!(
+                "{} pairs, {} labels in effect ({} records)",
+                records.len(),
+                effect.len(),
+                log.records().len()
+            );
+            for (who, counts) in &s.counts {
+                let get = |c: Choice| counts.get(&c).copied().unwrap_or(0);
+                println!(
+                    "{who}: {} labels (A {}, B {}, equal {}, skipped {})",
+                    counts.values().sum::<usize>(),
+                    get(Choice::A),
+                    get(Choice::B),
+                    get(Choice::Equal),
+                    get(Choice::Skip)
+                );
+            }
+            for (a, b, n, k) in &s.cohen {
+                match k {
+                    Some(k) => println!("Cohen's kappa {a} / {b}: {k:.3} over {n} pairs"),
+                    None => println!("Cohen's kappa {a} / {b}: no pair labeled by both"),
+                }
+            }
+            if let Some((n, k)) = s.fleiss {
+                println!("Fleiss' kappa: {k:.3} over {n} pairs every labeler labeled");
+            }
+            match s.left_wins {
+                Some((p, n)) => println!(
+                    "position bias: the left side won {:.1}% of {n} choices",
+                    100.0 * p
+                ),
+                None => println!("position bias: no label recorded a side"),
+            }
+            if let Some(m) = s.median_seconds {
+                println!("median time per label: {m:.1} s");
+            }
+            Ok(())
+        }
+        Command::Synth {
+            pairs,
+            flip,
+            temperature,
+            seed,
+        } => {
+            let (_, records) = read_pairs(&pairs)?;
+            let mut log = open_log(&pairs, true)?;
+            let labeler = SyntheticLabeler {
+                temperature,
+                flip,
+                seed,
+            };
+            let n = synth_labels(&records, &mut log, &labeler)?;
+            println!(
+                "labeled {n} pairs as `{}` ({} were labeled before)",
+                SyntheticLabeler::NAME,
+                records.len() - n
+            );
+            Ok(())
+        }
+        Command::Export { pairs, format } => {
+            anyhow::ensure!(
+                format == "trl",
+                "unknown format `{format}`: the one format is `trl`"
+            );
+            let (_, records) = read_pairs(&pairs)?;
+            let log = open_log(&pairs, false)?;
+            let (prefs, unknown) = preferences(&records, &log);
+            if unknown > 0 {
+                eprintln!("note: {unknown} labels name pairs this folder does not have; left out");
+            }
+            anyhow::ensure!(
+                !prefs.is_empty(),
+                "{} has no labels that prefer one side of a pair with two different first \
+                 actions: label it first (`dreamgym labels synth`, or a labeling session)",
+                pairs.display()
+            );
+            let mut out = std::io::stdout().lock();
+            for p in &prefs {
+                writeln!(out, "{}", serde_json::to_string(&to_trl(p))?)?;
+            }
+            eprintln!("{} preferences written", prefs.len());
+            Ok(())
+        }
+        Command::Import {
+            pairs,
+            file,
+            labeler,
+        } => {
+            anyhow::ensure!(!labeler.trim().is_empty(), "--labeler must name someone");
+            let (_, records) = read_pairs(&pairs)?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let mut lines = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                lines.push(serde_json::from_str(line).map_err(|e| {
+                    anyhow::anyhow!("{} line {}: not JSON: {e}", file.display(), i + 1)
+                })?);
+            }
+            let (labels, unmatched) = import_trl(&records, &lines, &labeler)?;
+            let mut log = open_log(&pairs, true)?;
+            let n = labels.len();
+            for l in labels {
+                log.append(l)?;
+            }
+            println!("imported {n} labels as `{labeler}`; {unmatched} lines match no pair");
+            Ok(())
+        }
+    }
+}
