@@ -777,6 +777,28 @@ impl SplitResult {
     pub fn parse_rate(&self) -> f64 {
         self.actions.1 as f64 / self.actions.0.max(1) as f64
     }
+
+    /// The header of [`table_row`](Self::table_row)'s Markdown table.
+    pub const TABLE_HEADER: &str =
+        "| split | success | parse rate | per family |\n|---|---|---|---|";
+
+    /// A Markdown row: split, success, parse rate, successes per family.
+    pub fn table_row(&self) -> String {
+        let families: Vec<String> = self
+            .families
+            .iter()
+            .map(|(f, (n, k))| format!("{f} {k}/{n}"))
+            .collect();
+        format!(
+            "| {} | {:.0}% ({}/{}) | {:.0}% | {} |",
+            split_name(self.split),
+            100.0 * self.success(),
+            self.successes,
+            self.episodes,
+            100.0 * self.parse_rate(),
+            families.join(", ")
+        )
+    }
 }
 
 /// One action the model wrote, for the report.

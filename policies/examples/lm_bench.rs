@@ -50,6 +50,22 @@ fn next_token_loss(model: &LanguageModel, ids: &Tensor) -> anyhow::Result<Tensor
     Ok(model.masked_loss(&inputs, &targets, &mask, None)?)
 }
 
+/// Every parameter's gradient of `loss`, as `grad.<Hugging Face name>`.
+fn insert_grads(
+    model: &LanguageModel,
+    loss: &Tensor,
+    out_map: &mut HashMap<String, Tensor>,
+) -> anyhow::Result<()> {
+    let g = loss.backward()?;
+    for (name, var) in sorted_vars(model.varmap()) {
+        let grad = g
+            .get(var.as_tensor())
+            .with_context(|| format!("no gradient for {name}"))?;
+        out_map.insert(format!("grad.{name}"), grad.clone());
+    }
+    Ok(())
+}
+
 fn logits(model: &LanguageModel, ids_path: &Path, out: &Path, grads: bool) -> anyhow::Result<()> {
     let io = candle_core::safetensors::load(ids_path, &Device::Cpu)?;
     let ids = io
@@ -62,13 +78,7 @@ fn logits(model: &LanguageModel, ids_path: &Path, out: &Path, grads: bool) -> an
     out_map.insert("logits".into(), logits);
     out_map.insert("loss".into(), loss.reshape(1)?);
     if grads {
-        let g = loss.backward()?;
-        for (name, var) in sorted_vars(model.varmap()) {
-            let grad = g
-                .get(var.as_tensor())
-                .with_context(|| format!("no gradient for {name}"))?;
-            out_map.insert(format!("grad.{name}"), grad.clone());
-        }
+        insert_grads(model, &loss, &mut out_map)?;
     }
     candle_core::safetensors::save(&out_map, out)?;
     Ok(())
@@ -116,13 +126,7 @@ fn dpo(
     for (name, v) in metrics.named() {
         out_map.insert(name.replace('/', "."), scalar(v)?);
     }
-    let g = value.backward()?;
-    for (name, var) in sorted_vars(model.varmap()) {
-        let grad = g
-            .get(var.as_tensor())
-            .with_context(|| format!("no gradient for {name}"))?;
-        out_map.insert(format!("grad.{name}"), grad.clone());
-    }
+    insert_grads(model, &value, &mut out_map)?;
     candle_core::safetensors::save(&out_map, out)?;
     if steps > 0 {
         let mut opt = Adam::new(

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use dreamgym_agents::labels::LabelLog;
-use dreamgym_agents::language::{LM_CHECKPOINT, SftEval, evaluate_policy};
+use dreamgym_agents::language::{LM_CHECKPOINT, SftEval, SplitResult, evaluate_policy};
 use dreamgym_agents::preference::{
     DpoConfig, LABELS_FILE, load_language_model, preferences, read_pairs, tokenize_preferences,
     train_dpo,
@@ -181,7 +181,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             Sampling::default(),
             &args.out.display().to_string(),
         );
-        println!("| split | success | parse rate | per family |\n|---|---|---|---|");
+        println!("{}", SplitResult::TABLE_HEADER);
         for split in [
             Split::Train,
             Split::UnseenCombinations,
@@ -199,20 +199,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
                 &progress,
             )?;
             progress.end();
-            let families: Vec<String> = r
-                .families
-                .iter()
-                .map(|(f, (n, k))| format!("{f} {k}/{n}"))
-                .collect();
-            println!(
-                "| {} | {:.0}% ({}/{}) | {:.0}% | {} |",
-                serde_json::to_value(split)?.as_str().unwrap_or("?"),
-                100.0 * r.success(),
-                r.successes,
-                r.episodes,
-                100.0 * r.parse_rate(),
-                families.join(", ")
-            );
+            println!("{}", r.table_row());
         }
     }
     Ok(())

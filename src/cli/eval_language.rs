@@ -1,7 +1,7 @@
 //! `dreamgym eval-language`: a policy on the language env's instruction splits, with physics
 //! execution: success per split and per instruction family, and the parse rate.
 
-use dreamgym_agents::language::{SftEval, evaluate_policy};
+use dreamgym_agents::language::{SftEval, SplitResult, evaluate_policy};
 use dreamgym_envs::Registry;
 use dreamgym_envs::builtin::tabletop::Split;
 
@@ -63,7 +63,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     };
     let progress = super::CliProgress::new();
     let label = policy.describe();
-    println!("| split | success | parse rate | per family |\n|---|---|---|---|");
+    println!("{}", SplitResult::TABLE_HEADER);
     for split in splits {
         dreamgym_agents::Progress::begin(&progress, &format!("{split:?}"), args.episodes as u64);
         let r = evaluate_policy(
@@ -77,20 +77,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             &progress,
         )?;
         dreamgym_agents::Progress::end(&progress);
-        let families: Vec<String> = r
-            .families
-            .iter()
-            .map(|(f, (n, k))| format!("{f} {k}/{n}"))
-            .collect();
-        println!(
-            "| {} | {:.0}% ({}/{}) | {:.0}% | {} |",
-            serde_json::to_value(split)?.as_str().unwrap_or("?"),
-            100.0 * r.success(),
-            r.successes,
-            r.episodes,
-            100.0 * r.parse_rate(),
-            families.join(", ")
-        );
+        println!("{}", r.table_row());
     }
     Ok(())
 }
