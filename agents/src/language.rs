@@ -1271,6 +1271,25 @@ pub fn load_pretrained_policy(
     )))
 }
 
+/// A language model from a fine-tuned run folder (`lm.json`) or a pretrained model (a `.gguf`
+/// file or a Hugging Face folder).
+pub fn load_language_model(spec: &std::path::Path) -> anyhow::Result<LanguageModel> {
+    let cpu = candle_core::Device::Cpu;
+    if dreamgym_policies::language::is_pretrained(spec) {
+        return Ok(dreamgym_policies::language::load_pretrained(spec, &cpu)?);
+    }
+    let run = RunDir::new(spec);
+    anyhow::ensure!(
+        run.checkpoint(LM_CHECKPOINT)
+            .with_extension("json")
+            .exists(),
+        "{} holds no language model (lm.json): train one with `dreamgym run \
+         experiments/language-sft.toml`, or give a .gguf file or a Hugging Face folder",
+        spec.display()
+    );
+    Ok(LanguageModel::load(&run.checkpoint(LM_CHECKPOINT), &cpu)?)
+}
+
 /// The language model of a run folder as a policy (greedy decoding).
 pub fn load_language_policy(run: &RunDir, constrained: bool) -> anyhow::Result<Box<dyn Policy>> {
     let model = LanguageModel::load(&run.checkpoint(LM_CHECKPOINT), &Device::Cpu)?;

@@ -579,28 +579,6 @@ pub fn labeled_pairs(log: &LabelLog) -> BTreeSet<String> {
     log.in_effect().into_keys().map(|(p, _)| p).collect()
 }
 
-/// A language model from a fine-tuned run folder (`lm.json`) or a pretrained model (a `.gguf`
-/// file or a Hugging Face folder).
-pub fn load_language_model(spec: &Path) -> anyhow::Result<LanguageModel> {
-    let cpu = candle_core::Device::Cpu;
-    if dreamgym_policies::language::is_pretrained(spec) {
-        return Ok(dreamgym_policies::language::load_pretrained(spec, &cpu)?);
-    }
-    let run = crate::RunDir::new(spec);
-    anyhow::ensure!(
-        run.checkpoint(crate::language::LM_CHECKPOINT)
-            .with_extension("json")
-            .exists(),
-        "{} holds no language model (lm.json): train one with `dreamgym run \
-         experiments/language-sft.toml`, or give a .gguf file or a Hugging Face folder",
-        spec.display()
-    );
-    Ok(LanguageModel::load(
-        &run.checkpoint(crate::language::LM_CHECKPOINT),
-        &cpu,
-    )?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

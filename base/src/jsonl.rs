@@ -105,26 +105,15 @@ impl JsonlWriter {
 /// last line (no newline: a crash mid-write) is ignored; a complete line that does not parse
 /// is an error naming the line.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(IoError::new("cannot read", path, e).into()),
-    };
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut out = Vec::new();
-    for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        out.push(
-            serde_json::from_slice(line).map_err(|e| JsonlError::Record {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message: e.to_string(),
-            })?,
-        );
+    let read = read_jsonl_lenient(path)?;
+    match read.skipped.into_iter().next() {
+        Some((line, message)) => Err(JsonlError::Record {
+            path: path.to_path_buf(),
+            line,
+            message,
+        }),
+        None => Ok(read.records),
     }
-    Ok(out)
 }
 
 /// What [`read_jsonl_lenient`] found: the records that parse, and what it left out.

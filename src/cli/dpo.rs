@@ -5,14 +5,12 @@
 use std::path::PathBuf;
 
 use dreamgym_agents::labels::LabelLog;
-use dreamgym_agents::language::{LM_CHECKPOINT, SftEval, SplitResult, evaluate_policy};
+use dreamgym_agents::language::{LM_CHECKPOINT, SftEval, load_language_model};
 use dreamgym_agents::preference::{
-    DpoConfig, LABELS_FILE, load_language_model, preferences, read_pairs, tokenize_preferences,
-    train_dpo,
+    DpoConfig, LABELS_FILE, preferences, read_pairs, tokenize_preferences, train_dpo,
 };
 use dreamgym_agents::{MetricsLog, Progress, RunDir};
 use dreamgym_envs::Registry;
-use dreamgym_envs::builtin::tabletop::Split;
 use dreamgym_policies::language::{LanguagePolicy, PreferenceLoss, PreferenceLossKind, Sampling};
 
 /// Arguments of `dreamgym dpo`.
@@ -181,26 +179,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             Sampling::default(),
             &args.out.display().to_string(),
         );
-        println!("{}", SplitResult::TABLE_HEADER);
-        for split in [
-            Split::Train,
-            Split::UnseenCombinations,
-            Split::UnseenPhrasings,
-        ] {
-            progress.begin(&format!("{split:?}"), args.eval_episodes as u64);
-            let r = evaluate_policy(
-                "DPO",
-                &mut policy,
-                registry,
-                &(id.clone(), config.clone()),
-                split,
-                &eval,
-                None,
-                &progress,
-            )?;
-            progress.end();
-            println!("{}", r.table_row());
-        }
+        super::eval_language::print_splits("DPO", &mut policy, registry, &(id, config), &eval)?;
     }
     Ok(())
 }

@@ -61,21 +61,29 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         samples: 0,
         ..SftEval::default()
     };
-    let progress = super::CliProgress::new();
     let label = policy.describe();
+    print_splits(
+        &label,
+        policy.as_mut(),
+        registry,
+        &(id.to_string(), overrides),
+        &eval,
+    )
+}
+
+/// Evaluates `policy` on each of `eval.splits` and prints a Markdown table, a row per split.
+pub(super) fn print_splits(
+    label: &str,
+    policy: &mut dyn dreamgym_policies::Policy,
+    registry: &Registry,
+    env: &(String, serde_json::Value),
+    eval: &SftEval,
+) -> anyhow::Result<()> {
+    let progress = super::CliProgress::new();
     println!("{}", SplitResult::TABLE_HEADER);
-    for split in splits {
-        dreamgym_agents::Progress::begin(&progress, &format!("{split:?}"), args.episodes as u64);
-        let r = evaluate_policy(
-            &label,
-            policy.as_mut(),
-            registry,
-            &(id.to_string(), overrides.clone()),
-            split,
-            &eval,
-            None,
-            &progress,
-        )?;
+    for &split in &eval.splits {
+        dreamgym_agents::Progress::begin(&progress, &format!("{split:?}"), eval.episodes as u64);
+        let r = evaluate_policy(label, policy, registry, env, split, eval, None, &progress)?;
         dreamgym_agents::Progress::end(&progress);
         println!("{}", r.table_row());
     }

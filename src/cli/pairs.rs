@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dreamgym_agents::preference::{PairsConfig, collect_pairs, load_language_model};
+use dreamgym_agents::language::load_language_model;
+use dreamgym_agents::preference::{PairsConfig, collect_pairs};
 use dreamgym_envs::Registry;
 use dreamgym_policies::language::Sampling;
 
