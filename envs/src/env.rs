@@ -114,7 +114,24 @@ pub trait Env: Send {
     fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
         None
     }
+    /// Asks the env to keep the poses of its scene's visuals every `every` physics steps
+    /// inside each `step` (0 stops it), for viewers of envs whose one step runs many physics
+    /// steps (a language command carried out by skills). Returns whether the env keeps them;
+    /// the default keeps none.
+    fn keep_motion(&mut self, every: usize) -> bool {
+        let _ = every;
+        false
+    }
+    /// The poses kept during the last `step` (see [`keep_motion`](Env::keep_motion)), one
+    /// entry per visual of [`scene`](Env::scene), oldest first.
+    fn motion(&self) -> &[Motion] {
+        &[]
+    }
 }
+
+/// The poses of a scene's visuals at one physics step (`None` for hidden ones), as
+/// [`Scene::world_poses`](dreamgym_sim::Scene::world_poses) gives them.
+pub type Motion = Vec<Option<dreamgym_sim::rapier::prelude::Pose>>;
 
 impl<E: Env + ?Sized> Env for Box<E> {
     fn observation_space(&self) -> &Space {
@@ -134,6 +151,12 @@ impl<E: Env + ?Sized> Env for Box<E> {
     }
     fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
         (**self).scene()
+    }
+    fn keep_motion(&mut self, every: usize) -> bool {
+        (**self).keep_motion(every)
+    }
+    fn motion(&self) -> &[Motion] {
+        (**self).motion()
     }
 }
 

@@ -32,7 +32,7 @@ pub mod vector;
 pub mod wrappers;
 
 pub use checker::{CheckError, CheckOptions, check_env, check_env_with};
-pub use env::{Env, EnvError, EpisodeState, Info, Step};
+pub use env::{Env, EnvError, EpisodeState, Info, Motion, Step};
 pub use registry::{ConfigError, EnvConfig, EnvSpec, Registry, parse_overrides};
 pub use seeding::{EnvRng, EpisodeSeeder, entropy_seed};
 pub use space::{

@@ -286,3 +286,46 @@ fn the_instruction_option_replaces_the_drawn_instruction_or_says_why_not() {
         ));
     }
 }
+
+#[test]
+fn an_action_s_motion_is_kept_on_request_and_changes_nothing() {
+    // The registry's env (wrapped in its time limit) forwards the request.
+    let registry = Registry::with_builtins();
+    let config = serde_json::json!({ "mode": "language" });
+    let mut watched = registry.make("Tabletop-v0", Some(&config)).unwrap();
+    let mut plain = registry.make("Tabletop-v0", Some(&config)).unwrap();
+    assert!(watched.keep_motion(4));
+    let (obs, _) = watched.reset(Some(3), &Info::new()).unwrap();
+    plain.reset(Some(3), &Info::new()).unwrap();
+    assert!(watched.motion().is_empty(), "settling is not motion");
+    let (words, scene) = parse_observation(text(&obs)).unwrap();
+    let plan = tabletop::plan(&parse_instruction(&words, &scene).unwrap(), &scene);
+    let program = Value::Text(tabletop::format_program(&plan[..1]));
+    let a = watched.step(&program).unwrap();
+    let b = plain.step(&program).unwrap();
+    assert_eq!((&a.obs, a.reward), (&b.obs, b.reward));
+    assert!(plain.motion().is_empty());
+    let motion = watched.motion();
+    assert!(motion.len() >= 5, "{} frames", motion.len());
+    let (world, scene) = watched.scene().unwrap();
+    assert!(motion.iter().all(|f| f.len() == scene.visuals.len()));
+    // The pusher moved during the action, and the last frame is near where things ended.
+    let moved = motion
+        .iter()
+        .zip(&motion[1..])
+        .filter(|(x, y)| x != y)
+        .count();
+    assert!(moved >= motion.len() / 2, "{moved} of {}", motion.len());
+    let now = scene.world_poses(world);
+    let last = motion.last().unwrap();
+    for (p, q) in last.iter().zip(&now) {
+        if let (Some(p), Some(q)) = (p, q) {
+            assert!((p.translation - q.translation).length() < 0.05);
+        }
+    }
+    // Asked to stop: the next action keeps nothing.
+    watched.keep_motion(0);
+    watched.reset(Some(3), &Info::new()).unwrap();
+    watched.step(&program).unwrap();
+    assert!(watched.motion().is_empty());
+}

@@ -46,4 +46,10 @@ impl<E: Env> Env for ClipAction<E> {
     fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
         self.env.scene()
     }
+    fn keep_motion(&mut self, every: usize) -> bool {
+        self.env.keep_motion(every)
+    }
+    fn motion(&self) -> &[crate::Motion] {
+        self.env.motion()
+    }
 }

@@ -223,6 +223,11 @@ pub struct Tabletop {
     seeder: EpisodeSeeder,
     episode: EpisodeState,
     pixels: Pixels,
+    /// Keep the visuals' poses every this many physics steps of a step (0: none).
+    motion_every: usize,
+    /// Physics steps taken in the current step.
+    motion_steps: usize,
+    motion: Vec<crate::Motion>,
 }
 
 impl Tabletop {
@@ -280,6 +285,9 @@ impl Tabletop {
             seeder: EpisodeSeeder::default(),
             episode: EpisodeState::default(),
             pixels,
+            motion_every: 0,
+            motion_steps: 0,
+            motion: Vec::new(),
             config,
         };
         env.build(&scene_state)?;
@@ -480,6 +488,12 @@ impl Tabletop {
             .body_mut(self.pusher)
             .set_linvel(Vector::new(v[0] / 100.0, 0.0, -v[1] / 100.0), true);
         self.world.step()?;
+        if self.motion_every > 0 {
+            self.motion_steps += 1;
+            if self.motion_steps.is_multiple_of(self.motion_every) {
+                self.motion.push(self.scene.world_poses(&self.world));
+            }
+        }
         Ok(())
     }
 
@@ -695,6 +709,16 @@ impl Env for Tabletop {
         Some((&self.world, &self.scene))
     }
 
+    fn keep_motion(&mut self, every: usize) -> bool {
+        self.motion_every = every;
+        self.motion.clear();
+        true
+    }
+
+    fn motion(&self) -> &[crate::Motion] {
+        &self.motion
+    }
+
     fn reset(&mut self, seed: Option<u64>, options: &Info) -> Result<(Value, Info), EnvError> {
         reject_unknown_options(ID, options, &["instruction"])?;
         let (episode_seed, mut rng) = self.seeder.next_episode(seed);
@@ -724,6 +748,9 @@ impl Env for Tabletop {
         self.progress = self.instruction.progress(&self.initial, &self.initial);
         self.commands_left = self.config.max_commands;
         self.episode.start();
+        // The settling steps are not an action's motion.
+        self.motion.clear();
+        self.motion_steps = 0;
         let mut info = self.info();
         info.insert("episode_seed".into(), episode_seed.into());
         Ok((self.observation("none")?, info))
@@ -731,6 +758,8 @@ impl Env for Tabletop {
 
     fn step(&mut self, action: &Value) -> Result<Step, EnvError> {
         self.episode.check_running(ID)?;
+        self.motion.clear();
+        self.motion_steps = 0;
         let before = self.progress;
         let mut info = Info::new();
         let (last, said_done) = match self.config.mode {
