@@ -195,6 +195,25 @@ impl LabelLog {
             .collect()
     }
 
+    /// The label `labeler` wrote last among those still in effect: what an undo by
+    /// `labeler` would withdraw next, whatever pair it is on.
+    pub fn latest_in_effect(&self, labeler: &str) -> Option<&LabelRecord> {
+        let mut stacks: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, r) in self.records.iter().enumerate() {
+            if r.labeler != labeler {
+                continue;
+            }
+            let stack = stacks.entry(r.pair.as_str()).or_default();
+            if r.choice == Choice::Undo {
+                stack.pop();
+            } else {
+                stack.push(i);
+            }
+        }
+        let last = stacks.values().filter_map(|s| s.last()).max()?;
+        self.records.get(*last)
+    }
+
     /// The pairs `labeler` has a label of in effect.
     pub fn labeled_by(&self, labeler: &str) -> BTreeSet<String> {
         self.in_effect()
@@ -360,15 +379,24 @@ pub fn fleiss_kappa(items: &[[usize; 3]]) -> Option<f64> {
 
 /// A labeler that prefers the episode that got further: Bradley–Terry over the verifier's
 /// progress, `P(A) = σ((progress_A − progress_B) / temperature)`, then a flip with probability
-/// `flip`. Seeded per pair, so the same pair gets the same label on every run.
+/// `flip`. Episodes with the same progress are labeled equally good (or, with `equal_ties`
+/// off, drawn as plain Bradley–Terry draws them: a fair coin). Seeded per pair, so the same
+/// pair gets the same label on every run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SyntheticLabeler {
-    /// Softness of the preference: 0 always prefers the higher progress (ties: equal).
+    /// Softness of the preference: 0 always prefers the higher progress.
     pub temperature: f64,
     /// The rate at which a drawn preference is flipped, in `[0, 1]`.
     pub flip: f64,
     /// The seed.
     pub seed: u64,
+    /// Label episodes with the same progress equally good (else a coin decides).
+    #[serde(default = "yes")]
+    pub equal_ties: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl SyntheticLabeler {
@@ -396,18 +424,23 @@ impl SyntheticLabeler {
     pub fn choose(&self, id: &str, progress: (f64, f64)) -> Choice {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(id.as_bytes()));
         let diff = progress.0 - progress.1;
-        let preferred = if self.temperature == 0.0 {
-            if diff.abs() < 1e-9 {
-                return Choice::Equal;
-            }
-            if diff > 0.0 { Side::A } else { Side::B }
+        let tie = diff.abs() < 1e-9;
+        // Episodes that got equally far are equally good: a coin flip between them would be
+        // a preference with nothing behind it.
+        if tie && self.equal_ties {
+            return Choice::Equal;
+        }
+        let p_a = if tie {
+            0.5
+        } else if self.temperature == 0.0 {
+            if diff > 0.0 { 1.0 } else { 0.0 }
         } else {
-            let p_a = 1.0 / (1.0 + (-diff / self.temperature).exp());
-            if rng.random::<f64>() < p_a {
-                Side::A
-            } else {
-                Side::B
-            }
+            1.0 / (1.0 + (-diff / self.temperature).exp())
+        };
+        let preferred = if rng.random::<f64>() < p_a {
+            Side::A
+        } else {
+            Side::B
         };
         let side = if rng.random::<f64>() < self.flip {
             preferred.other()
@@ -422,7 +455,7 @@ impl SyntheticLabeler {
 }
 
 /// FNV-1a: a stable hash of a pair id (std's hasher may change between releases).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -556,6 +589,7 @@ mod tests {
             temperature: 0.0,
             flip: 0.0,
             seed: 1,
+            equal_ties: true,
         };
         assert_eq!(sharp.choose("p", (1.0, 0.2)), Choice::A);
         assert_eq!(sharp.choose("p", (0.0, 0.2)), Choice::B);
@@ -576,12 +610,26 @@ mod tests {
             temperature: 0.1,
             flip: 0.0,
             seed: 2,
+            equal_ties: true,
         };
         let wins = (0..4000)
             .filter(|i| soft.choose(&format!("p{i}"), (0.6, 0.5)) == Choice::A)
             .count() as f64
             / 4000.0;
         assert!((wins - 0.731).abs() < 0.03, "{wins}");
+        // Equal progress is equally good at any temperature and flip rate.
+        let noisy_soft = SyntheticLabeler { flip: 0.3, ..soft };
+        assert!((0..200).all(|i| noisy_soft.choose(&format!("p{i}"), (1.0, 1.0)) == Choice::Equal));
+        // Without equal ties, a coin: about half each way.
+        let coin = SyntheticLabeler {
+            equal_ties: false,
+            ..sharp
+        };
+        let a = (0..2000)
+            .filter(|i| coin.choose(&format!("p{i}"), (0.5, 0.5)) == Choice::A)
+            .count();
+        assert!((900..1100).contains(&a), "{a}");
+        assert_eq!(coin.choose("p", (1.0, 0.2)), Choice::A);
         assert!(SyntheticLabeler { flip: 1.5, ..sharp }.validate().is_err());
         assert!(
             SyntheticLabeler {

@@ -107,6 +107,14 @@ pub struct PairsMeta {
     pub sampling: Sampling,
     /// The first env seed.
     pub seed: u64,
+    /// Samples of episode B's first action drawn to find one that differs from A's (1: B is
+    /// sampled once, as in folders made before this setting).
+    #[serde(default = "one")]
+    pub distinct_attempts: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Settings of [`collect_pairs`].
@@ -120,6 +128,10 @@ pub struct PairsConfig {
     pub sampling: Sampling,
     /// Most actions per episode.
     pub max_turns: usize,
+    /// Episode B's first action is sampled up to this many times, each from a seed of its
+    /// own, until it differs from A's: a pair whose first actions are the same says nothing
+    /// about which action is better. 1 samples once.
+    pub distinct_attempts: usize,
 }
 
 /// Reads a pairs folder: its meta and every complete pair (a torn last line from a crash is
@@ -158,12 +170,18 @@ pub fn collect_pairs(
         "pairs need sampling (a temperature above 0): greedy decoding writes the same action twice"
     );
     anyhow::ensure!(cfg.max_turns > 0, "an episode needs at least one turn");
+    anyhow::ensure!(
+        (1..=1000).contains(&cfg.distinct_attempts),
+        "distinct attempts must be in 1..=1000, got {}",
+        cfg.distinct_attempts
+    );
     let meta = PairsMeta {
         env: env.0.to_string(),
         env_config: env.1.clone(),
         model: model_name.to_string(),
         sampling: cfg.sampling,
         seed: cfg.seed,
+        distinct_attempts: cfg.distinct_attempts,
     };
     let meta_path = dir.join(PAIRS_META);
     let mut pairs = if meta_path.exists() {
@@ -216,7 +234,28 @@ pub fn collect_pairs(
                     env.0
                 ),
             }
-            let sample_seed = derive_seed(seed, "pair side", side);
+            let mut sample_seed = derive_seed(seed, "pair side", side);
+            if side == 1 {
+                // B's first action: the first of up to `distinct_attempts` samples that differs
+                // from A's (the last one drawn when none does). Sampling is seeded, so the
+                // episode below writes that same action first.
+                let first_a = sides
+                    .first()
+                    .map(|a: &PairSide| a.turns.first().map(|t| t.action.clone()))
+                    .unwrap_or_default();
+                for attempt in 0..cfg.distinct_attempts as u64 {
+                    sample_seed = if attempt == 0 {
+                        derive_seed(seed, "pair side", 1)
+                    } else {
+                        derive_seed(seed, "pair side b attempt", attempt)
+                    };
+                    policy.reset(sample_seed)?;
+                    let first = policy.act(&obs)?;
+                    if first.as_text() != first_a.as_deref() {
+                        break;
+                    }
+                }
+            }
             policy.reset(sample_seed)?;
             sides.push(run_side(
                 e.as_mut(),
@@ -613,6 +652,45 @@ mod tests {
                 ..Sampling::default()
             },
             max_turns: 2,
+            distinct_attempts: 1,
+        }
+    }
+
+    #[test]
+    fn episode_b_is_resampled_until_its_first_action_differs() {
+        let registry = Registry::with_builtins();
+        let config = serde_json::json!({ "mode": "language", "max_commands": 1 });
+        let m = Arc::new(model());
+        let collect = |temperature: f32, attempts: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = pairs_config(3);
+            cfg.sampling.temperature = temperature;
+            cfg.distinct_attempts = attempts;
+            collect_pairs(
+                m.clone(),
+                "tiny",
+                &registry,
+                ("Tabletop-v0", &config),
+                &cfg,
+                dir.path(),
+                &(),
+            )
+            .unwrap()
+        };
+        // Near-greedy sampling writes the same action every time: every attempt was drawn,
+        // and B kept the last one's seed.
+        for p in collect(1e-4, 4) {
+            assert_eq!(p.first_action(false), p.first_action(true));
+            assert_eq!(
+                p.b.sample_seed,
+                derive_seed(p.seed, "pair side b attempt", 3)
+            );
+        }
+        // An untrained model at temperature 1 writes something else at once: B's first draw
+        // is kept, and the episode starts with the action that was compared.
+        for p in collect(1.0, 4) {
+            assert_ne!(p.first_action(false), p.first_action(true));
+            assert_eq!(p.b.sample_seed, derive_seed(p.seed, "pair side", 1));
         }
     }
 
@@ -720,6 +798,7 @@ mod tests {
             temperature: 0.0,
             flip: 0.0,
             seed: 0,
+            equal_ties: true,
         };
         assert_eq!(synth_labels(&pairs, &mut log, &sharp).unwrap(), 3);
         // Labeled pairs are not labeled again.

@@ -30,6 +30,10 @@ pub enum Command {
         /// The seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Episodes that got equally far: `equal` labels them equally good; `coin` draws a
+        /// side as plain Bradley-Terry does (probability 1/2 each).
+        #[arg(long, default_value = "equal", value_parser = ["equal", "coin"])]
+        ties: String,
     },
     /// Write the preferences (pairs labeled A or B whose first actions differ) to stdout.
     Export {
@@ -125,6 +129,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             flip,
             temperature,
             seed,
+            ties,
         } => {
             let (_, records) = read_pairs(&pairs)?;
             let mut log = open_log(&pairs, true)?;
@@ -132,6 +137,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 temperature,
                 flip,
                 seed,
+                equal_ties: ties == "equal",
             };
             let n = synth_labels(&records, &mut log, &labeler)?;
             println!(

@@ -37,6 +37,10 @@ pub struct Args {
     /// Most actions per episode.
     #[arg(long, default_value_t = 8)]
     max_turns: usize,
+    /// Samples of episode B's first action to draw until one differs from A's (a pair with
+    /// the same first action on both sides teaches DPO nothing).
+    #[arg(long, default_value_t = 8)]
+    distinct_attempts: usize,
     /// Env config overrides, `key=value` (repeatable); `mode=language` is always set.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -70,6 +74,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             ..Sampling::default()
         },
         max_turns: args.max_turns,
+        distinct_attempts: args.distinct_attempts,
     };
     let progress = super::CliProgress::new();
     let pairs = collect_pairs(
