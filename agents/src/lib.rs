@@ -11,6 +11,8 @@
 //! - [`MetricsLog`], [`figures`], [`tensorboard`]: metrics as CSV and TensorBoard event files,
 //!   figures with labelled axes.
 //! - [`labels`]: preference labels (the fsynced log, undo, agreement, the synthetic labeler);
+//!   [`label_session`]: one labeler going through a pairs folder (order, sides, undo, resume);
+//!   [`rlhf`]: a reward model trained on the labels and RLOO against it;
 //!   [`preference`]: pairs of sampled episodes, TRL's preference format, DPO training.
 
 mod collect;
@@ -19,11 +21,13 @@ mod episode;
 mod evaluate;
 mod experiment;
 pub mod figures;
+pub mod label_session;
 pub mod labels;
 pub mod language;
 mod metrics;
 mod policy_spec;
 pub mod preference;
+pub mod rlhf;
 mod progress;
 mod run_dir;
 pub mod tensorboard;

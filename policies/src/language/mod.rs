@@ -292,6 +292,9 @@ pub struct Generation {
     pub text: String,
     /// Tokens generated (the end token included).
     pub tokens: usize,
+    /// Their ids, as sampled (the end token included): what RL scores and trains on, with no
+    /// round trip through text.
+    pub ids: Vec<u32>,
     /// Why it stopped.
     pub stop: Stop,
 }
@@ -450,6 +453,12 @@ impl LanguageModel {
         Ok(self.gpt.forward(ids, cache, rng)?)
     }
 
+    /// The final hidden states `[B, T, n_embd]` for ids `[B, T]` (the model without its
+    /// head: what a reward head reads).
+    pub fn hidden(&self, ids: &Tensor) -> Result<Tensor, PolicyError> {
+        Ok(self.gpt.hidden(ids, None, None)?)
+    }
+
     /// The cross-entropy of each next-token target: `targets` `[B, T]` in, `[B, T]` out.
     pub fn token_losses(
         &self,
@@ -590,6 +599,7 @@ impl LanguageModel {
         Ok(Generation {
             text,
             tokens: out.len(),
+            ids: out,
             stop,
         })
     }

@@ -1,0 +1,570 @@
+//! RLHF for the language controller, as TRL does it: a reward model trained on the labels
+//! (Bradley–Terry), then RLOO against it with a KL penalty to the start model.
+//!
+//! - [`RewardModel`]: the language model with a scalar head on the hidden state of a
+//!   sequence's last token (TRL's `AutoModelForSequenceClassification` with one label),
+//!   trained whole on `-log σ(r(chosen) − r(rejected))` ([`train_reward_model`]); its accuracy
+//!   on held-out labels says how far to trust it.
+//! - [`train_rloo`]: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024, TRL's
+//!   `RLOOTrainer`): `k` completions are sampled per prompt, each scored
+//!   `R = reward − β · (log π(y|x) − log π_ref(y|x))` (the sequence-level KL estimate), and the
+//!   loss is `−mean((R_i − mean_{j≠i} R_j) · log π(y_i|x))`. The reward is any scorer of
+//!   (prompt, completion) token ids, the reward model's in practice.
+
+use candle_core::{D, DType, Tensor};
+use dreamgym_base::derive_seed;
+use dreamgym_policies::language::{LanguageModel, PreferencePair, Sampling, completion_logps};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Interrupted, Progress};
+
+/// The reward head's variable in the model's variable map.
+pub const REWARD_HEAD: &str = "reward_head.weight";
+
+/// A language model with a scalar reward head.
+pub struct RewardModel {
+    lm: LanguageModel,
+    head: Tensor,
+}
+
+impl RewardModel {
+    /// A reward model from `lm` (its weights are trained too), with a zero head: every
+    /// sequence scores 0 before training.
+    pub fn new(lm: LanguageModel) -> anyhow::Result<Self> {
+        let c = lm.config().transformer.n_embd;
+        let head = lm.varmap().get(
+            (c, 1),
+            REWARD_HEAD,
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            lm.device(),
+        )?;
+        Ok(Self { lm, head })
+    }
+
+    /// The language model under the head.
+    pub fn model(&self) -> &LanguageModel {
+        &self.lm
+    }
+
+    /// The score of each (prompt, completion) sequence, `[B]`, carrying gradients.
+    pub fn scores(&self, sequences: &[(&[u32], &[u32])]) -> anyhow::Result<Tensor> {
+        let block = self.lm.config().transformer.block_size;
+        let vocab = self.lm.config().vocab_size as u32;
+        let width = sequences
+            .iter()
+            .map(|(p, c)| p.len() + c.len())
+            .max()
+            .unwrap_or(0);
+        anyhow::ensure!(width > 0, "a reward model scores at least one token");
+        anyhow::ensure!(
+            width <= block,
+            "a sequence of {width} tokens does not fit the model's context of {block}"
+        );
+        let b = sequences.len();
+        let mut ids = vec![0u32; b * width];
+        let mut last = Vec::with_capacity(b);
+        for (s, (p, c)) in sequences.iter().enumerate() {
+            let row = &mut ids[s * width..];
+            for (i, &t) in p.iter().chain(c.iter()).enumerate() {
+                anyhow::ensure!(t < vocab, "token id {t} is outside the vocabulary ({vocab})");
+                row[i] = t;
+            }
+            anyhow::ensure!(p.len() + c.len() > 0, "sequence {s} is empty");
+            // Right padding: the causal model's state at the last real token ignores it.
+            last.push((s * width + p.len() + c.len() - 1) as u32);
+        }
+        let dev = self.lm.device();
+        let ids = Tensor::from_vec(ids, (b, width), dev)?;
+        let h = self.lm.hidden(&ids)?;
+        let c = h.dim(D::Minus1)?;
+        let at = Tensor::from_vec(last, b, dev)?;
+        let picked = h.reshape(((), c))?.index_select(&at, 0)?;
+        Ok(picked.matmul(&self.head)?.squeeze(1)?)
+    }
+
+    /// Scores as numbers (no gradients kept).
+    pub fn score_values(&self, sequences: &[(&[u32], &[u32])]) -> anyhow::Result<Vec<f32>> {
+        Ok(self.scores(sequences)?.detach().to_vec1::<f32>()?)
+    }
+
+    /// Saves every weight (the model's and the head's) as safetensors.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        self.lm.varmap().save(path)?;
+        Ok(())
+    }
+}
+
+/// Settings of [`train_reward_model`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// AdamW's learning rate.
+    pub lr: f64,
+    /// The share of the pairs held out to measure accuracy (never trained on).
+    pub holdout: f64,
+    /// The seed of the split and the batch order.
+    pub seed: u64,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            batch_size: 16,
+            lr: 1e-4,
+            holdout: 0.2,
+            seed: 0,
+        }
+    }
+}
+
+/// What training a reward model did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RewardReport {
+    /// Each step's loss and batch accuracy.
+    pub steps: Vec<(f64, f64)>,
+    /// Pairs trained on.
+    pub train: usize,
+    /// Accuracy on the held-out pairs (chosen scored above rejected), and how many there
+    /// were; `None` when none were held out.
+    pub heldout_accuracy: Option<(f64, usize)>,
+}
+
+/// The Bradley–Terry loss of a batch and its accuracy.
+fn reward_loss(rm: &RewardModel, pairs: &[&PreferencePair]) -> anyhow::Result<(Tensor, f64)> {
+    let seqs: Vec<(&[u32], &[u32])> = pairs
+        .iter()
+        .map(|p| (&p.prompt[..], &p.chosen[..]))
+        .chain(pairs.iter().map(|p| (&p.prompt[..], &p.rejected[..])))
+        .collect();
+    let all = rm.scores(&seqs)?;
+    let b = pairs.len();
+    let margin = (all.narrow(0, 0, b)? - all.narrow(0, b, b)?)?;
+    // −log σ(m) = softplus(−m), computed stably as relu(−m) + log(1 + e^{−|m|}).
+    let loss = (margin.neg()?.relu()? + (margin.abs()?.neg()?.exp()? + 1.0)?.log()?)?.mean_all()?;
+    let m = margin.detach().to_vec1::<f32>()?;
+    let acc = m.iter().filter(|&&x| x > 0.0).count() as f64 / b.max(1) as f64;
+    Ok((loss, acc))
+}
+
+/// Trains `rm` on `pairs` (a share held out for accuracy).
+pub fn train_reward_model(
+    rm: &RewardModel,
+    pairs: &[PreferencePair],
+    cfg: &RewardConfig,
+    progress: &dyn Progress,
+) -> anyhow::Result<RewardReport> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&cfg.holdout),
+        "the held-out share must be in [0, 1), got {}",
+        cfg.holdout
+    );
+    anyhow::ensure!(cfg.batch_size > 0, "batch_size must be at least 1");
+    anyhow::ensure!(
+        cfg.lr.is_finite() && cfg.lr > 0.0,
+        "the learning rate must be positive"
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "reward.split", 0));
+    let mut idx: Vec<usize> = (0..pairs.len()).collect();
+    idx.shuffle(&mut rng);
+    let held = ((pairs.len() as f64) * cfg.holdout).round() as usize;
+    let (heldout, train) = idx.split_at(held.min(pairs.len()));
+    anyhow::ensure!(
+        !train.is_empty(),
+        "a reward model needs at least one pair to train on ({} labeled, {held} held out)",
+        pairs.len()
+    );
+    let mut opt = dreamgym_nn::Adam::new(
+        dreamgym_nn::sorted_vars(rm.lm.varmap()),
+        dreamgym_nn::AdamConfig {
+            lr: cfg.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let mut order: Vec<usize> = Vec::new();
+    let mut steps = Vec::with_capacity(cfg.steps);
+    progress.begin("reward model", cfg.steps as u64);
+    for step in 0..cfg.steps {
+        if progress.interrupted() {
+            return Err(Interrupted {
+                stage: "reward model".into(),
+                saved: format!("{step} steps done; the reward model is not saved"),
+            }
+            .into());
+        }
+        let mut batch = Vec::with_capacity(cfg.batch_size);
+        while batch.len() < cfg.batch_size.min(train.len()) {
+            if order.is_empty() {
+                order = train.to_vec();
+                order.shuffle(&mut rng);
+            }
+            if let Some(i) = order.pop() {
+                batch.push(&pairs[i]);
+            }
+        }
+        let (loss, acc) = reward_loss(rm, &batch)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        anyhow::ensure!(value.is_finite(), "the reward loss is {value} at step {step}");
+        opt.step(loss.backward()?)?;
+        steps.push((value, acc));
+        progress.advance(1);
+    }
+    progress.end();
+    let heldout_accuracy = if heldout.is_empty() {
+        None
+    } else {
+        let mut right = 0usize;
+        for chunk in heldout.chunks(cfg.batch_size) {
+            let batch: Vec<&PreferencePair> = chunk.iter().map(|&i| &pairs[i]).collect();
+            let (_, acc) = reward_loss(rm, &batch)?;
+            right += (acc * batch.len() as f64).round() as usize;
+        }
+        Some((right as f64 / heldout.len() as f64, heldout.len()))
+    };
+    Ok(RewardReport {
+        steps,
+        train: train.len(),
+        heldout_accuracy,
+    })
+}
+
+/// Settings of [`train_rloo`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlooConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Prompts per step.
+    pub prompts: usize,
+    /// Completions sampled per prompt (at least 2: each one's baseline is the others' mean).
+    pub k: usize,
+    /// The KL penalty's weight.
+    pub beta: f64,
+    /// AdamW's learning rate.
+    pub lr: f64,
+    /// How completions are sampled (a temperature above 0).
+    pub sampling: Sampling,
+    /// The seed of the prompt order and the samples.
+    pub seed: u64,
+}
+
+impl Default for RlooConfig {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            prompts: 8,
+            k: 4,
+            beta: 0.05,
+            lr: 1e-4,
+            sampling: Sampling {
+                temperature: 1.0,
+                max_new_tokens: 96,
+                ..Sampling::default()
+            },
+            seed: 0,
+        }
+    }
+}
+
+/// One RLOO step's numbers (TRL's names in the CSV).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct RlooStep {
+    /// The loss.
+    pub loss: f64,
+    /// The mean score of the completions.
+    pub score: f64,
+    /// The mean sequence-level KL estimate to the reference.
+    pub kl: f64,
+    /// The mean penalized reward.
+    pub reward: f64,
+    /// The mean completion length, tokens.
+    pub length: f64,
+}
+
+/// Leave-one-out advantages: for each group of `k` rewards, each one minus the mean of the
+/// other `k − 1`.
+pub fn rloo_advantages(rewards: &[f64], k: usize) -> Vec<f64> {
+    if k < 2 {
+        return vec![0.0; rewards.len()];
+    }
+    rewards
+        .chunks(k)
+        .flat_map(|g| {
+            let sum: f64 = g.iter().sum();
+            let n = g.len() as f64;
+            g.iter()
+                .map(move |r| if n > 1.0 { r - (sum - r) / (n - 1.0) } else { 0.0 })
+        })
+        .collect()
+}
+
+/// The scorer RLOO maximises: scores for (prompt, completion) token ids.
+pub type Scorer<'a> = dyn Fn(&[(&[u32], &[u32])]) -> anyhow::Result<Vec<f32>> + 'a;
+
+/// RLOO on `prompts` (prompt texts as the model reads them, [`LanguageModel::prompt`] made):
+/// `policy` trains, `reference` stays as it was (the KL penalty's anchor), `score` rewards.
+pub fn train_rloo(
+    policy: &LanguageModel,
+    reference: &LanguageModel,
+    score: &Scorer,
+    prompts: &[String],
+    cfg: &RlooConfig,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<RlooStep>> {
+    anyhow::ensure!(!prompts.is_empty(), "RLOO needs at least one prompt");
+    anyhow::ensure!(cfg.k >= 2, "RLOO needs k >= 2 completions a prompt, got {}", cfg.k);
+    anyhow::ensure!(cfg.prompts >= 1, "RLOO needs at least one prompt a step");
+    anyhow::ensure!(
+        cfg.sampling.temperature > 0.0,
+        "RLOO samples: the temperature must be above 0"
+    );
+    anyhow::ensure!(
+        cfg.beta.is_finite() && cfg.beta >= 0.0,
+        "beta must be 0 or more"
+    );
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| policy.prompt_ids(p))
+        .collect::<Result<_, _>>()?;
+    let mut opt = dreamgym_nn::Adam::new(
+        dreamgym_nn::sorted_vars(policy.varmap()),
+        dreamgym_nn::AdamConfig {
+            lr: cfg.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let mut order_rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "rloo.order", 0));
+    let mut order: Vec<usize> = Vec::new();
+    let mut log = Vec::with_capacity(cfg.steps);
+    progress.begin("RLOO", cfg.steps as u64);
+    for step in 0..cfg.steps {
+        if progress.interrupted() {
+            return Err(Interrupted {
+                stage: "RLOO".into(),
+                saved: format!("{step} steps done; the model is not saved"),
+            }
+            .into());
+        }
+        let mut chosen = Vec::with_capacity(cfg.prompts);
+        while chosen.len() < cfg.prompts {
+            if order.is_empty() {
+                order = (0..prompts.len()).collect();
+                order.shuffle(&mut order_rng);
+            }
+            if let Some(i) = order.pop() {
+                chosen.push(i);
+            }
+        }
+        // k samples a prompt, each from a seed of its own.
+        let mut samples: Vec<(usize, Vec<u32>)> = Vec::with_capacity(cfg.prompts * cfg.k);
+        for (j, &i) in chosen.iter().enumerate() {
+            for s in 0..cfg.k {
+                let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
+                    cfg.seed,
+                    "rloo.sample",
+                    ((step * cfg.prompts + j) * cfg.k + s) as u64,
+                ));
+                let g = policy.generate(&prompts[i], &cfg.sampling, &mut rng)?;
+                let mut c = g.ids;
+                if c.is_empty() {
+                    // Nothing fit in the context: an empty answer is its end token.
+                    c.push(policy.tokenizer().eos());
+                }
+                samples.push((i, c));
+            }
+        }
+        let seqs: Vec<(&[u32], &[u32])> = samples
+            .iter()
+            .map(|(i, c)| (&ids[*i][..], &c[..]))
+            .collect();
+        let scores = score(&seqs)?;
+        anyhow::ensure!(
+            scores.len() == seqs.len(),
+            "the scorer gave {} scores for {} completions",
+            scores.len(),
+            seqs.len()
+        );
+        let logp = completion_logps(policy, &seqs)?;
+        let lp = logp.detach().to_vec1::<f32>()?;
+        let rp = completion_logps(reference, &seqs)?.detach().to_vec1::<f32>()?;
+        let kl: Vec<f64> = lp.iter().zip(&rp).map(|(a, b)| (a - b) as f64).collect();
+        let rewards: Vec<f64> = scores
+            .iter()
+            .zip(&kl)
+            .map(|(s, k)| *s as f64 - cfg.beta * k)
+            .collect();
+        let adv = rloo_advantages(&rewards, cfg.k);
+        let n = adv.len();
+        let adv_t = Tensor::from_vec(
+            adv.iter().map(|&a| a as f32).collect::<Vec<_>>(),
+            n,
+            policy.device(),
+        )?;
+        let loss = (logp * adv_t)?.mean_all()?.neg()?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        anyhow::ensure!(value.is_finite(), "the RLOO loss is {value} at step {step}");
+        opt.step(loss.backward()?)?;
+        let mean = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>() / n as f64;
+        log.push(RlooStep {
+            loss: value,
+            score: mean(&mut scores.iter().map(|&s| s as f64)),
+            kl: mean(&mut kl.iter().copied()),
+            reward: mean(&mut rewards.iter().copied()),
+            length: mean(&mut samples.iter().map(|(_, c)| c.len() as f64)),
+        });
+        progress.advance(1);
+    }
+    progress.end();
+    Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dreamgym_policies::language::{LlamaSize, TextTokenizer};
+
+    fn model(seed: u64) -> LanguageModel {
+        let texts: Vec<String> = (0..40)
+            .map(|i| {
+                format!(
+                    "objects: red cube ({i}, 3)\ninstruction: push the red cube\naction: push red cube to blue zone"
+                )
+            })
+            .collect();
+        let tok = TextTokenizer::train(&texts, 300).unwrap();
+        let size = LlamaSize {
+            n_layer: 1,
+            n_embd: 16,
+            n_head: 2,
+            n_kv_head: 1,
+            mlp_hidden: 24,
+            block_size: 128,
+            dropout: 0.0,
+        };
+        LanguageModel::new(&size, tok, &candle_core::Device::Cpu, seed).unwrap()
+    }
+
+    #[test]
+    fn leave_one_out_advantages_match_the_closed_form() {
+        let a = rloo_advantages(&[1.0, 2.0, 3.0, 10.0, 10.0, 10.0], 3);
+        // 1 - (2+3)/2, 2 - (1+3)/2, 3 - (1+2)/2; a group of equal rewards has none.
+        assert_eq!(a, vec![-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]);
+        // Each group's advantages sum to 0: the baseline adds no bias.
+        let b = rloo_advantages(&[0.3, -1.0, 2.5, 0.7], 4);
+        assert!(b.iter().sum::<f64>().abs() < 1e-12);
+        assert!((b[2] - (2.5 - (0.3 - 1.0 + 0.7) / 3.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_reward_model_learns_which_completion_is_preferred_and_generalises() {
+        let lm = model(1);
+        let tok = lm.tokenizer();
+        let good = tok.encode("push red cube to blue zone").unwrap();
+        let bad = tok.encode("done").unwrap();
+        let pairs: Vec<PreferencePair> = (0..30)
+            .map(|i| PreferencePair {
+                prompt: lm
+                    .prompt_ids(&lm.prompt(&format!("objects: red cube ({i}, 3)")))
+                    .unwrap(),
+                chosen: good.clone(),
+                rejected: bad.clone(),
+            })
+            .collect();
+        let rm = RewardModel::new(lm).unwrap();
+        // A zero head scores everything alike.
+        let before = rm.score_values(&[(&pairs[0].prompt, &good), (&pairs[0].prompt, &bad)]);
+        assert_eq!(before.unwrap(), vec![0.0, 0.0]);
+        let cfg = RewardConfig {
+            steps: 40,
+            batch_size: 8,
+            lr: 3e-3,
+            holdout: 0.2,
+            seed: 0,
+        };
+        let report = train_reward_model(&rm, &pairs, &cfg, &()).unwrap();
+        assert_eq!(report.train, 24);
+        let first = report.steps[0].0;
+        let last = report.steps.last().unwrap().0;
+        assert!((first - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
+        assert!(last < 0.1, "{first} -> {last}");
+        // The held-out prompts were never trained on.
+        assert_eq!(report.heldout_accuracy, Some((1.0, 6)));
+        // Padding does not change a score: a sequence scores the same alone and beside a
+        // longer one.
+        let p = &pairs[0].prompt;
+        let alone = rm.score_values(&[(p, &bad)]).unwrap()[0];
+        let beside = rm.score_values(&[(p, &bad), (p, &good)]).unwrap()[0];
+        assert!((alone - beside).abs() < 1e-5, "{alone} vs {beside}");
+    }
+
+    /// The probability that the first completion token has an even id.
+    fn p_even_first(lm: &LanguageModel, prompt: &str) -> f64 {
+        let ids = lm.prompt_ids(prompt).unwrap();
+        let t = Tensor::new(ids.as_slice(), lm.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = lm.forward(&t, None, None).unwrap();
+        let last = logits.narrow(1, ids.len() - 1, 1).unwrap().flatten_all().unwrap();
+        let p = candle_nn::ops::softmax(&last, 0).unwrap().to_vec1::<f32>().unwrap();
+        p.iter().step_by(2).map(|&x| x as f64).sum()
+    }
+
+    #[test]
+    fn rloo_raises_the_rewarded_behaviour_and_beta_holds_it_near_the_reference() {
+        let prompts: Vec<String> = (0..4)
+            .map(|i| model(0).prompt(&format!("objects: red cube ({i}, 3)")))
+            .collect();
+        // Reward: the first token's id is even.
+        let even = |seqs: &[(&[u32], &[u32])]| -> anyhow::Result<Vec<f32>> {
+            Ok(seqs
+                .iter()
+                .map(|(_, c)| if c[0] % 2 == 0 { 1.0 } else { 0.0 })
+                .collect())
+        };
+        let cfg = RlooConfig {
+            steps: 25,
+            prompts: 4,
+            k: 4,
+            beta: 0.0,
+            lr: 3e-2,
+            sampling: Sampling {
+                temperature: 1.0,
+                max_new_tokens: 3,
+                ..Sampling::default()
+            },
+            seed: 0,
+        };
+        let run = |beta: f64| {
+            let (policy, reference) = (model(0), model(0));
+            let before = p_even_first(&policy, &prompts[0]);
+            let log = train_rloo(
+                &policy,
+                &reference,
+                &even,
+                &prompts,
+                &RlooConfig { beta, ..cfg },
+                &(),
+            )
+            .unwrap();
+            (before, p_even_first(&policy, &prompts[0]), log)
+        };
+        let (before, after, log) = run(0.0);
+        assert!(after > before + 0.2, "P(even first token) {before:.3} -> {after:.3}");
+        assert_eq!(log.len(), 25);
+        assert!(log[0].kl.abs() < 1e-4, "policy and reference start equal");
+        // A heavy KL penalty keeps the policy near where it started.
+        let (_, held, _) = run(50.0);
+        assert!(held < after, "beta 50: {held:.3}, beta 0: {after:.3}");
+    }
+}
