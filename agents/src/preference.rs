@@ -551,8 +551,6 @@ pub fn train_dpo(
     cfg: &DpoConfig,
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<(f64, PreferenceMetrics)>> {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
     cfg.loss.validate()?;
     anyhow::ensure!(!pairs.is_empty(), "DPO needs at least one labeled pair");
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be at least 1");
@@ -573,8 +571,10 @@ pub fn train_dpo(
             ..Default::default()
         },
     )?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "dpo.order", 0));
-    let mut order: Vec<usize> = Vec::new();
+    let mut batches = Epochs::new(
+        (0..pairs.len()).collect(),
+        derive_seed(cfg.seed, "dpo.order", 0),
+    );
     let mut log = Vec::with_capacity(cfg.steps);
     progress.begin("DPO", cfg.steps as u64);
     for step in 0..cfg.steps {
@@ -585,16 +585,7 @@ pub fn train_dpo(
             }
             .into());
         }
-        let mut batch = Vec::with_capacity(cfg.batch_size);
-        while batch.len() < cfg.batch_size.min(pairs.len()) {
-            if order.is_empty() {
-                order = (0..pairs.len()).collect();
-                order.shuffle(&mut rng);
-            }
-            if let Some(i) = order.pop() {
-                batch.push(i);
-            }
-        }
+        let batch = batches.next(cfg.batch_size);
         let b: Vec<PreferencePair> = batch.iter().map(|&i| pairs[i].clone()).collect();
         let r: Vec<(f32, f32)> = batch.iter().map(|&i| refs[i]).collect();
         let (loss, metrics) = preference_loss(policy, &b, &r, &cfg.loss)?;
@@ -616,6 +607,38 @@ pub fn round_dir(run: &Path, round: usize) -> PathBuf {
 /// Pair ids labeled by someone (any choice).
 pub fn labeled_pairs(log: &LabelLog) -> BTreeSet<String> {
     log.in_effect().into_keys().map(|(p, _)| p).collect()
+}
+
+/// Batches drawn from a pool of indices epoch by epoch: each epoch is a fresh shuffle, and a
+/// batch that reaches an epoch's end goes on into the next (never more than the pool a batch).
+pub(crate) struct Epochs {
+    pool: Vec<usize>,
+    order: Vec<usize>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Epochs {
+    pub(crate) fn new(pool: Vec<usize>, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            pool,
+            order: Vec::new(),
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub(crate) fn next(&mut self, n: usize) -> Vec<usize> {
+        use rand::seq::SliceRandom;
+        let mut batch = Vec::with_capacity(n);
+        while batch.len() < n.min(self.pool.len()) {
+            if self.order.is_empty() {
+                self.order = self.pool.clone();
+                self.order.shuffle(&mut self.rng);
+            }
+            batch.extend(self.order.pop());
+        }
+        batch
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::preference::Epochs;
 use crate::{Interrupted, Progress};
 
 /// The reward head's variable in the model's variable map.
@@ -70,7 +71,10 @@ impl RewardModel {
         for (s, (p, c)) in sequences.iter().enumerate() {
             let row = &mut ids[s * width..];
             for (i, &t) in p.iter().chain(c.iter()).enumerate() {
-                anyhow::ensure!(t < vocab, "token id {t} is outside the vocabulary ({vocab})");
+                anyhow::ensure!(
+                    t < vocab,
+                    "token id {t} is outside the vocabulary ({vocab})"
+                );
                 row[i] = t;
             }
             anyhow::ensure!(p.len() + c.len() > 0, "sequence {s} is empty");
@@ -190,7 +194,7 @@ pub fn train_reward_model(
             ..Default::default()
         },
     )?;
-    let mut order: Vec<usize> = Vec::new();
+    let mut batches = Epochs::new(train.to_vec(), derive_seed(cfg.seed, "reward.order", 0));
     let mut steps = Vec::with_capacity(cfg.steps);
     progress.begin("reward model", cfg.steps as u64);
     for step in 0..cfg.steps {
@@ -201,19 +205,17 @@ pub fn train_reward_model(
             }
             .into());
         }
-        let mut batch = Vec::with_capacity(cfg.batch_size);
-        while batch.len() < cfg.batch_size.min(train.len()) {
-            if order.is_empty() {
-                order = train.to_vec();
-                order.shuffle(&mut rng);
-            }
-            if let Some(i) = order.pop() {
-                batch.push(&pairs[i]);
-            }
-        }
+        let batch: Vec<&PreferencePair> = batches
+            .next(cfg.batch_size)
+            .into_iter()
+            .map(|i| &pairs[i])
+            .collect();
         let (loss, acc) = reward_loss(rm, &batch)?;
         let value = loss.to_scalar::<f32>()? as f64;
-        anyhow::ensure!(value.is_finite(), "the reward loss is {value} at step {step}");
+        anyhow::ensure!(
+            value.is_finite(),
+            "the reward loss is {value} at step {step}"
+        );
         opt.step(loss.backward()?)?;
         steps.push((value, acc));
         progress.advance(1);
@@ -301,8 +303,13 @@ pub fn rloo_advantages(rewards: &[f64], k: usize) -> Vec<f64> {
         .flat_map(|g| {
             let sum: f64 = g.iter().sum();
             let n = g.len() as f64;
-            g.iter()
-                .map(move |r| if n > 1.0 { r - (sum - r) / (n - 1.0) } else { 0.0 })
+            g.iter().map(move |r| {
+                if n > 1.0 {
+                    r - (sum - r) / (n - 1.0)
+                } else {
+                    0.0
+                }
+            })
         })
         .collect()
 }
@@ -321,7 +328,11 @@ pub fn train_rloo(
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<RlooStep>> {
     anyhow::ensure!(!prompts.is_empty(), "RLOO needs at least one prompt");
-    anyhow::ensure!(cfg.k >= 2, "RLOO needs k >= 2 completions a prompt, got {}", cfg.k);
+    anyhow::ensure!(
+        cfg.k >= 2,
+        "RLOO needs k >= 2 completions a prompt, got {}",
+        cfg.k
+    );
     anyhow::ensure!(cfg.prompts >= 1, "RLOO needs at least one prompt a step");
     anyhow::ensure!(
         cfg.sampling.temperature > 0.0,
@@ -343,8 +354,10 @@ pub fn train_rloo(
             ..Default::default()
         },
     )?;
-    let mut order_rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "rloo.order", 0));
-    let mut order: Vec<usize> = Vec::new();
+    let mut batches = Epochs::new(
+        (0..prompts.len()).collect(),
+        derive_seed(cfg.seed, "rloo.order", 0),
+    );
     let mut log = Vec::with_capacity(cfg.steps);
     progress.begin("RLOO", cfg.steps as u64);
     for step in 0..cfg.steps {
@@ -355,16 +368,7 @@ pub fn train_rloo(
             }
             .into());
         }
-        let mut chosen = Vec::with_capacity(cfg.prompts);
-        while chosen.len() < cfg.prompts {
-            if order.is_empty() {
-                order = (0..prompts.len()).collect();
-                order.shuffle(&mut order_rng);
-            }
-            if let Some(i) = order.pop() {
-                chosen.push(i);
-            }
-        }
+        let chosen = batches.next(cfg.prompts);
         // k samples a prompt, each from a seed of its own.
         let mut samples: Vec<(usize, Vec<u32>)> = Vec::with_capacity(cfg.prompts * cfg.k);
         for (j, &i) in chosen.iter().enumerate() {
@@ -396,7 +400,9 @@ pub fn train_rloo(
         );
         let logp = completion_logps(policy, &seqs)?;
         let lp = logp.detach().to_vec1::<f32>()?;
-        let rp = completion_logps(reference, &seqs)?.detach().to_vec1::<f32>()?;
+        let rp = completion_logps(reference, &seqs)?
+            .detach()
+            .to_vec1::<f32>()?;
         let kl: Vec<f64> = lp.iter().zip(&rp).map(|(a, b)| (a - b) as f64).collect();
         let rewards: Vec<f64> = scores
             .iter()
@@ -515,8 +521,15 @@ mod tests {
             .unsqueeze(0)
             .unwrap();
         let logits = lm.forward(&t, None, None).unwrap();
-        let last = logits.narrow(1, ids.len() - 1, 1).unwrap().flatten_all().unwrap();
-        let p = candle_nn::ops::softmax(&last, 0).unwrap().to_vec1::<f32>().unwrap();
+        let last = logits
+            .narrow(1, ids.len() - 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let p = candle_nn::ops::softmax(&last, 0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         p.iter().step_by(2).map(|&x| x as f64).sum()
     }
 
@@ -560,7 +573,10 @@ mod tests {
             (before, p_even_first(&policy, &prompts[0]), log)
         };
         let (before, after, log) = run(0.0);
-        assert!(after > before + 0.2, "P(even first token) {before:.3} -> {after:.3}");
+        assert!(
+            after > before + 0.2,
+            "P(even first token) {before:.3} -> {after:.3}"
+        );
         assert_eq!(log.len(), 25);
         assert!(log[0].kl.abs() < 1e-4, "policy and reference start equal");
         // A heavy KL penalty keeps the policy near where it started.
