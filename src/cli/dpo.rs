@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use dreamgym_agents::labels::LabelLog;
 use dreamgym_agents::language::{LM_CHECKPOINT, SftEval, load_language_model};
 use dreamgym_agents::preference::{
-    DpoConfig, LABELS_FILE, preferences, read_pairs, tokenize_preferences, train_dpo,
+    DpoConfig, LABELS_FILE, TextPreference, preferences, read_pairs, tokenize_preferences,
+    train_dpo,
 };
 use dreamgym_agents::{MetricsLog, Progress, RunDir};
 use dreamgym_envs::Registry;
@@ -55,6 +56,58 @@ pub struct Args {
     eval_seed: u64,
 }
 
+/// The preferences of labeled pairs folders, and the env the first one was made in.
+pub(crate) fn load_preferences(
+    dirs: &[PathBuf],
+) -> anyhow::Result<(Vec<TextPreference>, Option<(String, serde_json::Value)>)> {
+    let mut prefs = Vec::new();
+    let mut env: Option<(String, serde_json::Value)> = None;
+    for dir in dirs {
+        let (meta, records) = read_pairs(dir)?;
+        let log = LabelLog::read(&dir.join(LABELS_FILE))?;
+        let (p, unknown) = preferences(&records, &log);
+        if unknown > 0 {
+            eprintln!(
+                "note: {unknown} labels in {} name pairs it does not have; left out",
+                dir.display()
+            );
+        }
+        eprintln!("{}: {} preferences", dir.display(), p.len());
+        prefs.extend(p);
+        env.get_or_insert((meta.env, meta.env_config));
+    }
+    anyhow::ensure!(
+        !prefs.is_empty(),
+        "no preferences to learn from: label the pairs first (`dreamgym labels synth`, or a \
+         labeling session)"
+    );
+    Ok((prefs, env))
+}
+
+/// Evaluates a fine-tuned model on the language splits of `env` (Tabletop-v0 by default).
+pub(crate) fn evaluate(
+    title: &str,
+    model: dreamgym_policies::language::LanguageModel,
+    name: &str,
+    env: Option<(String, serde_json::Value)>,
+    episodes: usize,
+    seed: u64,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    if episodes == 0 {
+        return Ok(());
+    }
+    let (id, config) = env.unwrap_or_else(|| ("Tabletop-v0".into(), serde_json::json!({})));
+    let eval = SftEval {
+        episodes,
+        seed,
+        samples: 0,
+        ..SftEval::default()
+    };
+    let mut policy = LanguagePolicy::new(std::sync::Arc::new(model), Sampling::default(), name);
+    super::eval_language::print_splits(title, &mut policy, registry, &(id, config), &eval)
+}
+
 pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     let kind: PreferenceLossKind =
         serde_json::from_value(serde_json::Value::String(args.loss.clone())).map_err(|_| {
@@ -83,27 +136,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         (1..=1_000_000).contains(&args.steps) && (1..=4096).contains(&args.batch_size),
         "--steps must be in 1..=1000000 and --batch-size in 1..=4096"
     );
-    let mut prefs = Vec::new();
-    let mut env: Option<(String, serde_json::Value)> = None;
-    for dir in &args.pairs {
-        let (meta, records) = read_pairs(dir)?;
-        let log = LabelLog::read(&dir.join(LABELS_FILE))?;
-        let (p, unknown) = preferences(&records, &log);
-        if unknown > 0 {
-            eprintln!(
-                "note: {unknown} labels in {} name pairs it does not have; left out",
-                dir.display()
-            );
-        }
-        eprintln!("{}: {} preferences", dir.display(), p.len());
-        prefs.extend(p);
-        env.get_or_insert((meta.env, meta.env_config));
-    }
-    anyhow::ensure!(
-        !prefs.is_empty(),
-        "no preferences to learn from: label the pairs first (`dreamgym labels synth`, or a \
-         labeling session)"
-    );
+    let (prefs, env) = load_preferences(&args.pairs)?;
     let policy = load_language_model(&args.model)?;
     let reference = load_language_model(&args.model)?;
     let pairs = tokenize_preferences(&policy, &prefs)?;
@@ -166,20 +199,13 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             }
         }),
     )?;
-    if args.eval_episodes > 0 {
-        let (id, config) = env.unwrap_or_else(|| ("Tabletop-v0".into(), serde_json::json!({})));
-        let eval = SftEval {
-            episodes: args.eval_episodes,
-            seed: args.eval_seed,
-            samples: 0,
-            ..SftEval::default()
-        };
-        let mut policy = LanguagePolicy::new(
-            std::sync::Arc::new(policy),
-            Sampling::default(),
-            &args.out.display().to_string(),
-        );
-        super::eval_language::print_splits("DPO", &mut policy, registry, &(id, config), &eval)?;
-    }
-    Ok(())
+    evaluate(
+        "DPO",
+        policy,
+        &args.out.display().to_string(),
+        env,
+        args.eval_episodes,
+        args.eval_seed,
+        registry,
+    )
 }

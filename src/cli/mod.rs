@@ -13,6 +13,7 @@ mod labels;
 mod pairs;
 mod policies;
 mod progress;
+mod rlhf;
 mod rollout;
 mod world_models;
 
@@ -58,6 +59,8 @@ pub enum Command {
     Labels(labels::Command),
     /// Fine-tune a language model on labeled pairs (DPO, IPO, hinge, robust DPO).
     Dpo(dpo::Args),
+    /// RLHF: a reward model trained on labeled pairs, then RLOO against it (KL to the start).
+    Rlhf(rlhf::Args),
     /// Save what an env's camera sees (pixel observations) as a PNG.
     Render(images::RenderArgs),
     /// Turn a recorded pixel episode into an animated GIF.
@@ -68,6 +71,13 @@ pub enum Command {
     /// Watch an agent live or replay recorded episodes in a window (this build has no viewer).
     #[cfg(not(feature = "viewer"))]
     View(NoViewer),
+    /// Label pairs of episodes in a window: both replay side by side, arrow keys choose, each
+    /// label is saved at once (needs `--features viewer`).
+    #[cfg(feature = "viewer")]
+    Label(dreamgym_viewer::LabelArgs),
+    /// Label pairs of episodes in a window (this build has no viewer).
+    #[cfg(not(feature = "viewer"))]
+    Label(NoViewer),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -138,6 +148,7 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
         Command::Pairs(a) => pairs::run(a, registry),
         Command::Labels(c) => labels::run(c),
         Command::Dpo(a) => dpo::run(a, registry),
+        Command::Rlhf(a) => rlhf::run(a, registry),
         Command::Render(a) => images::render(a, registry),
         Command::ExportGif(a) => images::export_gif(a),
         #[cfg(feature = "viewer")]
@@ -148,6 +159,14 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
              `cargo run --release --features viewer -- view ...` (headless alternatives: \
              `dreamgym render`, `dreamgym export-gif`)"
         ),
+        #[cfg(feature = "viewer")]
+        Command::Label(a) => dreamgym_viewer::run_label(a, registry),
+        #[cfg(not(feature = "viewer"))]
+        Command::Label(_) => anyhow::bail!(
+            "this dreamgym was built without the viewer; build it with \
+             `cargo run --release --features viewer -- label ...` (headless alternatives: \
+             `dreamgym labels synth`, `dreamgym labels import`)"
+        ),
         Command::Bench(c) => bench::run(c, registry),
         Command::TrainVae(a) => world_models::stage(Stage::Vae, a, registry),
         Command::TrainMdnrnn(a) => world_models::stage(Stage::Mdn, a, registry),
@@ -156,7 +175,7 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
     }
 }
 
-/// Arguments accepted (and ignored) by `view` in a build without the viewer.
+/// Arguments accepted (and ignored) by `view` and `label` in a build without the viewer.
 #[cfg(not(feature = "viewer"))]
 #[derive(Debug, clap::Args)]
 pub struct NoViewer {

@@ -15,9 +15,6 @@ use dreamgym_sim::{VisualShape, World};
 
 use crate::session::Session;
 
-/// Env steps per second at speed 1 (the built-in envs step 0.02 s).
-const STEPS_PER_SECOND: f32 = 50.0;
-
 /// What the app runs.
 pub struct AppSettings {
     /// Window width and height, pixels.
@@ -139,7 +136,7 @@ fn to_vec3(v: dreamgym_sim::rapier::prelude::Vector) -> Vec3 {
     Vec3::new(v.x, v.y, v.z)
 }
 
-fn to_transform(p: &dreamgym_sim::rapier::prelude::Pose) -> Transform {
+pub(crate) fn to_transform(p: &dreamgym_sim::rapier::prelude::Pose) -> Transform {
     let r = p.rotation;
     Transform::from_translation(to_vec3(p.translation))
         .with_rotation(Quat::from_xyzw(r.x, r.y, r.z, r.w))
@@ -409,12 +406,17 @@ fn step_sim(
     if sim.paused {
         return;
     }
-    // With a screenshot to take, one env step per frame, so the picture does not depend on
-    // how fast this machine renders.
+    // With a screenshot to take, one tick (an env step, or one kept pose of a step's motion)
+    // per frame, so the picture does not depend on how fast this machine renders.
     let steps = if plan.is_some() {
         1
     } else {
-        sim.accumulator += time.delta_secs() * STEPS_PER_SECOND * sim.speed;
+        let rate = sim
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ticks_per_second();
+        sim.accumulator += time.delta_secs() * rate * sim.speed;
         let n = sim.accumulator.floor();
         sim.accumulator -= n;
         (n as usize).min(1000)
@@ -423,7 +425,7 @@ fn step_sim(
     {
         let mut s = sim.session.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..steps {
-            if let Err(e) = s.advance() {
+            if let Err(e) = s.tick() {
                 error = Some(format!("{e:#}"));
                 break;
             }
@@ -433,6 +435,25 @@ fn step_sim(
         sim.error = Some(e);
         exit.write(AppExit::error());
     }
+}
+
+/// A visual's mesh, material, pose and visibility (hidden while it has no pose).
+pub(crate) fn visual_bundle(
+    meshes: &mut Assets<Mesh>,
+    materials: &mut Assets<StandardMaterial>,
+    visual: &dreamgym_sim::Visual,
+    pose: Option<dreamgym_sim::rapier::prelude::Pose>,
+) -> impl Bundle {
+    (
+        Mesh3d(meshes.add(mesh_of(&visual.shape))),
+        MeshMaterial3d(materials.add(material_of(visual.color, &visual.shape))),
+        pose.map(|p| to_transform(&p)).unwrap_or_default(),
+        if pose.is_some() {
+            Visibility::Visible
+        } else {
+            Visibility::Hidden
+        },
+    )
 }
 
 /// One entity per visual of the scene, posed as the world is now.
@@ -450,14 +471,7 @@ fn spawn_visuals(
         .enumerate()
     {
         commands.spawn((
-            Mesh3d(meshes.add(mesh_of(&visual.shape))),
-            MeshMaterial3d(materials.add(material_of(visual.color, &visual.shape))),
-            pose.map(|p| to_transform(&p)).unwrap_or_default(),
-            if pose.is_some() {
-                Visibility::Visible
-            } else {
-                Visibility::Hidden
-            },
+            visual_bundle(meshes, materials, visual, pose),
             VisualEntity {
                 index,
                 shape: visual.shape.clone(),
@@ -500,7 +514,10 @@ fn sync_visuals(
         spawn_visuals(&mut commands, &mut meshes, &mut materials, world, scene);
         return;
     }
-    let poses = scene.world_poses(world);
+    let poses = match session.poses() {
+        Some(p) => p.clone(),
+        None => scene.world_poses(world),
+    };
     for (_, mut ve, mut transform, mut visibility, mut mesh) in &mut query {
         let Some(visual) = scene.visuals.get(ve.index) else {
             continue;
@@ -509,7 +526,7 @@ fn sync_visuals(
             ve.shape = visual.shape.clone();
             mesh.0 = meshes.add(mesh_of(&visual.shape));
         }
-        match poses[ve.index] {
+        match poses.get(ve.index).copied().flatten() {
             Some(p) => {
                 *transform = to_transform(&p);
                 *visibility = Visibility::Visible;

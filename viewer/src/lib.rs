@@ -10,12 +10,18 @@
 //! - Headless pictures: `--screenshot out.png --frames 60` renders, saves and exits (under
 //!   `xvfb-run` on a machine without a display).
 //!
+//! - Labeling: `dreamgym label pairs/round1 --labeler alice` shows each pair of episodes side
+//!   by side, in step, and saves the labeler's choice as one fsynced line (see [`Labeling`]).
+//!
 //! The viewer only reads env and sim state: a live run takes exactly the steps of a headless
 //! run with the same seed. The simulation logic lives in [`Session`], which has no bevy types.
 
 mod app;
+mod label_app;
+mod labeling;
 mod session;
 
+pub use labeling::Labeling;
 pub use session::{Session, Source};
 
 use std::path::PathBuf;
@@ -54,7 +60,8 @@ pub struct ViewArgs {
     /// Save a screenshot to this PNG after `--frames` frames, then exit.
     #[arg(long)]
     pub screenshot: Option<PathBuf>,
-    /// Frames to run before the screenshot (one env step per frame in screenshot mode).
+    /// Frames to run before the screenshot (in screenshot mode one env step a frame, or one
+    /// kept pose of a language command's motion).
     #[arg(long, default_value_t = 60)]
     pub frames: u32,
     /// Window width, pixels.
@@ -153,4 +160,76 @@ pub fn run(args: ViewArgs, registry: &Registry) -> anyhow::Result<()> {
             speed: args.speed,
         },
     )
+}
+
+/// Arguments of `dreamgym label`.
+#[derive(Debug, clap::Args)]
+pub struct LabelArgs {
+    /// The pairs folder (from `dreamgym pairs`).
+    pub pairs: PathBuf,
+    /// Who is labeling: labels carry the name, and a restarted session goes on with this
+    /// labeler's next unlabeled pair.
+    #[arg(long)]
+    pub labeler: String,
+    /// Save a screenshot to this PNG after `--frames` frames (one replay frame each), then exit
+    /// without labeling.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    /// Frames to run before the screenshot.
+    #[arg(long, default_value_t = 60)]
+    pub frames: u32,
+    /// Window width, pixels.
+    #[arg(long, default_value_t = 1280)]
+    pub width: u32,
+    /// Window height, pixels.
+    #[arg(long, default_value_t = 720)]
+    pub height: u32,
+    /// Initial speed multiplier (1 = real time).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f32,
+}
+
+/// Runs a labeling session.
+pub fn run_label(args: LabelArgs, registry: &Registry) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (320..=8192).contains(&args.width) && (240..=8192).contains(&args.height),
+        "window size {}x{} is too small for two views: at least 320x240",
+        args.width,
+        args.height
+    );
+    anyhow::ensure!(
+        args.speed.is_finite() && args.speed > 0.0,
+        "--speed must be positive"
+    );
+    anyhow::ensure!(args.frames >= 1, "--frames must be at least 1");
+    // A bad folder or labeler fails here, before any window opens.
+    let labeling = Labeling::open(&args.pairs, &args.labeler, registry)?;
+    let notes = labeling::opening_notes(labeling.session());
+    if !notes.is_empty() {
+        eprintln!("note: {notes}");
+    }
+    check_display()?;
+    if let Some(path) = &args.screenshot {
+        if path.exists() {
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot replace {}", path.display()))?;
+        }
+    }
+    let labeler = labeling.session().labeler().to_string();
+    let (given, done, total) = label_app::run(
+        labeling,
+        label_app::LabelSettings {
+            window: (args.width, args.height),
+            screenshot: args.screenshot.map(|p| (p, args.frames)),
+            speed: args.speed,
+        },
+    )?;
+    println!(
+        "{labeler}: {given} label(s) this session; {done} of {total} pairs labeled, every label \
+         saved in {}",
+        args.pairs
+            .join(dreamgym_agents::preference::LABELS_FILE)
+            .display()
+    );
+    Ok(())
 }

@@ -14,7 +14,9 @@ use anyhow::{Context, bail};
 use dreamgym_agents::RunDir;
 use dreamgym_agents::world_models::{LoadedRun, WorldModel, WorldModelsAgent, frame_of, load_run};
 use dreamgym_envs::recording::{Dataset, Episode};
-use dreamgym_envs::{Env, Info, Registry, Value};
+use dreamgym_envs::{Env, Info, Motion, Registry, Value};
+
+use crate::labeling::MOTION_EVERY;
 use dreamgym_policies::{Policy, RandomPolicy};
 use dreamgym_sim::{Scene, World};
 use serde_json::Value as Json;
@@ -75,6 +77,11 @@ pub struct Session {
     diverged: bool,
     has_pixels: bool,
     world: Option<WorldModelView>,
+    /// The env keeps each step's motion (a language command's skills): the poses of the last
+    /// step, and how many of them have been shown.
+    smooth: bool,
+    frames: Vec<Motion>,
+    shown: usize,
 }
 
 /// V and M attached to a session, for their pictures.
@@ -247,8 +254,11 @@ impl Session {
         }
     }
 
-    fn with_env(env: Box<dyn Env>, id: &str, live: bool, has_pixels: bool) -> Self {
+    fn with_env(mut env: Box<dyn Env>, id: &str, live: bool, has_pixels: bool) -> Self {
         Self {
+            smooth: env.keep_motion(MOTION_EVERY),
+            frames: Vec::new(),
+            shown: 0,
             env,
             env_id: id.to_string(),
             live,
@@ -303,6 +313,8 @@ impl Session {
             p.reset(episode_seed)?;
         }
         self.obs = obs;
+        self.frames.clear();
+        self.shown = 0;
         self.step = 0;
         self.episode_return = 0.0;
         self.last_reward = 0.0;
@@ -339,6 +351,9 @@ impl Session {
             }
         };
         let step = self.env.step(&action)?;
+        self.frames.clear();
+        self.frames.extend_from_slice(self.env.motion());
+        self.shown = 0;
         if let Some(p) = &mut self.policy {
             p.reward(step.reward);
         }
@@ -361,6 +376,33 @@ impl Session {
         self.obs = step.obs;
         self.last_action = Some(action);
         self.update_world_model()
+    }
+
+    /// One frame of the view: the next kept pose of the last step's motion while there is
+    /// one to show (an env that keeps its steps' motion), else the next step.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        if self.shown < self.frames.len() {
+            self.shown += 1;
+            return Ok(());
+        }
+        self.advance()
+    }
+
+    /// Frames per second at speed 1: real time for an env that keeps its steps' motion (a
+    /// kept pose every [`MOTION_EVERY`] physics steps of 0.02 s), else a step a frame at the
+    /// built-in envs' 50 steps a second.
+    pub fn ticks_per_second(&self) -> f32 {
+        if self.smooth {
+            50.0 / MOTION_EVERY as f32
+        } else {
+            50.0
+        }
+    }
+
+    /// The poses to draw mid-step, while the last step's motion is being shown (else the
+    /// world's own poses).
+    pub fn poses(&self) -> Option<&Motion> {
+        self.frames.get(self.shown)
     }
 
     /// Starts the current episode again (live: a new episode).
@@ -551,7 +593,7 @@ impl Session {
 }
 
 /// `text` on one line (newlines become `;`), cut to `n` characters with an ellipsis.
-fn ellipsize(text: &str, n: usize) -> String {
+pub(crate) fn ellipsize(text: &str, n: usize) -> String {
     let line: String = text
         .chars()
         .map(|c| if c == '\n' { ';' } else { c })
@@ -563,7 +605,7 @@ fn ellipsize(text: &str, n: usize) -> String {
 }
 
 /// The text of a language observation (Text, or a Dict's `text`).
-fn observation_text(v: &Value) -> Option<&str> {
+pub(crate) fn observation_text(v: &Value) -> Option<&str> {
     match v {
         Value::Text(t) => Some(t),
         Value::Dict(d) => match d.get("text") {
@@ -638,6 +680,47 @@ mod tests {
             "failure"
         };
         assert!(hud.contains(&format!("verdict: {verdict}")), "{hud}");
+    }
+
+    #[test]
+    fn a_language_command_plays_out_frame_by_frame_before_the_next() {
+        let source = Source::Live {
+            env: "Tabletop-v0".into(),
+            overrides: Some(serde_json::json!({ "mode": "language" })),
+            policy: "expert".into(),
+            seed: 3,
+            world_model: None,
+        };
+        let mut s = Session::new(&source, &Registry::with_builtins()).unwrap();
+        assert_eq!(s.ticks_per_second(), 50.0 / MOTION_EVERY as f32);
+        assert!(s.poses().is_none(), "nothing kept before the first command");
+        s.tick().unwrap();
+        assert_eq!(s.step, 1);
+        let n = s.frames.len();
+        assert!(n >= 5, "{n} kept poses for a whole command");
+        let first = s.poses().cloned().unwrap();
+        for _ in 0..n {
+            assert_eq!(s.step, 1, "the command's motion is still showing");
+            s.tick().unwrap();
+        }
+        // The last kept pose is where the command left the world, and the next tick steps.
+        assert!(s.poses().is_none());
+        assert_ne!(
+            Some(&first),
+            s.frames.last(),
+            "the objects moved during the command"
+        );
+        s.tick().unwrap();
+        assert_ne!(
+            s.step, 1,
+            "the next tick takes the next step (or a new episode)"
+        );
+        // A state env keeps no motion: one step a tick, as before.
+        let mut c = live("CartPole-v0", 1);
+        assert_eq!(c.ticks_per_second(), 50.0);
+        c.tick().unwrap();
+        c.tick().unwrap();
+        assert_eq!((c.step, c.frames.len()), (2, 0));
     }
 
     #[test]

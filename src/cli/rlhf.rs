@@ -1,0 +1,195 @@
+//! `dreamgym rlhf`: RLHF as TRL does it, on labeled pairs folders: a reward model trained on
+//! the labels (its accuracy on held-out labels reported), then RLOO against it with a KL
+//! penalty to the start model; saves the policy as a run folder and evaluates it.
+
+use std::path::PathBuf;
+
+use dreamgym_agents::language::{LM_CHECKPOINT, load_language_model};
+use dreamgym_agents::preference::tokenize_preferences;
+use dreamgym_agents::rlhf::{
+    RewardConfig, RewardModel, RlooConfig, train_reward_model, train_rloo,
+};
+use dreamgym_agents::{MetricsLog, Progress, RunDir};
+use dreamgym_envs::Registry;
+use dreamgym_policies::language::Sampling;
+
+/// Arguments of `dreamgym rlhf`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model to start from (the reward model starts from it too, and it is the KL
+    /// penalty's reference): a fine-tuned run folder, a `.gguf` file or a Hugging Face folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Labeled pairs folders (repeatable): the reward model's labels, and RLOO's prompts.
+    #[arg(long = "pairs", required = true)]
+    pairs: Vec<PathBuf>,
+    /// The run folder to write (the policy as `lm.*`, the reward model as
+    /// `reward_model.safetensors`, metrics in `metrics/`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Reward model: optimiser steps.
+    #[arg(long, default_value_t = 200)]
+    rm_steps: usize,
+    /// Reward model: learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    rm_lr: f64,
+    /// Reward model: the share of labels held out to measure its accuracy.
+    #[arg(long, default_value_t = 0.2)]
+    holdout: f64,
+    /// RLOO: optimiser steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// RLOO: prompts per step.
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    /// RLOO: completions sampled per prompt.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// RLOO: the KL penalty's weight.
+    #[arg(long, default_value_t = 0.05)]
+    beta: f64,
+    /// RLOO: learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    /// RLOO: sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Seed of the split, batch orders and samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluation episodes per split after training (0: none).
+    #[arg(long, default_value_t = 50)]
+    eval_episodes: usize,
+    /// Seed of the first evaluation episode.
+    #[arg(long, default_value_t = 1_000_000)]
+    eval_seed: u64,
+}
+
+pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
+    for (name, v) in [("--rm-lr", args.rm_lr), ("--lr", args.lr)] {
+        anyhow::ensure!(v.is_finite() && v > 0.0, "{name} must be positive");
+    }
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&args.rm_steps) && (1..=1_000_000).contains(&args.steps),
+        "--rm-steps and --steps must be in 1..=1000000"
+    );
+    anyhow::ensure!(
+        (1..=4096).contains(&args.prompts) && (2..=64).contains(&args.k),
+        "--prompts must be in 1..=4096 and --k in 2..=64"
+    );
+    anyhow::ensure!(
+        args.temperature.is_finite() && args.temperature > 0.0,
+        "--temperature must be above 0"
+    );
+    let (prefs, env) = super::dpo::load_preferences(&args.pairs)?;
+    let progress = super::CliProgress::new();
+    let run = RunDir::new(&args.out);
+    std::fs::create_dir_all(run.root())?;
+
+    // The reward model, on the labels.
+    let rm = RewardModel::new(load_language_model(&args.model)?)?;
+    let pairs = tokenize_preferences(rm.model(), &prefs)?;
+    let rm_cfg = RewardConfig {
+        steps: args.rm_steps,
+        batch_size: 16,
+        lr: args.rm_lr,
+        holdout: args.holdout,
+        seed: args.seed,
+    };
+    let started = std::time::Instant::now();
+    let report = train_reward_model(&rm, &pairs, &rm_cfg, &progress)?;
+    let mut csv = MetricsLog::open(&run, "reward_model", &["step", "loss", "accuracy"], None)?;
+    for (i, (loss, acc)) in report.steps.iter().enumerate() {
+        csv.push(&[i as f64 + 1.0, *loss, *acc])?;
+    }
+    csv.commit()?;
+    rm.save(&run.root().join("reward_model.safetensors"))?;
+    let held = match report.heldout_accuracy {
+        Some((acc, n)) => format!("held-out accuracy {:.1}% on {n} labels", 100.0 * acc),
+        None => "no labels held out".into(),
+    };
+    progress.done(&format!(
+        "reward model: {} steps on {} labels in {:.1} s; {held}",
+        args.rm_steps,
+        report.train,
+        started.elapsed().as_secs_f64()
+    ));
+
+    // RLOO against it, from the labels' prompts.
+    let policy = load_language_model(&args.model)?;
+    let reference = load_language_model(&args.model)?;
+    let mut prompts: Vec<String> = prefs.iter().map(|p| policy.prompt(&p.prompt)).collect();
+    prompts.sort();
+    prompts.dedup();
+    let cfg = RlooConfig {
+        steps: args.steps,
+        prompts: args.prompts,
+        k: args.k,
+        beta: args.beta,
+        lr: args.lr,
+        sampling: Sampling {
+            temperature: args.temperature,
+            ..Sampling::default()
+        },
+        seed: args.seed,
+    };
+    let score = |seqs: &[(&[u32], &[u32])]| rm.score_values(seqs);
+    let started = std::time::Instant::now();
+    let log = train_rloo(&policy, &reference, &score, &prompts, &cfg, &progress)?;
+    let mut csv = MetricsLog::open(
+        &run,
+        "rloo",
+        &[
+            "step",
+            "loss",
+            "scores",
+            "kl",
+            "reward",
+            "completion_length",
+        ],
+        None,
+    )?;
+    for (i, s) in log.iter().enumerate() {
+        csv.push(&[i as f64 + 1.0, s.loss, s.score, s.kl, s.reward, s.length])?;
+    }
+    csv.commit()?;
+    let first = &log[..log.len().min(10)];
+    let last = &log[log.len().saturating_sub(10)..];
+    let mean = |xs: &[dreamgym_agents::rlhf::RlooStep],
+                f: fn(&dreamgym_agents::rlhf::RlooStep) -> f64| {
+        xs.iter().map(f).sum::<f64>() / xs.len().max(1) as f64
+    };
+    progress.done(&format!(
+        "RLOO: {} steps on {} prompts in {:.1} s; reward-model score {:.3} -> {:.3} (first and \
+         last 10 steps), KL {:.3}",
+        args.steps,
+        prompts.len(),
+        started.elapsed().as_secs_f64(),
+        mean(first, |s| s.score),
+        mean(last, |s| s.score),
+        mean(last, |s| s.kl),
+    ));
+    policy.save(
+        &run.checkpoint(LM_CHECKPOINT),
+        None,
+        serde_json::json!({
+            "rlhf": {
+                "from": args.model.display().to_string(),
+                "pairs": args.pairs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "labels": pairs.len(),
+                "reward_model": rm_cfg,
+                "reward_model_heldout_accuracy": report.heldout_accuracy,
+                "rloo": cfg,
+            }
+        }),
+    )?;
+    super::dpo::evaluate(
+        "RLHF (RLOO)",
+        policy,
+        &args.out.display().to_string(),
+        env,
+        args.eval_episodes,
+        args.eval_seed,
+        registry,
+    )
+}
