@@ -258,7 +258,10 @@ mod tests {
         while let Some((p, left)) = s.current() {
             let id = p.id.clone();
             lefts[usize::from(left == Side::B)] += 1;
-            assert_eq!(s.label(Verdict::Left, 1.5).unwrap(), Some(choice_of(Verdict::Left, left)));
+            assert_eq!(
+                s.label(Verdict::Left, 1.5).unwrap(),
+                Some(choice_of(Verdict::Left, left))
+            );
             let r = s.log().in_effect()[&(id, "alice".to_string())].clone();
             assert_eq!(r.left, Some(left));
             assert_eq!(r.choice.preferred(), Some(left), "left key, left episode");
