@@ -56,12 +56,15 @@ pub struct Args {
     eval_seed: u64,
 }
 
+/// An env id and its config.
+pub(crate) type EnvSpec = (String, serde_json::Value);
+
 /// The preferences of labeled pairs folders, and the env the first one was made in.
 pub(crate) fn load_preferences(
     dirs: &[PathBuf],
-) -> anyhow::Result<(Vec<TextPreference>, Option<(String, serde_json::Value)>)> {
+) -> anyhow::Result<(Vec<TextPreference>, Option<EnvSpec>)> {
     let mut prefs = Vec::new();
-    let mut env: Option<(String, serde_json::Value)> = None;
+    let mut env: Option<EnvSpec> = None;
     for dir in dirs {
         let (meta, records) = read_pairs(dir)?;
         let log = LabelLog::read(&dir.join(LABELS_FILE))?;
@@ -89,7 +92,7 @@ pub(crate) fn evaluate(
     title: &str,
     model: dreamgym_policies::language::LanguageModel,
     name: &str,
-    env: Option<(String, serde_json::Value)>,
+    env: Option<EnvSpec>,
     episodes: usize,
     seed: u64,
     registry: &Registry,

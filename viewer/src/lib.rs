@@ -209,11 +209,10 @@ pub fn run_label(args: LabelArgs, registry: &Registry) -> anyhow::Result<()> {
         eprintln!("note: {notes}");
     }
     check_display()?;
-    if let Some(path) = &args.screenshot {
-        if path.exists() {
-            std::fs::remove_file(path)
-                .with_context(|| format!("cannot replace {}", path.display()))?;
-        }
+    if let Some(path) = &args.screenshot
+        && path.exists()
+    {
+        std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
     }
     let labeler = labeling.session().labeler().to_string();
     let (given, done, total) = label_app::run(
