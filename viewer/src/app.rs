@@ -2,7 +2,7 @@
 //! the agent's own picture.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bevy::asset::RenderAssetUsages;
 use bevy::image::ImageSampler;
@@ -31,7 +31,15 @@ struct Sim {
     paused: bool,
     speed: f32,
     accumulator: f32,
-    error: Option<String>,
+    /// Shared with [`run`]: bevy's runner consumes the app's world, so what a system failed
+    /// with is read from here once the window is gone.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Sim {
+    fn fail(&self, e: String) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
 }
 
 #[derive(Resource)]
@@ -78,6 +86,8 @@ struct OrbitCamera {
 /// Runs the viewer until the window closes (or the screenshot is saved).
 pub fn run(session: Session, settings: AppSettings) -> anyhow::Result<()> {
     let title = format!("dreamgym — {}", session.env_id());
+    let error = Arc::new(Mutex::new(None));
+    let shot_path = settings.screenshot.as_ref().map(|(p, _)| p.clone());
     let mut app = App::new();
     app.add_plugins(DefaultPlugins.set(WindowPlugin {
         primary_window: Some(Window {
@@ -93,7 +103,7 @@ pub fn run(session: Session, settings: AppSettings) -> anyhow::Result<()> {
         paused: false,
         speed: settings.speed,
         accumulator: 0.0,
-        error: None,
+        error: error.clone(),
     })
     .insert_resource(WindowHeight(settings.window.1 as f32))
     .add_systems(Startup, setup)
@@ -119,13 +129,13 @@ pub fn run(session: Session, settings: AppSettings) -> anyhow::Result<()> {
         .add_systems(Update, screenshot.after(update_pip));
     }
     app.run();
-    let sim = app.world().get_resource::<Sim>();
-    if let Some(err) = sim.and_then(|s| s.error.clone()) {
+    drop(app);
+    if let Some(err) = error.lock().unwrap_or_else(|e| e.into_inner()).take() {
         anyhow::bail!("{err}");
     }
-    if let Some(plan) = app.world().get_resource::<ScreenshotPlan>() {
+    if let Some(path) = shot_path {
         anyhow::ensure!(
-            plan.path.exists(),
+            path.exists(),
             "the viewer closed before the screenshot was saved"
         );
     }
@@ -392,7 +402,7 @@ fn keyboard(
         }
     };
     if let Err(e) = result {
-        sim.error = Some(format!("{e:#}"));
+        sim.fail(format!("{e:#}"));
         exit.write(AppExit::error());
     }
 }
@@ -432,7 +442,7 @@ fn step_sim(
         }
     }
     if let Some(e) = error {
-        sim.error = Some(e);
+        sim.fail(e);
         exit.write(AppExit::error());
     }
 }
