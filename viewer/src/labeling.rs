@@ -301,7 +301,11 @@ impl Labeling {
             if side == 0 { "LEFT [<-]" } else { "RIGHT [->]" },
             s.step,
             s.actions.len(),
-            if s.done { "  finished" } else { "" },
+            if s.done && !s.moving() {
+                "  finished"
+            } else {
+                ""
+            },
             if s.diverged {
                 "  replay diverged from the recording"
             } else {

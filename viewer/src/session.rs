@@ -543,7 +543,8 @@ impl Session {
                         .trim()
                         .to_string()
                 };
-                let verdict = match self.verdict {
+                // The verdict waits for the last command's motion to play out.
+                let verdict = match self.verdict.filter(|_| self.poses().is_none()) {
                     Some(true) => "\nverdict: success",
                     Some(false) => "\nverdict: failure",
                     None => "",
@@ -566,7 +567,7 @@ impl Session {
         if paused {
             status.push("PAUSED".to_string());
         }
-        if self.done {
+        if self.done && self.poses().is_none() {
             status.push("episode over".to_string());
         }
         if self.diverged {
@@ -667,7 +668,18 @@ mod tests {
             s.done,
             "the planner's episode ends within its command budget"
         );
+        // While the last command's motion plays, the episode is not yet over on screen.
+        assert!(s.poses().is_some());
         let hud = s.hud(1.0, false);
+        assert!(
+            !hud.contains("verdict") && !hud.contains("episode over"),
+            "{hud}"
+        );
+        while s.poses().is_some() {
+            s.tick().unwrap();
+        }
+        let hud = s.hud(1.0, false);
+        assert!(hud.contains("episode over"), "{hud}");
         // The env's feedback on the last command, and the verdict with the return it earned.
         let last = hud
             .lines()
