@@ -9,10 +9,16 @@
 //!   `RLOOTrainer`): `k` completions are sampled per prompt, each scored
 //!   `R = reward − β · (log π(y|x) − log π_ref(y|x))` (the sequence-level KL estimate), and the
 //!   loss is `−mean((R_i − mean_{j≠i} R_j) · log π(y_i|x))`. The reward is any scorer of
-//!   (prompt, completion) token ids, the reward model's in practice.
+//!   (prompt, completion) token ids: the reward model's, or, as an ablation,
+//!   [`VerifierReward`]: the env executes each answer from its prompt's start and its
+//!   verifier's progress is the reward.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use candle_core::{D, DType, Tensor};
 use dreamgym_base::derive_seed;
+use dreamgym_envs::{Env, Info, Value};
 use dreamgym_policies::language::{LanguageModel, PreferencePair, Sampling, completion_logps};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -434,6 +440,57 @@ pub fn train_rloo(
     Ok(log)
 }
 
+/// The env's verifier as a reward: each answer is executed from its prompt's start (the
+/// seed that reset the env there) and scores the progress the env reports (its reward where
+/// it reports none).
+pub struct VerifierReward<'a> {
+    env: RefCell<Box<dyn Env>>,
+    model: &'a LanguageModel,
+    /// Prompt token ids to the seed that starts the env there.
+    seeds: HashMap<Vec<u32>, u64>,
+}
+
+impl<'a> VerifierReward<'a> {
+    /// A verifier in `env` for the starts `(first observation, seed)`, whose prompts `model`
+    /// makes and reads.
+    pub fn new<'s>(
+        model: &'a LanguageModel,
+        env: Box<dyn Env>,
+        starts: impl IntoIterator<Item = (&'s str, u64)>,
+    ) -> anyhow::Result<Self> {
+        let mut seeds = HashMap::new();
+        for (observation, seed) in starts {
+            seeds.insert(model.prompt_ids(&model.prompt(observation))?, seed);
+        }
+        Ok(Self {
+            env: RefCell::new(env),
+            model,
+            seeds,
+        })
+    }
+
+    /// Scores (prompt, answer) token ids; an answer's end token is not part of its text.
+    pub fn score(&self, seqs: &[(&[u32], &[u32])]) -> anyhow::Result<Vec<f32>> {
+        let tok = self.model.tokenizer();
+        let mut env = self.env.borrow_mut();
+        seqs.iter()
+            .map(|(prompt, answer)| {
+                let Some(&seed) = self.seeds.get(*prompt) else {
+                    anyhow::bail!("a prompt with no known start: nothing to verify from");
+                };
+                let answer = match answer.split_last() {
+                    Some((&last, rest)) if last == tok.eos() => rest,
+                    _ => answer,
+                };
+                env.reset(Some(seed), &Info::new())?;
+                let step = env.step(&Value::Text(tok.decode(answer)?))?;
+                let progress = step.info.get("progress").and_then(|p| p.as_f64());
+                Ok(progress.unwrap_or(step.reward) as f32)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +568,70 @@ mod tests {
         let alone = rm.score_values(&[(p, &bad)]).unwrap()[0];
         let beside = rm.score_values(&[(p, &bad), (p, &good)]).unwrap()[0];
         assert!((alone - beside).abs() < 1e-5, "{alone} vs {beside}");
+    }
+
+    #[test]
+    fn the_verifier_rewards_an_answer_by_what_it_does_in_the_env() {
+        let registry = dreamgym_envs::Registry::with_builtins();
+        let config = serde_json::json!({ "mode": "language" });
+        let mut env = registry.make("Tabletop-v0", Some(&config)).unwrap();
+        let (obs, _) = env.reset(Some(4), &Info::new()).unwrap();
+        let Value::Text(obs) = obs else {
+            panic!("a language observation is text")
+        };
+        let mut planner = crate::load_policy(
+            "expert",
+            "Tabletop-v0",
+            env.observation_space(),
+            env.action_space(),
+            0,
+        )
+        .unwrap();
+        let good = planner.act(&Value::Text(obs.clone())).unwrap();
+        let good = good.as_text().unwrap().to_string();
+        let bad = "retreat".to_string();
+        // A tokenizer that has seen the texts: decoding gives them back exactly.
+        let texts = vec![obs.clone(), good.clone(), bad.clone()];
+        let tok = TextTokenizer::train(&texts, 400).unwrap();
+        let size = LlamaSize {
+            n_layer: 1,
+            n_embd: 16,
+            n_head: 2,
+            n_kv_head: 1,
+            mlp_hidden: 24,
+            block_size: 512,
+            dropout: 0.0,
+        };
+        let lm = LanguageModel::new(&size, tok, &candle_core::Device::Cpu, 0).unwrap();
+        let env = registry.make("Tabletop-v0", Some(&config)).unwrap();
+        let verifier = VerifierReward::new(&lm, env, [(obs.as_str(), 4)]).unwrap();
+        let prompt = lm.prompt_ids(&lm.prompt(&obs)).unwrap();
+        let tok = lm.tokenizer();
+        let mut good_ids = tok.encode(&good).unwrap();
+        good_ids.push(tok.eos());
+        let bad_ids = tok.encode(&bad).unwrap();
+        let scores = verifier
+            .score(&[
+                (&prompt, &good_ids),
+                (&prompt, &bad_ids),
+                (&prompt, &good_ids),
+            ])
+            .unwrap();
+        assert!(
+            scores[0] > scores[1],
+            "{scores:?}: the planner's answer is worth more"
+        );
+        assert!(
+            scores[0] > 0.0 && (0.0..=1.0).contains(&scores[1]),
+            "{scores:?}"
+        );
+        assert_eq!(
+            scores[0], scores[2],
+            "the same answer from the same start scores alike"
+        );
+        // A prompt it has no start for is an error, not a score.
+        let other = lm.prompt_ids(&lm.prompt("objects: none")).unwrap();
+        assert!(verifier.score(&[(&other, &bad_ids)]).is_err());
     }
 
     /// The probability that the first completion token has an even id.

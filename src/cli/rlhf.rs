@@ -1,17 +1,29 @@
 //! `dreamgym rlhf`: RLHF as TRL does it, on labeled pairs folders: a reward model trained on
 //! the labels (its accuracy on held-out labels reported), then RLOO against it with a KL
-//! penalty to the start model; saves the policy as a run folder and evaluates it.
+//! penalty to the start model; saves the policy as a run folder and evaluates it. With
+//! `--reward verifier` (the ablation) RLOO is scored by the env itself instead: each sampled
+//! answer is executed from its pair's start and rewarded with the verifier's progress.
 
 use std::path::PathBuf;
 
 use dreamgym_agents::language::{LM_CHECKPOINT, load_language_model};
-use dreamgym_agents::preference::tokenize_preferences;
+use dreamgym_agents::preference::{read_pairs, tokenize_preferences};
 use dreamgym_agents::rlhf::{
-    RewardConfig, RewardModel, RlooConfig, train_reward_model, train_rloo,
+    RewardConfig, RewardModel, RlooConfig, VerifierReward, train_reward_model, train_rloo,
 };
 use dreamgym_agents::{MetricsLog, Progress, RunDir};
 use dreamgym_envs::Registry;
-use dreamgym_policies::language::Sampling;
+use dreamgym_policies::language::{LanguageModel, Sampling};
+
+/// What RLOO maximises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reward {
+    /// A reward model trained on the labels (RLHF proper).
+    Model,
+    /// The env's verifier: the answer executed from the pair's start, its progress (an
+    /// ablation: the reward RLHF approximates, with no labels at all).
+    Verifier,
+}
 
 /// Arguments of `dreamgym rlhf`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +48,9 @@ pub struct Args {
     /// Reward model: the share of labels held out to measure its accuracy.
     #[arg(long, default_value_t = 0.2)]
     holdout: f64,
+    /// What RLOO maximises: the reward model, or (an ablation) the env's verifier.
+    #[arg(long, value_enum, default_value_t = Reward::Model)]
+    reward: Reward,
     /// RLOO: optimiser steps.
     #[arg(long, default_value_t = 100)]
     steps: usize,
@@ -86,36 +101,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     let run = RunDir::new(&args.out);
     std::fs::create_dir_all(run.root())?;
 
-    // The reward model, on the labels.
-    let rm = RewardModel::new(load_language_model(&args.model)?)?;
-    let pairs = tokenize_preferences(rm.model(), &prefs)?;
-    let rm_cfg = RewardConfig {
-        steps: args.rm_steps,
-        batch_size: 16,
-        lr: args.rm_lr,
-        holdout: args.holdout,
-        seed: args.seed,
-    };
-    let started = std::time::Instant::now();
-    let report = train_reward_model(&rm, &pairs, &rm_cfg, &progress)?;
-    let mut csv = MetricsLog::open(&run, "reward_model", &["step", "loss", "accuracy"], None)?;
-    for (i, (loss, acc)) in report.steps.iter().enumerate() {
-        csv.push(&[i as f64 + 1.0, *loss, *acc])?;
-    }
-    csv.commit()?;
-    rm.save(&run.root().join("reward_model.safetensors"))?;
-    let held = match report.heldout_accuracy {
-        Some((acc, n)) => format!("held-out accuracy {:.1}% on {n} labels", 100.0 * acc),
-        None => "no labels held out".into(),
-    };
-    progress.done(&format!(
-        "reward model: {} steps on {} labels in {:.1} s; {held}",
-        args.rm_steps,
-        report.train,
-        started.elapsed().as_secs_f64()
-    ));
-
-    // RLOO against it, from the labels' prompts.
+    // RLOO starts from the labels' prompts.
     let policy = load_language_model(&args.model)?;
     let reference = load_language_model(&args.model)?;
     let mut prompts: Vec<String> = prefs.iter().map(|p| policy.prompt(&p.prompt)).collect();
@@ -133,9 +119,28 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         },
         seed: args.seed,
     };
-    let score = |seqs: &[(&[u32], &[u32])]| rm.score_values(seqs);
-    let started = std::time::Instant::now();
-    let log = train_rloo(&policy, &reference, &score, &prompts, &cfg, &progress)?;
+    let mut about = serde_json::json!({
+        "from": args.model.display().to_string(),
+        "pairs": args.pairs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "rloo": cfg,
+    });
+    let rloo = |score: &dreamgym_agents::rlhf::Scorer| {
+        let started = std::time::Instant::now();
+        let log = train_rloo(&policy, &reference, score, &prompts, &cfg, &progress)?;
+        anyhow::Ok((log, started.elapsed().as_secs_f64()))
+    };
+    let (log, seconds) = match args.reward {
+        Reward::Model => {
+            let (rm, summary) = reward_model(&args, &prefs, &run, &progress)?;
+            about["reward_model"] = summary;
+            rloo(&|seqs: &[(&[u32], &[u32])]| rm.score_values(seqs))?
+        }
+        Reward::Verifier => {
+            about["reward"] = "verifier".into();
+            let verifier = verifier(&args.pairs, &policy, env.as_ref(), registry)?;
+            rloo(&|seqs: &[(&[u32], &[u32])]| verifier.score(seqs))?
+        }
+    };
     let mut csv = MetricsLog::open(
         &run,
         "rloo",
@@ -160,11 +165,11 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         xs.iter().map(f).sum::<f64>() / xs.len().max(1) as f64
     };
     progress.done(&format!(
-        "RLOO: {} steps on {} prompts in {:.1} s; reward-model score {:.3} -> {:.3} (first and \
-         last 10 steps), KL {:.3}",
+        "RLOO: {} steps on {} prompts in {:.1} s; score {:.3} -> {:.3} (first and last 10 \
+         steps), KL {:.3}",
         args.steps,
         prompts.len(),
-        started.elapsed().as_secs_f64(),
+        seconds,
         mean(first, |s| s.score),
         mean(last, |s| s.score),
         mean(last, |s| s.kl),
@@ -172,16 +177,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     policy.save(
         &run.checkpoint(LM_CHECKPOINT),
         None,
-        serde_json::json!({
-            "rlhf": {
-                "from": args.model.display().to_string(),
-                "pairs": args.pairs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                "labels": pairs.len(),
-                "reward_model": rm_cfg,
-                "reward_model_heldout_accuracy": report.heldout_accuracy,
-                "rloo": cfg,
-            }
-        }),
+        serde_json::json!({ "rlhf": about }),
     )?;
     super::dpo::evaluate(
         "RLHF (RLOO)",
@@ -191,5 +187,76 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         args.eval_episodes,
         args.eval_seed,
         registry,
+    )
+}
+
+/// Trains the reward model on the labels, saves it and its metrics, and says how it did.
+fn reward_model(
+    args: &Args,
+    prefs: &[dreamgym_agents::preference::TextPreference],
+    run: &RunDir,
+    progress: &super::CliProgress,
+) -> anyhow::Result<(RewardModel, serde_json::Value)> {
+    let rm = RewardModel::new(load_language_model(&args.model)?)?;
+    let pairs = tokenize_preferences(rm.model(), prefs)?;
+    let rm_cfg = RewardConfig {
+        steps: args.rm_steps,
+        batch_size: 16,
+        lr: args.rm_lr,
+        holdout: args.holdout,
+        seed: args.seed,
+    };
+    let started = std::time::Instant::now();
+    let report = train_reward_model(&rm, &pairs, &rm_cfg, progress)?;
+    let mut csv = MetricsLog::open(run, "reward_model", &["step", "loss", "accuracy"], None)?;
+    for (i, (loss, acc)) in report.steps.iter().enumerate() {
+        csv.push(&[i as f64 + 1.0, *loss, *acc])?;
+    }
+    csv.commit()?;
+    rm.save(&run.root().join("reward_model.safetensors"))?;
+    let held = match report.heldout_accuracy {
+        Some((acc, n)) => format!("held-out accuracy {:.1}% on {n} labels", 100.0 * acc),
+        None => "no labels held out".into(),
+    };
+    progress.done(&format!(
+        "reward model: {} steps on {} labels in {:.1} s; {held}",
+        args.rm_steps,
+        report.train,
+        started.elapsed().as_secs_f64()
+    ));
+    let summary = serde_json::json!({
+        "config": rm_cfg,
+        "labels": pairs.len(),
+        "heldout_accuracy": report.heldout_accuracy,
+    });
+    Ok((rm, summary))
+}
+
+/// The verifier of the pairs' env, with every pair's start.
+fn verifier<'a>(
+    dirs: &[PathBuf],
+    model: &'a LanguageModel,
+    env: Option<&super::dpo::EnvSpec>,
+    registry: &Registry,
+) -> anyhow::Result<VerifierReward<'a>> {
+    let Some((id, config)) = env else {
+        anyhow::bail!("the pairs name no env to verify answers in");
+    };
+    let mut starts = Vec::new();
+    for dir in dirs {
+        let (meta, records) = read_pairs(dir)?;
+        anyhow::ensure!(
+            (&meta.env, &meta.env_config) == (id, config),
+            "{} was made in {} with another config than the first folder: the verifier \
+             replays one env",
+            dir.display(),
+            meta.env
+        );
+        starts.extend(records.iter().map(|r| (r.prompt().to_string(), r.seed)));
+    }
+    VerifierReward::new(
+        model,
+        registry.make(id, Some(config))?,
+        starts.iter().map(|(o, s)| (o.as_str(), *s)),
     )
 }
