@@ -563,14 +563,7 @@ pub fn train_dpo(
         }
         all
     };
-    let mut opt = dreamgym_nn::Adam::new(
-        dreamgym_nn::sorted_vars(policy.varmap()),
-        dreamgym_nn::AdamConfig {
-            lr: cfg.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = adam(policy.varmap(), cfg.lr)?;
     let mut batches = Epochs::new(
         (0..pairs.len()).collect(),
         derive_seed(cfg.seed, "dpo.order", 0),
@@ -579,11 +572,7 @@ pub fn train_dpo(
     progress.begin("DPO", cfg.steps as u64);
     for step in 0..cfg.steps {
         if progress.interrupted() {
-            return Err(Interrupted {
-                stage: "DPO".into(),
-                saved: format!("{step} steps done; the model is not saved"),
-            }
-            .into());
+            return Err(stopped("DPO", step, "the model"));
         }
         let batch = batches.next(cfg.batch_size);
         let b: Vec<PreferencePair> = batch.iter().map(|&i| pairs[i].clone()).collect();
@@ -607,6 +596,28 @@ pub fn round_dir(run: &Path, round: usize) -> PathBuf {
 /// Pair ids labeled by someone (any choice).
 pub fn labeled_pairs(log: &LabelLog) -> BTreeSet<String> {
     log.in_effect().into_keys().map(|(p, _)| p).collect()
+}
+
+/// AdamW without weight decay over every variable of `varmap` (in name order, so that runs
+/// repeat): the optimiser of DPO, the reward model and RLOO.
+pub(crate) fn adam(varmap: &candle_nn::VarMap, lr: f64) -> anyhow::Result<dreamgym_nn::Adam> {
+    Ok(dreamgym_nn::Adam::new(
+        dreamgym_nn::sorted_vars(varmap),
+        dreamgym_nn::AdamConfig {
+            lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?)
+}
+
+/// The error of a training loop stopped by the user after `step` steps (nothing saved).
+pub(crate) fn stopped(stage: &str, step: usize, what: &str) -> anyhow::Error {
+    Interrupted {
+        stage: stage.into(),
+        saved: format!("{step} steps done; {what} is not saved"),
+    }
+    .into()
 }
 
 /// Batches drawn from a pool of indices epoch by epoch: each epoch is a fresh shuffle, and a

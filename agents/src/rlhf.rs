@@ -25,8 +25,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::preference::Epochs;
-use crate::{Interrupted, Progress};
+use crate::Progress;
+use crate::preference::{Epochs, adam, stopped};
 
 /// The reward head's variable in the model's variable map.
 pub const REWARD_HEAD: &str = "reward_head.weight";
@@ -192,24 +192,13 @@ pub fn train_reward_model(
         "a reward model needs at least one pair to train on ({} labeled, {held} held out)",
         pairs.len()
     );
-    let mut opt = dreamgym_nn::Adam::new(
-        dreamgym_nn::sorted_vars(rm.lm.varmap()),
-        dreamgym_nn::AdamConfig {
-            lr: cfg.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = adam(rm.lm.varmap(), cfg.lr)?;
     let mut batches = Epochs::new(train.to_vec(), derive_seed(cfg.seed, "reward.order", 0));
     let mut steps = Vec::with_capacity(cfg.steps);
     progress.begin("reward model", cfg.steps as u64);
     for step in 0..cfg.steps {
         if progress.interrupted() {
-            return Err(Interrupted {
-                stage: "reward model".into(),
-                saved: format!("{step} steps done; the reward model is not saved"),
-            }
-            .into());
+            return Err(stopped("reward model", step, "the reward model"));
         }
         let batch: Vec<&PreferencePair> = batches
             .next(cfg.batch_size)
@@ -352,14 +341,7 @@ pub fn train_rloo(
         .iter()
         .map(|p| policy.prompt_ids(p))
         .collect::<Result<_, _>>()?;
-    let mut opt = dreamgym_nn::Adam::new(
-        dreamgym_nn::sorted_vars(policy.varmap()),
-        dreamgym_nn::AdamConfig {
-            lr: cfg.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = adam(policy.varmap(), cfg.lr)?;
     let mut batches = Epochs::new(
         (0..prompts.len()).collect(),
         derive_seed(cfg.seed, "rloo.order", 0),
@@ -368,11 +350,7 @@ pub fn train_rloo(
     progress.begin("RLOO", cfg.steps as u64);
     for step in 0..cfg.steps {
         if progress.interrupted() {
-            return Err(Interrupted {
-                stage: "RLOO".into(),
-                saved: format!("{step} steps done; the model is not saved"),
-            }
-            .into());
+            return Err(stopped("RLOO", step, "the model"));
         }
         let chosen = batches.next(cfg.prompts);
         // k samples a prompt, each from a seed of its own.

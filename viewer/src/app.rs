@@ -426,25 +426,26 @@ fn step_sim(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .ticks_per_second();
-        sim.accumulator += time.delta_secs() * rate * sim.speed;
-        let n = sim.accumulator.floor();
-        sim.accumulator -= n;
-        (n as usize).min(1000)
+        let speed = sim.speed;
+        due(&mut sim.accumulator, time.delta_secs() * rate * speed, 1000)
     };
-    let mut error = None;
-    {
+    let error = {
         let mut s = sim.session.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..steps {
-            if let Err(e) = s.tick() {
-                error = Some(format!("{e:#}"));
-                break;
-            }
-        }
-    }
+        (0..steps).find_map(|_| s.tick().err().map(|e| format!("{e:#}")))
+    };
     if let Some(e) = error {
         sim.fail(e);
         exit.write(AppExit::error());
     }
+}
+
+/// Whole ticks due after `ticks` more (fractional) ticks of time: the remainder stays in
+/// `accumulator` for the next frame; at most `cap` at once, so a stall does not snowball.
+pub(crate) fn due(accumulator: &mut f32, ticks: f32, cap: usize) -> usize {
+    *accumulator += ticks;
+    let n = accumulator.floor();
+    *accumulator -= n;
+    (n as usize).min(cap)
 }
 
 /// A visual's mesh, material, pose and visibility (hidden while it has no pose).
@@ -652,5 +653,28 @@ fn screenshot(
     }
     if plan.frame > plan.at_frame + 600 {
         exit.write(AppExit::error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::due;
+
+    #[test]
+    fn ticks_come_due_as_time_adds_up_and_a_stall_is_capped() {
+        let mut acc = 0.0;
+        // 25 ticks a second at 60 frames a second: 0.4167 a frame.
+        let per_frame = 25.0 / 60.0;
+        let n: usize = (0..60).map(|_| due(&mut acc, per_frame, 100)).sum();
+        assert!((24..=25).contains(&n), "{n} ticks in a second");
+        assert!((0.0..1.0).contains(&acc));
+        // A long stall (500 ticks due at once) runs `cap` of them; the rest is dropped, not
+        // carried into the frames after.
+        assert_eq!(due(&mut acc, 500.0, 200), 200);
+        assert_eq!(
+            due(&mut acc, 0.0, 200),
+            0,
+            "what was over the cap is dropped"
+        );
     }
 }

@@ -13,7 +13,7 @@ use bevy::window::PrimaryWindow;
 use dreamgym_agents::label_session::Verdict;
 use dreamgym_sim::VisualShape;
 
-use crate::app::{to_transform, visual_bundle};
+use crate::app::{due, to_transform, visual_bundle};
 use crate::labeling::{Labeling, MOTION_EVERY};
 
 /// Frames of the replay per second at speed 1: real time when the envs keep each action's
@@ -341,21 +341,13 @@ fn play(
     let steps = if shot.is_some() {
         1
     } else {
-        sim.accumulator += time.delta_secs() * frames_per_second(smooth) * sim.speed;
-        let n = sim.accumulator.floor();
-        sim.accumulator -= n;
-        (n as usize).min(200)
+        let ticks = time.delta_secs() * frames_per_second(smooth) * sim.speed;
+        due(&mut sim.accumulator, ticks, 200)
     };
-    let mut error = None;
-    {
+    let error = {
         let mut l = sim.labeling.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..steps {
-            if let Err(e) = l.tick() {
-                error = Some(format!("{e:#}"));
-                break;
-            }
-        }
-    }
+        (0..steps).find_map(|_| l.tick().err().map(|e| format!("{e:#}")))
+    };
     if let Some(e) = error {
         sim.fail(e);
         exit.write(AppExit::error());
