@@ -244,11 +244,9 @@ pub fn collect_pairs(
                     .map(|a: &PairSide| a.turns.first().map(|t| t.action.clone()))
                     .unwrap_or_default();
                 for attempt in 0..cfg.distinct_attempts as u64 {
-                    sample_seed = if attempt == 0 {
-                        derive_seed(seed, "pair side", 1)
-                    } else {
-                        derive_seed(seed, "pair side b attempt", attempt)
-                    };
+                    if attempt > 0 {
+                        sample_seed = derive_seed(seed, "pair side b attempt", attempt);
+                    }
                     policy.reset(sample_seed)?;
                     let first = policy.act(&obs)?;
                     if first.as_text() != first_a.as_deref() {

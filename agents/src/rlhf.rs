@@ -474,6 +474,21 @@ mod tests {
     use super::*;
     use dreamgym_policies::language::{LlamaSize, TextTokenizer};
 
+    /// A one-layer model whose tokenizer was trained on `texts`.
+    fn tiny(texts: &[String], vocab: usize, block_size: usize, seed: u64) -> LanguageModel {
+        let tok = TextTokenizer::train(texts, vocab).unwrap();
+        let size = LlamaSize {
+            n_layer: 1,
+            n_embd: 16,
+            n_head: 2,
+            n_kv_head: 1,
+            mlp_hidden: 24,
+            block_size,
+            dropout: 0.0,
+        };
+        LanguageModel::new(&size, tok, &candle_core::Device::Cpu, seed).unwrap()
+    }
+
     fn model(seed: u64) -> LanguageModel {
         let texts: Vec<String> = (0..40)
             .map(|i| {
@@ -482,17 +497,7 @@ mod tests {
                 )
             })
             .collect();
-        let tok = TextTokenizer::train(&texts, 300).unwrap();
-        let size = LlamaSize {
-            n_layer: 1,
-            n_embd: 16,
-            n_head: 2,
-            n_kv_head: 1,
-            mlp_hidden: 24,
-            block_size: 128,
-            dropout: 0.0,
-        };
-        LanguageModel::new(&size, tok, &candle_core::Device::Cpu, seed).unwrap()
+        tiny(&texts, 300, 128, seed)
     }
 
     #[test]
@@ -570,17 +575,7 @@ mod tests {
         let bad = "retreat".to_string();
         // A tokenizer that has seen the texts: decoding gives them back exactly.
         let texts = vec![obs.clone(), good.clone(), bad.clone()];
-        let tok = TextTokenizer::train(&texts, 400).unwrap();
-        let size = LlamaSize {
-            n_layer: 1,
-            n_embd: 16,
-            n_head: 2,
-            n_kv_head: 1,
-            mlp_hidden: 24,
-            block_size: 512,
-            dropout: 0.0,
-        };
-        let lm = LanguageModel::new(&size, tok, &candle_core::Device::Cpu, 0).unwrap();
+        let lm = tiny(&texts, 400, 512, 0);
         let env = registry.make("Tabletop-v0", Some(&config)).unwrap();
         let verifier = VerifierReward::new(&lm, env, [(obs.as_str(), 4)]).unwrap();
         let prompt = lm.prompt_ids(&lm.prompt(&obs)).unwrap();

@@ -60,9 +60,7 @@ pub struct Args {
 pub(crate) type EnvSpec = (String, serde_json::Value);
 
 /// The preferences of labeled pairs folders, and the env the first one was made in.
-pub(crate) fn load_preferences(
-    dirs: &[PathBuf],
-) -> anyhow::Result<(Vec<TextPreference>, Option<EnvSpec>)> {
+pub(crate) fn load_preferences(dirs: &[PathBuf]) -> anyhow::Result<(Vec<TextPreference>, EnvSpec)> {
     let mut prefs = Vec::new();
     let mut env: Option<EnvSpec> = None;
     for dir in dirs {
@@ -84,15 +82,17 @@ pub(crate) fn load_preferences(
         "no preferences to learn from: label the pairs first (`dreamgym labels synth`, or a \
          labeling session)"
     );
+    // Preferences came from at least one folder, so its env is known.
+    let env = env.ok_or_else(|| anyhow::anyhow!("no pairs folder given"))?;
     Ok((prefs, env))
 }
 
-/// Evaluates a fine-tuned model on the language splits of `env` (Tabletop-v0 by default).
+/// Evaluates a fine-tuned model on the language splits of `env`.
 pub(crate) fn evaluate(
     title: &str,
     model: dreamgym_policies::language::LanguageModel,
     name: &str,
-    env: Option<EnvSpec>,
+    env: &EnvSpec,
     episodes: usize,
     seed: u64,
     registry: &Registry,
@@ -100,7 +100,6 @@ pub(crate) fn evaluate(
     if episodes == 0 {
         return Ok(());
     }
-    let (id, config) = env.unwrap_or_else(|| ("Tabletop-v0".into(), serde_json::json!({})));
     let eval = SftEval {
         episodes,
         seed,
@@ -108,7 +107,7 @@ pub(crate) fn evaluate(
         ..SftEval::default()
     };
     let mut policy = LanguagePolicy::new(std::sync::Arc::new(model), Sampling::default(), name);
-    super::eval_language::print_splits(title, &mut policy, registry, &(id, config), &eval)
+    super::eval_language::print_splits(title, &mut policy, registry, env, &eval)
 }
 
 pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
@@ -206,7 +205,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         "DPO",
         policy,
         &args.out.display().to_string(),
-        env,
+        &env,
         args.eval_episodes,
         args.eval_seed,
         registry,

@@ -137,7 +137,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         }
         Reward::Verifier => {
             about["reward"] = "verifier".into();
-            let verifier = verifier(&args.pairs, &policy, env.as_ref(), registry)?;
+            let verifier = verifier(&args.pairs, &policy, &env, registry)?;
             rloo(&|seqs: &[(&[u32], &[u32])]| verifier.score(seqs))?
         }
     };
@@ -183,7 +183,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         "RLHF (RLOO)",
         policy,
         &args.out.display().to_string(),
-        env,
+        &env,
         args.eval_episodes,
         args.eval_seed,
         registry,
@@ -236,12 +236,9 @@ fn reward_model(
 fn verifier<'a>(
     dirs: &[PathBuf],
     model: &'a LanguageModel,
-    env: Option<&super::dpo::EnvSpec>,
+    (id, config): &super::dpo::EnvSpec,
     registry: &Registry,
 ) -> anyhow::Result<VerifierReward<'a>> {
-    let Some((id, config)) = env else {
-        anyhow::bail!("the pairs name no env to verify answers in");
-    };
     let mut starts = Vec::new();
     for dir in dirs {
         let (meta, records) = read_pairs(dir)?;
