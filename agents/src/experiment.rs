@@ -14,6 +14,7 @@ use crate::decision_transformer::{
     DecisionTransformerStage, DtEvalSummary, DtTrainSummary, run_decision_transformer,
 };
 use crate::language::{LanguageSftStage, SftEvalSummary, SftTrainSummary, run_language_sft};
+use crate::language_dpo::{LanguageDpoStage, LanguageDpoSummary, run_language_dpo};
 use crate::world_models::{Outcome, Stage, WorldModelsConfig, run_world_models};
 use crate::{CollectConfig, CollectSummary, Interrupted, Progress, RunDir, collect};
 
@@ -45,6 +46,10 @@ pub struct Experiment {
     /// A language controller fine-tuned on the collected language episodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub language_sft: Option<LanguageSftStage>,
+    /// Preference fine-tuning of a language controller in rounds, with RLHF beside it (reads
+    /// no dataset: its pairs are sampled from the model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language_dpo: Option<LanguageDpoStage>,
 }
 
 impl Default for Experiment {
@@ -57,6 +62,7 @@ impl Default for Experiment {
             world_models: None,
             decision_transformer: None,
             language_sft: None,
+            language_dpo: None,
         }
     }
 }
@@ -114,7 +120,19 @@ impl Experiment {
         if let Some(dt) = &self.decision_transformer {
             dt.validate().context("invalid [decision_transformer]")?;
         }
+        if let Some(dpo) = &self.language_dpo {
+            dpo.validate().context("invalid [language_dpo]")?;
+        }
         Ok(())
+    }
+
+    /// Whether the run records episodes into `<run>/data`: every pipeline but `[language_dpo]`
+    /// trains on them, and an experiment with no pipeline is a collection.
+    pub fn collects(&self) -> bool {
+        self.language_dpo.is_none()
+            || self.world_models.is_some()
+            || self.decision_transformer.is_some()
+            || self.language_sft.is_some()
     }
 
     /// The `[world_models]` section, or an error saying the config has none.
@@ -156,6 +174,8 @@ pub enum Part {
     Dt,
     /// The fine-tuned language model (made from the dataset alone).
     Sft,
+    /// The preference rounds and RLHF (made from a model, not the dataset).
+    Dpo,
 }
 
 impl Part {
@@ -168,6 +188,7 @@ impl Part {
             Part::Eval => "the evaluation",
             Part::Dt => "the Decision Transformer",
             Part::Sft => "the language model",
+            Part::Dpo => "the preference rounds",
         }
     }
 
@@ -229,20 +250,36 @@ impl Part {
                 "metrics/lm.csv",
                 "tb/lm",
             ],
+            Part::Dpo => &[
+                "language_dpo.json",
+                "baselines.json",
+                "pairs",
+                "dpo",
+                "rlhf",
+                "dpo_report.md",
+                "figures/dpo_label_efficiency.png",
+                "figures/dpo_loss.png",
+                "figures/dpo_margins.png",
+            ],
         }
     }
 
     /// Whether this part is made (directly or not) from `other`, or is it.
     fn follows(self, other: Part) -> bool {
+        if self == other {
+            return true;
+        }
         match (self, other) {
+            // Made from a model, not from the dataset.
+            (Part::Dpo, _) | (_, Part::Dpo) => false,
             (_, Part::Data) => true,
-            (Part::Dt, o) | (o, Part::Dt) => o == self,
-            (Part::Sft, o) | (o, Part::Sft) => o == self,
+            // Made from the dataset alone.
+            (Part::Dt | Part::Sft, _) | (_, Part::Dt | Part::Sft) => false,
             (s, o) => s >= o,
         }
     }
 
-    const ALL: [Part; 7] = [
+    const ALL: [Part; 8] = [
         Part::Data,
         Part::Vae,
         Part::Mdn,
@@ -250,6 +287,7 @@ impl Part {
         Part::Eval,
         Part::Dt,
         Part::Sft,
+        Part::Dpo,
     ];
 }
 
@@ -312,6 +350,9 @@ fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::V
         "language_sft.device" | "language_sft.checkpoint_every" => Effect::Free,
         k if k.starts_with("language_sft.eval.") => Effect::Rerun(Part::Sft),
         k if k.starts_with("language_sft.") => Effect::Stale(Part::Sft),
+        "language_dpo.dpo.checkpoint_every" => Effect::Free,
+        k if k.starts_with("language_dpo.eval.") => Effect::Rerun(Part::Dpo),
+        k if k.starts_with("language_dpo.") => Effect::Stale(Part::Dpo),
         k if k.starts_with("world_models.eval.") => Effect::Rerun(Part::Eval),
         k if k.starts_with("world_models.vae.") || k == "world_models.seed" => {
             Effect::Stale(Part::Vae)
@@ -361,6 +402,7 @@ fn changes(old: &Experiment, new: &Experiment, run: &RunDir) -> anyhow::Result<V
         old.decision_transformer.is_some(),
         new.decision_transformer.is_some(),
     );
+    let dpo_sections = (old.language_dpo.is_some(), new.language_dpo.is_some());
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let show = |v: Option<&serde_json::Value>| v.map_or("(none)".into(), |v| v.to_string());
     // A section the saved config lacks, while the folder holds what it makes (the saved config
@@ -396,6 +438,7 @@ fn changes(old: &Experiment, new: &Experiment, run: &RunDir) -> anyhow::Result<V
                     let (o, n) = (a.get(k), b.get(k));
                     let effect = if (k.starts_with("world_models") && sections != (true, true))
                         || (k.starts_with("decision_transformer") && dt_sections != (true, true))
+                        || (k.starts_with("language_dpo") && dpo_sections != (true, true))
                     {
                         Effect::Free
                     } else {
@@ -705,6 +748,8 @@ pub struct ExperimentOutcome {
     pub decision_transformer: Option<(DtTrainSummary, DtEvalSummary)>,
     /// The language model's fine-tuning and evaluation.
     pub language_sft: Option<(SftTrainSummary, SftEvalSummary)>,
+    /// The preference rounds and RLHF.
+    pub language_dpo: Option<LanguageDpoSummary>,
 }
 
 /// Runs the experiments `exp` builds on (`requires`), depth first.
@@ -781,25 +826,30 @@ fn run_experiment_only(
     if !unvouched {
         save()?;
     }
-    if let Ok(_data_lock) = dreamgym_base::FolderLock::acquire(&data) {
-        dreamgym_base::remove_stale_temporaries(&data);
-    }
     let mut outcome = ExperimentOutcome::default();
-    let plan = if exp.rollout.append {
-        DataPlan::Collect
+    let plan = if !exp.collects() {
+        None
     } else {
-        plan_collection(&exp.rollout, registry, &data)?
+        if let Ok(_data_lock) = dreamgym_base::FolderLock::acquire(&data) {
+            dreamgym_base::remove_stale_temporaries(&data);
+        }
+        Some(if exp.rollout.append {
+            DataPlan::Collect
+        } else {
+            plan_collection(&exp.rollout, registry, &data)?
+        })
     };
     let collection = match plan {
-        DataPlan::Reuse(n) => {
+        None => None,
+        Some(DataPlan::Reuse(n)) => {
             progress.done(&format!(
                 "collect: already done ({n} episodes in {})",
                 data.display()
             ));
             None
         }
-        DataPlan::Collect => Some(exp.rollout.clone()),
-        DataPlan::TopUp(n) => {
+        Some(DataPlan::Collect) => Some(exp.rollout.clone()),
+        Some(DataPlan::TopUp(n)) => {
             progress.note(&format!(
                 "collect: {} holds {n} of the {} episodes asked for; recording the other {}",
                 data.display(),
@@ -846,6 +896,9 @@ fn run_experiment_only(
     }
     if let Some(sft) = &exp.language_sft {
         outcome.language_sft = Some(run_language_sft(sft, &run, registry, progress)?);
+    }
+    if let Some(dpo) = &exp.language_dpo {
+        outcome.language_dpo = Some(run_language_dpo(dpo, &run, registry, progress)?);
     }
     if unvouched {
         save()?;
@@ -925,6 +978,23 @@ mod tests {
         let exp = parse_experiment(&text, "dt").unwrap();
         exp.validate(&Registry::with_builtins()).unwrap();
         assert!(exp.decision_transformer.is_some());
+    }
+
+    #[test]
+    fn the_shipped_language_dpo_config_validates_and_records_no_dataset() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/language-dpo.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let exp = parse_experiment(&text, "dpo").unwrap();
+        exp.validate(&Registry::with_builtins()).unwrap();
+        assert!(exp.language_dpo.is_some() && !exp.collects());
+        assert_eq!(exp.requires, ["experiments/language-sft.toml"]);
+        // Its output is made from a model: a new dataset leaves it, and it leaves the rest.
+        assert!(!Part::Dpo.follows(Part::Data) && !Part::Vae.follows(Part::Dpo));
+        assert!(Part::Dt.follows(Part::Data) && Part::Sft.follows(Part::Data));
+        // (A stale Decision Transformer once took V, M and C with it.)
+        assert!(!Part::Vae.follows(Part::Dt) && !Part::Eval.follows(Part::Sft));
+        assert!(Part::Controller.follows(Part::Vae) && !Part::Vae.follows(Part::Mdn));
+        assert!(Experiment::default().collects());
     }
 
     #[test]

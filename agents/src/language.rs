@@ -733,7 +733,7 @@ pub fn train_language_model(
 
 /// A saved checkpoint's training state and the architecture it holds (the model config of a
 /// model trained here; the base's for a fine-tuned pretrained model).
-fn read_state(
+pub(crate) fn read_state(
     stem: &std::path::Path,
 ) -> anyhow::Result<Option<(serde_json::Value, serde_json::Value)>> {
     if !dreamgym_nn::checkpoint_paths(stem).1.exists() {
@@ -1288,6 +1288,17 @@ pub fn load_language_model(spec: &std::path::Path) -> anyhow::Result<LanguageMod
         spec.display()
     );
     Ok(LanguageModel::load(&run.checkpoint(LM_CHECKPOINT), &cpu)?)
+}
+
+/// A fingerprint of the model [`load_language_model`] loads from `spec`: its weights' CRC-32
+/// for a run folder, the file's size and checksum for a pretrained one.
+pub fn language_model_fingerprint(spec: &std::path::Path) -> anyhow::Result<String> {
+    if dreamgym_policies::language::is_pretrained(spec) {
+        return Ok(dreamgym_policies::language::base_fingerprint(spec)?);
+    }
+    let crc = dreamgym_nn::weights_crc32(&RunDir::new(spec).checkpoint(LM_CHECKPOINT))
+        .with_context(|| format!("{} holds no language model", spec.display()))?;
+    Ok(format!("crc32:{crc:08x}"))
 }
 
 /// The language model of a run folder as a policy (greedy decoding).

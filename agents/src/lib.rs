@@ -24,6 +24,7 @@ pub mod figures;
 pub mod label_session;
 pub mod labels;
 pub mod language;
+pub mod language_dpo;
 mod metrics;
 mod policy_spec;
 pub mod preference;

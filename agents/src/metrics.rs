@@ -37,6 +37,11 @@ fn cell(v: f64) -> String {
     }
 }
 
+/// `v` as the metrics file holds it (what [`read_csv`] reads back).
+pub(crate) fn as_saved(v: f64) -> f64 {
+    cell(v).parse().unwrap_or(v)
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

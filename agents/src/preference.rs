@@ -27,7 +27,7 @@ use dreamgym_policies::language::{
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{Choice, LabelLog, LabelRecord, SyntheticLabeler};
-use crate::{Interrupted, Progress};
+use crate::{Interrupted, MetricsLog, Progress, RunDir};
 
 /// The pairs file of a pairs folder.
 pub const PAIRS_FILE: &str = "pairs.jsonl";
@@ -411,6 +411,19 @@ pub fn preferences(pairs: &[PairRecord], log: &LabelLog) -> (Vec<TextPreference>
     (out, unknown)
 }
 
+/// A fingerprint of preferences (their pairs and texts, in order): what a DPO checkpoint or a
+/// reward model was trained on.
+pub fn preferences_fingerprint(prefs: &[TextPreference]) -> String {
+    let mut bytes = Vec::new();
+    for p in prefs {
+        for field in [&p.pair, &p.prompt, &p.chosen, &p.rejected] {
+            bytes.extend_from_slice(field.as_bytes());
+            bytes.push(0);
+        }
+    }
+    format!("{}:{:016x}", prefs.len(), crate::labels::fnv1a(&bytes))
+}
+
 /// A preference in TRL's conversational preference format (`prompt`, `chosen`, `rejected`,
 /// each a list of messages), which `datasets.load_dataset("json", ...)` and `DPOTrainer`
 /// read as they are.
@@ -540,18 +553,136 @@ impl Default for DpoConfig {
     }
 }
 
+/// The columns of a DPO run's metrics (`metrics/dpo.csv`): TRL's names.
+pub const DPO_COLUMNS: [&str; 8] = [
+    "step",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+];
+
+/// Where [`train_dpo`] keeps its checkpoint: the policy as `lm.*` in `run` (with AdamW's
+/// moments and the steps done), and its metrics in `metrics/dpo.csv`, saved every `every`
+/// steps, when stopped, and at the end. `made_from` says what is trained (the start model, the
+/// preferences, the settings): a checkpoint made from anything else is refused, never resumed.
+pub struct DpoCheckpoint<'a> {
+    /// The run folder.
+    pub run: &'a RunDir,
+    /// Steps between saves.
+    pub every: usize,
+    /// What the training is made from.
+    pub made_from: serde_json::Value,
+}
+
+impl DpoCheckpoint<'_> {
+    fn stem(&self) -> PathBuf {
+        self.run.checkpoint(crate::language::LM_CHECKPOINT)
+    }
+
+    /// The steps done by the checkpoint in the folder (0 when there is none).
+    fn steps_done(&self) -> anyhow::Result<usize> {
+        let Some((state, _)) = crate::language::read_state(&self.stem())? else {
+            return Ok(0);
+        };
+        let dpo = state.get("dpo");
+        anyhow::ensure!(
+            dpo.and_then(|d| d.get("made_from")) == Some(&self.made_from),
+            "{} holds a model that is not a DPO checkpoint of this training (another start \
+             model, other preferences or settings): use another folder, or delete it",
+            self.run.root().display()
+        );
+        Ok(dpo
+            .and_then(|d| d.get("steps_done"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize)
+    }
+
+    fn save(
+        &self,
+        policy: &LanguageModel,
+        opt: &dreamgym_nn::Adam,
+        metrics: &mut MetricsLog,
+        steps_done: usize,
+    ) -> anyhow::Result<()> {
+        metrics.commit()?;
+        policy.save(
+            &self.stem(),
+            Some(opt),
+            serde_json::json!({
+                "dpo": { "steps_done": steps_done, "made_from": self.made_from }
+            }),
+        )?;
+        Ok(())
+    }
+}
+
 /// DPO (or another [`PreferenceLoss`]) on `pairs`: `policy` trains, `reference` gives the
-/// frozen log-probs (computed once). Returns each step's metrics and loss.
+/// frozen log-probs (computed once). Returns each step's loss and metrics.
+///
+/// With a [`DpoCheckpoint`], training resumes from the one in its folder (weights, AdamW's
+/// moments and the batch order exactly as an uninterrupted run has them, so the result is
+/// the same bit for bit) and returns every step's numbers as the metrics file holds them
+/// (those before the resume read back from it); a finished checkpoint is loaded and nothing
+/// trains.
 pub fn train_dpo(
     policy: &LanguageModel,
     reference: &LanguageModel,
     pairs: &[PreferencePair],
     cfg: &DpoConfig,
+    checkpoint: Option<&DpoCheckpoint>,
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<(f64, PreferenceMetrics)>> {
     cfg.loss.validate()?;
     anyhow::ensure!(!pairs.is_empty(), "DPO needs at least one labeled pair");
     anyhow::ensure!(cfg.batch_size > 0, "batch_size must be at least 1");
+    let mut opt = adam(policy.varmap(), cfg.lr)?;
+    let start = match checkpoint {
+        Some(c) => c.steps_done()?.min(cfg.steps),
+        None => 0,
+    };
+    if let (Some(c), true) = (checkpoint, start > 0) {
+        policy.load_trainable(&c.stem())?;
+        dreamgym_nn::load_optimizer(&c.stem(), &mut opt)?;
+    }
+    let mut metrics = match checkpoint {
+        Some(c) => Some(MetricsLog::open(
+            c.run,
+            "dpo",
+            &DPO_COLUMNS,
+            Some(start as f64 + 0.5),
+        )?),
+        None => None,
+    };
+    let mut log: Vec<(f64, PreferenceMetrics)> = metrics
+        .as_ref()
+        .map(|m| m.rows().iter().filter_map(|r| row_metrics(r)).collect())
+        .unwrap_or_default();
+    if let (Some(c), true) = (checkpoint, log.len() != start) {
+        anyhow::bail!(
+            "{} has {} rows of DPO metrics for a checkpoint after {start} steps: delete the \
+             folder to train again",
+            c.run.root().display(),
+            log.len()
+        );
+    }
+    let mut batches = Epochs::new(
+        (0..pairs.len()).collect(),
+        derive_seed(cfg.seed, "dpo.order", 0),
+    );
+    // The batch order goes on where the checkpoint stopped.
+    for _ in 0..start {
+        batches.next(cfg.batch_size);
+    }
+    if start == cfg.steps {
+        return Ok(log);
+    }
+    if start > 0 {
+        progress.note(&format!("DPO: resuming after step {start}"));
+    }
     let refs = {
         let mut all = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(cfg.batch_size.max(1)) {
@@ -561,29 +692,73 @@ pub fn train_dpo(
         }
         all
     };
-    let mut opt = adam(policy.varmap(), cfg.lr)?;
-    let mut batches = Epochs::new(
-        (0..pairs.len()).collect(),
-        derive_seed(cfg.seed, "dpo.order", 0),
-    );
-    let mut log = Vec::with_capacity(cfg.steps);
-    progress.begin("DPO", cfg.steps as u64);
-    for step in 0..cfg.steps {
+    progress.begin("DPO", (cfg.steps - start) as u64);
+    for step in start..cfg.steps {
         if progress.interrupted() {
+            progress.end();
+            if let (Some(c), Some(m)) = (checkpoint, metrics.as_mut())
+                && step > start
+            {
+                c.save(policy, &opt, m, step)?;
+                return Err(Interrupted {
+                    stage: "DPO".into(),
+                    saved: format!("the model is saved after step {step}; run again to resume"),
+                }
+                .into());
+            }
             return Err(stopped("DPO", step, "the model"));
         }
         let batch = batches.next(cfg.batch_size);
         let b: Vec<PreferencePair> = batch.iter().map(|&i| pairs[i].clone()).collect();
         let r: Vec<(f32, f32)> = batch.iter().map(|&i| refs[i]).collect();
-        let (loss, metrics) = preference_loss(policy, &b, &r, &cfg.loss)?;
+        let (loss, m) = preference_loss(policy, &b, &r, &cfg.loss)?;
         let value = loss.to_scalar::<f32>()? as f64;
         anyhow::ensure!(value.is_finite(), "the DPO loss is {value} at step {step}");
         opt.step(loss.backward()?)?;
-        log.push((value, metrics));
+        match metrics.as_mut() {
+            Some(csv) => {
+                let row = [
+                    step as f64 + 1.0,
+                    value,
+                    m.rewards_chosen,
+                    m.rewards_rejected,
+                    m.rewards_accuracies,
+                    m.rewards_margins,
+                    m.logps_chosen,
+                    m.logps_rejected,
+                ];
+                csv.push(&row)?;
+                // The numbers as the file keeps them: a resumed run returns the same.
+                log.extend(row_metrics(&row.map(crate::metrics::as_saved)));
+            }
+            None => log.push((value, m)),
+        }
         progress.advance(1);
+        if let (Some(c), Some(csv)) = (checkpoint, metrics.as_mut())
+            && ((step + 1) % c.every.max(1) == 0 || step + 1 == cfg.steps)
+        {
+            c.save(policy, &opt, csv, step + 1)?;
+        }
     }
     progress.end();
     Ok(log)
+}
+
+/// A metrics row (in [`DPO_COLUMNS`] order) as the loss and the metrics.
+fn row_metrics(r: &[f64]) -> Option<(f64, PreferenceMetrics)> {
+    (r.len() == DPO_COLUMNS.len()).then(|| {
+        (
+            r[1],
+            PreferenceMetrics {
+                rewards_chosen: r[2],
+                rewards_rejected: r[3],
+                rewards_accuracies: r[4],
+                rewards_margins: r[5],
+                logps_chosen: r[6],
+                logps_rejected: r[7],
+            },
+        )
+    })
 }
 
 /// The pairs folders of a run, one per round (`pairs/round1`, ...).
@@ -654,24 +829,10 @@ impl Epochs {
 mod tests {
     use super::*;
     use crate::labels::Side;
-    use dreamgym_policies::language::{LlamaSize, TextTokenizer};
 
     /// A small untrained model: it writes text at random, which is all pairs need.
     fn model() -> LanguageModel {
-        let texts: Vec<String> = (0..40)
-            .map(|i| format!("objects: red cube ({i}, 3)\ninstruction: push the red cube\naction: push red cube to blue zone"))
-            .collect();
-        let tok = TextTokenizer::train(&texts, 300).unwrap();
-        let size = LlamaSize {
-            n_layer: 1,
-            n_embd: 16,
-            n_head: 2,
-            n_kv_head: 1,
-            mlp_hidden: 24,
-            block_size: 512,
-            dropout: 0.0,
-        };
-        LanguageModel::new(&size, tok, &candle_core::Device::Cpu, 1).unwrap()
+        crate::testing::tiny_language_model(1).unwrap()
     }
 
     fn pairs_config(count: usize) -> PairsConfig {
@@ -878,7 +1039,7 @@ mod tests {
             lr: 3e-3,
             ..DpoConfig::default()
         };
-        let log = train_dpo(&policy, &reference, &pairs, &cfg, &()).unwrap();
+        let log = train_dpo(&policy, &reference, &pairs, &cfg, None, &()).unwrap();
         let (first, last) = (log[0], log[log.len() - 1]);
         // The policy starts as the reference: loss ln 2, no margin.
         assert!(
@@ -888,6 +1049,108 @@ mod tests {
         );
         assert!(last.0 < first.0 - 0.05, "loss {} -> {}", first.0, last.0);
         assert!(last.1.rewards_margins > 0.0 && last.1.rewards_accuracies == 1.0);
-        assert!(train_dpo(&policy, &reference, &[], &cfg, &()).is_err());
+        assert!(train_dpo(&policy, &reference, &[], &cfg, None, &()).is_err());
+    }
+
+    /// A progress that panics at its `n`-th step, as a process killed there stops: whatever
+    /// was saved before stays, nothing after it is written.
+    struct KilledAt {
+        n: u64,
+        seen: std::sync::atomic::AtomicU64,
+    }
+
+    impl Progress for KilledAt {
+        fn advance(&self, n: u64) {
+            let seen = self.seen.fetch_add(n, std::sync::atomic::Ordering::SeqCst) + n;
+            assert!(seen < self.n, "killed");
+        }
+    }
+
+    #[test]
+    fn dpo_killed_mid_run_resumes_to_the_same_model_and_metrics() {
+        let prefs: Vec<TextPreference> = (0..6)
+            .map(|i| TextPreference {
+                pair: format!("p{i}"),
+                prompt: format!("objects: red cube ({i}, 3)\ninstruction: push the red cube"),
+                chosen: "push red cube to blue zone".into(),
+                rejected: if i % 2 == 0 { "done" } else { "push" }.into(),
+            })
+            .collect();
+        let reference = model();
+        let pairs = tokenize_preferences(&reference, &prefs).unwrap();
+        let cfg = DpoConfig {
+            steps: 7,
+            batch_size: 4,
+            lr: 3e-3,
+            ..DpoConfig::default()
+        };
+        let made_from = serde_json::json!({ "preferences": preferences_fingerprint(&prefs) });
+        let train = |dir: &Path, progress: &dyn Progress| {
+            let run = RunDir::new(dir);
+            let checkpoint = DpoCheckpoint {
+                run: &run,
+                every: 2,
+                made_from: made_from.clone(),
+            };
+            let policy = model();
+            let log = train_dpo(
+                &policy,
+                &reference,
+                &pairs,
+                &cfg,
+                Some(&checkpoint),
+                progress,
+            )?;
+            anyhow::Ok((log, policy))
+        };
+        let whole = tempfile::tempdir().unwrap();
+        let (log, _) = train(whole.path(), &()).unwrap();
+        let stem = |d: &Path| RunDir::new(d).checkpoint(crate::language::LM_CHECKPOINT);
+        let crc = |d: &Path| dreamgym_nn::weights_crc32(&stem(d)).unwrap();
+        let csv = |d: &Path| crate::read_csv(&RunDir::new(d).metrics("dpo"));
+
+        // Killed during step 5: the checkpoint after step 4 is on disk, step 5's metrics row
+        // may be too.
+        let killed = tempfile::tempdir().unwrap();
+        let dying = KilledAt {
+            n: 5,
+            seen: std::sync::atomic::AtomicU64::new(0),
+        };
+        let crash = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            train(killed.path(), &dying)
+        }));
+        assert!(crash.is_err());
+        let state = crate::language::read_state(&stem(killed.path()))
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(state.pointer("/dpo/steps_done"), Some(&4.into()));
+        // Started again, it trains steps 5 to 7 only and ends where the whole run ended.
+        let (resumed, _) = train(killed.path(), &()).unwrap();
+        assert_eq!(crc(killed.path()), crc(whole.path()));
+        assert_eq!(resumed, log);
+        assert_eq!(csv(killed.path()), csv(whole.path()));
+        assert_eq!(csv(whole.path()).1.len(), 7);
+        // Finished: started again, nothing trains and the same numbers come back.
+        let (again, policy) = train(killed.path(), &()).unwrap();
+        assert_eq!(again, log);
+        let copy = tempfile::tempdir().unwrap();
+        policy
+            .save(&stem(copy.path()), None, serde_json::json!({}))
+            .unwrap();
+        assert_eq!(crc(copy.path()), crc(whole.path()));
+        // A checkpoint of other preferences is refused, not resumed.
+        let other = DpoCheckpoint {
+            run: &RunDir::new(killed.path()),
+            every: 2,
+            made_from: serde_json::json!({ "preferences": "other" }),
+        };
+        let err = train_dpo(&model(), &reference, &pairs, &cfg, Some(&other), &())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a DPO checkpoint of this training"),
+            "{err}"
+        );
     }
 }

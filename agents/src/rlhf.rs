@@ -234,6 +234,16 @@ pub fn train_reward_model(
     })
 }
 
+/// Writes a reward model's training to `metrics/reward_model.csv` (and TensorBoard).
+pub fn write_reward_metrics(run: &crate::RunDir, report: &RewardReport) -> anyhow::Result<()> {
+    let mut csv =
+        crate::MetricsLog::open(run, "reward_model", &["step", "loss", "accuracy"], None)?;
+    for (i, (loss, acc)) in report.steps.iter().enumerate() {
+        csv.push(&[i as f64 + 1.0, *loss, *acc])?;
+    }
+    csv.commit()
+}
+
 /// Settings of [`train_rloo`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -285,6 +295,27 @@ pub struct RlooStep {
     pub reward: f64,
     /// The mean completion length, tokens.
     pub length: f64,
+}
+
+/// Writes RLOO's steps to `metrics/rloo.csv` (and TensorBoard) under TRL's names.
+pub fn write_rloo_metrics(run: &crate::RunDir, steps: &[RlooStep]) -> anyhow::Result<()> {
+    let mut csv = crate::MetricsLog::open(
+        run,
+        "rloo",
+        &[
+            "step",
+            "loss",
+            "scores",
+            "kl",
+            "reward",
+            "completion_length",
+        ],
+        None,
+    )?;
+    for (i, s) in steps.iter().enumerate() {
+        csv.push(&[i as f64 + 1.0, s.loss, s.score, s.kl, s.reward, s.length])?;
+    }
+    csv.commit()
 }
 
 /// Leave-one-out advantages: for each group of `k` rewards, each one minus the mean of the

@@ -1,5 +1,6 @@
 //! Small fixtures for tests of crates built on the pipeline (this one, the viewer): a tiny
-//! recorded Racer dataset and a config whose stages finish in well under a second.
+//! recorded Racer dataset, a config whose stages finish in well under a second, and a tiny
+//! untrained language model.
 
 use std::path::Path;
 
@@ -114,4 +115,34 @@ pub fn tiny_run(run: &Path) -> anyhow::Result<()> {
         run_world_models(&cfg, &run, &registry, stage, &(), None)?;
     }
     Ok(())
+}
+
+/// A tiny untrained Llama-architecture model (one layer, 16 wide, a 300-token BPE tokenizer,
+/// 512 positions): it writes text at random, which is all that pairs, DPO and RLHF plumbing
+/// need to be tested.
+pub fn tiny_language_model(seed: u64) -> anyhow::Result<dreamgym_policies::LanguageModel> {
+    let texts: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "objects: red cube ({i}, 3)\ninstruction: push the red cube\naction: push red \
+                 cube to blue zone"
+            )
+        })
+        .collect();
+    let tok = dreamgym_policies::TextTokenizer::train(&texts, 300)?;
+    let size = dreamgym_policies::LlamaSize {
+        n_layer: 1,
+        n_embd: 16,
+        n_head: 2,
+        n_kv_head: 1,
+        mlp_hidden: 24,
+        block_size: 512,
+        dropout: 0.0,
+    };
+    Ok(dreamgym_policies::LanguageModel::new(
+        &size,
+        tok,
+        &candle_core::Device::Cpu,
+        seed,
+    )?)
 }

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 
 use dreamgym_agents::labels::LabelLog;
-use dreamgym_agents::language::{LM_CHECKPOINT, SftEval, load_language_model};
+use dreamgym_agents::language::{SftEval, language_model_fingerprint, load_language_model};
 use dreamgym_agents::preference::{
-    DpoConfig, LABELS_FILE, TextPreference, preferences, read_pairs, tokenize_preferences,
-    train_dpo,
+    DpoCheckpoint, DpoConfig, LABELS_FILE, TextPreference, preferences, preferences_fingerprint,
+    read_pairs, tokenize_preferences, train_dpo,
 };
-use dreamgym_agents::{MetricsLog, Progress, RunDir};
+use dreamgym_agents::{Progress, RunDir};
 use dreamgym_envs::Registry;
 use dreamgym_policies::language::{LanguagePolicy, PreferenceLoss, PreferenceLossKind, Sampling};
 
@@ -146,35 +146,24 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     std::fs::create_dir_all(run.root())?;
     let progress = super::CliProgress::new();
     let started = std::time::Instant::now();
-    let log = train_dpo(&policy, &reference, &pairs, &cfg, &progress)?;
-    let mut csv = MetricsLog::open(
-        &run,
-        "dpo",
-        &[
-            "step",
-            "loss",
-            "rewards/chosen",
-            "rewards/rejected",
-            "rewards/accuracies",
-            "rewards/margins",
-            "logps/chosen",
-            "logps/rejected",
-        ],
-        None,
+    let made_from = serde_json::json!({
+        "from": language_model_fingerprint(&args.model)?,
+        "preferences": preferences_fingerprint(&prefs),
+        "config": cfg,
+    });
+    let checkpoint = DpoCheckpoint {
+        run: &run,
+        every: 25,
+        made_from,
+    };
+    let log = train_dpo(
+        &policy,
+        &reference,
+        &pairs,
+        &cfg,
+        Some(&checkpoint),
+        &progress,
     )?;
-    for (i, (loss, m)) in log.iter().enumerate() {
-        csv.push(&[
-            i as f64 + 1.0,
-            *loss,
-            m.rewards_chosen,
-            m.rewards_rejected,
-            m.rewards_accuracies,
-            m.rewards_margins,
-            m.logps_chosen,
-            m.logps_rejected,
-        ])?;
-    }
-    csv.commit()?;
     let tail = &log[log.len().saturating_sub(20)..];
     let mean = |f: &dyn Fn(&(f64, dreamgym_policies::language::PreferenceMetrics)) -> f64| {
         tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64
@@ -189,18 +178,6 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         mean(&|x| x.1.rewards_accuracies),
         mean(&|x| x.1.rewards_margins)
     ));
-    policy.save(
-        &run.checkpoint(LM_CHECKPOINT),
-        None,
-        serde_json::json!({
-            "dpo": {
-                "from": args.model.display().to_string(),
-                "pairs": args.pairs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                "preferences": pairs.len(),
-                "config": cfg,
-            }
-        }),
-    )?;
     evaluate(
         "DPO",
         policy,

@@ -10,8 +10,9 @@ use dreamgym_agents::language::{LM_CHECKPOINT, load_language_model};
 use dreamgym_agents::preference::{read_pairs, tokenize_preferences};
 use dreamgym_agents::rlhf::{
     RewardConfig, RewardModel, RlooConfig, VerifierReward, train_reward_model, train_rloo,
+    write_reward_metrics, write_rloo_metrics,
 };
-use dreamgym_agents::{MetricsLog, Progress, RunDir};
+use dreamgym_agents::{Progress, RunDir};
 use dreamgym_envs::Registry;
 use dreamgym_policies::language::{LanguageModel, Sampling};
 
@@ -141,23 +142,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             rloo(&|seqs: &[(&[u32], &[u32])]| verifier.score(seqs))?
         }
     };
-    let mut csv = MetricsLog::open(
-        &run,
-        "rloo",
-        &[
-            "step",
-            "loss",
-            "scores",
-            "kl",
-            "reward",
-            "completion_length",
-        ],
-        None,
-    )?;
-    for (i, s) in log.iter().enumerate() {
-        csv.push(&[i as f64 + 1.0, s.loss, s.score, s.kl, s.reward, s.length])?;
-    }
-    csv.commit()?;
+    write_rloo_metrics(&run, &log)?;
     let first = &log[..log.len().min(10)];
     let last = &log[log.len().saturating_sub(10)..];
     let mean = |xs: &[dreamgym_agents::rlhf::RlooStep],
@@ -208,11 +193,7 @@ fn reward_model(
     };
     let started = std::time::Instant::now();
     let report = train_reward_model(&rm, &pairs, &rm_cfg, progress)?;
-    let mut csv = MetricsLog::open(run, "reward_model", &["step", "loss", "accuracy"], None)?;
-    for (i, (loss, acc)) in report.steps.iter().enumerate() {
-        csv.push(&[i as f64 + 1.0, *loss, *acc])?;
-    }
-    csv.commit()?;
+    write_reward_metrics(run, &report)?;
     rm.save(&run.root().join("reward_model.safetensors"))?;
     let held = match report.heldout_accuracy {
         Some((acc, n)) => format!("held-out accuracy {:.1}% on {n} labels", 100.0 * acc),
