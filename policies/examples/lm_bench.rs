@@ -109,6 +109,7 @@ fn dpo(
         kind: batch.loss_type,
         beta: batch.beta,
         label_smoothing: batch.label_smoothing,
+        rpo_alpha: 0.0,
     };
     let pairs = &batch.pairs;
     let refs = reference_logps(reference, pairs)?;

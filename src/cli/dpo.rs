@@ -36,6 +36,9 @@ pub struct Args {
     /// Assumed label-flip rate (sigmoid: conservative DPO; robust).
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// RPO: the weight of the chosen answers' NLL per token added to the loss (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    rpo_alpha: f64,
     /// Optimiser steps.
     #[arg(long, default_value_t = 200)]
     steps: usize,
@@ -123,6 +126,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             kind,
             beta: args.beta,
             label_smoothing: args.label_smoothing,
+            rpo_alpha: args.rpo_alpha,
         },
         steps: args.steps,
         batch_size: args.batch_size,

@@ -18,7 +18,8 @@
 //! them against it), except that TRL's sigmoid loss ignores label smoothing: with ε > 0 it is
 //! conservative DPO as older TRL versions and the cDPO note define it.
 //!
-//! The loss is the batch mean. The metrics carry TRL's names: `rewards/chosen` is the batch
+//! The loss is the batch mean; with `rpo_alpha` > 0 (RPO), `rpo_alpha` times the chosen
+//! completions' negative log-likelihood per token (over the batch) is added. The metrics carry TRL's names: `rewards/chosen` is the batch
 //! mean of `β (log π(y_w|x) − log π_ref(y_w|x))`, `rewards/rejected` the same for `y_l`,
 //! `rewards/accuracies` the fraction of pairs whose chosen reward is larger, `rewards/margins`
 //! the mean difference, `logps/chosen` and `logps/rejected` the policy's mean log-probs.
@@ -68,6 +69,15 @@ pub struct PreferenceLoss {
     pub beta: f64,
     /// The assumed rate of flipped labels, in `[0, 0.5)` (sigmoid and robust only).
     pub label_smoothing: f64,
+    /// RPO (Pang et al. 2024; TRL's `rpo_alpha`): the weight of the chosen completions'
+    /// negative log-likelihood per token, added to the loss so that the chosen answers do not
+    /// lose probability while the rejected ones are pushed down. 0: none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rpo_alpha: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for PreferenceLoss {
@@ -76,6 +86,7 @@ impl Default for PreferenceLoss {
             kind: PreferenceLossKind::Sigmoid,
             beta: 0.1,
             label_smoothing: 0.0,
+            rpo_alpha: 0.0,
         }
     }
 }
@@ -93,6 +104,12 @@ impl PreferenceLoss {
             return Err(PolicyError::Config(format!(
                 "label_smoothing must be in [0, 0.5), got {}",
                 self.label_smoothing
+            )));
+        }
+        if !(self.rpo_alpha.is_finite() && self.rpo_alpha >= 0.0) {
+            return Err(PolicyError::Config(format!(
+                "rpo_alpha must be 0 or more, got {}",
+                self.rpo_alpha
             )));
         }
         if self.label_smoothing > 0.0
@@ -164,7 +181,13 @@ impl PreferenceLoss {
                 h.affine(1.0, -1.0 / (2.0 * beta))?.sqr()?
             }
         };
-        let loss = losses.mean_all()?;
+        let mut loss = losses.mean_all()?;
+        if self.rpo_alpha > 0.0 {
+            // TRL's NLL: over every chosen token of the batch.
+            let tokens: usize = lengths.iter().map(|l| l.0).sum();
+            let nll = chosen.sum_all()?.affine(-1.0 / tokens.max(1) as f64, 0.0)?;
+            loss = (loss + nll.affine(self.rpo_alpha, 0.0)?)?;
+        }
         let values = |t: &Tensor| -> Result<Vec<f32>, PolicyError> {
             Ok(t.detach().to_dtype(DType::F32)?.to_vec1::<f32>()?)
         };
@@ -386,6 +409,7 @@ mod tests {
                 kind,
                 beta,
                 label_smoothing: eps,
+                rpo_alpha: 0.0,
             };
             let lengths = [(2, 5), (4, 1), (3, 3)];
             let (loss, m) = l
@@ -420,6 +444,19 @@ mod tests {
             assert!((m.rewards_accuracies - 2.0 / 3.0).abs() < 1e-9);
             assert!((m.rewards_margins - (m.rewards_chosen - m.rewards_rejected)).abs() < 1e-6);
             assert!((m.logps_chosen - (-15.5 / 3.0)).abs() < 1e-6);
+            // RPO adds α times the chosen answers' NLL per token: 15.5 nats over 9 tokens.
+            let rpo = PreferenceLoss {
+                rpo_alpha: 0.7,
+                ..l
+            };
+            let (with, _) = rpo
+                .compute(&t(&c), &t(&r), &t(&rc), &t(&rr), &lengths)
+                .unwrap();
+            let with = with.to_scalar::<f32>().unwrap() as f64;
+            assert!(
+                (with - got - 0.7 * 15.5 / 9.0).abs() < 1e-5,
+                "{kind:?}: {with} vs {got}"
+            );
         }
     }
 
@@ -555,6 +592,10 @@ mod tests {
             PreferenceLoss {
                 kind: PreferenceLossKind::Ipo,
                 label_smoothing: 0.1,
+                ..Default::default()
+            },
+            PreferenceLoss {
+                rpo_alpha: -1.0,
                 ..Default::default()
             },
         ];
