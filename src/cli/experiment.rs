@@ -93,6 +93,15 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     );
     let progress = CliProgress::new();
     run_experiment(&exp, registry, args.on_change.get(), &progress)?;
-    super::inspect::print_summary(&run.data())?;
+    if exp.collects() {
+        super::inspect::print_summary(&run.data())?;
+    }
+    if exp.language_dpo.is_some() {
+        println!(
+            "report: {}",
+            run.file(dreamgym_agents::language_dpo::DPO_REPORT)
+                .display()
+        );
+    }
     Ok(())
 }
