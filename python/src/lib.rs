@@ -1,0 +1,453 @@
+//! The Rust half of the `dreamgym` Python package: one env (`RawEnv`) and one vector env
+//! (`RawVecEnv`, NEXT_STEP autoreset, the GIL released while its workers step) over
+//! `dreamgym_envs`, with observations and actions as numpy arrays. The Python half
+//! (`python/dreamgym/__init__.py`) wraps them as `gymnasium.Env` and
+//! `gymnasium.vector.VectorEnv` and registers every env id under `dreamgym/`.
+//!
+//! Spaces and infos cross as JSON (the serde form of `dreamgym_envs::Space` and `Info`), which
+//! the Python half turns into Gymnasium spaces and dicts. Every error is a Python exception
+//! with the Rust message: `ValueError` for an action that is not in the action space,
+//! `DreamgymError` (a `RuntimeError`) for the rest, closed envs included.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use dreamgym_envs::vector::{AutoresetMode, ThreadedVecEnv, VecEnv};
+use dreamgym_envs::{Dtype, Env, Info, Registry, Space, Value};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+pyo3::create_exception!(
+    _dreamgym,
+    DreamgymError,
+    PyRuntimeError,
+    "An error from a dreamgym env (with the Rust message)."
+);
+
+fn err(e: impl std::fmt::Display) -> PyErr {
+    DreamgymError::new_err(e.to_string())
+}
+
+fn registry() -> Registry {
+    Registry::with_builtins()
+}
+
+/// The config overrides as JSON, from the JSON text Python sends (`None`: the defaults).
+fn overrides(config: Option<&str>) -> PyResult<Option<serde_json::Value>> {
+    config
+        .map(|c| {
+            serde_json::from_str(c).map_err(|e| PyValueError::new_err(format!("bad config: {e}")))
+        })
+        .transpose()
+}
+
+/// The ids of every registered env.
+#[pyfunction]
+fn env_ids() -> Vec<String> {
+    registry().ids()
+}
+
+/// An observation as Python objects: numpy arrays shaped as the space says, ints, strings,
+/// dicts.
+fn to_py<'py>(py: Python<'py>, space: &Space, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match (space, value) {
+        (Space::Box(b), Value::F32(v)) => PyArray1::from_slice(py, v)
+            .reshape(b.shape.clone())?
+            .into_any(),
+        (Space::Box(b), Value::U8(v)) => PyArray1::from_slice(py, v)
+            .reshape(b.shape.clone())?
+            .into_any(),
+        (_, Value::Int(i)) => i.into_pyobject(py)?.into_any(),
+        (_, Value::Ints(v)) => PyArray1::from_slice(py, v).into_any(),
+        (_, Value::Text(t)) => t.into_pyobject(py)?.into_any(),
+        (Space::Dict(d), Value::Dict(m)) => {
+            let out = PyDict::new(py);
+            for (k, v) in m {
+                let s = d
+                    .spaces
+                    .get(k)
+                    .ok_or_else(|| err(format!("observation key `{k}` is not in the space")))?;
+                out.set_item(k, to_py(py, s, v)?)?;
+            }
+            out.into_any()
+        }
+        (s, v) => {
+            return Err(err(format!(
+                "{} is not an observation of {s}",
+                v.describe()
+            )));
+        }
+    })
+}
+
+/// A batch of observations (one per env) as Python objects: arrays stacked on a first axis of
+/// `n`, dicts of such arrays, lists of strings.
+fn stack_to_py<'py>(
+    py: Python<'py>,
+    space: &Space,
+    values: &[&Value],
+) -> PyResult<Bound<'py, PyAny>> {
+    let n = values.len();
+    let mut shape = vec![n];
+    Ok(match space {
+        Space::Box(b) if b.dtype == Dtype::F32 => {
+            shape.extend(&b.shape);
+            let mut flat = Vec::with_capacity(n * b.len());
+            for v in values {
+                flat.extend_from_slice(
+                    v.as_f32()
+                        .ok_or_else(|| err("a vector env returned a non-float observation"))?,
+                );
+            }
+            PyArray1::from_vec(py, flat).reshape(shape)?.into_any()
+        }
+        Space::Box(b) => {
+            shape.extend(&b.shape);
+            let mut flat = Vec::with_capacity(n * b.len());
+            for v in values {
+                match v {
+                    Value::U8(x) => flat.extend_from_slice(x),
+                    _ => return Err(err("a vector env returned a non-byte observation")),
+                }
+            }
+            PyArray1::from_vec(py, flat).reshape(shape)?.into_any()
+        }
+        Space::Discrete(_) => {
+            let ints: Vec<i64> = values
+                .iter()
+                .map(|v| match v {
+                    Value::Int(i) => Ok(*i),
+                    _ => Err(err("a vector env returned a non-integer observation")),
+                })
+                .collect::<PyResult<_>>()?;
+            PyArray1::from_vec(py, ints).into_any()
+        }
+        Space::MultiDiscrete(m) => {
+            shape.push(m.nvec.len());
+            let mut flat = Vec::with_capacity(n * m.nvec.len());
+            for v in values {
+                match v {
+                    Value::Ints(x) => flat.extend_from_slice(x),
+                    _ => return Err(err("a vector env returned a non-integer observation")),
+                }
+            }
+            PyArray1::from_vec(py, flat).reshape(shape)?.into_any()
+        }
+        Space::Dict(d) => {
+            let out = PyDict::new(py);
+            for (k, s) in &d.spaces {
+                let parts: Vec<&Value> = values
+                    .iter()
+                    .map(|v| match v {
+                        Value::Dict(m) => m.get(k).ok_or_else(|| err(format!("missing key `{k}`"))),
+                        _ => Err(err("a vector env returned a non-dict observation")),
+                    })
+                    .collect::<PyResult<_>>()?;
+                out.set_item(k, stack_to_py(py, s, &parts)?)?;
+            }
+            out.into_any()
+        }
+        Space::Text(_) => {
+            let texts: Vec<&str> = values.iter().map(|v| v.as_text().unwrap_or("")).collect();
+            PyList::new(py, texts)?.into_any()
+        }
+    })
+}
+
+/// An action from Python: a float32 array for a float Box, an int for Discrete, an int64
+/// array for MultiDiscrete, a string for Text, a dict of those for Dict. The Python half
+/// has already converted numbers to those dtypes; what is left is checked against the space.
+fn from_py(space: &Space, action: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let value =
+        match space {
+            Space::Box(b) if b.dtype == Dtype::F32 => {
+                let a: PyReadonlyArrayDyn<f32> = action.extract().map_err(|_| {
+                    PyValueError::new_err(format!("expected a float32 array for {space}"))
+                })?;
+                if a.shape() != b.shape.as_slice() && !(a.len() == b.len() && a.ndim() <= 1) {
+                    return Err(PyValueError::new_err(format!(
+                        "an action of shape {:?}; the action space {space} takes shape {:?}",
+                        a.shape(),
+                        b.shape
+                    )));
+                }
+                Value::F32(a.as_array().iter().copied().collect())
+            }
+            Space::Box(_) => {
+                return Err(PyValueError::new_err(format!(
+                    "byte Box actions are not supported ({space})"
+                )));
+            }
+            Space::Discrete(_) => Value::Int(action.extract().map_err(|_| {
+                PyValueError::new_err(format!("expected an integer action for {space}"))
+            })?),
+            Space::MultiDiscrete(_) => {
+                let a: PyReadonlyArrayDyn<i64> = action.extract().map_err(|_| {
+                    PyValueError::new_err(format!("expected an int64 array for {space}"))
+                })?;
+                Value::Ints(a.as_array().iter().copied().collect())
+            }
+            Space::Text(_) => Value::Text(action.extract().map_err(|_| {
+                PyValueError::new_err(format!("expected a string action for {space}"))
+            })?),
+            Space::Dict(d) => {
+                let dict = action.cast::<PyDict>().map_err(|_| {
+                    PyValueError::new_err(format!("expected a dict action for {space}"))
+                })?;
+                let mut out = BTreeMap::new();
+                for (k, s) in &d.spaces {
+                    let item = dict.get_item(k)?.ok_or_else(|| {
+                        PyValueError::new_err(format!("the action lacks key `{k}`"))
+                    })?;
+                    out.insert(k.clone(), from_py(s, &item)?);
+                }
+                Value::Dict(out)
+            }
+        };
+    space
+        .check_action(&value)
+        .map_err(|e| PyValueError::new_err(format!("invalid action: {e}")))?;
+    Ok(value)
+}
+
+fn info_json(info: &Info) -> PyResult<String> {
+    serde_json::to_string(info).map_err(err)
+}
+
+fn space_json(space: &Space) -> PyResult<String> {
+    serde_json::to_string(space).map_err(err)
+}
+
+/// One env, as the Python `dreamgym.DreamgymEnv` drives it.
+#[pyclass(module = "dreamgym._dreamgym")]
+struct RawEnv {
+    // Behind a mutex: a Python object may be used from any thread.
+    env: Mutex<Option<Box<dyn Env>>>,
+    observation_space: Space,
+    action_space: Space,
+}
+
+/// Runs `f` on the env behind `slot`, or says it is closed.
+fn with_open<T, R>(
+    slot: &Mutex<Option<T>>,
+    what: &str,
+    f: impl FnOnce(&mut T) -> PyResult<R>,
+) -> PyResult<R> {
+    let mut guard = slot
+        .lock()
+        .map_err(|_| err(format!("the {what} failed in another thread")))?;
+    let env = guard
+        .as_mut()
+        .ok_or_else(|| err(format!("the {what} is closed; make a new one")))?;
+    f(env)
+}
+
+/// Takes the env out of `slot` (closing), whatever state the lock is in.
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    match slot.lock() {
+        Ok(mut g) => g.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    }
+}
+
+#[pymethods]
+impl RawEnv {
+    /// Makes env `id` with the config overrides `config` (JSON text, or `None`).
+    #[new]
+    #[pyo3(signature = (id, config=None))]
+    fn new(id: &str, config: Option<&str>) -> PyResult<Self> {
+        let env = registry()
+            .make(id, overrides(config)?.as_ref())
+            .map_err(err)?;
+        Ok(Self {
+            observation_space: env.observation_space().clone(),
+            action_space: env.action_space().clone(),
+            env: Mutex::new(Some(env)),
+        })
+    }
+
+    /// The observation space as JSON.
+    fn observation_space_json(&self) -> PyResult<String> {
+        space_json(&self.observation_space)
+    }
+
+    /// The action space as JSON.
+    fn action_space_json(&self) -> PyResult<String> {
+        space_json(&self.action_space)
+    }
+
+    /// `(obs, info_json)`.
+    #[pyo3(signature = (seed=None, options=None))]
+    fn reset<'py>(
+        &self,
+        py: Python<'py>,
+        seed: Option<u64>,
+        options: Option<&str>,
+    ) -> PyResult<(Bound<'py, PyAny>, String)> {
+        let options: Info = match options {
+            Some(o) => serde_json::from_str(o)
+                .map_err(|e| PyValueError::new_err(format!("bad options: {e}")))?,
+            None => Info::new(),
+        };
+        let (obs, info) = with_open(&self.env, "env", |e| e.reset(seed, &options).map_err(err))?;
+        Ok((to_py(py, &self.observation_space, &obs)?, info_json(&info)?))
+    }
+
+    /// `(obs, reward, terminated, truncated, info_json)`.
+    fn step<'py>(
+        &self,
+        py: Python<'py>,
+        action: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, f64, bool, bool, String)> {
+        let action = from_py(&self.action_space, action)?;
+        let s = with_open(&self.env, "env", |e| e.step(&action).map_err(err))?;
+        Ok((
+            to_py(py, &self.observation_space, &s.obs)?,
+            s.reward,
+            s.terminated,
+            s.truncated,
+            info_json(&s.info)?,
+        ))
+    }
+
+    /// Closes the env; later calls raise.
+    fn close(&self) {
+        if let Some(mut e) = take(&self.env) {
+            e.close();
+        }
+    }
+
+    /// Whether the env was closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.env.lock().map(|g| g.is_none()).unwrap_or(true)
+    }
+}
+
+/// `num_envs` copies of one env on `workers` threads, NEXT_STEP autoreset.
+#[pyclass(module = "dreamgym._dreamgym")]
+struct RawVecEnv {
+    envs: Mutex<Option<ThreadedVecEnv>>,
+    num_envs: usize,
+    observation_space: Space,
+    action_space: Space,
+}
+
+/// One action per env from a batch: the first axis of an array, or a list (Text, Dict).
+fn split_actions(space: &Space, n: usize, actions: &Bound<'_, PyAny>) -> PyResult<Vec<Value>> {
+    let len = actions.len()?;
+    if len != n {
+        return Err(PyValueError::new_err(format!(
+            "{len} actions for {n} envs: one per env is needed"
+        )));
+    }
+    (0..n)
+        .map(|i| from_py(space, &actions.get_item(i)?))
+        .collect()
+}
+
+#[pymethods]
+impl RawVecEnv {
+    #[new]
+    #[pyo3(signature = (id, num_envs, workers=1, config=None))]
+    fn new(id: &str, num_envs: usize, workers: usize, config: Option<&str>) -> PyResult<Self> {
+        if num_envs == 0 || workers == 0 {
+            return Err(PyValueError::new_err(
+                "num_envs and workers must be at least 1",
+            ));
+        }
+        let reg = registry();
+        let config = overrides(config)?;
+        let envs = (0..num_envs)
+            .map(|_| reg.make(id, config.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        let vec = ThreadedVecEnv::new(envs, workers, AutoresetMode::NextStep).map_err(err)?;
+        Ok(Self {
+            observation_space: vec.single_observation_space().clone(),
+            action_space: vec.single_action_space().clone(),
+            num_envs,
+            envs: Mutex::new(Some(vec)),
+        })
+    }
+
+    #[getter]
+    fn num_envs(&self) -> usize {
+        self.num_envs
+    }
+
+    fn observation_space_json(&self) -> PyResult<String> {
+        space_json(&self.observation_space)
+    }
+
+    fn action_space_json(&self) -> PyResult<String> {
+        space_json(&self.action_space)
+    }
+
+    /// `(obs, infos_json)`: env `i` is seeded `seed + i`.
+    #[pyo3(signature = (seed=None))]
+    fn reset<'py>(
+        &self,
+        py: Python<'py>,
+        seed: Option<u64>,
+    ) -> PyResult<(Bound<'py, PyAny>, String)> {
+        let (obs, infos) = with_open(&self.envs, "vector env", |envs| {
+            py.detach(|| envs.reset(seed, &Info::new())).map_err(err)
+        })?;
+        let refs: Vec<&Value> = obs.iter().collect();
+        Ok((
+            stack_to_py(py, &self.observation_space, &refs)?,
+            serde_json::to_string(&infos).map_err(err)?,
+        ))
+    }
+
+    /// `(obs, rewards, terminated, truncated, infos_json)`, every env stepped with the GIL
+    /// released.
+    #[allow(clippy::type_complexity)]
+    fn step<'py>(
+        &self,
+        py: Python<'py>,
+        actions: &Bound<'py, PyAny>,
+    ) -> PyResult<(
+        Bound<'py, PyAny>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<bool>>,
+        Bound<'py, PyArray1<bool>>,
+        String,
+    )> {
+        let actions = split_actions(&self.action_space, self.num_envs, actions)?;
+        let s = with_open(&self.envs, "vector env", |envs| {
+            py.detach(|| envs.step(&actions)).map_err(err)
+        })?;
+        let refs: Vec<&Value> = s.obs.iter().collect();
+        Ok((
+            stack_to_py(py, &self.observation_space, &refs)?,
+            PyArray1::from_vec(py, s.rewards),
+            PyArray1::from_vec(py, s.terminated),
+            PyArray1::from_vec(py, s.truncated),
+            serde_json::to_string(&s.infos).map_err(err)?,
+        ))
+    }
+
+    fn close(&self) {
+        if let Some(mut e) = take(&self.envs) {
+            e.close();
+        }
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.envs.lock().map(|g| g.is_none()).unwrap_or(true)
+    }
+}
+
+#[pymodule]
+fn _dreamgym(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(env_ids, m)?)?;
+    m.add_class::<RawEnv>()?;
+    m.add_class::<RawVecEnv>()?;
+    m.add("DreamgymError", m.py().get_type::<DreamgymError>())?;
+    Ok(())
+}
