@@ -443,11 +443,75 @@ impl RawVecEnv {
     }
 }
 
+/// A recorded dataset (`dreamgym rollout --out DIR`), read chunk by chunk.
+#[pyclass(module = "dreamgym._dreamgym")]
+struct RawDataset {
+    dataset: dreamgym_envs::recording::Dataset,
+}
+
+#[pymethods]
+impl RawDataset {
+    #[new]
+    fn new(path: std::path::PathBuf) -> PyResult<Self> {
+        Ok(Self {
+            dataset: dreamgym_envs::recording::Dataset::open(&path).map_err(err)?,
+        })
+    }
+
+    /// `dataset.json` as JSON text.
+    fn meta_json(&self) -> PyResult<String> {
+        serde_json::to_string(self.dataset.meta()).map_err(err)
+    }
+
+    /// Episodes stored (from the chunks' headers).
+    fn stored_episodes(&self) -> usize {
+        self.dataset.stored_episodes()
+    }
+
+    /// Number of chunk files.
+    fn num_chunks(&self) -> usize {
+        self.dataset.chunk_paths().len()
+    }
+
+    /// The episodes of chunk `i`, each a dict of numpy arrays: `observations` (T + 1 stacked),
+    /// `actions` (T), `rewards`, `terminated`, `truncated` (T), and `seed`. A damaged chunk
+    /// raises `DreamgymError` naming it.
+    fn read_chunk<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let path = self
+            .dataset
+            .chunk_paths()
+            .get(i)
+            .ok_or_else(|| PyValueError::new_err(format!("no chunk {i}")))?
+            .clone();
+        let episodes = py.detach(|| self.dataset.read_chunk(&path)).map_err(err)?;
+        let meta = self.dataset.meta();
+        episodes
+            .iter()
+            .map(|e| {
+                let d = PyDict::new(py);
+                let obs: Vec<&Value> = e.observations.iter().collect();
+                let actions: Vec<&Value> = e.actions.iter().collect();
+                d.set_item("seed", e.seed)?;
+                d.set_item(
+                    "observations",
+                    stack_to_py(py, &meta.observation_space, &obs)?,
+                )?;
+                d.set_item("actions", stack_to_py(py, &meta.action_space, &actions)?)?;
+                d.set_item("rewards", PyArray1::from_slice(py, &e.rewards))?;
+                d.set_item("terminated", PyArray1::from_slice(py, &e.terminated))?;
+                d.set_item("truncated", PyArray1::from_slice(py, &e.truncated))?;
+                Ok(d)
+            })
+            .collect()
+    }
+}
+
 #[pymodule]
 fn _dreamgym(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(env_ids, m)?)?;
     m.add_class::<RawEnv>()?;
     m.add_class::<RawVecEnv>()?;
+    m.add_class::<RawDataset>()?;
     m.add("DreamgymError", m.py().get_type::<DreamgymError>())?;
     Ok(())
 }

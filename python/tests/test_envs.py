@@ -220,3 +220,41 @@ def test_the_same_seed_gives_the_cli_first_frame(tmp_path):
     assert np.array_equal(obs, _read_png(png))
     other, _ = env.reset(seed=12)
     assert not np.array_equal(other, obs)
+
+
+@pytest.mark.parametrize(
+    "env_id,args",
+    [("CartPole-v0", []), ("Racer-v0", ["--obs", "pixels", "--set", "width=16", "--set", "height=16"])],
+)
+def test_a_recorded_dataset_reads_as_numpy_and_replays_in_python(tmp_path, env_id, args):
+    """Episodes recorded by the command line, read as numpy, replayed in a Python env from
+    their seeds with their actions: the same observations, rewards and ends, bit for bit."""
+    cli = os.environ.get("DREAMGYM_BIN")
+    if not cli:
+        pytest.skip("set DREAMGYM_BIN to the dreamgym binary to record a dataset")
+    out = tmp_path / "data"
+    subprocess.run(
+        [cli, "rollout", "--env", env_id, "--episodes", "3", "--num-envs", "2", "--seed", "5",
+         "--out", str(out), *args],
+        check=True,
+        capture_output=True,
+    )
+    ds = dreamgym.Dataset(out)
+    assert len(ds) == 3 and ds.env_id == env_id
+    env = ds.make_env()
+    episodes = list(ds)
+    assert len(episodes) == 3
+    for ep in episodes:
+        t = len(ep["rewards"])
+        assert ep["observations"].shape == (t + 1,) + ds.observation_space.shape
+        assert ep["observations"].dtype == ds.observation_space.dtype
+        assert ep["terminated"][-1] or ep["truncated"][-1]
+        obs, _ = env.reset(seed=ep["seed"])
+        assert np.array_equal(obs, ep["observations"][0])
+        for i in range(t):
+            obs, reward, terminated, truncated, _ = env.step(ep["actions"][i])
+            assert np.array_equal(obs, ep["observations"][i + 1])
+            assert reward == ep["rewards"][i]
+            assert (terminated, truncated) == (ep["terminated"][i], ep["truncated"][i])
+    with pytest.raises(dreamgym.DreamgymError):
+        dreamgym.Dataset(tmp_path / "nothing-here")

@@ -19,6 +19,7 @@ unknown env or config key, a closed env).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -27,9 +28,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ._dreamgym import DreamgymError, RawEnv, RawVecEnv, env_ids
+from ._dreamgym import DreamgymError, RawDataset, RawEnv, RawVecEnv, env_ids
 
 __all__ = [
+    "Dataset",
     "DreamgymEnv",
     "DreamgymError",
     "DreamgymVectorEnv",
@@ -237,6 +239,34 @@ def make_vec(env_id: str, num_envs: int = 1, workers: int = 1, **config: Any) ->
     """A vector env of ``num_envs`` copies of ``env_id`` (an id without the ``dreamgym/``
     namespace, or with it) on ``workers`` threads."""
     return DreamgymVectorEnv(env_id.removeprefix("dreamgym/"), num_envs, workers, **config)
+
+
+class Dataset:
+    """A dataset recorded by ``dreamgym rollout`` (or an experiment), read as numpy.
+
+    Iterating yields one dict per episode: ``observations`` (``T + 1`` stacked, pixels
+    decompressed to uint8 arrays; a dict of arrays for Dict spaces, a list for text),
+    ``actions`` (``T``), ``rewards``, ``terminated``, ``truncated`` and ``seed`` (the reset seed
+    that reproduces the episode's start). Chunks are read one at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self._raw = RawDataset(os.fspath(path))
+        self.meta = json.loads(self._raw.meta_json())
+        self.env_id = self.meta["env_id"]
+        self.env_config = self.meta["env_config"]
+        self.observation_space = space_from_json(self.meta["observation_space"])
+        self.action_space = space_from_json(self.meta["action_space"])
+
+    def __len__(self) -> int:
+        return self._raw.stored_episodes()
+
+    def __iter__(self):
+        for i in range(self._raw.num_chunks()):
+            yield from self._raw.read_chunk(i)
+
+    def make_env(self) -> DreamgymEnv:
+        """The env the episodes were recorded in, with the same config."""
+        return DreamgymEnv(self.env_id, **self.env_config)
 
 
 for _id in env_ids():
