@@ -114,6 +114,12 @@ pub trait Env: Send {
     fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
         None
     }
+    /// The camera pixel observations come from (at the config's `width` and `height`), for
+    /// rendering the [`scene`](Env::scene) as the agent would see it; `None` for envs without
+    /// one.
+    fn camera(&self) -> Option<dreamgym_sim::Camera> {
+        None
+    }
     /// Asks the env to keep the poses of its scene's visuals every `every` physics steps
     /// inside each `step` (0 stops it), for viewers of envs whose one step runs many physics
     /// steps (a language command carried out by skills). Returns whether the env keeps them;
@@ -151,6 +157,9 @@ impl<E: Env + ?Sized> Env for Box<E> {
     }
     fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
         (**self).scene()
+    }
+    fn camera(&self) -> Option<dreamgym_sim::Camera> {
+        (**self).camera()
     }
     fn keep_motion(&mut self, every: usize) -> bool {
         (**self).keep_motion(every)

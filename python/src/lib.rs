@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use dreamgym_envs::vector::{AutoresetMode, ThreadedVecEnv, VecEnv};
 use dreamgym_envs::{Dtype, Env, Info, Registry, Space, Value};
+use dreamgym_sim::{Frame, Renderer};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -310,6 +311,24 @@ impl RawEnv {
             s.truncated,
             info_json(&s.info)?,
         ))
+    }
+
+    /// The env's camera picture of its scene now, `(height, width, 3)` uint8 (the pixel
+    /// observation's camera and size), or `None` for an env without a camera.
+    fn render<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        with_open(&self.env, "env", |e| {
+            let (Some((world, scene)), Some(camera)) = (e.scene(), e.camera()) else {
+                return Ok(None);
+            };
+            let mut frame = Frame::default();
+            Renderer::new()
+                .render(scene, world, &camera, &mut frame)
+                .map_err(err)?;
+            let shape = [frame.height, frame.width, 3];
+            Ok(Some(
+                PyArray1::from_vec(py, frame.rgb).reshape(shape)?.into_any(),
+            ))
+        })
     }
 
     /// Closes the env; later calls raise.

@@ -71,6 +71,24 @@ def test_the_same_seed_gives_the_same_episode(env_id):
     assert not _same(a[0], c[0])
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v0", "Reacher-v0", "Racer-v0", "Tabletop-v0"])
+def test_rgb_array_renders_what_the_pixel_camera_sees(env_id):
+    env = gym.make(f"dreamgym/{env_id}", render_mode="rgb_array", obs="pixels", width=40, height=24)
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=1)
+    frame = env.render()
+    assert frame.shape == (24, 40, 3) and frame.dtype == np.uint8
+    assert np.array_equal(frame, obs)
+    obs, *_ = env.step(env.action_space.sample())
+    assert np.array_equal(env.render(), obs)
+    # A state env renders too, at its config's size.
+    state = gym.make(f"dreamgym/{env_id}", render_mode="rgb_array")
+    state.reset(seed=1)
+    assert state.render().shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="render_mode"):
+        dreamgym.DreamgymEnv(env_id, render_mode="ansi")
+
+
 def test_pixel_observations_are_images():
     env = gym.make("dreamgym/Racer-v0", obs="pixels", width=48, height=32)
     obs, _ = env.reset(seed=0)

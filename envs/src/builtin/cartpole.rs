@@ -293,6 +293,10 @@ impl Env for CartPole {
         Some((&self.world, &self.scene))
     }
 
+    fn camera(&self) -> Option<Camera> {
+        Some(Self::camera(self))
+    }
+
     fn action_space(&self) -> &Space {
         &self.action_space
     }

@@ -99,3 +99,31 @@ pub(crate) fn ground_quad(half_x: f32, half_z: f32, y: f32) -> dreamgym_sim::Vis
         double_sided: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::wrappers::TimeLimit;
+    use crate::{Env, Info, Registry, Value};
+    use dreamgym_sim::{Frame, Renderer};
+
+    /// The trait's camera, rendered by hand from the trait's scene, is the pixel observation,
+    /// for every built-in env and through a wrapper.
+    #[test]
+    fn the_trait_camera_sees_what_pixel_observations_show() {
+        let registry = Registry::with_builtins();
+        let config = serde_json::json!({ "obs": "pixels", "width": 20, "height": 12 });
+        for id in registry.ids() {
+            let env = registry.make(&id, Some(&config)).unwrap();
+            let mut env = TimeLimit::new(env, 10);
+            let (obs, _) = env.reset(Some(4), &Info::new()).unwrap();
+            let (world, scene) = env.scene().unwrap();
+            let camera = env.camera().unwrap();
+            assert_eq!((camera.width, camera.height), (20, 12), "{id}");
+            let mut frame = Frame::default();
+            Renderer::new()
+                .render(scene, world, &camera, &mut frame)
+                .unwrap();
+            assert_eq!(obs, Value::U8(frame.rgb), "{id}");
+        }
+    }
+}

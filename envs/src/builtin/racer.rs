@@ -450,6 +450,10 @@ impl Env for Racer {
         Some((&self.world, &self.scene))
     }
 
+    fn camera(&self) -> Option<Camera> {
+        Some(Self::camera(self))
+    }
+
     fn action_space(&self) -> &Space {
         &self.action_space
     }

@@ -96,6 +96,9 @@ impl<E: Env> Env for FrameStack<E> {
     fn scene(&self) -> Option<(&dreamgym_sim::World, &dreamgym_sim::Scene)> {
         self.env.scene()
     }
+    fn camera(&self) -> Option<dreamgym_sim::Camera> {
+        self.env.camera()
+    }
     fn keep_motion(&mut self, every: usize) -> bool {
         self.env.keep_motion(every)
     }

@@ -134,20 +134,30 @@ def _batch_actions(space: spaces.Space, actions: Any, n: int) -> Any:
 class DreamgymEnv(gym.Env):
     """One dreamgym env (``env_id``, with the config ``**config``) as a ``gymnasium.Env``."""
 
-    metadata = {"render_modes": []}
+    # gym.make(..., render_mode="human") shows the frames in a pygame window (Gymnasium's
+    # HumanRendering wrapper) at render_fps.
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
     def __init__(self, env_id: str, render_mode: str | None = None, **config: Any):
-        if render_mode is not None:
-            raise DreamgymError(
-                f"render_mode={render_mode!r}: dreamgym envs render through their pixel "
-                "observations (obs='pixels') or the bevy viewer, not render()"
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(
+                f"render_mode={render_mode!r}: dreamgym envs render 'rgb_array' (the pixel "
+                "camera's picture, at the config's width and height); watch them live in the "
+                "bevy viewer"
             )
         self.env_id = env_id
         self.config = dict(config)
         self._raw = RawEnv(env_id, _config(self.config))
         self.observation_space = space_from_json(json.loads(self._raw.observation_space_json()))
         self.action_space = space_from_json(json.loads(self._raw.action_space_json()))
-        self.render_mode = None
+        self.render_mode = render_mode
+
+    def render(self):
+        """With ``render_mode="rgb_array"``: the env camera's picture now, uint8
+        ``(height, width, 3)`` (the camera and size of its pixel observations)."""
+        if self.render_mode != "rgb_array":
+            return None
+        return self._raw.render()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

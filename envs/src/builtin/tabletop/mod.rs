@@ -709,6 +709,10 @@ impl Env for Tabletop {
         Some((&self.world, &self.scene))
     }
 
+    fn camera(&self) -> Option<Camera> {
+        Some(Self::camera(self))
+    }
+
     fn keep_motion(&mut self, every: usize) -> bool {
         self.motion_every = every;
         self.motion.clear();
