@@ -140,11 +140,10 @@ def main():
         b_logp, b_adv = logp_buf.reshape(-1)[keep], adv.reshape(-1)[keep]
         b_ret, b_val = ret.reshape(-1)[keep], val_buf.reshape(-1)[keep]
         size = len(keep)
-        mb = max(1, size // args.minibatches)
         for _ in range(args.epochs):
-            perm = torch.randperm(size)
-            for start in range(0, size, mb):
-                idx = perm[start : start + mb]
+            # The kept steps vary in number (autoresets are left out): split them into
+            # `minibatches` near-equal parts.
+            for idx in torch.randperm(size).chunk(args.minibatches):
                 _, logp, entropy, value = agent.act(b_obs[idx], b_act[idx])
                 ratio = (logp - b_logp[idx]).exp()
                 a = b_adv[idx]

@@ -213,8 +213,36 @@ fn from_py(space: &Space, action: &Bound<'_, PyAny>) -> PyResult<Value> {
     Ok(value)
 }
 
-fn info_json(info: &Info) -> PyResult<String> {
-    serde_json::to_string(info).map_err(err)
+/// JSON as Python objects (dicts, lists, floats, ints, strings, bools, None).
+fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => py.None().into_bound(py),
+        J::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into_pyobject(py)?.into_any(),
+            (None, Some(u)) => u.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        J::String(s) => s.into_pyobject(py)?.into_any(),
+        J::Array(a) => {
+            let items = a
+                .iter()
+                .map(|x| json_to_py(py, x))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any()
+        }
+        J::Object(m) => info_to_py(py, m)?.into_any(),
+    })
+}
+
+/// An info dict as a Python dict.
+fn info_to_py<'py>(py: Python<'py>, info: &Info) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in info {
+        d.set_item(k, json_to_py(py, v)?)?;
+    }
+    Ok(d)
 }
 
 fn space_json(space: &Space) -> PyResult<String> {
@@ -279,29 +307,33 @@ impl RawEnv {
         space_json(&self.action_space)
     }
 
-    /// `(obs, info_json)`.
+    /// `(obs, info)`.
     #[pyo3(signature = (seed=None, options=None))]
     fn reset<'py>(
         &self,
         py: Python<'py>,
         seed: Option<u64>,
         options: Option<&str>,
-    ) -> PyResult<(Bound<'py, PyAny>, String)> {
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
         let options: Info = match options {
             Some(o) => serde_json::from_str(o)
                 .map_err(|e| PyValueError::new_err(format!("bad options: {e}")))?,
             None => Info::new(),
         };
         let (obs, info) = with_open(&self.env, "env", |e| e.reset(seed, &options).map_err(err))?;
-        Ok((to_py(py, &self.observation_space, &obs)?, info_json(&info)?))
+        Ok((
+            to_py(py, &self.observation_space, &obs)?,
+            info_to_py(py, &info)?,
+        ))
     }
 
-    /// `(obs, reward, terminated, truncated, info_json)`.
+    /// `(obs, reward, terminated, truncated, info)`.
+    #[allow(clippy::type_complexity)]
     fn step<'py>(
         &self,
         py: Python<'py>,
         action: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyAny>, f64, bool, bool, String)> {
+    ) -> PyResult<(Bound<'py, PyAny>, f64, bool, bool, Bound<'py, PyDict>)> {
         let action = from_py(&self.action_space, action)?;
         let s = with_open(&self.env, "env", |e| e.step(&action).map_err(err))?;
         Ok((
@@ -309,7 +341,7 @@ impl RawEnv {
             s.reward,
             s.terminated,
             s.truncated,
-            info_json(&s.info)?,
+            info_to_py(py, &s.info)?,
         ))
     }
 
@@ -362,9 +394,46 @@ fn split_actions(space: &Space, n: usize, actions: &Bound<'_, PyAny>) -> PyResul
             "{len} actions for {n} envs: one per env is needed"
         )));
     }
-    (0..n)
-        .map(|i| from_py(space, &actions.get_item(i)?))
-        .collect()
+    // Whole arrays: read once, cut per env, no Python object per env.
+    let values = match space {
+        Space::Box(b) if b.dtype == Dtype::F32 => actions
+            .extract::<PyReadonlyArrayDyn<f32>>()
+            .ok()
+            .filter(|a| a.len() == n * b.len())
+            .map(|a| {
+                let flat: Vec<f32> = a.as_array().iter().copied().collect();
+                flat.chunks(b.len().max(1))
+                    .map(|c| Value::F32(c.to_vec()))
+                    .collect::<Vec<_>>()
+            }),
+        Space::Discrete(_) => actions
+            .extract::<PyReadonlyArrayDyn<i64>>()
+            .ok()
+            .filter(|a| a.ndim() == 1)
+            .map(|a| a.as_array().iter().map(|&i| Value::Int(i)).collect()),
+        _ => None,
+    };
+    let values = match values {
+        Some(v) => v,
+        None => (0..n)
+            .map(|i| from_py(space, &actions.get_item(i)?))
+            .collect::<PyResult<Vec<_>>>()?,
+    };
+    for (i, v) in values.iter().enumerate() {
+        space
+            .check_action(v)
+            .map_err(|e| PyValueError::new_err(format!("invalid action for env {i}: {e}")))?;
+    }
+    Ok(values)
+}
+
+/// Per-env infos as a list of dicts.
+fn infos_to_py<'py>(py: Python<'py>, infos: &[Info]) -> PyResult<Bound<'py, PyList>> {
+    let dicts = infos
+        .iter()
+        .map(|i| info_to_py(py, i))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, dicts)
 }
 
 #[pymethods]
@@ -405,24 +474,24 @@ impl RawVecEnv {
         space_json(&self.action_space)
     }
 
-    /// `(obs, infos_json)`: env `i` is seeded `seed + i`.
+    /// `(obs, infos)` (one dict per env): env `i` is seeded `seed + i`.
     #[pyo3(signature = (seed=None))]
     fn reset<'py>(
         &self,
         py: Python<'py>,
         seed: Option<u64>,
-    ) -> PyResult<(Bound<'py, PyAny>, String)> {
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
         let (obs, infos) = with_open(&self.envs, "vector env", |envs| {
             py.detach(|| envs.reset(seed, &Info::new())).map_err(err)
         })?;
         let refs: Vec<&Value> = obs.iter().collect();
         Ok((
             stack_to_py(py, &self.observation_space, &refs)?,
-            serde_json::to_string(&infos).map_err(err)?,
+            infos_to_py(py, &infos)?,
         ))
     }
 
-    /// `(obs, rewards, terminated, truncated, infos_json)`, every env stepped with the GIL
+    /// `(obs, rewards, terminated, truncated, infos)`, every env stepped with the GIL
     /// released.
     #[allow(clippy::type_complexity)]
     fn step<'py>(
@@ -434,7 +503,7 @@ impl RawVecEnv {
         Bound<'py, PyArray1<f64>>,
         Bound<'py, PyArray1<bool>>,
         Bound<'py, PyArray1<bool>>,
-        String,
+        Bound<'py, PyList>,
     )> {
         let actions = split_actions(&self.action_space, self.num_envs, actions)?;
         let s = with_open(&self.envs, "vector env", |envs| {
@@ -446,7 +515,7 @@ impl RawVecEnv {
             PyArray1::from_vec(py, s.rewards),
             PyArray1::from_vec(py, s.terminated),
             PyArray1::from_vec(py, s.truncated),
-            serde_json::to_string(&s.infos).map_err(err)?,
+            infos_to_py(py, &s.infos)?,
         ))
     }
 

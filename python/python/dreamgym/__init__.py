@@ -163,14 +163,12 @@ class DreamgymEnv(gym.Env):
         super().reset(seed=seed)
         if seed is not None and not 0 <= int(seed) < 2**64:
             raise ValueError(f"seed {seed} is not in 0..2**64")
-        obs, info = self._raw.reset(
+        return self._raw.reset(
             None if seed is None else int(seed), json.dumps(options) if options else None
         )
-        return obs, json.loads(info)
 
     def step(self, action: Any):
-        obs, reward, terminated, truncated, info = self._raw.step(_action(self.action_space, action))
-        return obs, reward, terminated, truncated, json.loads(info)
+        return self._raw.step(_action(self.action_space, action))
 
     def close(self):
         self._raw.close()
@@ -181,10 +179,9 @@ class DreamgymEnv(gym.Env):
         return self._raw.closed
 
 
-def _vector_infos(text: str) -> dict:
+def _vector_infos(per_env: list) -> dict:
     """Per-env info dicts as Gymnasium's vector infos: each key an array over the envs, with
     a boolean mask ``_key`` saying which envs have it."""
-    per_env = json.loads(text)
     out: dict = {}
     if not any(per_env):
         return out
