@@ -54,6 +54,10 @@ fn env_ids() -> Vec<String> {
 /// dicts.
 fn to_py<'py>(py: Python<'py>, space: &Space, value: &Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match (space, value) {
+        // A vector needs no reshape (one numpy object fewer per step).
+        (Space::Box(b), Value::F32(v)) if b.shape.len() == 1 => {
+            PyArray1::from_slice(py, v).into_any()
+        }
         (Space::Box(b), Value::F32(v)) => PyArray1::from_slice(py, v)
             .reshape(b.shape.clone())?
             .into_any(),
