@@ -240,11 +240,20 @@ fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py
     })
 }
 
-/// An info dict as a Python dict.
+/// An info dict as a Python dict. `episode_seed` is a 64-bit unsigned seed (those drawn for
+/// unseeded resets use all 64 bits): it comes as a `numpy.uint64`, so that Gymnasium's vector
+/// envs, which gather an int info of their envs into an array typed by the first env's
+/// value, hold every env's.
 fn info_to_py<'py>(py: Python<'py>, info: &Info) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for (k, v) in info {
-        d.set_item(k, json_to_py(py, v)?)?;
+        let value = match (k.as_str(), v.as_u64()) {
+            ("episode_seed", Some(seed)) => {
+                py.import("numpy")?.getattr("uint64")?.call1((seed,))?
+            }
+            _ => json_to_py(py, v)?,
+        };
+        d.set_item(k, value)?;
     }
     Ok(d)
 }

@@ -89,6 +89,22 @@ def test_rgb_array_renders_what_the_pixel_camera_sees(env_id):
         dreamgym.DreamgymEnv(env_id, render_mode="ansi")
 
 
+def test_gymnasium_vector_envs_of_dreamgym_envs_take_drawn_seeds():
+    """An unseeded reset draws a full 64-bit episode seed; Gymnasium's SyncVectorEnv gathers
+    an int info into an array typed by the first env's value, so episode seeds come as
+    numpy.uint64 (RLlib's env runners use a SyncVectorEnv)."""
+    vec = gym.make_vec("dreamgym/CartPole-v0", num_envs=3, vectorization_mode="sync")
+    vec.reset()
+    _, infos = vec.reset()
+    assert infos["episode_seed"].shape == (3,)
+    vec.step(vec.action_space.sample())
+    env = dreamgym.DreamgymEnv("CartPole-v0")
+    _, info = env.reset(seed=2**64 - 1)
+    assert info["episode_seed"] == np.uint64(2**64 - 1)
+    _, again = env.reset(seed=info["episode_seed"])
+    assert again["episode_seed"] == info["episode_seed"]
+
+
 def test_pixel_observations_are_images():
     env = gym.make("dreamgym/Racer-v0", obs="pixels", width=48, height=32)
     obs, _ = env.reset(seed=0)

@@ -160,9 +160,14 @@ class DreamgymEnv(gym.Env):
         return self._raw.render()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            # A seed from an info (numpy.uint64) is as good as a Python int.
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise ValueError(f"seed {seed!r} is not an integer")
+            seed = int(seed)
+            if not 0 <= seed < 2**64:
+                raise ValueError(f"seed {seed} is not in 0..2**64")
         super().reset(seed=seed)
-        if seed is not None and not 0 <= int(seed) < 2**64:
-            raise ValueError(f"seed {seed} is not in 0..2**64")
         return self._raw.reset(
             None if seed is None else int(seed), json.dumps(options) if options else None
         )
