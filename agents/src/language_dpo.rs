@@ -1105,14 +1105,17 @@ mod tests {
     fn rounds_sample_from_the_last_model_resume_and_report() {
         let dir = tempfile::tempdir().unwrap();
         let start = dir.path().join("start");
-        crate::testing::tiny_language_model(3)
-            .unwrap()
-            .save(
-                &RunDir::new(&start).checkpoint(LM_CHECKPOINT),
-                None,
-                serde_json::json!({}),
-            )
-            .unwrap();
+        let save_start = |seed: u64| {
+            crate::testing::tiny_language_model(seed)
+                .unwrap()
+                .save(
+                    &RunDir::new(&start).checkpoint(LM_CHECKPOINT),
+                    None,
+                    serde_json::json!({}),
+                )
+                .unwrap();
+        };
+        save_start(3);
         let stage = tiny_stage(&start);
         let run = RunDir::new(dir.path().join("run"));
         let registry = Registry::with_builtins();
@@ -1173,14 +1176,7 @@ mod tests {
         assert_eq!(zero(&third), zero(&first));
 
         // Another start model in the same folder is refused.
-        crate::testing::tiny_language_model(4)
-            .unwrap()
-            .save(
-                &RunDir::new(&start).checkpoint(LM_CHECKPOINT),
-                None,
-                serde_json::json!({}),
-            )
-            .unwrap();
+        save_start(4);
         let err = run_language_dpo(&stage, &run, &registry, &())
             .unwrap_err()
             .to_string();
