@@ -292,3 +292,30 @@ def test_a_recorded_dataset_reads_as_numpy_and_replays_in_python(tmp_path, env_i
             assert (terminated, truncated) == (ep["terminated"][i], ep["truncated"][i])
     with pytest.raises(dreamgym.DreamgymError):
         dreamgym.Dataset(tmp_path / "nothing-here")
+
+
+def test_a_dataset_exports_to_minari(tmp_path, monkeypatch):
+    cli = os.environ.get("DREAMGYM_BIN")
+    if not cli:
+        pytest.skip("set DREAMGYM_BIN to the dreamgym binary to record a dataset")
+    minari = pytest.importorskip("minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    out = tmp_path / "data"
+    subprocess.run(
+        [cli, "rollout", "--env", "Racer-v0", "--obs", "pixels", "--set", "width=16", "--set",
+         "height=16", "--episodes", "2", "--num-envs", "2", "--seed", "3", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    ds = dreamgym.Dataset(out)
+    ds.to_minari("dreamgym/racer/random-v0", author="tests")
+    loaded = minari.load_dataset("dreamgym/racer/random-v0")
+    assert loaded.total_episodes == 2
+    for ours, theirs in zip(ds, loaded.iterate_episodes()):
+        assert np.array_equal(ours["observations"], theirs.observations)
+        assert np.array_equal(ours["actions"], theirs.actions)
+        assert np.array_equal(ours["rewards"], theirs.rewards)
+        assert np.array_equal(ours["terminated"], theirs.terminations)
+    env = loaded.recover_environment()
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == (16, 16, 3)

@@ -18,6 +18,7 @@ unknown env or config key, a closed env).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -280,7 +281,44 @@ class Dataset:
         """The env the episodes were recorded in, with the same config."""
         return DreamgymEnv(self.env_id, **self.env_config)
 
+    def env_spec(self) -> gym.envs.registration.EnvSpec:
+        """The Gymnasium spec of the env the episodes were recorded in, with its config."""
+        spec = gym.spec(f"dreamgym/{self.env_id}")
+        return dataclasses.replace(spec, kwargs={**spec.kwargs, **self.env_config})
+
+    def to_minari(self, dataset_id: str, **kwargs: Any):
+        """Writes the episodes as a Minari dataset (Farama's offline-RL format; ``pip install
+        "minari[hdf5]"``) under ``dataset_id`` in Minari's datasets folder, images stored
+        losslessly, and returns it. ``kwargs`` go to ``minari.create_dataset_from_buffers``
+        (``author``, ``description``, ...)."""
+        import minari
+        from minari.data_collector import EpisodeBuffer
+
+        buffers = [
+            EpisodeBuffer(
+                id=i,
+                seed=int(ep["seed"]) if int(ep["seed"]) < 2**63 else None,
+                observations=ep["observations"],
+                actions=ep["actions"],
+                rewards=ep["rewards"],
+                terminations=ep["terminated"],
+                truncations=ep["truncated"],
+            )
+            for i, ep in enumerate(self)
+        ]
+        kwargs.setdefault("algorithm_name", self.meta.get("policy"))
+        kwargs.setdefault("jpeg_encoding", False)
+        return minari.create_dataset_from_buffers(
+            dataset_id,
+            buffers,
+            env=self.env_spec(),
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+            **kwargs,
+        )
+
 
 for _id in env_ids():
     if f"dreamgym/{_id}" not in gym.registry:
-        gym.register(id=f"dreamgym/{_id}", entry_point=DreamgymEnv, kwargs={"env_id": _id})
+        # The entry point as a string: specs then serialize (Minari, Ray).
+        gym.register(id=f"dreamgym/{_id}", entry_point="dreamgym:DreamgymEnv", kwargs={"env_id": _id})
