@@ -968,43 +968,55 @@ pub fn evaluate_zero_shot(
         "splits": stage.eval.splits,
         "max_new_tokens": stage.eval.max_new_tokens,
     });
-    let path = run.file("lm_zero_shot.json");
-    if let Ok(bytes) = std::fs::read(&path)
+    cached(&run.file("lm_zero_shot.json"), &made_by, || {
+        let model = Arc::new(
+            load_pretrained(base, &Device::Cpu)
+                .with_context(|| format!("cannot load the base model {}", base.display()))?,
+        );
+        let (mut greedy, mut constrained) = greedy_and_constrained(model, &stage.eval, "zero-shot");
+        let eval = SftEval {
+            episodes: n,
+            ..stage.eval.clone()
+        };
+        progress.begin(
+            "evaluate the base model zero-shot",
+            (n * eval.splits.len() * 2) as u64,
+        );
+        let mut results = Vec::new();
+        for &split in &eval.splits {
+            for (label, policy) in [
+                ("zero-shot", &mut greedy),
+                ("zero-shot, constrained", &mut constrained),
+            ] {
+                results.push(evaluate_policy(
+                    label, policy, registry, &data.env, split, &eval, None, progress,
+                )?);
+            }
+        }
+        progress.end();
+        Ok(results)
+    })
+}
+
+/// `path`'s results when it was made by `made_by` (a JSON file `{made_by, results}`), else
+/// `make`'s, saved there: evaluations kept while what made them holds.
+pub(crate) fn cached(
+    path: &std::path::Path,
+    made_by: &serde_json::Value,
+    make: impl FnOnce() -> anyhow::Result<Vec<SplitResult>>,
+) -> anyhow::Result<Vec<SplitResult>> {
+    if let Ok(bytes) = std::fs::read(path)
         && let Ok(old) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        && old.get("made_by") == Some(&made_by)
+        && old.get("made_by") == Some(made_by)
         && let Some(Ok(results)) = old
             .get("results")
             .map(|r| serde_json::from_value::<Vec<SplitResult>>(r.clone()))
     {
         return Ok(results);
     }
-    let model = Arc::new(
-        load_pretrained(base, &Device::Cpu)
-            .with_context(|| format!("cannot load the base model {}", base.display()))?,
-    );
-    let (mut greedy, mut constrained) = greedy_and_constrained(model, &stage.eval, "zero-shot");
-    let eval = SftEval {
-        episodes: n,
-        ..stage.eval.clone()
-    };
-    progress.begin(
-        "evaluate the base model zero-shot",
-        (n * eval.splits.len() * 2) as u64,
-    );
-    let mut results = Vec::new();
-    for &split in &eval.splits {
-        for (label, policy) in [
-            ("zero-shot", &mut greedy),
-            ("zero-shot, constrained", &mut constrained),
-        ] {
-            results.push(evaluate_policy(
-                label, policy, registry, &data.env, split, &eval, None, progress,
-            )?);
-        }
-    }
-    progress.end();
+    let results = make()?;
     dreamgym_base::write_atomic(
-        &path,
+        path,
         &serde_json::to_vec_pretty(&serde_json::json!({ "made_by": made_by, "results": results }))?,
     )?;
     Ok(results)

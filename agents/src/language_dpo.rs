@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::{LabelLog, SyntheticLabeler};
 use crate::language::{
-    LM_CHECKPOINT, SftEval, SplitResult, evaluate_policy, language_model_fingerprint,
+    LM_CHECKPOINT, SftEval, SplitResult, cached, evaluate_policy, language_model_fingerprint,
     load_language_model,
 };
 use crate::preference::{
@@ -457,7 +457,7 @@ pub fn run_language_dpo(
             }),
         };
         let t0 = std::time::Instant::now();
-        let trained = !checkpoint_finished(&out, dpo.steps);
+        let trained = checkpoint.steps_done()? < dpo.steps;
         let steps = train_dpo(
             &policy,
             &reference,
@@ -554,15 +554,6 @@ fn check_start(run: &RunDir, model: &Path, fingerprint: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// Whether `out` holds a finished DPO checkpoint of `steps` steps.
-fn checkpoint_finished(out: &RunDir, steps: usize) -> bool {
-    crate::language::read_state(&out.checkpoint(LM_CHECKPOINT))
-        .ok()
-        .flatten()
-        .and_then(|(state, _)| state.pointer("/dpo/steps_done").and_then(|v| v.as_u64()))
-        == Some(steps as u64)
-}
-
 /// Greedy success of `model` on every eval split.
 fn evaluate_model(
     name: &str,
@@ -577,6 +568,18 @@ fn evaluate_model(
         ..Sampling::default()
     };
     let mut policy = LanguagePolicy::new(model, sampling, name);
+    evaluate_splits(name, &mut policy, stage, env, registry, progress)
+}
+
+/// `policy` on every eval split.
+fn evaluate_splits(
+    name: &str,
+    policy: &mut dyn dreamgym_policies::Policy,
+    stage: &LanguageDpoStage,
+    env: &(String, serde_json::Value),
+    registry: &Registry,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<SplitResult>> {
     stage
         .eval
         .splits
@@ -584,7 +587,7 @@ fn evaluate_model(
         .map(|&split| {
             evaluate_policy(
                 name,
-                &mut policy,
+                policy,
                 registry,
                 env,
                 split,
@@ -623,29 +626,6 @@ fn evaluate_cached(
     })
 }
 
-/// `path`'s results when it was made by `made_by`, else `make`'s, saved there.
-fn cached(
-    path: &Path,
-    made_by: &serde_json::Value,
-    make: impl FnOnce() -> anyhow::Result<Vec<SplitResult>>,
-) -> anyhow::Result<Vec<SplitResult>> {
-    if let Ok(bytes) = std::fs::read(path)
-        && let Ok(old) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        && old.get("made_by") == Some(made_by)
-        && let Some(Ok(results)) = old
-            .get("results")
-            .map(|r| serde_json::from_value::<Vec<SplitResult>>(r.clone()))
-    {
-        return Ok(results);
-    }
-    let results = make()?;
-    dreamgym_base::write_atomic(
-        path,
-        &serde_json::to_vec_pretty(&serde_json::json!({ "made_by": made_by, "results": results }))?,
-    )?;
-    Ok(results)
-}
-
 /// The planner and the start model on the eval seeds (`baselines.json`).
 fn evaluate_baselines(
     stage: &LanguageDpoStage,
@@ -663,19 +643,7 @@ fn evaluate_baselines(
             (2 * stage.eval.episodes * stage.eval.splits.len()) as u64,
         );
         let mut planner = dreamgym_policies::TabletopPlanner::default();
-        let mut results = Vec::new();
-        for &split in &stage.eval.splits {
-            results.push(evaluate_policy(
-                "planner",
-                &mut planner,
-                registry,
-                env,
-                split,
-                &stage.eval,
-                None,
-                progress,
-            )?);
-        }
+        let mut results = evaluate_splits("planner", &mut planner, stage, env, registry, progress)?;
         results.extend(evaluate_model(
             "start",
             start.clone(),

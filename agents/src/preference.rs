@@ -583,8 +583,9 @@ impl DpoCheckpoint<'_> {
         self.run.checkpoint(crate::language::LM_CHECKPOINT)
     }
 
-    /// The steps done by the checkpoint in the folder (0 when there is none).
-    fn steps_done(&self) -> anyhow::Result<usize> {
+    /// The steps done by the checkpoint in the folder (0 when there is none); an error when
+    /// the folder holds a checkpoint of other training.
+    pub(crate) fn steps_done(&self) -> anyhow::Result<usize> {
         let Some((state, _)) = crate::language::read_state(&self.stem())? else {
             return Ok(0);
         };
