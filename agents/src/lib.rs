@@ -35,7 +35,7 @@ pub mod tensorboard;
 pub mod testing;
 pub mod world_models;
 
-pub use collect::{CollectConfig, CollectSummary, collect};
+pub use collect::{CollectConfig, CollectSummary, MergeSummary, collect, merge};
 pub use episode::{EpisodeStats, run_episode};
 pub use evaluate::{mean_std, run_jobs};
 pub use experiment::{

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dreamgym_agents::testing::{record, tiny_config};
 use dreamgym_agents::world_models::{Stage, run_world_models};
 use dreamgym_agents::{
-    CollectConfig, Experiment, OnChange, Part, Progress, RunDir, collect, parse_experiment,
+    CollectConfig, Experiment, OnChange, Part, Progress, RunDir, collect, merge, parse_experiment,
     prepare_run, run_experiment,
 };
 use dreamgym_envs::Registry;
@@ -62,6 +62,87 @@ fn episode_seeds(dir: &Path) -> Vec<u64> {
     let report = Dataset::open(dir).unwrap().load();
     assert!(report.damaged.is_empty());
     report.episodes.iter().map(|e| e.seed).collect()
+}
+
+/// Every visible file of a folder, by name, with its bytes.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .map(|name| (name.clone(), std::fs::read(dir.join(&name)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn shards_of_a_rollout_merge_into_the_bytes_one_process_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::with_builtins();
+    let whole = CollectConfig {
+        env: "CartPole-v0".into(),
+        episodes: 70,
+        num_envs: 3,
+        workers: 2,
+        seed: 5,
+        ..Default::default()
+    };
+    let whole_dir = dir.path().join("whole");
+    collect(&registry, &whole, &whole_dir, &()).unwrap();
+    // Episode k starts from seed + k, in order, whichever env ran it.
+    assert_eq!(episode_seeds(&whole_dir), (5..75).collect::<Vec<u64>>());
+    // Three shards with other worker counts (the first split across chunk boundaries
+    // differently from the whole), named out of order.
+    let mut shards = Vec::new();
+    for (first, episodes, workers) in [(35u64, 35usize, 1usize), (0, 30, 3), (30, 5, 2)] {
+        let shard = CollectConfig {
+            first_episode: first,
+            episodes,
+            workers,
+            ..whole.clone()
+        };
+        let path = dir.path().join(format!("shard-{first}"));
+        collect(&registry, &shard, &path, &()).unwrap();
+        shards.push(path);
+    }
+    let merged = dir.path().join("merged");
+    let summary = merge(&shards, &merged).unwrap();
+    assert_eq!((summary.episodes, summary.first_episode), (70, 0));
+    let (a, b) = (files(&whole_dir), files(&merged));
+    assert!(a.len() >= 3, "{:?}", a.keys());
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{name} differs");
+    }
+
+    // Shards that do not fit together are refused, and nothing is written.
+    let refused = |shards: &[std::path::PathBuf], what: &str| {
+        let out = dir.path().join(format!("refused-{what}"));
+        let e = format!("{:#}", merge(shards, &out).unwrap_err());
+        assert!(e.contains(what), "{e}");
+        assert!(!out.exists());
+    };
+    refused(&[shards[1].clone(), shards[0].clone()], "gap");
+    let overlap = dir.path().join("overlap");
+    let o = CollectConfig {
+        first_episode: 25,
+        episodes: 10,
+        ..whole.clone()
+    };
+    collect(&registry, &o, &overlap, &()).unwrap();
+    refused(&[shards[1].clone(), overlap], "overlap");
+    let other = dir.path().join("other-seed");
+    let o = CollectConfig {
+        seed: 6,
+        first_episode: 30,
+        episodes: 5,
+        ..whole.clone()
+    };
+    collect(&registry, &o, &other, &()).unwrap();
+    refused(&[shards[1].clone(), other], "seed differs");
+    // The output must be new.
+    let e = format!("{:#}", merge(&shards, &whole_dir).unwrap_err());
+    assert!(e.contains("already holds a dataset"), "{e}");
 }
 
 #[test]

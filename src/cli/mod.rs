@@ -40,6 +40,8 @@ pub enum Command {
     Envs(envs::Args),
     /// Collect episodes with a policy on worker threads and record them to disk.
     Rollout(rollout::Args),
+    /// Join the shards of one rollout (`rollout --first-episode`) into one dataset.
+    Merge(rollout::MergeArgs),
     /// List the kinds of policy that `--policy` accepts.
     Policies(policies::Args),
     /// Summarize a recorded dataset (episodes, steps, returns, spaces, damaged chunks).
@@ -139,6 +141,7 @@ pub fn run(cli: Cli, registry: &Registry) -> anyhow::Result<()> {
     match cli.command {
         Command::Envs(a) => envs::run(a, registry),
         Command::Rollout(a) => rollout::run(a, registry),
+        Command::Merge(a) => rollout::merge(a),
         Command::Policies(a) => policies::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Check(a) => check::run(a, registry),

@@ -28,15 +28,21 @@ pub struct Args {
     /// Episodes to record.
     #[arg(long, default_value_t = 100)]
     episodes: usize,
-    /// Environments stepped together; the recorded data depend on this, not on `--workers`.
+    /// Environments stepped together (a policy acts on them as one batch); the data do not
+    /// depend on `--workers`.
     #[arg(long, default_value_t = 8)]
     num_envs: usize,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Seed (env `i` starts from `seed + i`).
+    /// Seed (episode `k` of the rollout starts from `reset(seed + k)`).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Record episodes `K .. K + episodes` of the rollout: one shard of a rollout split
+    /// across processes or machines; `dreamgym merge` joins the shards into the dataset one
+    /// process would have recorded.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    first_episode: u64,
     /// Output folder (must be new or empty, unless `--append`).
     #[arg(long)]
     out: PathBuf,
@@ -66,6 +72,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         num_envs: args.num_envs,
         workers: args.workers,
         seed: args.seed,
+        first_episode: args.first_episode,
         out: None,
         append: args.append || args.resume,
         resume_unfinished: args.resume,
@@ -87,5 +94,23 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         }
         .into());
     }
+    Ok(())
+}
+
+/// Arguments of `dreamgym merge`.
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The shards: datasets recorded by `dreamgym rollout --first-episode K` with the same env,
+    /// policy, seed and `--num-envs`, covering a range of episodes without gaps.
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// Output folder (must be new or empty).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    let summary = dreamgym_agents::merge(&args.shards, &args.out)?;
+    println!("{summary}");
     Ok(())
 }

@@ -108,6 +108,10 @@ impl Episode {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What `dataset.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -141,12 +145,19 @@ pub struct Collection {
     pub policy: String,
     /// The seed it was given.
     pub seed: u64,
-    /// The seed its envs were reset from (env `i` from `env_seed + i`): `seed` for the first
-    /// collection of a dataset, a seed derived from it and the collection's index for later
-    /// ones, so that appended episodes are new ones.
+    /// The seed its episodes were reset from (episode `k` from `env_seed + k`; in datasets
+    /// recorded before December 2026 only the first `num_envs` episodes, the later ones from
+    /// their env's own seed stream): `seed` for the first collection of a dataset, a seed
+    /// derived from it and the collection's index for later ones, so that appended episodes
+    /// are new ones.
     pub env_seed: u64,
-    /// Environments stepped together (the data depend on it).
+    /// Environments stepped together.
     pub num_envs: usize,
+    /// The index of its first episode within the rollout: episode `k` starts from
+    /// `reset(Some(env_seed + k))`. Non-zero for a shard of a rollout split across processes
+    /// or machines (`dreamgym rollout --first-episode`), which `dreamgym merge` joins.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub first_episode: u64,
     /// Episodes it was asked to record.
     pub episodes: usize,
     /// Episodes it wrote (known once it ended; 0 while it runs or if it was killed).
