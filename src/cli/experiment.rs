@@ -24,8 +24,22 @@ pub struct Args {
     /// `cuda`, `cuda:N` (a `--features cuda` build).
     #[arg(long)]
     device: Option<String>,
+    /// How progress is shown: `bars` (a terminal's progress bars, or a plain line every 10 s
+    /// without a terminal) or `json` (one JSON object per line on stdout, for programs that
+    /// drive dreamgym, such as the Python package's `dreamgym.run`).
+    #[arg(long, value_enum, default_value_t = ProgressKind::Bars)]
+    progress: ProgressKind,
     #[command(flatten)]
     on_change: OnChangeArgs,
+}
+
+/// How `dreamgym run` shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressKind {
+    /// Progress bars on a terminal, plain lines otherwise.
+    Bars,
+    /// JSON lines on stdout.
+    Json,
 }
 
 /// What to do when the run folder was made with another config.
@@ -91,8 +105,16 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         exp.name,
         run.root().display()
     );
-    let progress = CliProgress::new();
-    run_experiment(&exp, registry, args.on_change.get(), &progress)?;
+    let progress: Box<dyn dreamgym_agents::Progress> = match args.progress {
+        ProgressKind::Bars => Box::new(CliProgress::new()),
+        ProgressKind::Json => {
+            super::progress::json_line(serde_json::json!({
+                "event": "run", "name": exp.name, "dir": run.root(), "config": origin
+            }));
+            Box::new(super::progress::JsonProgress::new())
+        }
+    };
+    run_experiment(&exp, registry, args.on_change.get(), progress.as_ref())?;
     if exp.collects() {
         super::inspect::print_summary(&run.data())?;
     }

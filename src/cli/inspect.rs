@@ -114,10 +114,15 @@ pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
     let last = meta.collections.len().saturating_sub(1);
     for (i, c) in meta.collections.iter().enumerate() {
         out!(
-            "collection   {i}: policy {}, seed {} (envs from {}), {} envs, {}",
+            "collection   {i}: policy {}, seed {} (episode k from {} + k){}, {} envs, {}",
             c.policy,
             c.seed,
             c.env_seed,
+            if c.first_episode > 0 {
+                format!(", episodes from {}", c.first_episode)
+            } else {
+                String::new()
+            },
             c.num_envs,
             match (c.complete, c.resumed_by, &running) {
                 (true, Some(by), _) => format!(

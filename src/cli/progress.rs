@@ -203,3 +203,109 @@ impl Progress for CliProgress {
         stop_flag().is_set()
     }
 }
+
+/// Progress as JSON lines on stdout, one object per event, for programs that drive the
+/// command line (`dreamgym run --progress json`; the Python package's `dreamgym.run`):
+///
+/// - `{"event": "begin", "stage", "total"}` when a stage starts;
+/// - `{"event": "advance", "stage", "done", "total", "status"}` at most every
+///   [`JSON_EVERY`], and for the last unit (`status`: the stage's latest line, such as
+///   `mean return 12.3`, or empty);
+/// - `{"event": "note", "text"}`, `{"event": "done", "text"}` (a stage's summary),
+///   `{"event": "end", "stage"}`.
+///
+/// Other output of the command stays plain text. Ctrl-C (SIGINT) stops as in a terminal.
+pub struct JsonProgress {
+    stage: Mutex<JsonStage>,
+}
+
+/// How often a JSON `advance` event is written.
+pub const JSON_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[derive(Default)]
+struct JsonStage {
+    name: String,
+    done: u64,
+    total: u64,
+    status: String,
+    written: Option<std::time::Instant>,
+}
+
+impl JsonProgress {
+    /// A reporter with Ctrl-C wired to [`Progress::interrupted`].
+    pub fn new() -> Self {
+        stop_flag();
+        Self {
+            stage: Mutex::new(JsonStage::default()),
+        }
+    }
+}
+
+impl Default for JsonProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes one event line on stdout, ignoring a closed stream.
+pub fn json_line(event: serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{event}");
+    let _ = out.flush();
+}
+
+impl Progress for JsonProgress {
+    fn begin(&self, stage: &str, total: u64) {
+        if let Ok(mut s) = self.stage.lock() {
+            *s = JsonStage {
+                name: stage.to_string(),
+                done: 0,
+                total,
+                status: String::new(),
+                written: None,
+            };
+        }
+        json_line(serde_json::json!({"event": "begin", "stage": stage, "total": total}));
+    }
+
+    fn advance(&self, n: u64) {
+        let Ok(mut s) = self.stage.lock() else { return };
+        s.done += n;
+        let due = s.written.is_none_or(|t| t.elapsed() >= JSON_EVERY);
+        if due || s.done >= s.total {
+            s.written = Some(std::time::Instant::now());
+            json_line(serde_json::json!({
+                "event": "advance", "stage": s.name, "done": s.done, "total": s.total,
+                "status": s.status
+            }));
+        }
+    }
+
+    fn status(&self, text: &str) {
+        if let Ok(mut s) = self.stage.lock() {
+            s.status = text.to_string();
+        }
+    }
+
+    fn end(&self) {
+        let stage = self
+            .stage
+            .lock()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        json_line(serde_json::json!({"event": "end", "stage": stage}));
+    }
+
+    fn note(&self, text: &str) {
+        json_line(serde_json::json!({"event": "note", "text": text}));
+    }
+
+    fn done(&self, summary: &str) {
+        json_line(serde_json::json!({"event": "done", "text": summary}));
+    }
+
+    fn interrupted(&self) -> bool {
+        stop_flag().is_set()
+    }
+}

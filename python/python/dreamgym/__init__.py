@@ -11,6 +11,10 @@ Keyword arguments are the env's config (the same keys as ``dreamgym rollout --se
 threads with the GIL released, NEXT_STEP autoreset, observations and actions as batched numpy
 arrays.
 
+``dreamgym.run`` (an experiment, with progress through a callback), ``dreamgym.rollout`` and
+``dreamgym.merge`` drive the ``dreamgym`` program; ``dreamgym.distributed.rollout`` splits a
+rollout into Ray tasks.
+
 Errors raised by the Rust side keep its message: ``ValueError`` for an action that is not in
 the action space, ``dreamgym.DreamgymError`` (a ``RuntimeError``) for everything else (an
 unknown env or config key, a closed env).
@@ -30,6 +34,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ._dreamgym import DreamgymError, RawDataset, RawEnv, RawVecEnv, env_ids
+from . import distributed
+from .cli import find_binary, merge, rollout, run
 
 __all__ = [
     "Dataset",
@@ -37,8 +43,13 @@ __all__ = [
     "DreamgymError",
     "DreamgymVectorEnv",
     "TextSpace",
+    "distributed",
     "env_ids",
+    "find_binary",
     "make_vec",
+    "merge",
+    "rollout",
+    "run",
     "space_from_json",
 ]
 
