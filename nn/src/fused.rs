@@ -281,6 +281,40 @@ pub(crate) fn fast_tanh(x: f32) -> f32 {
     p / q
 }
 
+/// `e^x`, branch-free, so that loops calling it vectorise (glibc's `expf` is one call per
+/// element: a tenth of M's training step). Cody–Waite reduction `x = n ln2 + r` with
+/// `|r| <= ln2/2` (`n` rounded by the 1.5·2^23 trick, which needs no `floor` instruction),
+/// Cephes' degree-6 polynomial for `e^r`, and `2^n` written into the exponent bits.
+/// Relative error below 3e-7 on [-87.3, 88] (tested against f64); 0 below -87.3 (where
+/// f32 leaves normal numbers), and it saturates at e^88 ≈ 1.65e38 instead of overflowing.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // Cephes' coefficients as published
+pub fn fast_exp(x: f32) -> f32 {
+    const LO: f32 = -87.336_55;
+    const HI: f32 = 88.0;
+    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(LO, HI);
+    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_15e-4;
+    p = p * r + 1.398_199_95e-3;
+    p = p * r + 8.333_451_9e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_55e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e_r = p * (r * r) + r + 1.0;
+    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < LO { 0.0 } else { e_r * two_n }
+}
+
+/// The logistic sigmoid through [`fast_exp`] (relative error below 5e-7).
+#[inline(always)]
+pub fn fast_sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + fast_exp(-x))
+}
+
 impl CustomOp1 for GeluTanh {
     fn name(&self) -> &'static str {
         "dreamgym-gelu-tanh"
@@ -467,6 +501,25 @@ mod tests {
         let t = rand(&[5, 3], 24).t().unwrap();
         let want = t.sum(0).unwrap();
         assert!(max_diff(&sum_rows(&t).unwrap(), &want) < 1e-6);
+    }
+
+    #[test]
+    fn fast_exp_is_within_3e7_relative_of_exp() {
+        let mut worst = 0f64;
+        let mut x = -87.3f32;
+        while x <= 88.0 {
+            let exact = (x as f64).exp();
+            let err = ((fast_exp(x) as f64 - exact) / exact).abs();
+            worst = worst.max(err);
+            x += 0.000_37;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(fast_exp(0.0), 1.0);
+        assert_eq!(fast_exp(-100.0), 0.0);
+        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
+        assert!(fast_exp(1e9).is_finite() && fast_exp(1e9) > 1e38);
+        let s = fast_sigmoid(2.0) as f64;
+        assert!((s - 1.0 / (1.0 + (-2f64).exp())).abs() < 1e-7);
     }
 
     #[test]

@@ -11,27 +11,29 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use crate::fused::contiguous_f32;
 use crate::{Linear, ParamInit};
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+// The gates' activations are the branch-free `fast_sigmoid` and `fast_tanh`, so the cell's
+// loops vectorise (libm's `expf` was a tenth of M's training step).
+use crate::fused::{fast_sigmoid as sigmoid, fast_tanh as tanh};
 
-/// The four gate activations (input, forget, cell, output) of unit `j` from the pre-activations
-/// `g` (`[4H]`, PyTorch's i, f, g, o order).
-fn activations(g: &[f32], h: usize, j: usize) -> (f32, f32, f32, f32) {
-    (
-        sigmoid(g[j]),
-        sigmoid(g[h + j]),
-        tanh(g[2 * h + j]),
-        sigmoid(g[3 * h + j]),
-    )
-}
-
-/// tanh through one `exp` (glibc's `tanhf` goes through `expm1f` and was 10% of M's step).
-fn tanh(x: f32) -> f32 {
-    if x.abs() > 15.0 {
-        return x.signum();
+/// The gate activations of one row (`g`, `[4H]` pre-activations in PyTorch's i, f, g, o
+/// order) into `act`: sigmoid of i, f and o, tanh of g. Whole-slice loops over branch-free
+/// activations, which the compiler vectorises; returns the four `[H]` parts.
+#[inline(always)]
+fn activate<'a>(g: &[f32], act: &'a mut [f32]) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
+    let h = g.len() / 4;
+    for (y, &x) in act[..2 * h].iter_mut().zip(&g[..2 * h]) {
+        *y = sigmoid(x);
     }
-    1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
+    for (y, &x) in act[2 * h..3 * h].iter_mut().zip(&g[2 * h..3 * h]) {
+        *y = tanh(x);
+    }
+    for (y, &x) in act[3 * h..4 * h].iter_mut().zip(&g[3 * h..4 * h]) {
+        *y = sigmoid(x);
+    }
+    let (i, rest) = act[..4 * h].split_at(h);
+    let (f, rest) = rest.split_at(h);
+    let (gg, o) = rest.split_at(h);
+    (i, f, gg, o)
 }
 
 /// (gates `[B, 4H]`, c `[B, H]`) → `[B, 2H]` = (h', c').
@@ -64,15 +66,15 @@ impl CustomOp2 for Cell {
             );
         }
         let mut out = vec![0f32; b * 2 * h];
+        let mut act = vec![0f32; h4];
         for r in 0..b {
-            let g = &gates[r * h4..(r + 1) * h4];
+            let (i, f, gg, og) = activate(&gates[r * h4..(r + 1) * h4], &mut act);
             let cr = &c[r * h..(r + 1) * h];
-            let o = &mut out[r * 2 * h..(r + 1) * 2 * h];
+            let (oh, oc) = out[r * 2 * h..(r + 1) * 2 * h].split_at_mut(h);
             for j in 0..h {
-                let (i, f, gg, og) = activations(g, h, j);
-                let cn = f * cr[j] + i * gg;
-                o[j] = og * tanh(cn);
-                o[h + j] = cn;
+                let cn = f[j] * cr[j] + i[j] * gg[j];
+                oh[j] = og[j] * tanh(cn);
+                oc[j] = cn;
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b, 2 * h))))
@@ -114,13 +116,14 @@ impl CustomOp3 for CellBackward {
         let (b, h) = l2.shape().dims2()?;
         let h4 = 4 * h;
         let mut out = vec![0f32; b * 5 * h];
+        let mut act = vec![0f32; h4];
         for r in 0..b {
-            let g = &gates[r * h4..(r + 1) * h4];
+            let (i, f, gg, og) = activate(&gates[r * h4..(r + 1) * h4], &mut act);
             let cr = &c[r * h..(r + 1) * h];
             let gr = &grad[r * 2 * h..(r + 1) * 2 * h];
             let o = &mut out[r * 5 * h..(r + 1) * 5 * h];
             for j in 0..h {
-                let (i, f, gg, og) = activations(g, h, j);
+                let (i, f, gg, og) = (i[j], f[j], gg[j], og[j]);
                 let cn = f * cr[j] + i * gg;
                 let tc = tanh(cn);
                 let dh = gr[j];
@@ -205,6 +208,7 @@ impl CustomOp2 for LstmSeq {
         let (h5, srow, hrow) = (5 * h, t * 5 * h, t * h);
         let mut res = vec![0f32; b * t * h];
         let mut state = vec![0f32; b * t * h5];
+        let mut act = vec![0f32; 4 * h];
         for step in 0..t {
             for r in 0..b {
                 let dst = (r * t + step) * h5 + h;
@@ -240,13 +244,22 @@ impl CustomOp2 for LstmSeq {
             for r in 0..b {
                 let cur = (r * t + step) * h5;
                 let hcur = (r * t + step) * h;
-                for j in 0..h {
-                    let g = &state[cur + h..cur + h5];
-                    let (i, f, gg, o) = activations(g, h, j);
-                    let c_prev = if step > 0 { state[cur - h5 + j] } else { 0.0 };
-                    let c = f * c_prev + i * gg;
-                    state[cur + j] = c;
-                    res[hcur + j] = o * tanh(c);
+                let (i, f, gg, o) = activate(&state[cur + h..cur + h5], &mut act);
+                let hr = &mut res[hcur..hcur + h];
+                if step > 0 {
+                    let (prev, now) = state[cur - h5..cur + h].split_at_mut(h5);
+                    for j in 0..h {
+                        let c = f[j] * prev[j] + i[j] * gg[j];
+                        now[j] = c;
+                        hr[j] = o[j] * tanh(c);
+                    }
+                } else {
+                    let now = &mut state[cur..cur + h];
+                    for j in 0..h {
+                        let c = i[j] * gg[j];
+                        now[j] = c;
+                        hr[j] = o[j] * tanh(c);
+                    }
                 }
             }
         }
@@ -297,6 +310,7 @@ impl CustomOp3 for LstmSeqBackward {
         }
         let mut out = vec![0f32; b * t * h4 + h4 * h];
         let (dproj, dw) = out.split_at_mut(b * t * h4);
+        let mut act = vec![0f32; 4 * h];
         let mut dh_next = vec![0f32; b * h];
         let mut dc_next = vec![0f32; b * h];
         for step in (0..t).rev() {
@@ -305,8 +319,9 @@ impl CustomOp3 for LstmSeqBackward {
                 let g = &state[cur + h..cur + h5];
                 let gr = &grad[(r * t + step) * h..(r * t + step + 1) * h];
                 let d = &mut dproj[(r * t + step) * h4..(r * t + step + 1) * h4];
+                let (i, f, gg, o) = activate(g, &mut act);
                 for j in 0..h {
-                    let (i, f, gg, o) = activations(g, h, j);
+                    let (i, f, gg, o) = (i[j], f[j], gg[j], o[j]);
                     let c = state[cur + j];
                     let c_prev = if step > 0 { state[cur - h5 + j] } else { 0.0 };
                     let tc = tanh(c);
