@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         max_timestep: 1000,
         return_scale: 1000.0,
         condition_on_return: true,
+        conv: None,
     };
     let spec = DtSpec {
         obs_mean: vec![0.0; obs_dim],
@@ -71,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             low: vec![-1.0; act_dim],
             high: vec![1.0; act_dim],
         },
+        image: None,
     };
     let model = DecisionTransformer::new(&config, spec, &device, 0)?;
     let mut opt = Adam::new(

@@ -20,7 +20,7 @@ use dreamgym_envs::recording::{Dataset, DatasetMeta};
 use dreamgym_nn::{Adam, AdamConfig, sorted_vars};
 use dreamgym_policies::{
     DecisionTransformer, DecisionTransformerConfig, DtAction, DtBatch, DtCheckpointConfig,
-    DtPolicy, DtSpec, Policy, PolicyError, RandomPolicy,
+    DtPolicy, DtSpec, Policy, PolicyError, RandomPolicy, scale_pixels,
 };
 use dreamgym_world_model::Vae;
 use dreamgym_world_model::vae::frames_to_tensor;
@@ -38,7 +38,8 @@ pub struct DecisionTransformerStage {
     /// `cpu`, or `cuda` / `cuda:N` with the `cuda` feature.
     pub device: String,
     /// For pixel observations: the World Models run folder whose V encodes every frame to
-    /// its μ, which the transformer reads instead of pixels. Empty: float observations.
+    /// its μ, which the transformer reads instead of pixels. Empty: float observations, or
+    /// pixels through the model's own conv encoder (`model.conv`).
     pub encoder: String,
     /// Seed of initialisation, batches and dropout.
     pub seed: u64,
@@ -162,6 +163,12 @@ impl DecisionTransformerStage {
         self.model
             .validate()
             .context("invalid [decision_transformer.model]")?;
+        anyhow::ensure!(
+            self.encoder.is_empty() || self.model.conv.is_none(),
+            "decision_transformer: choose one way to read pixels, V (encoder = {:?}) or the conv \
+             encoder trained with the transformer (model.conv), not both",
+            self.encoder
+        );
         dreamgym_nn::device(&self.device)?;
         let ensure = |ok: bool, what: &str| -> anyhow::Result<()> {
             anyhow::ensure!(ok, "decision_transformer.{what}");
@@ -216,10 +223,18 @@ impl DecisionTransformerStage {
     }
 }
 
+/// An episode's observations, `T × obs_dim` values.
+enum EpisodeObs {
+    /// Normalised floats (state, or V's latents).
+    Floats(Vec<f32>),
+    /// Raw pixels for the conv encoder, kept as bytes (a quarter of the memory) and scaled to
+    /// `[0, 1]` a batch at a time.
+    Pixels(Vec<u8>),
+}
+
 /// One episode as the model reads it.
 struct DtEpisode {
-    /// `T × obs_dim`, normalised.
-    obs: Vec<f32>,
+    obs: EpisodeObs,
     /// `T × width`, in the model's values.
     actions: Vec<f32>,
     /// `T` returns-to-go, scaled.
@@ -370,9 +385,26 @@ impl DtData {
             Some(b) if b.dtype == dreamgym_envs::Dtype::F32 && b.shape.len() == 1 => Some(b.len()),
             _ => None,
         };
-        let obs_dim = match (float_obs, encoder) {
-            (Some(n), None) => n,
-            (_, Some(enc)) => {
+        // Raw pixels for the model's own conv encoder.
+        anyhow::ensure!(
+            config.conv.is_none() || encoder.is_none(),
+            "pixels are read either through V or through the model's conv encoder, not both"
+        );
+        let image = match &config.conv {
+            Some(_) => Some(DtSpec::image_of(&meta.observation_space).with_context(|| {
+                format!(
+                    "decision_transformer.model.conv reads images (a u8 Box [height, width, \
+                     channels], obs = \"pixels\"); {} records {}",
+                    dir.display(),
+                    meta.observation_space
+                )
+            })?),
+            None => None,
+        };
+        let obs_dim = match (float_obs, encoder, image) {
+            (_, _, Some([h, w, c])) => h * w * c,
+            (Some(n), None, None) => n,
+            (_, Some(enc), None) => {
                 enc.check(&meta.observation_space).with_context(|| {
                     format!(
                         "decision_transformer.encoder = {:?} cannot read the observations in {}",
@@ -382,10 +414,11 @@ impl DtData {
                 })?;
                 enc.z_size()
             }
-            (None, None) => anyhow::bail!(
+            (None, None, None) => anyhow::bail!(
                 "the Decision Transformer trains on 1-D float observations, or on pixels through \
-                 a World Models run's V (set decision_transformer.encoder to that run folder); \
-                 {} records {}",
+                 a World Models run's V (set decision_transformer.encoder to that run folder) or \
+                 through its own conv encoder (decision_transformer.model.conv = {{}}); {} \
+                 records {}",
                 dir.display(),
                 meta.observation_space
             ),
@@ -394,7 +427,7 @@ impl DtData {
             .with_context(|| format!("the actions recorded in {}", dir.display()))?;
         // Every episode as float vectors, a chunk at a time.
         struct Flat {
-            obs: Vec<f32>,
+            obs: EpisodeObs,
             actions: Vec<dreamgym_envs::Value>,
             rewards: Vec<f64>,
         }
@@ -413,6 +446,18 @@ impl DtData {
             for e in episodes {
                 let t = e.len();
                 let mut obs = Vec::with_capacity(t * obs_dim);
+                if image.is_some() {
+                    let mut pixels = Vec::with_capacity(t * obs_dim);
+                    for o in &e.observations[..t] {
+                        pixels.extend_from_slice(crate::world_models::frame_of(o)?);
+                    }
+                    flat.push(Flat {
+                        obs: EpisodeObs::Pixels(pixels),
+                        actions: e.actions,
+                        rewards: e.rewards,
+                    });
+                    continue;
+                }
                 match encoder {
                     Some(enc) => {
                         if progress.interrupted() {
@@ -442,7 +487,7 @@ impl DtData {
                     }
                 }
                 flat.push(Flat {
-                    obs,
+                    obs: EpisodeObs::Floats(obs),
                     actions: e.actions,
                     rewards: e.rewards,
                 });
@@ -452,28 +497,39 @@ impl DtData {
             progress.end();
         }
         let k = config.context;
-        // Observation statistics over every recorded step.
-        let (mut sum, mut sq, mut n) = (vec![0f64; obs_dim], vec![0f64; obs_dim], 0usize);
-        for e in &flat {
-            for x in e.obs.chunks(obs_dim) {
-                for (i, v) in x.iter().enumerate() {
-                    sum[i] += *v as f64;
-                    sq[i] += (*v as f64).powi(2);
+        let steps: usize = flat.iter().map(|e| e.rewards.len()).sum();
+        anyhow::ensure!(steps > 0, "{} holds no steps", dir.display());
+        let spec = match image {
+            // Pixels are scaled to [0, 1], as in the paper's Atari code.
+            Some(image) => DtSpec::for_images(image, action),
+            None => {
+                // Observation statistics over every recorded step.
+                let (mut sum, mut sq) = (vec![0f64; obs_dim], vec![0f64; obs_dim]);
+                for e in &flat {
+                    let EpisodeObs::Floats(obs) = &e.obs else {
+                        continue;
+                    };
+                    for x in obs.chunks(obs_dim) {
+                        for (i, v) in x.iter().enumerate() {
+                            sum[i] += *v as f64;
+                            sq[i] += (*v as f64).powi(2);
+                        }
+                    }
                 }
-                n += 1;
+                let n = steps as f64;
+                let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+                let std: Vec<f32> = sq
+                    .iter()
+                    .zip(&mean)
+                    .map(|(q, m)| ((q / n - (*m as f64).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
+                    .collect();
+                DtSpec {
+                    obs_mean: mean,
+                    obs_std: std,
+                    action,
+                    image: None,
+                }
             }
-        }
-        anyhow::ensure!(n > 0, "{} holds no steps", dir.display());
-        let mean: Vec<f32> = sum.iter().map(|s| (s / n as f64) as f32).collect();
-        let std: Vec<f32> = sq
-            .iter()
-            .zip(&mean)
-            .map(|(q, m)| ((q / n as f64 - (*m as f64).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
-            .collect();
-        let spec = DtSpec {
-            obs_mean: mean,
-            obs_std: std,
-            action,
         };
         let scale = config.return_scale;
         let mut episodes = Vec::new();
@@ -489,10 +545,16 @@ impl DtData {
                 short += 1;
                 continue;
             }
-            let mut obs = Vec::with_capacity(t * obs_dim);
-            for o in e.obs.chunks(obs_dim) {
-                obs.extend(spec.normalize(o)?);
-            }
+            let obs = match e.obs {
+                EpisodeObs::Floats(raw) => {
+                    let mut obs = Vec::with_capacity(t * obs_dim);
+                    for o in raw.chunks(obs_dim) {
+                        obs.extend(spec.normalize(o)?);
+                    }
+                    EpisodeObs::Floats(obs)
+                }
+                pixels => pixels,
+            };
             let mut actions = Vec::with_capacity(t * spec.action.width());
             for a in &e.actions {
                 actions.extend(spec.action.encode(a)?);
@@ -572,7 +634,10 @@ impl DtData {
             let (e, s) = windows[rng.random_range(0..windows.len())];
             let ep = &self.episodes[e];
             r.extend_from_slice(&ep.to_go[s..s + k]);
-            o.extend_from_slice(&ep.obs[s * d..(s + k) * d]);
+            match &ep.obs {
+                EpisodeObs::Floats(x) => o.extend_from_slice(&x[s * d..(s + k) * d]),
+                EpisodeObs::Pixels(p) => o.extend(scale_pixels(&p[s * d..(s + k) * d])),
+            }
             a.extend_from_slice(&ep.actions[s * w..(s + k) * w]);
             t.extend((s..s + k).map(|i| i as u32));
         }

@@ -200,17 +200,24 @@ fn load_dt(
         Some(e) => e
             .check(observation_space)
             .with_context(|| format!("policy `{spec}` cannot see this env's observations"))?,
-        None => {
-            let fits_obs = observation_space
-                .as_box()
-                .is_some_and(|b| b.shape.len() == 1 && b.len() == model.spec().obs_dim());
-            anyhow::ensure!(
-                fits_obs,
-                "policy `{spec}` takes {} floats per observation; this env observes {}",
-                model.spec().obs_dim(),
-                observation_space
-            );
-        }
+        None => match model.spec().image {
+            Some([h, w, c]) => anyhow::ensure!(
+                dreamgym_policies::DtSpec::image_of(observation_space) == Some([h, w, c]),
+                "policy `{spec}` reads {h}x{w}x{c} images (obs = \"pixels\", width = {w}, \
+                 height = {h}); this env observes {observation_space}"
+            ),
+            None => {
+                let fits_obs = observation_space
+                    .as_box()
+                    .is_some_and(|b| b.shape.len() == 1 && b.len() == model.spec().obs_dim());
+                anyhow::ensure!(
+                    fits_obs,
+                    "policy `{spec}` takes {} floats per observation; this env observes {}",
+                    model.spec().obs_dim(),
+                    observation_space
+                );
+            }
+        },
     }
     anyhow::ensure!(
         dreamgym_policies::DtAction::of(action_space).ok().as_ref() == Some(&model.spec().action),

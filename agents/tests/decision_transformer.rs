@@ -275,3 +275,92 @@ model = {{ context = 4, max_timestep = 1024, return_scale = 100.0, transformer =
         .expect("an Interrupted error");
     assert_eq!(interrupted.stage, "encode frames with V");
 }
+
+#[test]
+fn pixels_train_through_the_conv_encoder_and_the_run_acts_on_frames() {
+    let registry = Registry::with_builtins();
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "dt-conv"
+[rollout]
+env = "Racer-v0"
+env_config = { obs = "pixels", width = 16, height = 16 }
+episodes = 3
+num_envs = 3
+[decision_transformer]
+steps = 4
+batch_size = 4
+warmup_steps = 2
+eval = { episodes = 1, targets = [10.0], max_steps = 20 }
+model = { context = 4, max_timestep = 1024, return_scale = 100.0, conv = { channels = [4, 8], kernels = [4, 3], strides = [2, 1] }, transformer = { n_layer = 1, n_embd = 16, n_head = 2, block_size = 12, positions = "none" } }
+"#;
+    let mut exp = parse_experiment(text, "test").unwrap();
+    exp.out = Some(dir.path().to_path_buf());
+    // V and the conv encoder at once is refused before any work.
+    let mut both = stage(&exp);
+    both.encoder = "runs/world-models-racer".into();
+    let err = format!("{:#}", both.validate().unwrap_err());
+    assert!(err.contains("not both"), "{err}");
+    let out = run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap();
+    let (trained, eval) = out.decision_transformer.unwrap();
+    assert_eq!(trained.steps, 4);
+    assert!(trained.final_loss.is_finite());
+    assert_eq!(eval.targets[0].1.len(), 1);
+    // The model reads the frames themselves: 16x16x3 bytes through its convolutions.
+    let (cfg, _): (dreamgym_policies::DtCheckpointConfig, serde_json::Value) =
+        dreamgym_nn::read_checkpoint_meta(
+            &RunDir::new(dir.path()).checkpoint("dt"),
+            dreamgym_policies::DT_CHECKPOINT_KIND,
+        )
+        .unwrap();
+    assert_eq!(cfg.spec.image, Some([16, 16, 3]));
+    assert_eq!(cfg.spec.obs_dim(), 768);
+    // The run is a policy on pixels, in a Dict observation too.
+    let folder = dir.path().display().to_string();
+    for overrides in [
+        r#"{"obs": "pixels", "width": 16, "height": 16}"#,
+        r#"{"obs": "both", "width": 16, "height": 16}"#,
+    ] {
+        let overrides: serde_json::Value = serde_json::from_str(overrides).unwrap();
+        let mut env = registry.make("Racer-v0", Some(&overrides)).unwrap();
+        let mut policy = dreamgym_agents::load_policy(
+            &format!("{folder}@50"),
+            "Racer-v0",
+            env.observation_space(),
+            env.action_space(),
+            0,
+        )
+        .unwrap();
+        let stats = dreamgym_agents::run_episode(env.as_mut(), policy.as_mut(), 1, 5).unwrap();
+        assert_eq!(stats.steps, 5);
+    }
+    // Frames of another size, and state observations, are refused by name.
+    for (overrides, want) in [
+        (r#"{"obs": "pixels", "width": 32, "height": 32}"#, "16x16x3"),
+        (r#"{"obs": "state"}"#, "16x16x3"),
+    ] {
+        let overrides: serde_json::Value = serde_json::from_str(overrides).unwrap();
+        let env = registry.make("Racer-v0", Some(&overrides)).unwrap();
+        let err = dreamgym_agents::load_policy(
+            &folder,
+            "Racer-v0",
+            env.observation_space(),
+            env.action_space(),
+            0,
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{err:#}").contains(want), "{err:#}");
+    }
+    // The conv encoder on a dataset of state observations says what it needs.
+    let state = tempfile::tempdir().unwrap();
+    let mut exp = parse_experiment(EXPERIMENT, "test").unwrap();
+    exp.out = Some(state.path().to_path_buf());
+    exp.decision_transformer.as_mut().unwrap().model.conv =
+        Some(dreamgym_policies::ConvEncoderConfig::default());
+    let err = format!(
+        "{:#}",
+        run_experiment(&exp, &registry, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(err.contains("model.conv reads images"), "{err}");
+}

@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         max_timestep: 64,
         return_scale: 10.0,
         condition_on_return: true,
+        conv: None,
     };
     let spec = DtSpec {
         obs_mean: vec![0.0; 6],
@@ -78,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             low: vec![-1.0; 3],
             high: vec![1.0; 3],
         },
+        image: None,
     };
     let dt = DecisionTransformer::new(&config, spec, &dev, 11)?;
     let (b, k) = (3, 5);

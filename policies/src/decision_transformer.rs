@@ -11,6 +11,12 @@
 //! standard deviation and returns divided by `return_scale`; Box actions are mapped to
 //! `[-1, 1]` by their bounds.
 //!
+//! Observations enter through one of three doors: a float vector through a linear embedding,
+//! V's latents (the same, fed by a `LatentPolicy` in `agents`), or raw images through a small
+//! convolutional encoder trained end to end with the transformer ([`ConvEncoderConfig`]), as
+//! in the paper's Atari setup: pixels scaled to `[0, 1]`, DQN's torso (8×8 stride 4, 4×4
+//! stride 2, 3×3 stride 1, ReLU after each), a linear layer to the embedding width and tanh.
+//!
 //! [`DtPolicy`] acts with it: the target return decreases by each reward received
 //! ([`Policy::reward`]), and a [`KvCache`] makes each step cost three tokens' work until the
 //! context of `K` steps is full (then the last `K` steps are recomputed each step, which is
@@ -24,6 +30,7 @@ use candle_nn::VarMap;
 use dreamgym_envs::{Space, Value};
 use dreamgym_nn::{
     Embedding, KvCache, LayerNorm, ParamInit, PositionKind, Proj, Transformer, TransformerConfig,
+    conv_out_size, conv2d_act,
 };
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -47,6 +54,88 @@ pub struct DecisionTransformerConfig {
     /// (the return tokens carry only their timestep): the baseline the paper compares with.
     #[serde(default = "yes")]
     pub condition_on_return: bool,
+    /// Read image observations through a convolutional encoder trained with the transformer
+    /// (the paper's Atari setup). `None`: observations are float vectors, embedded linearly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConvEncoderConfig>,
+}
+
+/// The convolutional encoder for image observations: unpadded square convolutions, each
+/// followed by ReLU, then a linear layer to the embedding width and tanh. The default is the
+/// DQN torso the paper uses on Atari (32, 64, 64 channels; kernels 8, 4, 3; strides 4, 2, 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConvEncoderConfig {
+    /// Output channels of each convolution.
+    pub channels: Vec<usize>,
+    /// Kernel side of each convolution.
+    pub kernels: Vec<usize>,
+    /// Stride of each convolution.
+    pub strides: Vec<usize>,
+}
+
+impl Default for ConvEncoderConfig {
+    fn default() -> Self {
+        Self {
+            channels: vec![32, 64, 64],
+            kernels: vec![8, 4, 3],
+            strides: vec![4, 2, 1],
+        }
+    }
+}
+
+impl ConvEncoderConfig {
+    /// Checks the layers, naming the first bad field.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let bad = |m: String| Err(PolicyError::Config(m));
+        let n = self.channels.len();
+        if n == 0 || n > 16 {
+            return bad(format!("conv.channels must name 1 to 16 layers, got {n}"));
+        }
+        if self.kernels.len() != n || self.strides.len() != n {
+            return bad(format!(
+                "conv.channels, conv.kernels and conv.strides must have one entry per layer; \
+                 got {n}, {} and {}",
+                self.kernels.len(),
+                self.strides.len()
+            ));
+        }
+        if self.channels.iter().any(|c| !(1..=4096).contains(c)) {
+            return bad(format!(
+                "conv.channels must each be in 1..=4096, got {:?}",
+                self.channels
+            ));
+        }
+        if self.kernels.iter().any(|k| !(1..=64).contains(k)) {
+            return bad(format!(
+                "conv.kernels must each be in 1..=64, got {:?}",
+                self.kernels
+            ));
+        }
+        if self.strides.iter().any(|s| !(1..=64).contains(s)) {
+            return bad(format!(
+                "conv.strides must each be in 1..=64, got {:?}",
+                self.strides
+            ));
+        }
+        Ok(())
+    }
+
+    /// The side of the feature map after every layer over a `height × width` image, or an
+    /// error naming the layer the image is too small for.
+    pub fn output_size(&self, height: usize, width: usize) -> Result<(usize, usize), PolicyError> {
+        let (mut h, mut w) = (height, width);
+        for (i, (k, s)) in self.kernels.iter().zip(&self.strides).enumerate() {
+            if h < *k || w < *k {
+                return Err(PolicyError::Incompatible(format!(
+                    "a {height}x{width} image is too small for the conv encoder: layer {i} \
+                     (kernel {k}) gets a {h}x{w} map"
+                )));
+            }
+            (h, w) = (conv_out_size(h, *k, *s), conv_out_size(w, *k, *s));
+        }
+        Ok((h, w))
+    }
 }
 
 fn yes() -> bool {
@@ -66,6 +155,7 @@ impl Default for DecisionTransformerConfig {
             max_timestep: 1024,
             return_scale: 1000.0,
             condition_on_return: true,
+            conv: None,
         }
     }
 }
@@ -102,6 +192,9 @@ impl DecisionTransformerConfig {
                 "return_scale must be a positive number, got {}",
                 self.return_scale
             ));
+        }
+        if let Some(conv) = &self.conv {
+            conv.validate()?;
         }
         Ok(())
     }
@@ -200,25 +293,97 @@ impl DtAction {
     }
 }
 
-/// What a model was built for: the observation width and normalisation, and the actions.
+/// What a model was built for: the observations and their normalisation, and the actions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DtSpec {
-    /// Per-element mean of the observations (length: the observation width).
+    /// Per-element mean of float observations (length: the observation width; empty for
+    /// images).
     pub obs_mean: Vec<f32>,
     /// Per-element standard deviation (floored, never zero).
     pub obs_std: Vec<f32>,
     /// The actions.
     pub action: DtAction,
+    /// Image observations `[height, width, channels]` (u8, row-major HWC), read through the
+    /// conv encoder and scaled to `[0, 1]`; `None` for float vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<[usize; 3]>,
 }
 
 impl DtSpec {
-    /// Observation width.
+    /// Spec of image observations `[height, width, channels]`.
+    pub fn for_images(image: [usize; 3], action: DtAction) -> Self {
+        Self {
+            obs_mean: Vec::new(),
+            obs_std: Vec::new(),
+            action,
+            image: Some(image),
+        }
+    }
+
+    /// The `[height, width, channels]` of an env's images: a u8 Box of three dimensions, or
+    /// the `pixels` entry of a Dict space. `None` when it observes no image.
+    pub fn image_of(space: &Space) -> Option<[usize; 3]> {
+        let b = match space {
+            Space::Box(b) => b,
+            Space::Dict(d) => d.spaces.get("pixels")?.as_box()?,
+            _ => return None,
+        };
+        match (b.dtype, b.shape.as_slice()) {
+            (dreamgym_envs::Dtype::U8, [h, w, c]) => Some([*h, *w, *c]),
+            _ => None,
+        }
+    }
+
+    /// Observation width: floats per step as the model reads them.
     pub fn obs_dim(&self) -> usize {
-        self.obs_mean.len()
+        match self.image {
+            Some([h, w, c]) => h * w * c,
+            None => self.obs_mean.len(),
+        }
+    }
+
+    /// An env observation as the model's floats: a float vector normalised, or an image (a u8
+    /// Box, or the `pixels` entry of a Dict) scaled to `[0, 1]`.
+    pub fn observe(&self, obs: &Value) -> Result<Vec<f32>, PolicyError> {
+        let Some([h, w, c]) = self.image else {
+            let x = obs.as_f32().ok_or_else(|| {
+                PolicyError::Incompatible(format!(
+                    "the Decision Transformer takes float observations, got {}",
+                    obs.describe()
+                ))
+            })?;
+            return self.normalize(x);
+        };
+        let pixels = match obs {
+            Value::U8(v) => Some(v),
+            Value::Dict(d) => match d.get("pixels") {
+                Some(Value::U8(v)) => Some(v),
+                _ => None,
+            },
+            _ => None,
+        };
+        match pixels {
+            Some(p) if p.len() == h * w * c => Ok(scale_pixels(p)),
+            Some(p) => Err(PolicyError::Incompatible(format!(
+                "the Decision Transformer was trained on {h}x{w}x{c} images ({} bytes), got {} \
+                 bytes",
+                h * w * c,
+                p.len()
+            ))),
+            None => Err(PolicyError::Incompatible(format!(
+                "the Decision Transformer reads {h}x{w}x{c} images (obs = \"pixels\"), got {}",
+                obs.describe()
+            ))),
+        }
     }
 
     /// `(obs − mean) / std`, or an error naming the mismatch.
     pub fn normalize(&self, obs: &[f32]) -> Result<Vec<f32>, PolicyError> {
+        if self.image.is_some() {
+            return Err(PolicyError::Incompatible(
+                "this Decision Transformer reads images, not float vectors".into(),
+            ));
+        }
         if obs.len() != self.obs_dim() {
             return Err(PolicyError::Incompatible(format!(
                 "the Decision Transformer takes observations of {} values, got {}",
@@ -234,11 +399,16 @@ impl DtSpec {
     }
 }
 
+/// Pixels as the conv encoder reads them: `x / 255`.
+pub fn scale_pixels(pixels: &[u8]) -> Vec<f32> {
+    pixels.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect()
+}
+
 /// Sequences of steps for the model, all `[B, T, ·]` with `T <= context`.
 pub struct DtBatch {
     /// Returns-to-go, already divided by `return_scale`: `[B, T, 1]` f32.
     pub returns: Tensor,
-    /// Normalised observations `[B, T, obs_dim]` f32.
+    /// Normalised observations `[B, T, obs_dim]` f32 (images: HWC flattened, in `[0, 1]`).
     pub obs: Tensor,
     /// Actions in the model's values (see [`DtAction::encode`]): `[B, T, width]` f32.
     pub actions: Tensor,
@@ -251,6 +421,99 @@ enum ActionEmbed {
     Discrete(Embedding),
 }
 
+/// One convolution of the encoder.
+struct ConvLayer {
+    /// `[out, in, k, k]` (PyTorch's layout).
+    weight: Tensor,
+    /// `[out]`.
+    bias: Tensor,
+    stride: usize,
+}
+
+enum ObsEmbed {
+    Linear(Proj),
+    Conv {
+        image: [usize; 3],
+        layers: Vec<ConvLayer>,
+        /// Flattened feature map → embedding width (then tanh).
+        out: Proj,
+    },
+}
+
+impl ObsEmbed {
+    fn new(
+        init: &mut ParamInit,
+        config: &DecisionTransformerConfig,
+        spec: &DtSpec,
+    ) -> Result<Self, PolicyError> {
+        let c = config.transformer.n_embd;
+        match (&config.conv, spec.image) {
+            (None, None) => Ok(ObsEmbed::Linear(Proj::new(
+                init,
+                "embed_state",
+                spec.obs_dim(),
+                c,
+                true,
+                0.02,
+            )?)),
+            (Some(conv), Some(image)) => {
+                let [h, w, mut cin] = image;
+                let (oh, ow) = conv.output_size(h, w)?;
+                let mut layers = Vec::new();
+                for (i, ((cout, k), stride)) in conv
+                    .channels
+                    .iter()
+                    .zip(&conv.kernels)
+                    .zip(&conv.strides)
+                    .enumerate()
+                {
+                    // PyTorch's default for convolutions: U(±1/sqrt(fan_in)).
+                    let bound = 1.0 / ((cin * k * k) as f32).sqrt();
+                    let name = format!("state_encoder.conv{i}");
+                    layers.push(ConvLayer {
+                        weight: init.uniform(
+                            &format!("{name}.weight"),
+                            &[*cout, cin, *k, *k],
+                            bound,
+                        )?,
+                        bias: init.uniform(&format!("{name}.bias"), &[*cout], bound)?,
+                        stride: *stride,
+                    });
+                    cin = *cout;
+                }
+                let out = Proj::new(init, "state_encoder.out", oh * ow * cin, c, true, 0.02)?;
+                Ok(ObsEmbed::Conv { image, layers, out })
+            }
+            (Some(_), None) => Err(PolicyError::Config(
+                "the conv encoder (model.conv) reads image observations; these are float \
+                 vectors (remove model.conv)"
+                    .into(),
+            )),
+            (None, Some([h, w, ch])) => Err(PolicyError::Config(format!(
+                "image observations ({h}x{w}x{ch}) need the conv encoder (model.conv = {{}}) or \
+                 V (decision_transformer.encoder)"
+            ))),
+        }
+    }
+
+    /// `[B, T, obs_dim]` → `[B, T, C]`.
+    fn forward(&self, obs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            ObsEmbed::Linear(p) => p.forward(obs),
+            ObsEmbed::Conv { image, layers, out } => {
+                let (b, t, _) = obs.dims3()?;
+                let [h, w, c] = *image;
+                let mut x = obs.reshape((b * t, h, w, c))?;
+                for l in layers {
+                    x = conv2d_act(&x, &l.weight, &l.bias, l.stride, true)?;
+                }
+                let x = x.flatten_from(1)?;
+                out.forward(&x)?.tanh()?.reshape((b, t, ()))
+            }
+        }
+    }
+}
+
 /// The model.
 pub struct DecisionTransformer {
     config: DecisionTransformerConfig,
@@ -258,7 +521,7 @@ pub struct DecisionTransformer {
     varmap: VarMap,
     device: Device,
     embed_return: Proj,
-    embed_obs: Proj,
+    embed_obs: ObsEmbed,
     embed_action: ActionEmbed,
     embed_timestep: Embedding,
     embed_norm: LayerNorm,
@@ -287,7 +550,17 @@ impl DecisionTransformer {
         seed: u64,
     ) -> Result<Self, PolicyError> {
         config.validate()?;
-        if spec.obs_dim() == 0 || spec.obs_std.len() != spec.obs_dim() {
+        if spec.image.is_some_and(|i| i.contains(&0)) {
+            return Err(PolicyError::Config(
+                "image observations need a height, width and channels of at least 1".into(),
+            ));
+        }
+        if spec.image.is_some() && !(spec.obs_mean.is_empty() && spec.obs_std.is_empty()) {
+            return Err(PolicyError::Config(
+                "image observations are scaled to [0, 1], not normalised by statistics".into(),
+            ));
+        }
+        if spec.image.is_none() && (spec.obs_dim() == 0 || spec.obs_std.len() != spec.obs_dim()) {
             return Err(PolicyError::Config(
                 "the observation statistics are empty or of two lengths".into(),
             ));
@@ -304,7 +577,7 @@ impl DecisionTransformer {
         let mut init = ParamInit::new(&varmap, device, seed);
         let p = |init: &mut ParamInit, name: &str, i, o| Proj::new(init, name, i, o, true, 0.02);
         let embed_return = p(&mut init, "embed_return", 1, c)?;
-        let embed_obs = p(&mut init, "embed_state", spec.obs_dim(), c)?;
+        let embed_obs = ObsEmbed::new(&mut init, config, &spec)?;
         let embed_action = match &spec.action {
             DtAction::Box { low, .. } => {
                 ActionEmbed::Box(p(&mut init, "embed_action", low.len(), c)?)
@@ -490,7 +763,10 @@ pub struct DtPolicy {
     model: Arc<DecisionTransformer>,
     target: f64,
     to_go: f64,
+    /// The last `K` steps.
     history: Vec<Seen>,
+    /// Steps taken this episode.
+    steps: usize,
     cache: KvCache,
     use_cache: bool,
 }
@@ -511,6 +787,7 @@ impl DtPolicy {
             target,
             to_go: target,
             history: Vec::new(),
+            steps: 0,
             cache: KvCache::new(),
             use_cache: true,
         })
@@ -557,8 +834,8 @@ impl DtPolicy {
 
     fn predict(&mut self) -> Result<Vec<f32>, PolicyError> {
         let k = self.model.config.context;
-        let n = self.history.len();
-        let window = &self.history[n.saturating_sub(k)..];
+        let n = self.steps;
+        let window = &self.history[..];
         let batch = self.batch(window).map_err(dreamgym_nn::NnError::from)?;
         let tokens = self.model.tokens(&batch)?;
         // The last action token is a placeholder: nothing before it depends on it.
@@ -596,20 +873,21 @@ impl Policy for DtPolicy {
     fn reset(&mut self, _episode_seed: u64) -> Result<(), PolicyError> {
         self.to_go = self.target;
         self.history.clear();
+        self.steps = 0;
         self.cache.clear();
         Ok(())
     }
 
     fn act(&mut self, obs: &Value) -> Result<Value, PolicyError> {
-        let x = obs.as_f32().ok_or_else(|| {
-            PolicyError::Incompatible(format!(
-                "the Decision Transformer takes float observations, got {}",
-                obs.describe()
-            ))
-        })?;
-        let obs = self.model.spec.normalize(x)?;
-        let timestep = self.history.len() as u32;
+        let obs = self.model.spec.observe(obs)?;
+        let timestep = self.steps.min(u32::MAX as usize) as u32;
         let width = self.model.spec.action.width();
+        // Only the last K steps are ever read: older ones are dropped (an image is 48 KB).
+        let k = self.model.config.context;
+        if self.history.len() == k {
+            self.history.remove(0);
+        }
+        self.steps += 1;
         self.history.push(Seen {
             to_go: (self.to_go / self.model.config.return_scale) as f32,
             obs,
@@ -637,6 +915,7 @@ impl Policy for DtPolicy {
             target: self.target,
             to_go: self.target,
             history: Vec::new(),
+            steps: 0,
             cache: KvCache::new(),
             use_cache: self.use_cache,
         })
@@ -664,6 +943,7 @@ mod tests {
             max_timestep: 50,
             return_scale: 10.0,
             condition_on_return: true,
+            conv: None,
         }
     }
 
@@ -672,6 +952,41 @@ mod tests {
             obs_mean: vec![0.1, -0.2, 0.3],
             obs_std: vec![1.0, 2.0, 0.5],
             action,
+            image: None,
+        }
+    }
+
+    /// 12x10 RGB frames through two small convolutions (5x4 then 3x2 maps).
+    const IMAGE: [usize; 3] = [12, 10, 3];
+
+    fn conv_config(context: usize) -> DecisionTransformerConfig {
+        DecisionTransformerConfig {
+            conv: Some(ConvEncoderConfig {
+                channels: vec![4, 6],
+                kernels: vec![4, 3],
+                strides: vec![2, 1],
+            }),
+            ..config(context)
+        }
+    }
+
+    fn frame(seed: u64) -> Vec<u8> {
+        use rand::RngExt;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..IMAGE.iter().product::<usize>())
+            .map(|_| rng.random())
+            .collect()
+    }
+
+    fn image_batch(b: usize, t: usize, action: &DtAction, seed: u64) -> DtBatch {
+        let base = batch(b, t, action, seed);
+        let pixels: Vec<f32> = (0..b * t)
+            .flat_map(|i| scale_pixels(&frame(seed * 1000 + i as u64)))
+            .collect();
+        let d = IMAGE.iter().product::<usize>();
+        DtBatch {
+            obs: Tensor::from_vec(pixels, (b, t, d), &Device::Cpu).unwrap(),
+            ..base
         }
     }
 
@@ -727,6 +1042,128 @@ mod tests {
             };
             assert_eq!(out.dims(), &[2, 4, width]);
         }
+    }
+
+    #[test]
+    fn the_conv_encoder_learns_end_to_end_and_sees_the_pixels() {
+        for action in [box_action(), DtAction::Discrete { n: 3, start: 0 }] {
+            let spec = DtSpec::for_images(IMAGE, action.clone());
+            let m = DecisionTransformer::new(&conv_config(3), spec, &Device::Cpu, 11).unwrap();
+            let b = image_batch(2, 3, &action, 12);
+            let mut rng = ChaCha8Rng::seed_from_u64(13);
+            let loss = m.loss(&b, Some(&mut rng)).unwrap();
+            assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+            // Every convolution, the projection and the transformer get a gradient.
+            dreamgym_nn::check_gradients_reach_every_parameter(m.varmap(), &loss)
+                .unwrap_or_else(|e| panic!("{action:?}: {e}"));
+            let names: Vec<String> = m.varmap().data().lock().unwrap().keys().cloned().collect();
+            assert!(
+                names.iter().any(|n| n == "state_encoder.conv1.weight"),
+                "{names:?}"
+            );
+            assert!(
+                !names.iter().any(|n| n == "embed_state.weight"),
+                "{names:?}"
+            );
+            // One pixel of the last frame changes the last prediction and no earlier one.
+            let y = m.forward(&b, None).unwrap();
+            let mut obs: Vec<f32> = b.obs.flatten_all().unwrap().to_vec1().unwrap();
+            let last = obs.len() - 7;
+            obs[last] = 1.0 - obs[last];
+            let b2 = DtBatch {
+                obs: Tensor::from_vec(obs, b.obs.dims(), &Device::Cpu).unwrap(),
+                ..b
+            };
+            let y2 = m.forward(&b2, None).unwrap();
+            let d: Vec<f32> = (y2 - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_keepdim(2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(d.len(), 6);
+            for (i, diff) in d.iter().enumerate() {
+                assert_eq!(*diff > 0.0, i == 5, "{d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_image_policy_acts_on_frames_with_and_without_the_cache() {
+        let action = box_action();
+        let spec = DtSpec::for_images(IMAGE, action);
+        let m =
+            Arc::new(DecisionTransformer::new(&conv_config(3), spec, &Device::Cpu, 14).unwrap());
+        let mut cached = DtPolicy::new(m.clone(), 20.0).unwrap();
+        let mut plain = DtPolicy::new(m.clone(), 20.0).unwrap().without_cache();
+        let space = Space::Box(BoxSpace::new(vec![-1.0, 0.0], vec![1.0, 2.0]));
+        for step in 0..7 {
+            let pixels = Value::U8(frame(step));
+            // A Dict observation with a `pixels` entry is read the same way.
+            let dict = Value::Dict([("pixels".to_string(), pixels.clone())].into());
+            let (a, b) = (cached.act(&pixels).unwrap(), plain.act(&dict).unwrap());
+            let (Value::F32(x), Value::F32(y)) = (&a, &b) else {
+                panic!("{a:?} {b:?}")
+            };
+            for (u, v) in x.iter().zip(y) {
+                assert!((u - v).abs() < 1e-5, "step {step}: {x:?} {y:?}");
+            }
+            assert!(space.contains(&a), "{a:?}");
+            cached.reward(1.0);
+            plain.reward(1.0);
+        }
+        // Frames of another size, and float vectors, are refused by name.
+        let err = cached.act(&Value::U8(vec![0; 10])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("12x10x3 images (360 bytes), got 10"),
+            "{err}"
+        );
+        let err = cached.act(&Value::F32(vec![0.0; 360])).unwrap_err();
+        assert!(err.to_string().contains("obs = \"pixels\""), "{err}");
+        // A saved image model loads with its image shape.
+        let dir = tempfile::tempdir().unwrap();
+        let stem = dir.path().join("dt");
+        m.save(&stem, None, serde_json::json!({})).unwrap();
+        let loaded = DecisionTransformer::load(&stem, &Device::Cpu).unwrap();
+        assert_eq!(loaded.spec().image, Some(IMAGE));
+        let b = image_batch(1, 3, &box_action(), 15);
+        let diff: f32 = (m.forward(&b, None).unwrap() - loaded.forward(&b, None).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+    }
+
+    #[test]
+    fn conv_settings_that_cannot_work_are_errors() {
+        let err = |c: &DecisionTransformerConfig, s: DtSpec| {
+            DecisionTransformer::new(c, s, &Device::Cpu, 0)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let images = DtSpec::for_images(IMAGE, box_action());
+        // Images without the encoder, the encoder without images, images too small.
+        assert!(err(&config(3), images.clone()).contains("model.conv"));
+        assert!(err(&conv_config(3), spec(box_action())).contains("remove model.conv"));
+        let small = DtSpec::for_images([5, 5, 3], box_action());
+        let e = err(&conv_config(3), small);
+        assert!(e.contains("too small") && e.contains("layer 1"), "{e}");
+        let mut uneven = conv_config(3);
+        uneven.conv.as_mut().unwrap().strides.push(1);
+        assert!(err(&uneven, images.clone()).contains("one entry per layer"));
+        let mut zero = conv_config(3);
+        zero.conv.as_mut().unwrap().kernels[0] = 0;
+        assert!(err(&zero, images).contains("conv.kernels"));
     }
 
     #[test]

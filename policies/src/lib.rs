@@ -18,8 +18,9 @@ mod scripted;
 
 pub use cmaes::{CmaEs, CmaEsConfig, CmaEsState};
 pub use decision_transformer::{
-    CHECKPOINT_KIND as DT_CHECKPOINT_KIND, DecisionTransformer, DecisionTransformerConfig,
-    DtAction, DtBatch, DtCheckpointConfig, DtPolicy, DtSpec,
+    CHECKPOINT_KIND as DT_CHECKPOINT_KIND, ConvEncoderConfig, DecisionTransformer,
+    DecisionTransformerConfig, DtAction, DtBatch, DtCheckpointConfig, DtPolicy, DtSpec,
+    scale_pixels,
 };
 pub use error::PolicyError;
 pub use language::{LanguageModel, LanguagePolicy, LlamaSize, Sampling, Stop, TextTokenizer};
