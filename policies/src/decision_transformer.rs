@@ -956,6 +956,16 @@ mod tests {
         }
     }
 
+    /// The largest absolute difference of two `[B, T, n]` outputs at each step, flattened.
+    fn step_diffs(a: &Tensor, b: &Tensor) -> Vec<f32> {
+        (b - a)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_keepdim(2))
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.to_vec1())
+            .unwrap()
+    }
+
     /// 12x10 RGB frames through two small convolutions (5x4 then 3x2 maps).
     const IMAGE: [usize; 3] = [12, 10, 3];
 
@@ -1075,16 +1085,7 @@ mod tests {
                 ..b
             };
             let y2 = m.forward(&b2, None).unwrap();
-            let d: Vec<f32> = (y2 - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_keepdim(2)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let d = step_diffs(&y, &y2);
             assert_eq!(d.len(), 6);
             for (i, diff) in d.iter().enumerate() {
                 assert_eq!(*diff > 0.0, i == 5, "{d:?}");
@@ -1132,14 +1133,12 @@ mod tests {
         let loaded = DecisionTransformer::load(&stem, &Device::Cpu).unwrap();
         assert_eq!(loaded.spec().image, Some(IMAGE));
         let b = image_batch(1, 3, &box_action(), 15);
-        let diff: f32 = (m.forward(&b, None).unwrap() - loaded.forward(&b, None).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff: f32 = step_diffs(
+            &m.forward(&b, None).unwrap(),
+            &loaded.forward(&b, None).unwrap(),
+        )
+        .iter()
+        .sum();
         assert_eq!(diff, 0.0);
     }
 
@@ -1182,16 +1181,7 @@ mod tests {
             ..b
         };
         let y2 = m.forward(&b2, None).unwrap();
-        let d: Vec<f32> = (y2 - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_keepdim(2)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let d = step_diffs(&y, &y2);
         for (t, diff) in d.iter().enumerate() {
             assert_eq!(*diff > 1e-6, t > 2, "step {t}: {d:?}");
         }
