@@ -445,7 +445,6 @@ impl DtData {
             };
             for e in episodes {
                 let t = e.len();
-                let mut obs = Vec::with_capacity(t * obs_dim);
                 if image.is_some() {
                     let mut pixels = Vec::with_capacity(t * obs_dim);
                     for o in &e.observations[..t] {
@@ -458,6 +457,7 @@ impl DtData {
                     });
                     continue;
                 }
+                let mut obs = Vec::with_capacity(t * obs_dim);
                 match encoder {
                     Some(enc) => {
                         if progress.interrupted() {
