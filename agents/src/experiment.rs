@@ -170,6 +170,8 @@ pub enum Part {
     Controller,
     /// The evaluation and the report.
     Eval,
+    /// The rounds of the iterative procedure (each made from the last C).
+    Rounds,
     /// The Decision Transformer (made from the dataset alone).
     Dt,
     /// The fine-tuned language model (made from the dataset alone).
@@ -186,6 +188,7 @@ impl Part {
             Part::Mdn => "M",
             Part::Controller => "C",
             Part::Eval => "the evaluation",
+            Part::Rounds => "the rounds",
             Part::Dt => "the Decision Transformer",
             Part::Sft => "the language model",
             Part::Dpo => "the preference rounds",
@@ -218,6 +221,7 @@ impl Part {
                 "tb/controller",
             ],
             Part::Eval => &["eval.json", "report.md", "figures"],
+            Part::Rounds => &["rounds", "rounds.json", "rounds.md", "figures/rounds.png"],
             Part::Dt => &[
                 "dt.safetensors",
                 "dt.optimizer.safetensors",
@@ -279,12 +283,13 @@ impl Part {
         }
     }
 
-    const ALL: [Part; 8] = [
+    const ALL: [Part; 9] = [
         Part::Data,
         Part::Vae,
         Part::Mdn,
         Part::Controller,
         Part::Eval,
+        Part::Rounds,
         Part::Dt,
         Part::Sft,
         Part::Dpo,
@@ -341,6 +346,8 @@ fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::V
         "world_models.vae.epochs" if more => Effect::Extends(Part::Vae),
         "world_models.mdnrnn.epochs" if more => Effect::Extends(Part::Mdn),
         "world_models.controller.generations" if more => Effect::Extends(Part::Controller),
+        "world_models.iterate.rounds" if more => Effect::Extends(Part::Rounds),
+        k if k.starts_with("world_models.iterate.") => Effect::Stale(Part::Rounds),
         "decision_transformer.steps" if more => Effect::Extends(Part::Dt),
         "decision_transformer.baselines" => Effect::Extends(Part::Dt),
         "decision_transformer.device" | "decision_transformer.eval.workers" => Effect::Free,
@@ -442,7 +449,13 @@ fn changes(old: &Experiment, new: &Experiment, run: &RunDir) -> anyhow::Result<V
                     {
                         Effect::Free
                     } else {
-                        effect(k, o, n)
+                        match effect(k, o, n) {
+                            // No round made yet: nothing to be stale.
+                            Effect::Stale(Part::Rounds) if !holds(run, Part::Rounds) => {
+                                Effect::Free
+                            }
+                            e => e,
+                        }
                     };
                     Change {
                         key: k.clone(),
@@ -705,6 +718,63 @@ pub(crate) fn plan_collection(
     })
 }
 
+/// Records `rollout` into `data` as far as the folder does not hold it yet: nothing when it
+/// holds every episode ("already done"), the rest when it holds part (an interrupted
+/// collection, or more episodes asked for since). Returns what was recorded; an interruption
+/// is an [`Interrupted`] error that keeps every finished episode.
+pub(crate) fn record_dataset(
+    rollout: &CollectConfig,
+    registry: &Registry,
+    data: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<Option<CollectSummary>> {
+    if let Ok(_data_lock) = dreamgym_base::FolderLock::acquire(data) {
+        dreamgym_base::remove_stale_temporaries(data);
+    }
+    let plan = if rollout.append {
+        DataPlan::Collect
+    } else {
+        plan_collection(rollout, registry, data)?
+    };
+    let rollout = match plan {
+        DataPlan::Reuse(n) => {
+            progress.done(&format!(
+                "collect: already done ({n} episodes in {})",
+                data.display()
+            ));
+            return Ok(None);
+        }
+        DataPlan::Collect => rollout.clone(),
+        DataPlan::TopUp(n) => {
+            progress.note(&format!(
+                "collect: {} holds {n} of the {} episodes asked for; recording the other {}",
+                data.display(),
+                rollout.episodes,
+                rollout.episodes - n
+            ));
+            CollectConfig {
+                episodes: rollout.episodes - n,
+                append: true,
+                resume_unfinished: true,
+                ..rollout.clone()
+            }
+        }
+    };
+    let summary = collect(registry, &rollout, data, progress)?;
+    progress.done(&summary.to_string());
+    if summary.interrupted {
+        return Err(Interrupted {
+            stage: "collect".into(),
+            saved: format!(
+                "the finished episodes are in {}; run again to record the rest",
+                data.display()
+            ),
+        }
+        .into());
+    }
+    Ok(Some(summary))
+}
+
 /// The files and folders a run writes at the top of its folder: those of every part.
 fn run_outputs() -> std::collections::BTreeSet<&'static str> {
     Part::ALL
@@ -827,58 +897,8 @@ fn run_experiment_only(
         save()?;
     }
     let mut outcome = ExperimentOutcome::default();
-    let plan = if !exp.collects() {
-        None
-    } else {
-        if let Ok(_data_lock) = dreamgym_base::FolderLock::acquire(&data) {
-            dreamgym_base::remove_stale_temporaries(&data);
-        }
-        Some(if exp.rollout.append {
-            DataPlan::Collect
-        } else {
-            plan_collection(&exp.rollout, registry, &data)?
-        })
-    };
-    let collection = match plan {
-        None => None,
-        Some(DataPlan::Reuse(n)) => {
-            progress.done(&format!(
-                "collect: already done ({n} episodes in {})",
-                data.display()
-            ));
-            None
-        }
-        Some(DataPlan::Collect) => Some(exp.rollout.clone()),
-        Some(DataPlan::TopUp(n)) => {
-            progress.note(&format!(
-                "collect: {} holds {n} of the {} episodes asked for; recording the other {}",
-                data.display(),
-                exp.rollout.episodes,
-                exp.rollout.episodes - n
-            ));
-            Some(CollectConfig {
-                episodes: exp.rollout.episodes - n,
-                append: true,
-                resume_unfinished: true,
-                ..exp.rollout.clone()
-            })
-        }
-    };
-    if let Some(rollout) = collection {
-        let summary = collect(registry, &rollout, &data, progress)?;
-        progress.done(&summary.to_string());
-        let stopped = summary.interrupted;
-        outcome.collect = Some(summary);
-        if stopped {
-            return Err(Interrupted {
-                stage: "collect".into(),
-                saved: format!(
-                    "the finished episodes are in {}; run again to record the rest",
-                    data.display()
-                ),
-            }
-            .into());
-        }
+    if exp.collects() {
+        outcome.collect = record_dataset(&exp.rollout, registry, &data, progress)?;
     }
     if let Some(wm) = &exp.world_models {
         outcome.world_models = Some(run_world_models(

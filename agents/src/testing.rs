@@ -6,7 +6,8 @@ use std::path::Path;
 
 use crate::RunDir;
 use crate::world_models::{
-    ControllerStage, EvalStage, MdnStage, Stage, VaeStage, WorldModelsConfig, run_world_models,
+    ControllerStage, EvalStage, IterateStage, MdnStage, Stage, VaeStage, WorldModelsConfig,
+    run_world_models,
 };
 use dreamgym_envs::recording::{DatasetMeta, EpisodeWriter, WriterOptions};
 use dreamgym_envs::{Env, Info, Registry};
@@ -102,6 +103,7 @@ pub fn tiny_config() -> WorldModelsConfig {
             seed: 100,
             max_steps: 10,
         },
+        iterate: IterateStage::default(),
     }
 }
 

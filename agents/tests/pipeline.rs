@@ -306,3 +306,131 @@ fn stages_trained_on_an_older_v_are_retrained_or_refused() {
     stage(&cfg, &run, Stage::Controller).unwrap();
     assert!(stage(&cfg, &run, Stage::Eval).unwrap().eval.is_some());
 }
+
+/// Keeps every note and summary line a stage reports.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<Vec<String>>);
+
+impl Progress for Lines {
+    fn note(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_string());
+    }
+    fn done(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_string());
+    }
+}
+
+impl Lines {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[test]
+fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own() {
+    use dreamgym_agents::world_models::{IterateStage, load_run, round_dir};
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::new(root.path());
+    record(&run.data(), 4, 30).unwrap();
+    let mut cfg = tiny_config();
+    cfg.controller.in_dream = true;
+    cfg.eval.max_steps = 20;
+    cfg.iterate = IterateStage {
+        rounds: 2,
+        episodes: 2,
+        noise: 0.1,
+        mdnrnn_epochs: 1,
+        generations: 1,
+    };
+    let registry = Registry::with_builtins();
+    let lines = Lines::default();
+    let all = |lines: &Lines| {
+        run_world_models(&cfg, &run, &registry, Stage::All, lines, None)
+            .unwrap()
+            .rounds
+            .unwrap()
+    };
+    let rows = all(&lines);
+    assert_eq!(rows.iter().map(|r| r.round).collect::<Vec<_>>(), [0, 1, 2]);
+    // M learns from every episode recorded so far: 4 random ones, then 2 more per round.
+    assert_eq!(
+        rows.iter().map(|r| r.episodes).collect::<Vec<_>>(),
+        [4, 6, 8]
+    );
+    assert!(rows[0].recorded_return.is_none());
+    for r in &rows[1..] {
+        assert!(r.recorded_return.unwrap().is_finite());
+        assert!(r.predicted_return.unwrap().is_finite());
+        assert!(r.return_error.unwrap() >= 0.0);
+        assert!(r.real.0.is_finite() && r.dream.unwrap().0.is_finite());
+        assert!(r.mdn_loss.is_finite());
+    }
+    for r in 1..=2 {
+        let dir = round_dir(&run, r);
+        // A round is a run folder like any: V, M and C load and fit together.
+        let loaded = load_run(&dir).unwrap();
+        assert!(loaded.controller.is_some());
+        assert_eq!(
+            loaded.starts.len(),
+            2,
+            "the round's own episodes are encoded"
+        );
+        // Its episodes were recorded by the last round's agent, with action noise.
+        let ds = dreamgym_envs::recording::Dataset::open(dir.data()).unwrap();
+        let prev = if r == 1 {
+            run.clone()
+        } else {
+            round_dir(&run, 1)
+        };
+        assert_eq!(ds.meta().policy, format!("{}~0.1", prev.root().display()));
+        assert_eq!(ds.load().episodes.len(), 2);
+        // M was trained further, so it differs from the last round's M.
+        assert_ne!(
+            dreamgym_nn::weights_crc32(&dir.checkpoint("mdnrnn")).unwrap(),
+            dreamgym_nn::weights_crc32(&prev.checkpoint("mdnrnn")).unwrap()
+        );
+        assert!(dir.file("report.md").exists());
+    }
+    let md = std::fs::read_to_string(run.file("rounds.md")).unwrap();
+    assert!(md.contains("| 2 | 8 |"), "{md}");
+    assert!(run.figures().join("rounds.png").exists());
+    let saved: Vec<dreamgym_agents::world_models::RoundSummary> =
+        serde_json::from_slice(&std::fs::read(run.file("rounds.json")).unwrap()).unwrap();
+    assert_eq!(saved, rows);
+
+    // Run again: every round is already done, and gives the same numbers.
+    lines.take();
+    assert_eq!(all(&lines), rows);
+    let said = lines.take();
+    let reused = format!(
+        "collect: already done (2 episodes in {})",
+        round_dir(&run, 2).data().display()
+    );
+    assert!(said.contains(&reused), "{said:?}");
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("round 2: M already done")),
+        "{said:?}"
+    );
+
+    // Round 1's C changes: round 2's episodes were recorded by another agent, so round 2 is
+    // made again from scratch (round 1 itself keeps its M).
+    let c1 = round_dir(&run, 1).file("controller.json");
+    let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&c1).unwrap()).unwrap();
+    file["params"][0] = serde_json::json!(0.75);
+    std::fs::write(&c1, serde_json::to_vec(&file).unwrap()).unwrap();
+    let again = all(&lines);
+    let said = lines.take();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("round 2") && l.contains("recorded by another agent")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("round 1: M already done")),
+        "{said:?}"
+    );
+    assert_eq!(again[1].mdn_loss, rows[1].mdn_loss);
+    assert_eq!(again.len(), 3);
+}

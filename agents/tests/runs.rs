@@ -270,6 +270,56 @@ fn force_discards_the_stage_that_changed_and_everything_after_it_only() {
 }
 
 #[test]
+fn iterate_settings_bind_only_once_a_round_exists_and_more_rounds_continue() {
+    let root = tempfile::tempdir().unwrap();
+    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
+    let run = RunDir::new(root.path());
+    let mut exp = parse_experiment(
+        "name = \"t\"\n[rollout]\nenv = \"Racer-v0\"\nepisodes = 4\n\
+         env_config = { obs = \"pixels\", width = 16, height = 16 }\n",
+        "test",
+    )
+    .unwrap();
+    exp.world_models = Some(tiny_config());
+    std::fs::write(run.experiment(), toml::to_string(&exp).unwrap()).unwrap();
+    let with = |f: &dyn Fn(&mut dreamgym_agents::WorldModelsConfig)| {
+        let mut e = exp.clone();
+        f(e.world_models.as_mut().unwrap());
+        e
+    };
+    // No round made yet: the rounds' settings bind nothing.
+    let noise = with(&|w| w.iterate.noise = 0.5);
+    assert_eq!(prepare_run(&noise, &run, OnChange::Ask, &()).unwrap(), None);
+    // More rounds: more work, which --resume continues.
+    let more = with(&|w| w.iterate.rounds = 2);
+    let err = format!(
+        "{:#}",
+        prepare_run(&more, &run, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(err.contains("iterate.rounds: 0 → 2"), "{err}");
+    prepare_run(&more, &run, OnChange::Resume, &()).unwrap();
+    // Once a round exists, another noise level makes the rounds stale (and only them).
+    std::fs::create_dir_all(run.file("rounds/1")).unwrap();
+    std::fs::write(run.file("rounds.json"), "[]").unwrap();
+    let err = format!(
+        "{:#}",
+        prepare_run(&noise, &run, OnChange::Resume, &()).unwrap_err()
+    );
+    assert!(
+        err.contains("iterate.noise") && err.contains("the rounds"),
+        "{err}"
+    );
+    assert_eq!(
+        prepare_run(&noise, &run, OnChange::Force, &()).unwrap(),
+        Some(Part::Rounds)
+    );
+    assert!(!run.file("rounds").exists() && !run.file("rounds.json").exists());
+    for kept in ["vae.safetensors", "mdnrnn.safetensors", "controller.json"] {
+        assert!(run.file(kept).exists(), "{kept} was discarded");
+    }
+}
+
+#[test]
 fn a_model_of_another_architecture_is_never_silently_overwritten() {
     let root = tempfile::tempdir().unwrap();
     let run = RunDir::new(root.path());

@@ -24,8 +24,12 @@ pub struct DreamConfig {
     pub temperature: f32,
     /// Steps before the episode is truncated.
     pub max_steps: u64,
-    /// A step ends the episode when M's done probability exceeds this.
+    /// A step ends the episode when M's done probability exceeds this (unless `sample_done`).
     pub done_threshold: f32,
+    /// End the episode with M's done probability: a Bernoulli draw at every step, so M's
+    /// dream ends where it believes episodes end, as often as they do. With a threshold, a
+    /// risk M rates below it never ends an episode, which a controller learns to exploit.
+    pub sample_done: bool,
 }
 
 impl Default for DreamConfig {
@@ -34,6 +38,7 @@ impl Default for DreamConfig {
             temperature: 1.0,
             max_steps: 1000,
             done_threshold: 0.5,
+            sample_done: false,
         }
     }
 }
@@ -220,7 +225,11 @@ impl Env for DreamEnv {
         let terminated = match &out.done_logit {
             Some(d) => {
                 let p = 1.0 / (1.0 + (-vec(d)?[0]).exp());
-                p > self.config.done_threshold
+                if self.config.sample_done {
+                    rng.random::<f32>() < p
+                } else {
+                    p > self.config.done_threshold
+                }
             }
             None => false,
         };

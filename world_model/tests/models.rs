@@ -531,3 +531,58 @@ fn dream_env_is_deterministic_per_seed_and_refuses_bad_input() {
     );
     assert!(bad.is_err());
 }
+
+#[test]
+fn a_sampled_done_ends_dream_episodes_as_often_as_m_predicts() {
+    use dreamgym_envs::{Env, Info, Value};
+    let m = MdnRnn::new(tiny_mdn(), &Device::Cpu, 64).unwrap();
+    // M's done head says 0.25 at every step, whatever the state.
+    {
+        let vars = m.varmap().data().lock().unwrap();
+        let w = &vars["done.weight"];
+        w.set(&w.as_tensor().zeros_like().unwrap()).unwrap();
+        let b = &vars["done.bias"];
+        let logit = (0.25f32 / 0.75).ln();
+        b.set(&Tensor::full(logit, b.as_tensor().shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let m = Arc::new(m);
+    let starts = Arc::new(vec![StartLatent {
+        mu: vec![0.0; 3],
+        logvar: vec![-1.0; 3],
+    }]);
+    let lengths = |sample_done: bool| -> Vec<(u64, bool)> {
+        let mut env = DreamEnv::new(
+            m.clone(),
+            starts.clone(),
+            Space::Box(BoxSpace::uniform(vec![2], -1.0, 1.0)),
+            DreamConfig {
+                max_steps: 50,
+                sample_done,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (0..300)
+            .map(|e| {
+                env.reset(Some(e), &Info::new()).unwrap();
+                let mut n = 0;
+                loop {
+                    n += 1;
+                    let s = env.step(&Value::F32(vec![0.1, -0.1])).unwrap();
+                    if s.terminated || s.truncated {
+                        return (n, s.terminated);
+                    }
+                }
+            })
+            .collect()
+    };
+    // Under the 0.5 threshold a 0.25 risk never ends an episode...
+    assert!(lengths(false).iter().all(|&(n, t)| n == 50 && !t));
+    // ...sampled, episodes end after 1 / 0.25 = 4 steps on average (geometric).
+    let sampled = lengths(true);
+    assert!(sampled.iter().all(|&(_, t)| t), "none reaches 50 steps");
+    let mean = sampled.iter().map(|&(n, _)| n as f64).sum::<f64>() / sampled.len() as f64;
+    assert!((3.4..4.6).contains(&mean), "mean length {mean}");
+    assert_eq!(sampled, lengths(true), "same seeds, same ends");
+}

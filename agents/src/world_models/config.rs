@@ -20,6 +20,8 @@ pub struct WorldModelsConfig {
     pub controller: ControllerStage,
     /// Final evaluation.
     pub eval: EvalStage,
+    /// The paper's iterative procedure: rounds of collect with C, retrain M, retrain C.
+    pub iterate: IterateStage,
 }
 
 impl Default for WorldModelsConfig {
@@ -31,6 +33,7 @@ impl Default for WorldModelsConfig {
             mdnrnn: MdnStage::default(),
             controller: ControllerStage::default(),
             eval: EvalStage::default(),
+            iterate: IterateStage::default(),
         }
     }
 }
@@ -151,6 +154,40 @@ impl Default for EvalStage {
     }
 }
 
+/// The iterative training procedure of the paper (section 5): after the first C, each round
+/// records episodes with the latest agent (V, M and C), trains M further on every episode
+/// recorded so far, trains C again (in the dream when `controller.in_dream`, starting from the
+/// last C), and evaluates it in the real env and in the dream. Round `r` is a run folder of its
+/// own, `<run>/rounds/<r>`; `rounds.md` compares them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IterateStage {
+    /// Rounds after the first C (0: off).
+    pub rounds: usize,
+    /// Episodes the latest agent records in each round.
+    pub episodes: usize,
+    /// Action noise of the recording agent (`<run>~<noise>`: Gaussian, in half-ranges of the
+    /// action space); 0 records the agent as it acts.
+    pub noise: f64,
+    /// Epochs of M's training in each round, over every episode recorded so far, starting
+    /// from the last round's M.
+    pub mdnrnn_epochs: usize,
+    /// CMA-ES generations in each round, starting from the last round's C.
+    pub generations: usize,
+}
+
+impl Default for IterateStage {
+    fn default() -> Self {
+        Self {
+            rounds: 0,
+            episodes: 32,
+            noise: 0.1,
+            mdnrnn_epochs: 10,
+            generations: 20,
+        }
+    }
+}
+
 impl WorldModelsConfig {
     /// Checks ranges and that the parts fit together, naming the first bad field.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -205,6 +242,23 @@ impl WorldModelsConfig {
             self.eval.max_steps >= 1,
             "eval.max_steps must be at least 1"
         );
+        let it = &self.iterate;
+        if it.rounds > 0 {
+            anyhow::ensure!(it.episodes >= 1, "iterate.episodes must be at least 1");
+            anyhow::ensure!(
+                it.noise.is_finite() && it.noise >= 0.0,
+                "iterate.noise must be a number >= 0"
+            );
+            anyhow::ensure!(
+                it.mdnrnn_epochs >= 1,
+                "iterate.mdnrnn_epochs must be at least 1"
+            );
+            anyhow::ensure!(
+                it.generations >= 1,
+                "iterate.generations must be at least 1"
+            );
+            anyhow::ensure!(it.rounds <= 1000, "iterate.rounds must be at most 1000");
+        }
         dreamgym_world_model::device(&self.device)?;
         Ok(())
     }

@@ -13,6 +13,7 @@ mod encode;
 mod evaluate;
 mod pipeline;
 mod report;
+mod rounds;
 mod saved;
 mod train_controller;
 mod train_mdn;
@@ -24,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use agent::{WorldModel, WorldModelsAgent, check_pixels, frame_of};
-pub use config::{ControllerStage, EvalStage, MdnStage, VaeStage, WorldModelsConfig};
+pub use config::{ControllerStage, EvalStage, IterateStage, MdnStage, VaeStage, WorldModelsConfig};
 pub use data::{
     EpisodeFrames, PixelData, Series, action_size, dataset_meta, load_series, make_env,
     save_series, start_latents,
@@ -33,6 +34,7 @@ pub use encode::encode;
 pub use evaluate::{EvalSummary, evaluate};
 pub use pipeline::{Outcome, Stage, run_world_models};
 pub use report::report;
+pub use rounds::{RoundSummary, round_dir, run_rounds};
 pub use saved::{
     ControllerFile, LoadedRun, TrainedWith, load_mdn, load_run, load_vae, load_world_model,
 };
@@ -131,7 +133,7 @@ pub(crate) fn resume<C: Serialize + DeserializeOwned + PartialEq>(
         let what = if kind == "vae" {
             "the dataset changed since V was trained"
         } else {
-            "V changed since M was trained"
+            "what M was trained on (V, or a round's episodes) changed since"
         };
         progress.note(&format!(
             "{kind}: {what}, so it is stale; training it from scratch"

@@ -49,6 +49,8 @@ pub struct Outcome {
     pub eval: Option<EvalSummary>,
     /// The report.
     pub report: Option<PathBuf>,
+    /// The rounds of the iterative procedure, round 0 (the first C) first.
+    pub rounds: Option<Vec<super::RoundSummary>>,
 }
 
 fn train_line(name: &str, s: &TrainSummary, unit: &str) -> String {
@@ -155,6 +157,10 @@ pub fn run_world_models(
             eval_and_report(
                 cfg, &data, &wm, &file, &c, &starts, run, registry, progress, wall, &mut out,
             )?;
+            if cfg.iterate.rounds > 0 {
+                drop(data);
+                out.rounds = Some(super::run_rounds(cfg, run, registry, &wm, progress)?);
+            }
         }
     }
     Ok(out)
@@ -182,7 +188,7 @@ fn encode_and_train_mdn(
 /// Evaluates C and writes the report, unless both are already done for this C (with this V
 /// and M) and these eval settings.
 #[allow(clippy::too_many_arguments)]
-fn eval_and_report(
+pub(super) fn eval_and_report(
     cfg: &WorldModelsConfig,
     data: &PixelData,
     wm: &WorldModel,

@@ -71,6 +71,21 @@ pub fn train_controller(
     registry: &Registry,
     progress: &dyn Progress,
 ) -> anyhow::Result<(ControllerFile, bool)> {
+    train_controller_from(cfg, meta, wm, starts, run, registry, None, progress)
+}
+
+/// [`train_controller`] with CMA-ES's first mean at `init` (the last round's C) instead of 0.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_controller_from(
+    cfg: &WorldModelsConfig,
+    meta: &DatasetMeta,
+    wm: &WorldModel,
+    starts: &Arc<Vec<StartLatent>>,
+    run: &RunDir,
+    registry: &Registry,
+    init: Option<&[f32]>,
+    progress: &dyn Progress,
+) -> anyhow::Result<(ControllerFile, bool)> {
     check_pixels(&meta.observation_space, &wm.vae)?;
     let stage = &cfg.controller;
     anyhow::ensure!(
@@ -111,7 +126,20 @@ pub fn train_controller(
             progress.note(&format!("C: resuming after generation {}", cp.generations));
             (CmaEs::restore(&es_cfg, &cp.es)?, cp.generations)
         }
-        None => (CmaEs::new(&vec![0.0; n], &es_cfg)?, 0),
+        None => {
+            let mean: Vec<f64> = match init {
+                Some(p) => {
+                    anyhow::ensure!(
+                        p.len() == n,
+                        "the controller to start from has {} parameters, this C has {n}",
+                        p.len()
+                    );
+                    p.iter().map(|v| *v as f64).collect()
+                }
+                None => vec![0.0; n],
+            };
+            (CmaEs::new(&mean, &es_cfg)?, 0)
+        }
     };
     let mut metrics = MetricsLog::open(
         run,

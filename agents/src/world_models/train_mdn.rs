@@ -34,9 +34,32 @@ pub fn train_mdn(
     run: &RunDir,
     progress: &dyn Progress,
 ) -> anyhow::Result<(MdnRnn, TrainSummary)> {
-    let trained_on = serde_json::json!({
+    train_mdn_from(cfg, series, run, None, progress)
+}
+
+/// Where a round's M starts (the iterative procedure): the last round's M, and what else it
+/// is trained on (recorded, so that a change retrains it).
+pub(crate) struct MdnStart<'a> {
+    /// The checkpoint stem of the M whose weights it starts from.
+    pub init: &'a std::path::Path,
+    /// What the round trains on besides V: the datasets' fingerprints, the starting M.
+    pub trained_on: serde_json::Value,
+}
+
+/// [`train_mdn`], starting from `start`'s weights when given and there is nothing to resume.
+pub(crate) fn train_mdn_from(
+    cfg: &WorldModelsConfig,
+    series: &[Series],
+    run: &RunDir,
+    start: Option<MdnStart<'_>>,
+    progress: &dyn Progress,
+) -> anyhow::Result<(MdnRnn, TrainSummary)> {
+    let mut trained_on = serde_json::json!({
         "vae_crc32": dreamgym_nn::weights_crc32(&run.checkpoint("vae"))?
     });
+    if let Some(s) = &start {
+        trained_on["round"] = s.trained_on.clone();
+    }
     let device = dreamgym_nn::device(&cfg.device)?;
     let stage = &cfg.mdnrnn;
     let mcfg = mdn_config(cfg, series)?;
@@ -72,6 +95,16 @@ pub fn train_mdn(
         &mut opt,
         progress,
     )?;
+    if point.epochs == 0
+        && let Some(s) = &start
+    {
+        dreamgym_nn::load_weights(s.init, m.varmap()).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start M from {}: {e}",
+                s.init.with_extension("safetensors").display()
+            )
+        })?;
+    }
     let start = point.epochs.min(stage.epochs);
     if start > 0 && start < stage.epochs {
         progress.note(&format!("M: resuming after epoch {start}"));
