@@ -11,6 +11,8 @@
 //!   eval.json, report.md, figures/*.png
 //!   metrics/<stage>.csv       one row per step (or generation)
 //!   tb/<stage>/events.out.tfevents.*   the same metrics for TensorBoard
+//!   rounds/<r>/               round r of the iterative procedure, a run folder of its own
+//!   rounds.json, rounds.md    the rounds' real and dream scores side by side
 //! ```
 
 use std::path::{Path, PathBuf};
