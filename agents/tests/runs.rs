@@ -233,11 +233,10 @@ fn a_changed_config_is_refused_continued_or_redone_as_asked() {
     run_experiment(&workers, &registry, OnChange::Ask, &()).unwrap();
 }
 
-#[test]
-fn force_discards_the_stage_that_changed_and_everything_after_it_only() {
-    let root = tempfile::tempdir().unwrap();
-    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
-    let run = RunDir::new(root.path());
+/// A trained tiny World Models run in `root` with the experiment that made it saved beside it.
+fn tiny_experiment(root: &Path) -> (RunDir, Experiment) {
+    dreamgym_agents::testing::tiny_run(root).unwrap();
+    let run = RunDir::new(root);
     let mut exp = parse_experiment(
         "name = \"t\"\n[rollout]\nenv = \"Racer-v0\"\nepisodes = 4\n\
          env_config = { obs = \"pixels\", width = 16, height = 16 }\n",
@@ -246,6 +245,13 @@ fn force_discards_the_stage_that_changed_and_everything_after_it_only() {
     .unwrap();
     exp.world_models = Some(tiny_config());
     std::fs::write(run.experiment(), toml::to_string(&exp).unwrap()).unwrap();
+    (run, exp)
+}
+
+#[test]
+fn force_discards_the_stage_that_changed_and_everything_after_it_only() {
+    let root = tempfile::tempdir().unwrap();
+    let (run, exp) = tiny_experiment(root.path());
     // M's architecture changes: V and the data stay, M and C go.
     let mut changed = exp.clone();
     changed.world_models.as_mut().unwrap().mdnrnn.model.hidden = 6;
@@ -272,16 +278,7 @@ fn force_discards_the_stage_that_changed_and_everything_after_it_only() {
 #[test]
 fn iterate_settings_bind_only_once_a_round_exists_and_more_rounds_continue() {
     let root = tempfile::tempdir().unwrap();
-    dreamgym_agents::testing::tiny_run(root.path()).unwrap();
-    let run = RunDir::new(root.path());
-    let mut exp = parse_experiment(
-        "name = \"t\"\n[rollout]\nenv = \"Racer-v0\"\nepisodes = 4\n\
-         env_config = { obs = \"pixels\", width = 16, height = 16 }\n",
-        "test",
-    )
-    .unwrap();
-    exp.world_models = Some(tiny_config());
-    std::fs::write(run.experiment(), toml::to_string(&exp).unwrap()).unwrap();
+    let (run, exp) = tiny_experiment(root.path());
     let with = |f: &dyn Fn(&mut dreamgym_agents::WorldModelsConfig)| {
         let mut e = exp.clone();
         f(e.world_models.as_mut().unwrap());

@@ -632,21 +632,42 @@ impl DecisionTransformer {
 
     /// The tokens `[B, 3T, C]`, interleaved (R₁, s₁, a₁, R₂, …), normalised.
     fn tokens(&self, batch: &DtBatch) -> Result<Tensor, PolicyError> {
-        let (b, t, _) = batch.obs.dims3().map_err(dreamgym_nn::NnError::from)?;
+        let s = self.embed_observations(&batch.obs)?;
+        self.tokens_from(&batch.returns, &s, &batch.actions, &batch.timesteps)
+    }
+
+    /// The observation embeddings `[B, T, C]` of observations `[B, T, obs_dim]` (before the
+    /// timestep embedding is added): what acting computes once per step and keeps.
+    fn embed_observations(&self, obs: &Tensor) -> Result<Tensor, PolicyError> {
+        Ok(self
+            .embed_obs
+            .forward(obs)
+            .map_err(dreamgym_nn::NnError::from)?)
+    }
+
+    /// [`tokens`](Self::tokens) from observations already embedded (`obs_emb`, `[B, T, C]`).
+    fn tokens_from(
+        &self,
+        returns: &Tensor,
+        obs_emb: &Tensor,
+        actions: &Tensor,
+        timesteps: &Tensor,
+    ) -> Result<Tensor, PolicyError> {
+        let (b, t, _) = obs_emb.dims3().map_err(dreamgym_nn::NnError::from)?;
         let c = self.config.transformer.n_embd;
         let run = || -> candle_core::Result<Tensor> {
-            let time = self.embed_timestep_forward(&batch.timesteps)?;
+            let time = self.embed_timestep_forward(timesteps)?;
             let returns = if self.config.condition_on_return {
-                batch.returns.clone()
+                returns.clone()
             } else {
-                batch.returns.zeros_like()?
+                returns.zeros_like()?
             };
             let r = (self.embed_return.forward(&returns)? + &time)?;
-            let s = (self.embed_obs.forward(&batch.obs)? + &time)?;
+            let s = (obs_emb + &time)?;
             let a = match &self.embed_action {
-                ActionEmbed::Box(p) => p.forward(&batch.actions)?,
+                ActionEmbed::Box(p) => p.forward(actions)?,
                 ActionEmbed::Discrete(e) => {
-                    e.forward(&batch.actions.squeeze(2)?.to_dtype(DType::U32)?)?
+                    e.forward(&actions.squeeze(2)?.to_dtype(DType::U32)?)?
                 }
             };
             let a = (a + &time)?;
@@ -753,7 +774,11 @@ impl DecisionTransformer {
 /// One step the policy has seen.
 struct Seen {
     to_go: f32,
+    /// The observation as read (kept without the cache, which recomputes everything).
     obs: Vec<f32>,
+    /// Its embedding `[1, 1, C]`, computed once (with the cache: a conv encoder then runs
+    /// once per frame, not K times).
+    emb: Option<Tensor>,
     action: Vec<f32>,
     timestep: u32,
 }
@@ -813,13 +838,19 @@ impl DtPolicy {
         let m = &self.model;
         let (t, d, w) = (steps.len(), m.spec.obs_dim(), m.spec.action.width());
         let dev = &m.device;
-        Ok(DtBatch {
-            returns: Tensor::from_vec(steps.iter().map(|s| s.to_go).collect(), (1, t, 1), dev)?,
-            obs: Tensor::from_vec(
+        let obs = if steps.iter().all(|s| s.emb.is_some()) {
+            // Read from the embeddings instead.
+            Tensor::zeros((1, t, 0), DType::F32, dev)?
+        } else {
+            Tensor::from_vec(
                 steps.iter().flat_map(|s| s.obs.iter().copied()).collect(),
                 (1, t, d),
                 dev,
-            )?,
+            )?
+        };
+        Ok(DtBatch {
+            returns: Tensor::from_vec(steps.iter().map(|s| s.to_go).collect(), (1, t, 1), dev)?,
+            obs,
             actions: Tensor::from_vec(
                 steps
                     .iter()
@@ -836,11 +867,23 @@ impl DtPolicy {
         let k = self.model.config.context;
         let n = self.steps;
         let window = &self.history[..];
-        let batch = self.batch(window).map_err(dreamgym_nn::NnError::from)?;
-        let tokens = self.model.tokens(&batch)?;
+        let fresh = |e: candle_core::Error| PolicyError::from(dreamgym_nn::NnError::from(e));
+        let batch = self.batch(window).map_err(fresh)?;
+        let embedded: Option<Vec<&Tensor>> = window.iter().map(|s| s.emb.as_ref()).collect();
+        let tokens = match embedded {
+            Some(embs) => {
+                let obs_emb = Tensor::cat(&embs, 1).map_err(fresh)?;
+                self.model.tokens_from(
+                    &batch.returns,
+                    &obs_emb,
+                    &batch.actions,
+                    &batch.timesteps,
+                )?
+            }
+            None => self.model.tokens(&batch)?,
+        };
         // The last action token is a placeholder: nothing before it depends on it.
         let known = 3 * window.len() - 1;
-        let fresh = |e: candle_core::Error| PolicyError::from(dreamgym_nn::NnError::from(e));
         let h = if self.use_cache && n <= k {
             let from = self.cache.len();
             let new = tokens.narrow(1, from, known - from).map_err(fresh)?;
@@ -888,9 +931,18 @@ impl Policy for DtPolicy {
             self.history.remove(0);
         }
         self.steps += 1;
+        let (obs, emb) = if self.use_cache {
+            let m = &self.model;
+            let x = Tensor::from_vec(obs, (1, 1, m.spec.obs_dim()), &m.device)
+                .map_err(dreamgym_nn::NnError::from)?;
+            (Vec::new(), Some(m.embed_observations(&x)?))
+        } else {
+            (obs, None)
+        };
         self.history.push(Seen {
             to_go: (self.to_go / self.model.config.return_scale) as f32,
             obs,
+            emb,
             action: vec![0.0; width],
             timestep,
         });
