@@ -81,6 +81,7 @@ pub fn tiny_config() -> WorldModelsConfig {
             seq_len: 8,
             lr: 1e-3,
             grad_clip: 1.0,
+            held_out: 0.0,
         },
         controller: ControllerStage {
             in_dream: false,

@@ -434,3 +434,51 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
     assert_eq!(again[1].mdn_loss, rows[1].mdn_loss);
     assert_eq!(again.len(), 3);
 }
+
+#[test]
+fn m_is_calibrated_on_held_out_episodes_and_the_dream_reads_it() {
+    use dreamgym_agents::world_models::CalibrationFile;
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::new(root.path());
+    record(&run.data(), 4, 30).unwrap();
+    let mut cfg = tiny_config();
+    // Calibrating needs held-out episodes: a clear error without them.
+    cfg.controller.in_dream = true;
+    cfg.controller.dream.calibrated = true;
+    let err = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(err.contains("mdnrnn.held_out"), "{err}");
+    cfg.mdnrnn.held_out = 0.25;
+    cfg.mdnrnn.batch_size = 3;
+    let out = stage(&cfg, &run, Stage::All).unwrap();
+    let c: CalibrationFile =
+        serde_json::from_slice(&std::fs::read(run.file("calibration.json")).unwrap()).unwrap();
+    // One episode in four (the fourth) is held out: 30 steps.
+    assert_eq!((c.episodes, c.steps), (1, 30));
+    assert_eq!(
+        c.mdnrnn_crc32,
+        dreamgym_nn::weights_crc32(&run.checkpoint("mdnrnn")).unwrap()
+    );
+    assert!(c.calibration.is_finite());
+    // Fitted on those episodes, the calibration cannot do worse on them than the raw heads.
+    assert!(
+        c.calibrated.reward_rmse <= c.raw.reward_rmse + 1e-9,
+        "{c:?}"
+    );
+    assert!(c.calibrated.done_bce <= c.raw.done_bce + 1e-6, "{c:?}");
+    let report = std::fs::read_to_string(out.report.unwrap()).unwrap();
+    assert!(report.contains("held-out episodes") && report.contains("reads the heads through it"));
+    // The held-out episode is not trained on: 3 episodes of 30 steps make 9 windows of 8, 3
+    // batches of 3 per epoch (12 windows, 4 batches, with it).
+    assert_eq!(out.mdn.unwrap().steps, 3 * cfg.mdnrnn.epochs);
+    // A calibration of another M is refused, not silently used.
+    let mut bad = c.clone();
+    bad.mdnrnn_crc32 ^= 1;
+    std::fs::write(
+        run.file("calibration.json"),
+        serde_json::to_vec(&bad).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(run.file("controller.state.json")).unwrap();
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Controller).unwrap_err());
+    assert!(err.contains("another M"), "{err}");
+}

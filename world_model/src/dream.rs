@@ -14,6 +14,7 @@ use dreamgym_envs::{
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::Calibration;
 use crate::mdn::{MdnRnn, sample_mixture, standard_normal};
 
 /// How the dream behaves.
@@ -30,6 +31,9 @@ pub struct DreamConfig {
     /// dream ends where it believes episodes end, as often as they do. With a threshold, a
     /// risk M rates below it never ends an episode, which a controller learns to exploit.
     pub sample_done: bool,
+    /// Read M's heads through the calibration fitted on held-out episodes
+    /// (`mdnrnn.held_out`), not as they are.
+    pub calibrated: bool,
 }
 
 impl Default for DreamConfig {
@@ -39,6 +43,7 @@ impl Default for DreamConfig {
             max_steps: 1000,
             done_threshold: 0.5,
             sample_done: false,
+            calibrated: false,
         }
     }
 }
@@ -56,6 +61,7 @@ pub struct StartLatent {
 pub struct DreamEnv {
     model: Arc<MdnRnn>,
     config: DreamConfig,
+    calibration: Calibration,
     starts: Arc<Vec<StartLatent>>,
     obs_space: Space,
     action_space: Space,
@@ -117,6 +123,7 @@ impl DreamEnv {
         Ok(Self {
             model,
             config,
+            calibration: Calibration::IDENTITY,
             starts,
             obs_space,
             action_space,
@@ -138,6 +145,13 @@ impl DreamEnv {
         let mut v = self.z.clone();
         v.extend_from_slice(&h);
         Ok(Value::F32(v))
+    }
+
+    /// Reads M's reward and done heads through `calibration` (fitted on held-out real
+    /// episodes) instead of as they are.
+    pub fn with_calibration(mut self, calibration: Calibration) -> Self {
+        self.calibration = calibration;
+        self
     }
 
     /// The current latent z (to decode into an image with V).
@@ -219,12 +233,12 @@ impl Env for DreamEnv {
         self.h = h.detach();
         self.c = c.detach();
         let reward = match &out.reward {
-            Some(r) => vec(r)?[0] as f64,
+            Some(r) => self.calibration.reward(vec(r)?[0] as f64),
             None => 0.0,
         };
         let terminated = match &out.done_logit {
             Some(d) => {
-                let p = 1.0 / (1.0 + (-vec(d)?[0]).exp());
+                let p = self.calibration.done_probability(vec(d)?[0] as f64) as f32;
                 if self.config.sample_done {
                     rng.random::<f32>() < p
                 } else {

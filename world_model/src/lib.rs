@@ -7,10 +7,12 @@
 //! Generic layers, optimisers and checkpoints live in `dreamgym-nn`; this crate holds only what is
 //! World Models' own.
 
+pub mod calibration;
 pub mod dream;
 pub mod mdn;
 pub mod vae;
 
+pub use calibration::Calibration;
 pub use dream::{DreamConfig, DreamEnv};
 pub use dreamgym_nn::device;
 pub use mdn::{MdnRnn, MdnRnnConfig};

@@ -586,3 +586,35 @@ fn a_sampled_done_ends_dream_episodes_as_often_as_m_predicts() {
     assert!((3.4..4.6).contains(&mean), "mean length {mean}");
     assert_eq!(sampled, lengths(true), "same seeds, same ends");
 }
+
+#[test]
+fn a_calibrated_dream_reads_the_heads_through_the_calibration() {
+    use dreamgym_envs::{Env, Info, Value};
+    use dreamgym_world_model::Calibration;
+    let env = |c: Calibration| dream_env(65).with_calibration(c);
+    let rewards = |mut e: DreamEnv| -> Vec<f64> {
+        e.reset(Some(3), &Info::new()).unwrap();
+        (0..6)
+            .map(|_| e.step(&Value::F32(vec![0.2, 0.4])).unwrap().reward)
+            .collect()
+    };
+    let raw = rewards(env(Calibration::IDENTITY));
+    let scaled = rewards(env(Calibration {
+        reward_scale: 2.0,
+        reward_offset: -1.0,
+        ..Calibration::IDENTITY
+    }));
+    for (r, s) in raw.iter().zip(&scaled) {
+        assert!((2.0 * r - 1.0 - s).abs() < 1e-9, "{raw:?} {scaled:?}");
+    }
+    // A done logit pushed far up ends the first step; far down, none.
+    let ends = |offset: f64| {
+        let mut e = env(Calibration {
+            done_offset: offset,
+            ..Calibration::IDENTITY
+        });
+        e.reset(Some(3), &Info::new()).unwrap();
+        e.step(&Value::F32(vec![0.2, 0.4])).unwrap().terminated
+    };
+    assert!(ends(50.0) && !ends(-50.0));
+}

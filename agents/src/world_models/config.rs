@@ -79,6 +79,9 @@ pub struct MdnStage {
     pub lr: f64,
     /// Gradient clipping by value (the paper: 1.0).
     pub grad_clip: f64,
+    /// Fraction of the episodes held out of M's training (every n-th, n = 1 / fraction), on
+    /// which its reward and done heads are measured and calibrated (`calibration.json`).
+    pub held_out: f64,
 }
 
 impl Default for MdnStage {
@@ -90,6 +93,7 @@ impl Default for MdnStage {
             seq_len: 100,
             lr: 1e-3,
             grad_clip: 1.0,
+            held_out: 0.0,
         }
     }
 }
@@ -221,6 +225,21 @@ impl WorldModelsConfig {
             self.mdnrnn.grad_clip > 0.0,
             "mdnrnn.grad_clip must be positive"
         );
+        anyhow::ensure!(
+            (0.0..=0.5).contains(&self.mdnrnn.held_out),
+            "mdnrnn.held_out must be a fraction in 0..=0.5"
+        );
+        if self.controller.dream.calibrated {
+            anyhow::ensure!(
+                self.mdnrnn.held_out > 0.0,
+                "controller.dream.calibrated needs episodes held out of M's training to \
+                 calibrate on: set mdnrnn.held_out (e.g. 0.1)"
+            );
+            anyhow::ensure!(
+                self.mdnrnn.model.reward_head && self.mdnrnn.model.done_head,
+                "controller.dream.calibrated needs M's reward and done heads"
+            );
+        }
         anyhow::ensure!(
             self.controller.generations >= 1,
             "controller.generations must be at least 1"

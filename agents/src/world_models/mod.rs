@@ -7,6 +7,7 @@
 //! from there.
 
 mod agent;
+mod calibrate;
 mod config;
 mod data;
 mod encode;
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use agent::{WorldModel, WorldModelsAgent, check_pixels, frame_of};
+pub use calibrate::CalibrationFile;
 pub use config::{ControllerStage, EvalStage, IterateStage, MdnStage, VaeStage, WorldModelsConfig};
 pub use data::{
     EpisodeFrames, PixelData, Series, action_size, dataset_meta, load_series, make_env,

@@ -119,6 +119,40 @@ pub fn report(
             ));
         }
     }
+    if let Some(c) = std::fs::read(run.file(super::calibrate::CALIBRATION))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<super::CalibrationFile>(&b).ok())
+    {
+        let k = &c.calibration;
+        md.push_str(&format!(
+            "## M's reward and done heads on {} held-out episodes ({} steps)\n\n\
+             | heads | reward RMSE per step | return error per episode | done cross-entropy | \
+             mean done probability |\n|---|---|---|---|---|\n\
+             | as trained | {:.3} | {:.1} | {:.4} | {:.4} |\n\
+             | calibrated | {:.3} | {:.1} | {:.4} | {:.4} |\n\n\
+             Calibration (fitted on the same episodes): reward × {:.3} {:+.3}; done logit × \
+             {:.3} {:+.3}{}.\n\n",
+            c.episodes,
+            c.steps,
+            c.raw.reward_rmse,
+            c.raw.return_error,
+            c.raw.done_bce,
+            c.raw.done_rate,
+            c.calibrated.reward_rmse,
+            c.calibrated.return_error,
+            c.calibrated.done_bce,
+            c.calibrated.done_rate,
+            k.reward_scale,
+            k.reward_offset,
+            k.done_scale,
+            k.done_offset,
+            if cfg.controller.dream.calibrated {
+                "; the dream reads the heads through it"
+            } else {
+                "; the dream reads the heads as trained"
+            }
+        ));
+    }
     let (_, rows) = read_csv(&run.metrics("controller"));
     if !rows.is_empty() && rows[0].len() >= 3 {
         let chart = LineChart::new(

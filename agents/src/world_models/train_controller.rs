@@ -6,18 +6,21 @@ use dreamgym_base::derive_seed;
 use dreamgym_envs::recording::DatasetMeta;
 use dreamgym_envs::{Env, Registry};
 use dreamgym_policies::{CmaEs, CmaEsState, LinearController, Policy};
-use dreamgym_world_model::DreamEnv;
 use dreamgym_world_model::dream::StartLatent;
+use dreamgym_world_model::{Calibration, DreamEnv};
 use serde::{Deserialize, Serialize};
 
 use super::WorldModelsConfig;
 use super::agent::{WorldModel, WorldModelsAgent, check_pixels};
+use super::calibrate::dream_calibration;
 use super::data::{action_size, make_env};
 use super::saved::{ControllerFile, TrainedWith};
 use crate::progress::StopOnly;
 use crate::{Interrupted, MetricsLog, Progress, RunDir, run_jobs};
 
-/// `n` envs to run C's episodes in: the real env, or M's dream started from `starts`.
+/// `n` envs to run C's episodes in: the real env, or M's dream started from `starts` (its
+/// heads read through `calibration` when given).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn arenas(
     n: usize,
     in_dream: bool,
@@ -26,16 +29,20 @@ pub(crate) fn arenas(
     meta: &DatasetMeta,
     wm: &WorldModel,
     starts: &Arc<Vec<StartLatent>>,
+    calibration: Option<Calibration>,
 ) -> anyhow::Result<Vec<Box<dyn Env>>> {
     (0..n)
         .map(|_| -> anyhow::Result<Box<dyn Env>> {
             if in_dream {
-                Ok(Box::new(DreamEnv::new(
-                    wm.mdn.clone(),
-                    starts.clone(),
-                    meta.action_space.clone(),
-                    cfg.controller.dream.clone(),
-                )?))
+                Ok(Box::new(
+                    DreamEnv::new(
+                        wm.mdn.clone(),
+                        starts.clone(),
+                        meta.action_space.clone(),
+                        cfg.controller.dream.clone(),
+                    )?
+                    .with_calibration(calibration.unwrap_or(Calibration::IDENTITY)),
+                ))
             } else {
                 make_env(registry, meta)
             }
@@ -92,6 +99,11 @@ pub(crate) fn train_controller_from(
         !stage.in_dream || !starts.is_empty(),
         "training in the dream needs the encoded series (run the encode stage first)"
     );
+    let calibration = if stage.in_dream {
+        dream_calibration(cfg, run)?
+    } else {
+        None
+    };
     let mut envs = arenas(
         stage.workers,
         stage.in_dream,
@@ -100,6 +112,7 @@ pub(crate) fn train_controller_from(
         meta,
         wm,
         starts,
+        calibration,
     )?;
     let inputs = wm.feature_size();
     let n = LinearController::param_count(inputs, action_size(meta)?);

@@ -9,6 +9,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use super::calibrate::{calibrate, is_held_out};
 use super::data::Series;
 use super::{TrainSummary, WorldModelsConfig, resume, stop_if_interrupted};
 use crate::{MetricsLog, Progress, RunDir};
@@ -77,13 +78,17 @@ pub(crate) fn train_mdn_from(
             ..Default::default()
         },
     )?;
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "seed": cfg.seed,
         "batch_size": stage.batch_size,
         "seq_len": stage.seq_len,
         "lr": stage.lr,
         "grad_clip": stage.grad_clip,
     });
+    // Recorded only when set, so that checkpoints from before it existed still resume.
+    if stage.held_out > 0.0 {
+        settings["held_out"] = stage.held_out.into();
+    }
     let point = resume(
         &stem,
         "mdnrnn",
@@ -110,10 +115,11 @@ pub(crate) fn train_mdn_from(
         progress.note(&format!("M: resuming after epoch {start}"));
     }
     let t = stage.seq_len;
-    // Non-overlapping windows of every long-enough episode.
+    // Non-overlapping windows of every long-enough episode not held out.
     let windows: Vec<(usize, usize)> = series
         .iter()
         .enumerate()
+        .filter(|(e, _)| !is_held_out(*e, stage.held_out))
         .flat_map(|(e, s)| {
             let steps = s.actions.dim(0).unwrap_or(0);
             (0..steps / t).map(move |w| (e, w * t))
@@ -206,6 +212,19 @@ pub(crate) fn train_mdn_from(
         )?;
     }
     progress.end();
+    if let Some(c) = calibrate(cfg, &m, series, run)? {
+        progress.note(&format!(
+            "M's heads on {} held-out episodes: reward RMSE {:.3} ({:.3} calibrated), return \
+             error {:.1} ({:.1}), done cross-entropy {:.4} ({:.4})",
+            c.episodes,
+            c.raw.reward_rmse,
+            c.calibrated.reward_rmse,
+            c.raw.return_error,
+            c.calibrated.return_error,
+            c.raw.done_bce,
+            c.calibrated.done_bce
+        ));
+    }
     let seconds = t0.elapsed().as_secs_f64();
     Ok((
         m,
