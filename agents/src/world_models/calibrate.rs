@@ -8,6 +8,7 @@ use dreamgym_world_model::MdnRnn;
 use dreamgym_world_model::calibration::{
     Calibration, EpisodeHeads, HeadErrors, fit_calibration, head_errors,
 };
+use dreamgym_world_model::mdn::MdnOutput;
 use serde::{Deserialize, Serialize};
 
 use super::WorldModelsConfig;
@@ -44,40 +45,48 @@ pub struct CalibrationFile {
     pub calibrated: HeadErrors,
 }
 
-/// Runs M teacher-forced along each held-out episode (its frames' μ and its actions) and
-/// collects what the heads said beside what happened.
+/// M's heads teacher-forced along one recorded episode (its frames' μ and its actions), `None`
+/// for an episode without steps.
+pub(crate) fn teacher_forced(m: &MdnRnn, s: &Series) -> anyhow::Result<Option<MdnOutput>> {
+    let t = s.actions.dim(0)?;
+    if t == 0 {
+        return Ok(None);
+    }
+    let device = m.device();
+    let z = s.mu.narrow(0, 0, t)?.unsqueeze(0)?.to_device(device)?;
+    let a = s.actions.unsqueeze(0)?.to_device(device)?;
+    Ok(Some(m.forward(&z, &a)?))
+}
+
+/// A head's output (or a recorded column) as f64s on the CPU.
+pub(crate) fn values(x: &candle_core::Tensor) -> anyhow::Result<Vec<f64>> {
+    Ok(x.detach()
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// What the heads said along each held-out episode, beside what happened.
 fn heads_along(m: &MdnRnn, series: &[Series], fraction: f64) -> anyhow::Result<Vec<EpisodeHeads>> {
-    let device = m.device().clone();
     let mut out = Vec::new();
     for (i, s) in series.iter().enumerate() {
         if !is_held_out(i, fraction) {
             continue;
         }
-        let t = s.actions.dim(0)?;
-        if t == 0 {
+        let Some(o) = teacher_forced(m, s)? else {
             continue;
-        }
-        let z = s.mu.narrow(0, 0, t)?.unsqueeze(0)?.to_device(&device)?;
-        let a = s.actions.unsqueeze(0)?.to_device(&device)?;
-        let o = m.forward(&z, &a)?;
-        let col = |x: Option<candle_core::Tensor>| -> anyhow::Result<Vec<f64>> {
-            let x = x.context("calibration needs M's reward and done heads")?;
-            Ok(x.detach()
-                .to_device(&Device::Cpu)?
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f64::from)
-                .collect())
         };
-        let f64s = |x: &candle_core::Tensor| -> anyhow::Result<Vec<f64>> {
-            Ok(x.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+        let head = |x: Option<candle_core::Tensor>| {
+            values(&x.context("calibration needs M's reward and done heads")?)
         };
         out.push(EpisodeHeads {
-            predicted_rewards: col(o.reward)?,
-            rewards: f64s(&s.rewards)?,
-            done_logits: col(o.done_logit)?,
-            dones: f64s(&s.dones)?,
+            predicted_rewards: head(o.reward)?,
+            rewards: values(&s.rewards)?,
+            done_logits: head(o.done_logit)?,
+            dones: values(&s.dones)?,
         });
     }
     Ok(out)
@@ -96,6 +105,14 @@ pub(crate) fn calibrate(
     if fraction <= 0.0 || !mc.reward_head || !mc.done_head {
         return Ok(None);
     }
+    let mdnrnn_crc32 = dreamgym_nn::weights_crc32(&run.checkpoint("mdnrnn"))?;
+    if let Some(saved) = std::fs::read(run.file(CALIBRATION))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CalibrationFile>(&b).ok())
+        .filter(|f| f.mdnrnn_crc32 == mdnrnn_crc32)
+    {
+        return Ok(Some(saved));
+    }
     let episodes = heads_along(m, series, fraction)?;
     if episodes.is_empty() {
         return Ok(None);
@@ -106,7 +123,7 @@ pub(crate) fn calibrate(
         "the calibration of M's heads is not finite ({calibration:?})"
     );
     let file = CalibrationFile {
-        mdnrnn_crc32: dreamgym_nn::weights_crc32(&run.checkpoint("mdnrnn"))?,
+        mdnrnn_crc32,
         episodes: episodes.len(),
         steps: episodes.iter().map(|e| e.rewards.len()).sum(),
         calibration,

@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::Device;
 use dreamgym_base::derive_seed;
 use dreamgym_envs::Registry;
 use dreamgym_envs::recording::{Dataset, DatasetMeta};
@@ -21,6 +20,7 @@ use dreamgym_world_model::MdnRnn;
 use serde::{Deserialize, Serialize};
 
 use super::agent::WorldModel;
+use super::calibrate::{teacher_forced, values};
 use super::data::{PixelData, Series, load_series, start_latents};
 use super::encode::encode;
 use super::evaluate::EvalSummary;
@@ -69,7 +69,7 @@ struct RoundRecord {
     /// The last round's M on these episodes before training on them: predicted and real
     /// return per episode.
     #[serde(default)]
-    held_out: Option<Vec<(f64, f64)>>,
+    predicted_before: Option<Vec<(f64, f64)>>,
 }
 
 /// The folder of round `r` (`r >= 1`).
@@ -123,26 +123,18 @@ fn predicted_returns(m: &MdnRnn, series: &[Series]) -> anyhow::Result<Option<Vec
     if !m.config().reward_head {
         return Ok(None);
     }
-    let device = m.device().clone();
     let mut out = Vec::with_capacity(series.len());
     for s in series {
-        let t = s.actions.dim(0)?;
-        if t == 0 {
+        let Some(o) = teacher_forced(m, s)? else {
             continue;
-        }
-        let z = s.mu.narrow(0, 0, t)?.unsqueeze(0)?.to_device(&device)?;
-        let a = s.actions.unsqueeze(0)?.to_device(&device)?;
-        let pred = m
-            .forward(&z, &a)?
+        };
+        let pred = o
             .reward
             .context("M has a reward head but predicted no reward")?;
-        let p = pred
-            .detach()
-            .to_device(&Device::Cpu)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
-        let real = s.rewards.sum_all()?.to_scalar::<f32>()? as f64;
-        out.push((p, real));
+        out.push((
+            values(&pred)?.iter().sum(),
+            values(&s.rewards)?.iter().sum(),
+        ));
     }
     Ok(Some(out))
 }
@@ -159,10 +151,10 @@ pub fn run_rounds(
 ) -> anyhow::Result<Vec<RoundSummary>> {
     let it = &cfg.iterate;
     let main_series = load_series(&run.file("series.safetensors"))?;
-    let main_fingerprint = Dataset::open(run.data())
-        .with_context(|| format!("cannot open {}", run.data().display()))?
-        .fingerprint();
-    let meta = Dataset::open(run.data())?.meta().clone();
+    let main_data = Dataset::open(run.data())
+        .with_context(|| format!("cannot open {}", run.data().display()))?;
+    let main_fingerprint = main_data.fingerprint();
+    let meta = main_data.meta().clone();
     let first: EvalSummary = serde_json::from_slice(
         &std::fs::read(run.file("eval.json")).context("the run's C has not been evaluated")?,
     )?;
@@ -261,7 +253,7 @@ fn run_round(
             let rec = RoundRecord {
                 collected_with,
                 encoded: None,
-                held_out: None,
+                predicted_before: None,
             };
             dreamgym_base::write_atomic(&record_path, &serde_json::to_vec_pretty(&rec)?)?;
             rec
@@ -294,15 +286,15 @@ fn run_round(
         _ => {
             let s = encode(&data, &wm.vae, &dir, progress)?;
             record.encoded = Some(data.fingerprint.clone());
-            record.held_out = None;
+            record.predicted_before = None;
             dreamgym_base::write_atomic(&record_path, &serde_json::to_vec_pretty(&record)?)?;
             s
         }
     };
     // What the last M knew of these episodes before it learns them.
-    if record.held_out.is_none() {
+    if record.predicted_before.is_none() {
         let prev_m = load_mdn(prev, wm.vae.device())?;
-        record.held_out = predicted_returns(&prev_m, &series)?;
+        record.predicted_before = predicted_returns(&prev_m, &series)?;
         dreamgym_base::write_atomic(&record_path, &serde_json::to_vec_pretty(&record)?)?;
     }
     let recorded_return = series
@@ -355,7 +347,7 @@ fn run_round(
         &rcfg, &data, &rwm, &file, &c, &starts, &dir, registry, progress, None, &mut out,
     )?;
     let e = out.eval.context("the round's evaluation is missing")?;
-    let held = record.held_out.as_deref();
+    let held = record.predicted_before.as_deref();
     Ok(RoundSummary {
         round: r,
         episodes: all_series.len(),
