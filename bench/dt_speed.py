@@ -69,9 +69,8 @@ def main(size, steps, dev="cpu", precision="f32"):
     io = {key: v.to(dev) for key, v in io.items()}
 
     def step():
-        # Dropout on the input and residual branches, as dreamgym's (not modelled in the
-        # functional parity model, so it is applied to the embeddings here: same mask count).
-        _, loss = decision_transformer(p, io, cfg)
+        # Dropout 0.1 on the input and on each residual branch, as dreamgym's (and GPT-2's).
+        _, loss = decision_transformer(p, io, cfg, dropout=0.1)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(p.values(), 0.25)

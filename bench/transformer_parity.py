@@ -41,7 +41,12 @@ def rotary(x, theta):
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def transformer(p, prefix, x, cfg):
+def transformer(p, prefix, x, cfg, dropout=0.0):
+    # `dropout` (training only): on the input and on each residual branch, as dreamgym's core
+    # and GPT-2's embd_pdrop / resid_pdrop.
+    def drop(y):
+        return F.dropout(y, dropout) if dropout > 0 else y
+
     b, t, c = x.shape
     h = cfg["n_head"]
     kv = cfg["n_kv_head"] or h
@@ -49,6 +54,7 @@ def transformer(p, prefix, x, cfg):
     bias = cfg["bias"]
     if cfg["positions"] == "learned":
         x = x + p[f"{prefix}embed_positions.weight"][:t]
+    x = drop(x)
     for i in range(cfg["n_layer"]):
         l = f"{prefix}layers.{i}"
         n = norm(p, f"{l}.input_layernorm", x, cfg)
@@ -60,7 +66,7 @@ def transformer(p, prefix, x, cfg):
         k = k.repeat_interleave(h // kv, dim=1)
         v = v.repeat_interleave(h // kv, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + linear(p, f"{l}.self_attn.o_proj", y.transpose(1, 2).reshape(b, t, c), bias)
+        x = x + drop(linear(p, f"{l}.self_attn.o_proj", y.transpose(1, 2).reshape(b, t, c), bias))
         n = norm(p, f"{l}.post_attention_layernorm", x, cfg)
         if cfg["mlp"] == "swi_glu":
             hidden = F.silu(linear(p, f"{l}.mlp.gate_proj", n, bias)) * linear(
@@ -68,11 +74,11 @@ def transformer(p, prefix, x, cfg):
             )
         else:
             hidden = F.gelu(linear(p, f"{l}.mlp.up_proj", n, bias), approximate="tanh")
-        x = x + linear(p, f"{l}.mlp.down_proj", hidden, bias)
+        x = x + drop(linear(p, f"{l}.mlp.down_proj", hidden, bias))
     return norm(p, f"{prefix}norm", x, cfg)
 
 
-def decision_transformer(p, io, cfg):
+def decision_transformer(p, io, cfg, dropout=0.0):
     t = io["timesteps"].clamp(0, cfg["max_timestep"] - 1)
     time = p["embed_timestep.weight"][t]
     r = linear(p, "embed_return", io["returns"], True) + time
@@ -81,7 +87,7 @@ def decision_transformer(p, io, cfg):
     b, k, c = s.shape
     x = torch.stack([r, s, a], dim=2).reshape(b, 3 * k, c)
     x = F.layer_norm(x, (c,), p["embed_ln.weight"], p["embed_ln.bias"], 1e-5)
-    h = transformer(p, "transformer.", x, cfg["transformer"])
+    h = transformer(p, "transformer.", x, cfg["transformer"], dropout)
     pred = torch.tanh(linear(p, "predict_action", h.reshape(b, k, 3, c)[:, :, 1], True))
     return pred, (pred - io["actions"]).pow(2).mean()
 

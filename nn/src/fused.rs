@@ -188,6 +188,58 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x * m` elementwise, with `m` a constant (no gradient flows into it).
+struct MulConstant;
+
+impl CustomOp2 for MulConstant {
+    fn name(&self) -> &'static str {
+        "dreamgym-mul-constant"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "mul_constant")?;
+        let m = contiguous_f32(s2, l2, "mul_constant")?;
+        let out = x.iter().zip(m).map(|(x, m)| x * m).collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        m: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = grad.contiguous()?.apply_op2_no_bwd(m, &MulConstant)?;
+        Ok((Some(gx), None))
+    }
+}
+
+/// `x * m` elementwise (same shapes), where `m` is a constant such as a dropout mask: the
+/// backward pass is one product, `grad * m`, and computes no gradient for `m` (candle's `mul`
+/// computes both). One pass each way on the CPU.
+pub fn mul_constant(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    if x.dims() != m.dims() {
+        candle_core::bail!(
+            "mul_constant: shapes {:?} and {:?} differ",
+            x.dims(),
+            m.dims()
+        );
+    }
+    let m = m.detach();
+    if x.device().is_cpu() && x.dtype() == DType::F32 && m.dtype() == DType::F32 {
+        x.contiguous()?.apply_op2(&m.contiguous()?, MulConstant)
+    } else {
+        x.mul(&m)
+    }
+}
+
 /// `x * w` with `w` (`[C]`) multiplying every row of `x` (`[.., C]`).
 struct MulWeight;
 
@@ -501,6 +553,64 @@ mod tests {
         let t = rand(&[5, 3], 24).t().unwrap();
         let want = t.sum(0).unwrap();
         assert!(max_diff(&sum_rows(&t).unwrap(), &want) < 1e-6);
+    }
+
+    #[test]
+    fn mul_constant_matches_mul_and_gives_the_constant_no_gradient() {
+        let x = Var::from_tensor(&rand(&[4, 3, 5], 31)).unwrap();
+        let m = Var::from_tensor(&rand(&[4, 3, 5], 32)).unwrap();
+        let up = rand(&[4, 3, 5], 33);
+        let fused = mul_constant(&x, &m).unwrap();
+        let composed = x.mul(&m).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-7);
+        let g1 = (&fused * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&composed * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-7);
+        assert!(g1.get(&m).is_none(), "the constant got a gradient");
+        assert!(g2.get(&m).is_some());
+        assert!(mul_constant(&x, &rand(&[4, 3, 4], 1)).is_err());
+    }
+
+    #[test]
+    fn gradients_of_nodes_used_several_times_add_up() {
+        // The vendored candle stores a node's first gradient as it is and adds the later ones
+        // (vendor/candle-core/PATCHED.md): x used four ways, one through a transposed view.
+        let x = Var::from_tensor(&rand(&[3, 4], 34)).unwrap();
+        let w = rand(&[4, 3], 35);
+        let y = ((x.as_tensor() * 2.0).unwrap() + x.as_tensor()).unwrap();
+        let z = (y.sum_all().unwrap()
+            + x.t().unwrap().mul(&w).unwrap().sum_all().unwrap()
+            + x.sqr().unwrap().sum_all().unwrap())
+        .unwrap();
+        let g = z.backward().unwrap();
+        let got = g.get(&x).unwrap();
+        assert!(got.is_contiguous());
+        // d/dx: 2 + 1 + wᵀ + 2x.
+        let want = ((w.t().unwrap() + 3.0).unwrap() + (x.as_tensor() * 2.0).unwrap()).unwrap();
+        assert!(max_diff(got, &want) < 1e-6);
+        // A gradient reached only through a transposed view is stored contiguous.
+        let g = x
+            .t()
+            .unwrap()
+            .mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got = g.get(&x).unwrap();
+        assert!(got.is_contiguous());
+        assert!(max_diff(got, &w.t().unwrap()) < 1e-7);
     }
 
     #[test]

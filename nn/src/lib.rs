@@ -53,8 +53,8 @@ pub use device::device;
 pub use embedding::Embedding;
 pub use error::NnError;
 pub use fused::{
-    add_bias, bias_relu, contiguous_f32, fast_exp, fast_sigmoid, gelu_tanh, mul_weight,
-    sigmoid_sse, sum_rows,
+    add_bias, bias_relu, contiguous_f32, fast_exp, fast_sigmoid, gelu_tanh, mul_constant,
+    mul_weight, sigmoid_sse, sum_rows,
 };
 pub use init::{ParamInit, standard_normal};
 pub use linear::Linear;

@@ -451,7 +451,8 @@ impl Dropout<'_> {
                 }
             })
             .collect();
-        x.mul(&Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?)
+        let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
+        crate::mul_constant(x, &mask)
     }
 }
 
