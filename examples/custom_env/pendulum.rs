@@ -20,7 +20,7 @@
 //! ## Episode End
 //! Never terminates; truncated after 200 steps by the registry's `TimeLimit`.
 
-use dreamgym::envs::{
+use dreamgym_envs::{
     BoxSpace, ConfigError, Env, EnvConfig, EnvError, EpisodeSeeder, EpisodeState, Info, Space,
     Step, Value,
 };

@@ -8,9 +8,28 @@
 //! the Python half turns into Gymnasium spaces and dicts. Every error is a Python exception
 //! with the Rust message: `ValueError` for an action that is not in the action space,
 //! `DreamgymError` (a `RuntimeError`) for the rest, closed envs included.
+//!
+//! # Your own envs in Python
+//!
+//! This crate is also a library: an extension module of your own calls [`add_envs`] with a
+//! [`Registry`] holding your envs, and importing it registers them under `dreamgym/` beside
+//! the built-in ones (`examples/custom_env_python` does this for `Pendulum-v1`):
+//!
+//! ```ignore
+//! use pyo3::prelude::*;
+//!
+//! #[pymodule]
+//! fn my_envs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+//!     let mut registry = dreamgym_envs::Registry::with_builtins();
+//!     registry
+//!         .register("MyEnv-v0", "what it is", Some(500), MyEnv::new)
+//!         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+//!     dreamgym_python::add_envs(m, registry)
+//! }
+//! ```
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use dreamgym_envs::vector::{AutoresetMode, ThreadedVecEnv, VecEnv};
 use dreamgym_envs::{Dtype, Env, Info, Registry, Space, Value};
@@ -27,12 +46,22 @@ pyo3::create_exception!(
     "An error from a dreamgym env (with the Rust message)."
 );
 
-fn err(e: impl std::fmt::Display) -> PyErr {
-    DreamgymError::new_err(e.to_string())
+// Errors raise `dreamgym._dreamgym.DreamgymError` looked up by name, so that a user's
+// extension module (its own copy of this crate, see `add_envs`) raises the very class Python
+// code catches as `dreamgym.DreamgymError`, not a twin of it.
+mod shared {
+    pyo3::import_exception!(dreamgym._dreamgym, DreamgymError);
 }
 
-fn registry() -> Registry {
-    Registry::with_builtins()
+fn err(e: impl std::fmt::Display) -> PyErr {
+    shared::DreamgymError::new_err(e.to_string())
+}
+
+/// The envs this extension module makes: the built-in ones, or those `add_envs` was given.
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+
+fn registry() -> &'static Registry {
+    REGISTRY.get_or_init(Registry::with_builtins)
 }
 
 /// The config overrides as JSON, from the JSON text Python sends (`None`: the defaults).
@@ -607,12 +636,33 @@ impl RawDataset {
     }
 }
 
-#[pymodule]
-fn _dreamgym(m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn add_classes(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(env_ids, m)?)?;
     m.add_class::<RawEnv>()?;
     m.add_class::<RawVecEnv>()?;
-    m.add_class::<RawDataset>()?;
-    m.add("DreamgymError", m.py().get_type::<DreamgymError>())?;
+    m.add_class::<RawDataset>()
+}
+
+/// Makes the envs of `registry` (build it with `Registry::with_builtins()` and register yours)
+/// available in Python through the extension module `m` being initialised: importing the module
+/// registers each env that is not one of dreamgym's own as `dreamgym/<id>` in Gymnasium, and
+/// `dreamgym.make_vec("<id>")` finds it. Call it once, from the module's `#[pymodule]`
+/// function; the `dreamgym` Python package must be installed.
+pub fn add_envs(m: &Bound<'_, PyModule>, registry: Registry) -> PyResult<()> {
+    if REGISTRY.set(registry).is_err() {
+        return Err(err(
+            "add_envs was already called in this extension module; call it once, with every env",
+        ));
+    }
+    add_classes(m)?;
+    let dreamgym = m.py().import("dreamgym")?;
+    m.add("DreamgymError", dreamgym.getattr("DreamgymError")?)?;
+    dreamgym.call_method1("register_envs", (m,))?;
     Ok(())
+}
+
+#[pymodule]
+fn _dreamgym(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    add_classes(m)?;
+    m.add("DreamgymError", m.py().get_type::<DreamgymError>())
 }

@@ -15,6 +15,10 @@ arrays.
 ``dreamgym.merge`` drive the ``dreamgym`` program; ``dreamgym.distributed.rollout`` splits a
 rollout into Ray tasks.
 
+Envs written in Rust by users come from their own extension module (built with the
+``dreamgym-python`` crate's ``add_envs``): importing it registers its envs under ``dreamgym/``
+too (see ``register_envs``).
+
 Errors raised by the Rust side keep its message: ``ValueError`` for an action that is not in
 the action space, ``dreamgym.DreamgymError`` (a ``RuntimeError``) for everything else (an
 unknown env or config key, a closed env).
@@ -23,6 +27,7 @@ unknown env or config key, a closed env).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from typing import Any
@@ -33,7 +38,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ._dreamgym import DreamgymError, RawDataset, RawEnv, RawVecEnv, env_ids
+from . import _dreamgym
+from ._dreamgym import DreamgymError, RawDataset, env_ids
 from . import distributed
 from .cli import find_binary, merge, rollout, run
 
@@ -48,6 +54,7 @@ __all__ = [
     "find_binary",
     "make_vec",
     "merge",
+    "register_envs",
     "rollout",
     "run",
     "space_from_json",
@@ -143,14 +150,78 @@ def _batch_actions(space: spaces.Space, actions: Any, n: int) -> Any:
     return list(actions)
 
 
+# Env id -> the name of the user's extension module that makes it (see register_envs).
+_MODULES: dict[str, str] = {}
+
+
+def register_envs(module: Any) -> list[str]:
+    """Registers the envs of a user's extension module (a module object or its import name)
+    built in Rust with ``dreamgym_python::add_envs``: each env of its registry that is not one
+    of dreamgym's own becomes ``dreamgym/<id>`` in Gymnasium's registry and a valid id for
+    ``make_vec``. Importing such a module calls this already; returns the ids registered.
+
+    The Gymnasium specs name the module, so a process that only knows the spec (a Ray worker,
+    a Minari dataset) imports it by itself."""
+    if isinstance(module, str):
+        module = importlib.import_module(module)
+    if not hasattr(module, "RawEnv") or not hasattr(module, "env_ids"):
+        raise DreamgymError(
+            f"{module.__name__} is not a dreamgym env module (build it with "
+            "dreamgym_python::add_envs)"
+        )
+    # The extension module itself, not the package maturin wraps it in: the same name however
+    # the user imported it.
+    name = getattr(module.env_ids, "__module__", None) or module.__name__
+    builtins = set(env_ids())
+    added = []
+    for env_id in module.env_ids():
+        if env_id in builtins:
+            continue
+        owner = _MODULES.get(env_id)
+        if owner == name and f"dreamgym/{env_id}" in gym.registry:
+            continue
+        if owner is not None and owner != name:
+            raise DreamgymError(
+                f"env {env_id!r} is registered by the module {owner!r} already; {name!r} "
+                "registers it too"
+            )
+        _MODULES[env_id] = name
+        gym.register(
+            id=f"dreamgym/{env_id}",
+            entry_point="dreamgym:DreamgymEnv",
+            kwargs={"env_id": env_id, "module": name},
+        )
+        added.append(env_id)
+    return added
+
+
+def _raw_module(env_id: str, module: str | None) -> Any:
+    """The extension module that makes ``env_id``: ``module`` when given (imported, which
+    registers it), the one that registered the id, or dreamgym's own."""
+    if module is not None:
+        return importlib.import_module(module)
+    owner = _MODULES.get(env_id)
+    if owner is not None:
+        return importlib.import_module(owner)
+    return _dreamgym
+
+
 class DreamgymEnv(gym.Env):
-    """One dreamgym env (``env_id``, with the config ``**config``) as a ``gymnasium.Env``."""
+    """One dreamgym env (``env_id``, with the config ``**config``) as a ``gymnasium.Env``.
+    ``module`` names the user's extension module that makes the env (see ``register_envs``);
+    without it, the module that registered ``env_id``, or dreamgym's own."""
 
     # gym.make(..., render_mode="human") shows the frames in a pygame window (Gymnasium's
     # HumanRendering wrapper) at render_fps.
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(self, env_id: str, render_mode: str | None = None, **config: Any):
+    def __init__(
+        self,
+        env_id: str,
+        render_mode: str | None = None,
+        module: str | None = None,
+        **config: Any,
+    ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(
                 f"render_mode={render_mode!r}: dreamgym envs render 'rgb_array' (the pixel "
@@ -159,7 +230,7 @@ class DreamgymEnv(gym.Env):
             )
         self.env_id = env_id
         self.config = dict(config)
-        self._raw = RawEnv(env_id, _config(self.config))
+        self._raw = _raw_module(env_id, module).RawEnv(env_id, _config(self.config))
         self.observation_space = space_from_json(json.loads(self._raw.observation_space_json()))
         self.action_space = space_from_json(json.loads(self._raw.action_space_json()))
         self.render_mode = render_mode
@@ -230,7 +301,9 @@ class DreamgymVectorEnv(VectorEnv):
     def __init__(self, env_id: str, num_envs: int = 1, workers: int = 1, **config: Any):
         self.env_id = env_id
         self.config = dict(config)
-        self._raw = RawVecEnv(env_id, int(num_envs), int(workers), _config(self.config))
+        self._raw = _raw_module(env_id, None).RawVecEnv(
+            env_id, int(num_envs), int(workers), _config(self.config)
+        )
         self.num_envs = int(num_envs)
         self.single_observation_space = space_from_json(
             json.loads(self._raw.observation_space_json())
