@@ -32,6 +32,9 @@ fn rand(shape: &[usize], seed: u64, device: &Device) -> Tensor {
     Tensor::from_vec(v, shape, device).expect("tensor")
 }
 
+/// Timed acting episodes (after one untimed), here and in `bench/dt_speed.py`.
+const ACT_EPISODES: u64 = 5;
+
 fn main() -> anyhow::Result<()> {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let size = std::env::args().nth(1).unwrap_or("paper".into());
@@ -140,20 +143,33 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let train = t0.elapsed().as_secs_f64() / steps as f64;
-    // Acting: one episode of 2K steps, with and without the cache.
+    // Acting: episodes of 2K steps (K growing, then K full), with and without the cache; the
+    // first episode warms up and is not timed.
     let model = Arc::new(model);
     let act = |cached: bool| -> anyhow::Result<f64> {
         let p = DtPolicy::new(model.clone(), 100.0)?;
         let mut p = if cached { p } else { p.without_cache() };
-        p.reset(0)?;
         let obs = Value::F32(vec![0.1; obs_dim]);
         let n = 2 * k;
+        let mut episode = |seed: u64| -> anyhow::Result<()> {
+            p.reset(seed)?;
+            for _ in 0..n {
+                p.act(&obs)?;
+                p.reward(1.0);
+            }
+            Ok(())
+        };
+        episode(0)?;
+        // `DT_SPEED_ACT_EPISODES=N`: more acting (to profile it).
+        let episodes = std::env::var("DT_SPEED_ACT_EPISODES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(ACT_EPISODES);
         let t0 = Instant::now();
-        for _ in 0..n {
-            p.act(&obs)?;
-            p.reward(1.0);
+        for seed in 1..=episodes {
+            episode(seed)?;
         }
-        Ok(t0.elapsed().as_secs_f64() / n as f64)
+        Ok(t0.elapsed().as_secs_f64() / (episodes as usize * n) as f64)
     };
     let cached = act(true)?;
     let plain = act(false)?;

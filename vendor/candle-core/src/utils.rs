@@ -418,7 +418,11 @@ fn candle_num_threads() -> usize {
 
 pub fn get_num_threads() -> usize {
     // Respond to the same environment variable as rayon.
-    rayon_num_threads()
+    // dreamgym patch: computed once. Every CPU matmul asks, and without a preferred-CPU list
+    // the count came from `num_cpus::get_physical`, which reads and parses /proc/cpuinfo on
+    // each call (a tenth of the Decision Transformer's acting time).
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(rayon_num_threads)
 }
 
 /// On Apple Silicon: P-core count via `hw.perflevel0.logicalcpu`.

@@ -1494,7 +1494,12 @@ impl Map2 for MatMul {
             dst
         };
         let num_threads = crate::utils::get_num_threads();
-        let parallelism = if num_threads > 1 {
+        // dreamgym patch (vendor/candle-core/PATCHED.md): a product of fewer than 2^22
+        // multiply-adds (a fifth of a millisecond on one core) runs on the calling thread.
+        // Waking rayon's sleeping workers for it cost more than it saved: a Decision
+        // Transformer's acting step took twice as long with them.
+        const MIN_THREADED_WORK: usize = 1 << 22;
+        let parallelism = if num_threads > 1 && b * m * n * k >= MIN_THREADED_WORK {
             Parallelism::Rayon(num_threads)
         } else {
             Parallelism::None
