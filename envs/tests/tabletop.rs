@@ -66,6 +66,75 @@ fn the_scripted_planner_carries_out_every_family() {
 }
 
 #[test]
+fn a_selector_pushes_the_object_the_reference_names_on_the_table_as_it_is() {
+    let mut env = language(vec![Family::Reference]);
+    let mut wins = 0;
+    for seed in 0..8 {
+        let (obs, _) = env.reset(Some(seed), &Info::new()).unwrap();
+        let (words, scene) = parse_observation(text(&obs)).unwrap();
+        let instruction = parse_instruction(&words, &scene).unwrap();
+        let reference = instruction.reference.expect("a reference instruction");
+        // The planner writes the selector, not the object it picks today.
+        let plan = tabletop::plan(&instruction, &scene);
+        let program = tabletop::format_program(&plan);
+        assert!(
+            program.contains(&reference.words()),
+            "{program} for {words}"
+        );
+        let tabletop::Goal::Place { object, zone } = instruction.goal else {
+            panic!("{:?}", instruction.goal)
+        };
+        let moved =
+            |a: &tabletop::SceneState, b: &tabletop::SceneState| -> Vec<tabletop::ObjectRef> {
+                a.objects
+                    .iter()
+                    .zip(&b.objects)
+                    .filter(|(x, y)| (x.1[0] - y.1[0]).hypot(x.1[1] - y.1[1]) > 2.0)
+                    .map(|(x, _)| x.0)
+                    .collect()
+            };
+        let before = env.scene_state();
+        let step = env
+            .step(&Value::Text(format!(
+                "push the {} into the {} zone",
+                reference.words(),
+                zone.name()
+            )))
+            .unwrap();
+        let after = env.scene_state();
+        assert!(
+            moved(&before, &after).contains(&object),
+            "seed {seed}: {program}"
+        );
+        wins += (step.info["success"] == true) as usize;
+    }
+    assert!(wins >= 6, "{wins} of 8");
+
+    // A selector with nothing to pick is an impossible command, like an absent object.
+    let mut env = language(vec![Family::Single]);
+    let (obs, _) = env.reset(Some(5), &Info::new()).unwrap();
+    let (_, scene) = parse_observation(text(&obs)).unwrap();
+    let absent = tabletop::Colour::ALL
+        .into_iter()
+        .find(|c| scene.zone(*c).is_none())
+        .unwrap();
+    let step = env
+        .step(&Value::Text(format!(
+            "push object nearest the {} zone to (0, 0)",
+            absent.name()
+        )))
+        .unwrap();
+    let feedback = step.info["feedback"].as_str().unwrap();
+    assert!(
+        feedback.contains(&format!(
+            "impossible: no object is the object nearest the {} zone",
+            absent.name()
+        )),
+        "{feedback}"
+    );
+}
+
+#[test]
 fn done_ends_the_episode_and_the_budget_truncates_it() {
     let mut env = language(Family::ALL.to_vec());
     env.reset(Some(3), &Info::new()).unwrap();

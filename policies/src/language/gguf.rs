@@ -26,7 +26,8 @@ pub const SYSTEM_PROMPT: &str = "You control a pusher on a table. Reply only wit
 separated by \"; \". Commands: \"push <colour> <shape> to <colour> zone\", \"push <colour> \
 <shape> to (x, y)\", \"push <colour> <shape> to left of <colour> <shape>\" (also right of, \
 behind, in front of), \"push <colour> <shape> left|right|forward|back <n> cm\", \"move to \
-(x, y)\", \"done\". Colours: red, green, blue, yellow, purple, orange. Shapes: cube, ball, \
+(x, y)\", \"done\". The pushed object may also be \"leftmost object\", \"rightmost object\" or \
+\"object nearest the <colour> zone\". Colours: red, green, blue, yellow, purple, orange. Shapes: cube, ball, \
 cylinder. Example: push red cube to blue zone";
 
 /// Longest context the loaded model is given (positions cost memory for the rotary tables).

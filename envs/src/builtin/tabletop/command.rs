@@ -4,10 +4,13 @@
 //! ## Grammar
 //! ```text
 //! program   = [ command { sep command } ]      sep = ";" or a line break; empty commands skipped
-//! command   = "push" object ("to" | "into") place
-//!           | "push" object direction number "cm"
+//! command   = "push" subject ("to" | "into") place
+//!           | "push" subject direction number "cm"
 //!           | "move" "to" point                  (the pusher alone)
 //!           | "done"
+//! subject   = object | ["the"] selector
+//! selector  = "leftmost" "object" | "rightmost" "object"
+//!           | "object" "nearest" ["the"] colour "zone"
 //! object    = ["the"] colour shape               e.g. "the red cube"
 //! place     = ["the"] colour "zone" | point | relation object
 //! relation  = "left of" | "right of" | "behind" | "in front of"
@@ -20,6 +23,11 @@
 //! Words are case-insensitive and spaces are free. Table coordinates: x to the right, y away
 //! from the viewer ("forward"), in centimetres, origin at the table's centre. "behind" an
 //! object is further forward (+y), "in front of" it is nearer the viewer (−y).
+//!
+//! A selector names the pushed object by a property, as Code-as-Policies' perception calls
+//! do: the skill resolves it on the table as it is when the command runs (the object with the
+//! smallest or largest x, or the one whose centre is nearest the zone's centre), with the same
+//! rule as the instruction verifier's [`Reference`].
 //!
 //! The parser is total: any string, empty, huge or adversarial, gives commands or a
 //! [`ParseError`] with the character position, what was expected there and what was found.
@@ -40,6 +48,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub use super::instruction::Reference;
 
 /// Most characters a program may have; longer text is refused before tokenising.
 pub const MAX_PROGRAM_CHARS: usize = 4096;
@@ -151,6 +161,31 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// The object a push moves: named, or picked by a property when the command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Subject {
+    /// By colour and shape.
+    Named(ObjectRef),
+    /// By a property of the table as it is when the command runs.
+    Selected(Reference),
+}
+
+impl From<ObjectRef> for Subject {
+    fn from(o: ObjectRef) -> Self {
+        Subject::Named(o)
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Named(o) => write!(f, "{o}"),
+            Subject::Selected(r) => write!(f, "{}", r.words()),
+        }
+    }
+}
+
 /// A direction on the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -256,14 +291,14 @@ pub enum Command {
     /// Push an object until it reaches a place.
     Push {
         /// The object pushed.
-        object: ObjectRef,
+        object: Subject,
         /// Where it goes.
         to: Place,
     },
     /// Push an object a distance in a direction.
     PushBy {
         /// The object pushed.
-        object: ObjectRef,
+        object: Subject,
         /// Which way.
         direction: Direction,
         /// How far, cm.
@@ -509,8 +544,38 @@ impl Parser {
 
     fn object(&mut self) -> Result<ObjectRef, ParseError> {
         self.skip_the();
-        let colour =
-            self.colour("an object: a colour (red, green, blue, yellow, purple, orange)")?;
+        self.named("an object: a colour (red, green, blue, yellow, purple, orange)")
+    }
+
+    /// What a push moves: a named object or a selector.
+    fn subject(&mut self) -> Result<Subject, ParseError> {
+        self.skip_the();
+        let side = match self.peek() {
+            Some(Tok::Word(w)) if w == "leftmost" => Some(Reference::Leftmost),
+            Some(Tok::Word(w)) if w == "rightmost" => Some(Reference::Rightmost),
+            _ => None,
+        };
+        if let Some(r) = side {
+            self.at += 1;
+            self.expect_word("object")?;
+            return Ok(Subject::Selected(r));
+        }
+        if self.word_is("object") {
+            self.at += 1;
+            self.expect_word("nearest")?;
+            self.skip_the();
+            let zone = self.colour("a zone's colour (red, green, blue, yellow, purple, orange)")?;
+            self.expect_word("zone")?;
+            return Ok(Subject::Selected(Reference::NearestZone(zone)));
+        }
+        Ok(Subject::Named(self.named(
+            "an object: a colour (red, green, blue, yellow, purple, orange), `leftmost object`, \
+             `rightmost object` or `object nearest the <colour> zone`",
+        )?))
+    }
+
+    fn named(&mut self, what: &str) -> Result<ObjectRef, ParseError> {
+        let colour = self.colour(what)?;
         let shape = match self.peek() {
             Some(Tok::Word(w)) => Shape::from_word(w),
             _ => None,
@@ -608,7 +673,7 @@ impl Parser {
             }
             "push" => {
                 self.at += 1;
-                let object = self.object()?;
+                let object = self.subject()?;
                 let direction = match self.peek() {
                     Some(Tok::Word(w)) => Direction::ALL.into_iter().find(|d| d.name() == w),
                     _ => None,
@@ -692,9 +757,35 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Vec<Command>, ParseError> {
 
 /// The words of the action language (for completing a partial word).
 const KEYWORDS: &[&str] = &[
-    "push", "move", "done", "to", "into", "the", "zone", "of", "left", "right", "behind", "in",
-    "front", "forward", "back", "cm", "red", "green", "blue", "yellow", "purple", "orange", "cube",
-    "ball", "cylinder",
+    "push",
+    "move",
+    "done",
+    "to",
+    "into",
+    "the",
+    "zone",
+    "of",
+    "left",
+    "right",
+    "behind",
+    "in",
+    "front",
+    "forward",
+    "back",
+    "cm",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "cube",
+    "ball",
+    "cylinder",
+    "leftmost",
+    "rightmost",
+    "object",
+    "nearest",
 ];
 
 const END: &str = "the end of the text";
@@ -755,6 +846,15 @@ mod tests {
         }
     }
 
+    fn random_subject(rng: &mut ChaCha8Rng) -> Subject {
+        match rng.random_range(0..5) {
+            0 => Subject::Selected(Reference::Leftmost),
+            1 => Subject::Selected(Reference::Rightmost),
+            2 => Subject::Selected(Reference::NearestZone(Colour::ALL[rng.random_range(0..6)])),
+            _ => Subject::Named(random_object(rng)),
+        }
+    }
+
     fn random_number(rng: &mut ChaCha8Rng) -> f32 {
         if rng.random_bool(0.5) {
             rng.random_range(-60i32..=60) as f32
@@ -770,20 +870,20 @@ mod tests {
                 point: [random_number(rng), random_number(rng)],
             },
             2 => Command::PushBy {
-                object: random_object(rng),
+                object: random_subject(rng),
                 direction: Direction::ALL[rng.random_range(0..4)],
                 cm: random_number(rng),
             },
             3 => Command::Push {
-                object: random_object(rng),
+                object: random_subject(rng),
                 to: Place::Zone(Colour::ALL[rng.random_range(0..6)]),
             },
             4 => Command::Push {
-                object: random_object(rng),
+                object: random_subject(rng),
                 to: Place::Point([random_number(rng), random_number(rng)]),
             },
             _ => Command::Push {
-                object: random_object(rng),
+                object: random_subject(rng),
                 to: Place::Relation(Relation::ALL[rng.random_range(0..4)], random_object(rng)),
             },
         }
@@ -812,10 +912,10 @@ mod tests {
         assert_eq!(
             c,
             Command::Push {
-                object: ObjectRef {
+                object: Subject::Named(ObjectRef {
                     colour: Colour::Green,
                     shape: Shape::Ball
-                },
+                }),
                 to: Place::Relation(
                     Relation::InFrontOf,
                     ObjectRef {
@@ -825,6 +925,62 @@ mod tests {
                 ),
             }
         );
+    }
+
+    #[test]
+    fn selectors_name_the_pushed_object_by_a_property() {
+        let blue = Reference::NearestZone(Colour::Blue);
+        for (text, subject) in [
+            (
+                "push the leftmost object into the red zone",
+                Reference::Leftmost,
+            ),
+            ("Push rightmost object to red zone", Reference::Rightmost),
+            (
+                "push the object nearest the blue zone to the red zone",
+                blue,
+            ),
+            ("push object nearest blue zone into red zone", blue),
+        ] {
+            assert_eq!(
+                parse_command(text).unwrap(),
+                Command::Push {
+                    object: Subject::Selected(subject),
+                    to: Place::Zone(Colour::Red)
+                },
+                "{text}"
+            );
+        }
+        let c = parse_command("push the leftmost object back 5 cm").unwrap();
+        assert_eq!(c.to_string(), "push leftmost object back 5 cm");
+        let c = parse_command("push the object nearest the blue zone to (1, 2)").unwrap();
+        assert_eq!(c.to_string(), "push object nearest the blue zone to (1, 2)");
+        // A selector names only the pushed object, and whole.
+        let e = parse_program("push leftmost cube to red zone").unwrap_err();
+        assert_eq!((e.position, e.found.as_str()), (14, "`cube`"));
+        let e = parse_program("push object nearest the pink zone to red zone").unwrap_err();
+        assert!(e.expected.contains("zone's colour"), "{e}");
+        let e = parse_program("push red cube to left of the leftmost object").unwrap_err();
+        assert_eq!(e.position, 29);
+        let e = parse_program("push the teal cube to red zone").unwrap_err();
+        assert!(e.expected.contains("leftmost object"), "{e}");
+        assert!(is_viable_prefix("push the left"));
+        assert!(is_viable_prefix("push object near"));
+        assert!(!is_viable_prefix("push leftmost ball"));
+        // Commands keep their serialized form; selectors add theirs.
+        let named = parse_command("push red cube to blue zone").unwrap();
+        let json = serde_json::to_string(&named).unwrap();
+        assert!(
+            json.contains(r#""object":{"colour":"red","shape":"cube"}"#),
+            "{json}"
+        );
+        for c in [
+            named,
+            parse_command("push object nearest blue zone left 3 cm").unwrap(),
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), c, "{json}");
+        }
     }
 
     #[test]

@@ -162,7 +162,8 @@ impl Reference {
             .map(|(o, _)| *o)
     }
 
-    fn words(self) -> String {
+    /// Its words, as instructions and the action language's selectors spell it.
+    pub fn words(self) -> String {
         match self {
             Reference::NearestZone(c) => format!("object nearest the {} zone", c.name()),
             Reference::Leftmost => "leftmost object".into(),

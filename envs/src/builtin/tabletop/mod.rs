@@ -93,8 +93,8 @@ use crate::{
 };
 
 pub use command::{
-    Colour, Command, Direction, ObjectRef, ParseError, Place, Relation, Shape, format_program,
-    parse_bytes, parse_command, parse_program,
+    Colour, Command, Direction, ObjectRef, ParseError, Place, Relation, Shape, Subject,
+    format_program, parse_bytes, parse_command, parse_program,
 };
 pub use instruction::{Family, Goal, Instruction, Reference, SceneState, Split, parse_instruction};
 pub use skills::{CommandOutcome, plan};

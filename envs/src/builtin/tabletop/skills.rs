@@ -2,7 +2,7 @@
 //! behind, push it along the line to its target, retreat), and the scripted planner that
 //! writes commands for an instruction.
 
-use super::command::{Command, ObjectRef, Place};
+use super::command::{Command, ObjectRef, Place, Subject};
 use super::instruction::{
     Goal, Instruction, SceneState, TABLE_HALF_X, TABLE_HALF_Y, displace_target, relation_target,
 };
@@ -66,6 +66,13 @@ fn resolve(command: &Command, scene: &SceneState) -> Result<(Option<ObjectRef>, 
             .position(o)
             .ok_or_else(|| format!("there is no {o} on the table"))
     };
+    // A selector picks its object on the table as it is now.
+    let pick = |s: Subject| match s {
+        Subject::Named(o) => Ok(o),
+        Subject::Selected(r) => r
+            .resolve(scene)
+            .ok_or_else(|| format!("no object is the {}", r.words())),
+    };
     match *command {
         Command::Done => Ok((None, scene.pusher)),
         Command::MoveTo { point } => {
@@ -73,6 +80,7 @@ fn resolve(command: &Command, scene: &SceneState) -> Result<(Option<ObjectRef>, 
             Ok((None, point))
         }
         Command::Push { object, to } => {
+            let object = pick(object)?;
             find(object)?;
             let target = match to {
                 Place::Zone(c) => scene
@@ -97,6 +105,7 @@ fn resolve(command: &Command, scene: &SceneState) -> Result<(Option<ObjectRef>, 
             if !(cm > 0.0 && cm <= 100.0) {
                 return Err(format!("a push distance must be in (0, 100] cm, not {cm}"));
             }
+            let object = pick(object)?;
             let target = displace_target(find(object)?, direction, cm);
             on_table(target)?;
             Ok((Some(object), target))
@@ -271,9 +280,18 @@ pub fn plan(instruction: &Instruction, scene: &SceneState) -> Vec<Command> {
         return vec![];
     }
     let mut out = Vec::new();
+    // A `reference` instruction's object is named by its selector while the selector still
+    // picks it (it may not once objects have moved).
+    let subject = |object: ObjectRef| match instruction.reference {
+        Some(r) if r.resolve(scene) == Some(object) => Subject::Selected(r),
+        _ => Subject::Named(object),
+    };
     let push = |object: ObjectRef, to: Place, out: &mut Vec<Command>| {
         if scene.position(object).is_some() {
-            out.push(Command::Push { object, to });
+            out.push(Command::Push {
+                object: subject(object),
+                to,
+            });
         }
     };
     match instruction.goal {
@@ -309,14 +327,14 @@ pub fn plan(instruction: &Instruction, scene: &SceneState) -> Vec<Command> {
             if let (Some(start), Some(now)) = (instruction.start, scene.position(object)) {
                 if norm(sub(now, start)) < 0.5 {
                     out.push(Command::PushBy {
-                        object,
+                        object: object.into(),
                         direction,
                         cm,
                     });
                 } else {
                     let t = displace_target(start, direction, cm);
                     out.push(Command::Push {
-                        object,
+                        object: object.into(),
                         to: Place::Point([t[0].round(), t[1].round()]),
                     });
                 }
