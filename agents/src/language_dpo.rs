@@ -40,8 +40,8 @@ use crate::language::{
     load_language_model,
 };
 use crate::preference::{
-    DpoCheckpoint, DpoConfig, LABELS_FILE, PairsConfig, TextPreference, collect_pairs, preferences,
-    preferences_fingerprint, round_dir, synth_labels, tokenize_preferences, train_dpo,
+    DpoCheckpoint, DpoConfig, LABELS_FILE, PairRecord, PairsConfig, TextPreference, collect_pairs,
+    preferences, preferences_fingerprint, round_dir, synth_labels, tokenize_preferences, train_dpo,
 };
 use crate::rlhf::{
     RewardConfig, RewardModel, RlooConfig, train_reward_model, train_rloo, write_reward_metrics,
@@ -113,7 +113,15 @@ pub struct PairSettings {
     pub max_turns: usize,
     /// Samples of episode B's first action drawn until one differs from A's.
     pub distinct_attempts: usize,
+    /// Label only pairs whose first actions differ: a round samples pairs (up to
+    /// [`DISTINCT_SEARCH`] times its labels) until it has as many such pairs as it has labels
+    /// to spend, and the rest are kept unlabeled. A pair with the same first action twice
+    /// teaches DPO nothing, so this spends every label on a possible preference.
+    pub label_distinct_only: bool,
 }
+
+/// With `label_distinct_only`, the most pairs a round samples per label it spends.
+pub const DISTINCT_SEARCH: usize = 20;
 
 impl Default for PairSettings {
     fn default() -> Self {
@@ -122,6 +130,7 @@ impl Default for PairSettings {
             top_p: 1.0,
             max_turns: 8,
             distinct_attempts: 8,
+            label_distinct_only: false,
         }
     }
 }
@@ -394,32 +403,67 @@ pub fn run_language_dpo(
     let mut current = reference.clone();
     let mut current_name = stage.model.display().to_string();
     let mut before = 0usize;
+    let mut spent = 0usize;
     for (i, &labels) in stage.labels.iter().enumerate() {
         let r = i + 1;
         let dir = round_dir(run.root(), r);
-        let cfg = PairsConfig {
-            count: labels - before,
-            seed: stage.seed + before as u64,
-            sampling: Sampling {
-                temperature: stage.pairs.temperature,
-                top_p: stage.pairs.top_p,
-                max_new_tokens: stage.eval.max_new_tokens,
-                ..Sampling::default()
-            },
-            max_turns: stage.pairs.max_turns,
-            distinct_attempts: stage.pairs.distinct_attempts,
+        let wanted = labels - before;
+        // Each round's pair seeds lie apart from every other round's.
+        let (seed, search) = if stage.pairs.label_distinct_only {
+            (
+                stage.seed + (before * DISTINCT_SEARCH) as u64,
+                DISTINCT_SEARCH,
+            )
+        } else {
+            (stage.seed + before as u64, 1)
         };
-        let records = collect_pairs(
-            current.clone(),
-            &current_name,
-            registry,
-            (&env.0, &env.1),
-            &cfg,
-            &dir,
-            progress,
-        )?;
+        let differs = |p: &&PairRecord| p.first_action(false) != p.first_action(true);
+        let mut count = wanted;
+        let records = loop {
+            let cfg = PairsConfig {
+                count,
+                seed,
+                sampling: Sampling {
+                    temperature: stage.pairs.temperature,
+                    top_p: stage.pairs.top_p,
+                    max_new_tokens: stage.eval.max_new_tokens,
+                    ..Sampling::default()
+                },
+                max_turns: stage.pairs.max_turns,
+                distinct_attempts: stage.pairs.distinct_attempts,
+            };
+            let records = collect_pairs(
+                current.clone(),
+                &current_name,
+                registry,
+                (&env.0, &env.1),
+                &cfg,
+                &dir,
+                progress,
+            )?;
+            let found = records.iter().filter(differs).count();
+            if search == 1 || found >= wanted || records.len() >= wanted * search {
+                break records;
+            }
+            // Sample about as many more as the rate so far says are needed.
+            let rate = (found.max(1) as f64 / records.len() as f64).max(1.0 / search as f64);
+            let more = (((wanted - found) as f64 / rate).ceil() as usize).max(1);
+            count = (records.len() + more).min(wanted * search);
+        };
+        let to_label: Vec<PairRecord> = if stage.pairs.label_distinct_only {
+            records
+                .iter()
+                .filter(differs)
+                .take(wanted)
+                .cloned()
+                .collect()
+        } else {
+            records.clone()
+        };
         let mut log = LabelLog::open(&dir.join(LABELS_FILE))?;
-        synth_labels(&records, &mut log, &stage.labeler)?;
+        synth_labels(&to_label, &mut log, &stage.labeler)?;
+        // Labels spent so far (fewer than planned when too few pairs differed).
+        spent += log.in_effect().len();
         let (prefs, _) = preferences(&records, &log);
         all_prefs.extend(prefs);
         let mut choices = BTreeMap::new();
@@ -436,7 +480,7 @@ pub fn run_language_dpo(
             .count();
         anyhow::ensure!(
             !all_prefs.is_empty(),
-            "round {r}: none of the {labels} labels so far prefers one first action to another \
+            "round {r}: none of the {spent} labels so far prefers one first action to another \
              (pairs with the same first action twice, or labeled equal), so DPO has nothing to \
              learn: sample pairs at a higher pairs.temperature, or label more"
         );
@@ -486,7 +530,7 @@ pub fn run_language_dpo(
         let name = format!("DPO round {r}");
         let eval = evaluate_cached(&name, policy.clone(), &out, stage, &env, registry, progress)?;
         progress.done(&format!(
-            "language_dpo round {r}: {} pairs ({differ} with different first actions), {labels} \
+            "language_dpo round {r}: {} pairs ({differ} with different first actions), {spent} \
              labels in all, {} preferences; DPO {} steps{}: loss {:.3}, rewards/accuracies \
              {:.2}, margins {:.3}; success {}",
             records.len(),
@@ -500,7 +544,7 @@ pub fn run_language_dpo(
         ));
         rounds.push(DpoRound {
             round: r,
-            labels,
+            labels: spent,
             pairs: records.len(),
             differ,
             choices,
@@ -1149,6 +1193,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("another start model"), "{err}");
+    }
+
+    #[test]
+    fn labels_go_only_to_pairs_whose_first_actions_differ_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = dir.path().join("start");
+        crate::testing::tiny_language_model(3)
+            .unwrap()
+            .save(
+                &RunDir::new(&start).checkpoint(LM_CHECKPOINT),
+                None,
+                serde_json::json!({}),
+            )
+            .unwrap();
+        let mut stage = tiny_stage(&start);
+        stage.rlhf.enabled = false;
+        stage.pairs.label_distinct_only = true;
+        // B's first action drawn once, at a low temperature: most pairs write the same first
+        // action twice (round 1 runs out of pairs to search with one label spent).
+        stage.pairs.distinct_attempts = 1;
+        stage.pairs.temperature = 0.1;
+        let run = RunDir::new(dir.path().join("run"));
+        let registry = Registry::with_builtins();
+        let summary = run_language_dpo(&stage, &run, &registry, &()).unwrap();
+        let mut spent = 0;
+        for (r, round) in summary.rounds.iter().enumerate() {
+            let dir = round_dir(run.root(), r + 1);
+            let (meta, pairs) = read_pairs(&dir).unwrap();
+            // Round seeds lie DISTINCT_SEARCH apart per label.
+            assert_eq!(meta.seed, 40 + (3 * r * DISTINCT_SEARCH) as u64);
+            let log = LabelLog::open(&dir.join(LABELS_FILE)).unwrap();
+            let labeled = log.in_effect();
+            spent += labeled.len();
+            assert!(labeled.len() <= 3 && pairs.len() <= 3 * DISTINCT_SEARCH);
+            // Short of three differing pairs only when the search ran out.
+            assert!(labeled.len() == 3 || pairs.len() == 3 * DISTINCT_SEARCH);
+            for (pair, _) in labeled.keys() {
+                let p = pairs.iter().find(|p| &p.id == pair).unwrap();
+                assert_ne!(p.first_action(false), p.first_action(true), "{pair}");
+            }
+            let same = pairs
+                .iter()
+                .filter(|p| p.first_action(false) == p.first_action(true))
+                .count();
+            println!(
+                "round {}: {} pairs, {same} alike, {} labeled",
+                r + 1,
+                pairs.len(),
+                labeled.len()
+            );
+            assert_eq!(round.pairs, pairs.len());
+            assert_eq!(round.differ, pairs.len() - same);
+            assert_eq!(round.labels, spent);
+        }
+        // The search had something to skip (else this test proves nothing).
+        assert!(summary.rounds.iter().any(|r| r.pairs > r.differ));
     }
 
     #[test]
