@@ -1113,20 +1113,23 @@ mod tests {
         stage
     }
 
+    /// Saves an untrained tiny model as the start model folder `start`.
+    fn save_tiny_start(start: &Path, seed: u64) {
+        crate::testing::tiny_language_model(seed)
+            .unwrap()
+            .save(
+                &RunDir::new(start).checkpoint(LM_CHECKPOINT),
+                None,
+                serde_json::json!({}),
+            )
+            .unwrap();
+    }
+
     #[test]
     fn rounds_sample_from_the_last_model_resume_and_report() {
         let dir = tempfile::tempdir().unwrap();
         let start = dir.path().join("start");
-        let save_start = |seed: u64| {
-            crate::testing::tiny_language_model(seed)
-                .unwrap()
-                .save(
-                    &RunDir::new(&start).checkpoint(LM_CHECKPOINT),
-                    None,
-                    serde_json::json!({}),
-                )
-                .unwrap();
-        };
+        let save_start = |seed: u64| save_tiny_start(&start, seed);
         save_start(3);
         let stage = tiny_stage(&start);
         let run = RunDir::new(dir.path().join("run"));
@@ -1199,14 +1202,7 @@ mod tests {
     fn labels_go_only_to_pairs_whose_first_actions_differ_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let start = dir.path().join("start");
-        crate::testing::tiny_language_model(3)
-            .unwrap()
-            .save(
-                &RunDir::new(&start).checkpoint(LM_CHECKPOINT),
-                None,
-                serde_json::json!({}),
-            )
-            .unwrap();
+        save_tiny_start(&start, 3);
         let mut stage = tiny_stage(&start);
         stage.rlhf.enabled = false;
         stage.pairs.label_distinct_only = true;
