@@ -1093,6 +1093,107 @@ mod tests {
         assert!(max_diff(&fused, &fallback.to_dtype(DType::F32).unwrap()) < 1e-5);
     }
 
+    /// `Σ_j a[.., i, j] b[.., j, l]` over the last two dims of `[B, I, J]` and `[B, J, L]`, in
+    /// f64 loops: the closed form the matmul gradients are checked against.
+    fn product(a: &[f64], b: &[f64], (batch, i, j, l): (usize, usize, usize, usize)) -> Vec<f64> {
+        let mut out = vec![0.0; batch * i * l];
+        for bi in 0..batch {
+            for r in 0..i {
+                for c in 0..l {
+                    out[(bi * i + r) * l + c] = (0..j)
+                        .map(|t| a[(bi * i + r) * j + t] * b[(bi * j + t) * l + c])
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    fn flat64(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// `[B, R, C]` → `[B, C, R]` of a flat buffer.
+    fn transposed(a: &[f64], (batch, r, c): (usize, usize, usize)) -> Vec<f64> {
+        let mut out = vec![0.0; a.len()];
+        for b in 0..batch {
+            for i in 0..r {
+                for j in 0..c {
+                    out[(b * c + j) * r + i] = a[(b * r + i) * c + j];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_gradients_of_transposed_operands_come_back_contiguous_and_frozen_ones_get_none() {
+        // The vendored candle patch: `x wᵀ` and `q kᵀ` (batched) give w and k their gradient
+        // in their own layout, equal to the closed form; `aᵀ b` likewise for a.
+        let (batch, m, k, n) = (6, 5, 4, 3);
+        let x = var(&[batch, m, k], 1, 1.0);
+        let w = var(&[batch, n, k], 2, 1.0);
+        let up = rand(&[batch, m, n], 3);
+        let y = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gx, gw) = (g.get(x.as_tensor()).unwrap(), g.get(w.as_tensor()).unwrap());
+        assert!(gx.is_contiguous() && gw.is_contiguous());
+        let (xv, wv, uv) = (flat64(x.as_tensor()), flat64(w.as_tensor()), flat64(&up));
+        // dL/dx = up · w; dL/dw = upᵀ · x.
+        let want_x = product(&uv, &wv, (batch, m, n, k));
+        let want_w = product(&transposed(&uv, (batch, m, n)), &xv, (batch, n, m, k));
+        for (got, want) in [(flat64(gx), want_x), (flat64(gw), want_w.clone())] {
+            let d = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(d < 1e-5, "gradient differs by {d}");
+        }
+        // The transposed operand on the left: (wᵀ)ᵀ-shaped a = [batch, k, m] used as aᵀ.
+        let a = var(&[batch, k, m], 4, 1.0);
+        let y = a
+            .as_tensor()
+            .t()
+            .unwrap()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap();
+        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let ga = g.get(a.as_tensor()).unwrap();
+        assert!(ga.is_contiguous());
+        // dL/da = (up · w)ᵀ.
+        let want_a = transposed(&product(&uv, &wv, (batch, m, n, k)), (batch, m, k));
+        let d = flat64(ga)
+            .iter()
+            .zip(&want_a)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d < 1e-5,
+            "gradient of the transposed left operand differs by {d}"
+        );
+        // A frozen weight gets no gradient; the input still does, the same as before.
+        // (Upstream computed the product for the frozen operand and kept it in the store.)
+        let frozen_t = w.as_tensor().detach().t().unwrap();
+        let y = x.as_tensor().matmul(&frozen_t).unwrap();
+        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&frozen_t).is_none());
+        let d = flat64(g.get(x.as_tensor()).unwrap())
+            .iter()
+            .zip(&product(&uv, &wv, (batch, m, n, k)))
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d < 1e-5,
+            "input gradient with a frozen weight differs by {d}"
+        );
+    }
+
     #[test]
     fn a_few_rows_times_a_weight_is_a_matmul_with_its_gradients() {
         // 70 × 1003 weights are shared between threads, the small ones are not; K = 70, 33

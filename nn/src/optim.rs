@@ -12,6 +12,12 @@ use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
+
+/// Elements a thread updates at a time; a parameter under two chunks stays on the calling
+/// thread. A SmolLM2 step updates 135 M elements: on one thread, that and the gradient norm
+/// were a tenth of the step.
+const CHUNK: usize = 1 << 16;
 
 /// Adam's hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,14 +100,68 @@ impl InplaceOp2 for Update<'_> {
             );
         }
         let (b1, b2, clip) = (self.b1, self.b2, self.clip);
-        for i in 0..p.len() {
-            let gi = (g[i] * self.scale).clamp(-clip, clip);
-            m[i] = b1 * m[i] + (1.0 - b1) * gi;
-            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-            p[i] = p[i] * self.decay - self.lr_t * m[i] / (v[i].sqrt() + self.eps_t);
+        let (scale, decay, lr_t, eps_t) = (self.scale, self.decay, self.lr_t, self.eps_t);
+        // Every element on its own: chunks on any thread give the same numbers, and each is
+        // compiled for the widest vector unit (sqrt and division are exactly rounded).
+        let arch = pulp::Arch::new();
+        let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+            arch.dispatch(|| {
+                for (((p, m), v), g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                    let gi = (g * scale).clamp(-clip, clip);
+                    *m = b1 * *m + (1.0 - b1) * gi;
+                    *v = b2 * *v + (1.0 - b2) * gi * gi;
+                    *p = *p * decay - lr_t * *m / (v.sqrt() + eps_t);
+                }
+            })
+        };
+        if p.len() < 2 * CHUNK {
+            update(p, m, v, g);
+        } else {
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| update(p, m, v, g));
         }
         Ok(())
     }
+}
+
+/// `Σ g²` of a CPU f32 tensor in f64: chunks of [`CHUNK`] summed on any thread (eight lanes
+/// each, a fixed order), the chunk sums added in order, so the norm does not depend on the
+/// number of threads. candle's `sqr().sum_all()` wrote a gradient-sized buffer and summed it
+/// on one thread.
+fn cpu_sum_of_squares(g: &Tensor) -> Result<f64> {
+    let g = g.contiguous()?;
+    let (storage, layout) = g.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("gradient norm: not a CPU tensor");
+    };
+    let data = crate::fused::contiguous_f32(cpu, layout, "gradient norm")?;
+    let arch = pulp::Arch::new();
+    let chunk_sum = |c: &[f32]| -> f64 {
+        arch.dispatch(|| {
+            let mut lanes = [0f64; 8];
+            let mut it = c.chunks_exact(8);
+            for x in &mut it {
+                for (l, x) in lanes.iter_mut().zip(x) {
+                    *l += f64::from(*x) * f64::from(*x);
+                }
+            }
+            let tail: f64 = it
+                .remainder()
+                .iter()
+                .map(|x| f64::from(*x) * f64::from(*x))
+                .sum();
+            lanes.iter().sum::<f64>() + tail
+        })
+    };
+    let sums: Vec<f64> = if data.len() < 2 * CHUNK {
+        data.chunks(CHUNK).map(chunk_sum).collect()
+    } else {
+        data.par_chunks(CHUNK).map(chunk_sum).collect()
+    };
+    Ok(sums.iter().sum())
 }
 
 /// One parameter's moments: host vectors updated by the fused op on the CPU, tensors on other
@@ -167,10 +227,10 @@ impl Adam {
         let mut on_device: Option<Tensor> = None;
         for (_, v) in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                let sq = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
-                if g.device().is_cpu() {
-                    sum += sq.to_scalar::<f64>()?;
+                if g.device().is_cpu() && g.dtype() == candle_core::DType::F32 {
+                    sum += cpu_sum_of_squares(g)?;
                 } else {
+                    let sq = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
                     on_device = Some(match on_device {
                         Some(acc) => (acc + sq)?,
                         None => sq,
@@ -512,5 +572,76 @@ mod tests {
             (x[0] - z[0]).abs() > 1e-3,
             "clipping changed nothing: {x:?} vs {z:?}"
         );
+    }
+
+    #[test]
+    fn a_large_parameter_updates_the_same_on_any_number_of_threads() {
+        // Over two chunks, so the update and the norm run on rayon's threads.
+        let n = 2 * CHUNK + 1234;
+        let values = |k: u64| -> Vec<f32> {
+            (0..n as u64)
+                .map(|i| (((i * 2_654_435_761 + k) % 2001) as f32 - 1000.0) / 700.0)
+                .collect()
+        };
+        let (start, target) = (values(1), values(7));
+        let cfg = AdamConfig {
+            lr: 0.01,
+            weight_decay: 0.1,
+            clip_norm: Some(5.0),
+            clip_value: Some(0.004),
+            ..Default::default()
+        };
+        let run = |threads: usize| -> (Vec<f32>, f64) {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let v = Var::from_tensor(&Tensor::new(start.as_slice(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let t = Tensor::new(target.as_slice(), &Device::Cpu).unwrap();
+                let mut opt = Adam::new(named(&v), cfg).unwrap();
+                let norm = opt.grad_norm(&loss_grads(&v, &t)).unwrap();
+                for _ in 0..3 {
+                    opt.step(loss_grads(&v, &t)).unwrap();
+                }
+                (v.to_vec1().unwrap(), norm)
+            })
+        };
+        let (one, norm1) = run(1);
+        let (two, norm2) = run(2);
+        assert_eq!(one, two);
+        assert_eq!(norm1.to_bits(), norm2.to_bits());
+        // The norm of 2 (p - t), summed directly in f64.
+        let direct: f64 = start
+            .iter()
+            .zip(&target)
+            .map(|(p, t)| (2.0 * (f64::from(*p) - f64::from(*t))).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (norm1 - direct).abs() < 1e-4 * direct,
+            "{norm1} vs {direct}"
+        );
+        // The scalar recurrence, element by element, for the first step and beyond.
+        let (mut p, mut m, mut v) = (start.clone(), vec![0f32; n], vec![0f32; n]);
+        for step in 1..=3 {
+            let g: Vec<f32> = p.iter().zip(&target).map(|(p, t)| 2.0 * (p - t)).collect();
+            let norm = g.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let scale = if norm > 5.0 { 5.0 / (norm + 1e-6) } else { 1.0 };
+            let (bc1, bc2) = (1.0 - 0.9f64.powi(step), 1.0 - 0.999f64.powi(step));
+            let lr_t = (0.01 * bc2.sqrt() / bc1) as f32;
+            let eps_t = (1e-8 * bc2.sqrt()) as f32;
+            for i in 0..n {
+                let gi = (g[i] * scale as f32).clamp(-0.004, 0.004);
+                m[i] = 0.9 * m[i] + 0.1 * gi;
+                v[i] = 0.999 * v[i] + (1.0 - 0.999) * gi * gi;
+                p[i] = p[i] * (1.0 - 0.01 * 0.1) - lr_t * m[i] / (v[i].sqrt() + eps_t);
+            }
+        }
+        for (i, (a, b)) in one.iter().zip(&p).enumerate() {
+            assert!((a - b).abs() < 1e-6, "element {i}: {a} vs {b}");
+        }
+        assert_ne!(one, start);
     }
 }

@@ -27,6 +27,19 @@ thread_local! {
     }
 }
 
+/// dreamgym patch: the tensor that `t` transposes, when `t` is a transpose of its last two
+/// dims (as `Tensor::t` makes).
+fn last_two_transposed(t: &Tensor) -> Option<&Tensor> {
+    match t.op() {
+        Some(Op::Transpose(arg, d1, d2)) => {
+            let rank = t.rank();
+            let (lo, hi) = ((*d1).min(*d2), (*d1).max(*d2));
+            (rank >= 2 && lo == rank - 2 && hi == rank - 1).then_some(arg)
+        }
+        _ => None,
+    }
+}
+
 impl Tensor {
     /// Return all the nodes that lead to this value in a topologically sorted vec, the first
     /// elements having dependencies on the latter ones, e.g. the first element if any is the
@@ -170,9 +183,13 @@ impl Tensor {
             if node.is_variable() {
                 continue;
             }
-            let grad = grads
-                .remove(node)
-                .expect("candle internal error - grad not populated");
+            // dreamgym patch: a transpose whose consumer, a matmul, gave its gradient
+            // straight to the transposed tensor has none of its own.
+            let grad = match grads.remove(node) {
+                Some(grad) => grad,
+                None if matches!(node.op(), Some(Op::Transpose(..))) => continue,
+                None => panic!("candle internal error - grad not populated"),
+            };
             // https://github.com/huggingface/candle/issues/1241
             // Ideally, we would make these operations in place where possible to ensure that we
             // do not have to allocate too often. Here we just call `.detach` to avoid computing
@@ -434,11 +451,36 @@ impl Tensor {
                         // Skipping checks, the op went ok, we can skip
                         // the matmul size checks for now.
 
-                        let lhs_grad = grad.matmul(&rhs.t()?)?;
-                        grads.accumulate(lhs, &lhs_grad)?;
-
-                        let rhs_grad = lhs.t()?.matmul(&grad)?;
-                        grads.accumulate(rhs, &rhs_grad)?;
+                        // dreamgym patch: an operand that carries no gradient (a frozen
+                        // weight) gets none computed; an operand that is the transpose of
+                        // the last two dims of a tensor (`x.matmul(&w.t())`) gets its gradient
+                        // computed in that tensor's layout and given to it, so that the
+                        // transpose node does not turn a [K, N] product into an [N, K] strided
+                        // copy. A transpose node left without a gradient is skipped below.
+                        if lhs.track_op() {
+                            match last_two_transposed(lhs) {
+                                Some(arg) => {
+                                    let arg_grad = rhs.matmul(&grad.t()?)?;
+                                    grads.accumulate(arg, &arg_grad)?;
+                                }
+                                None => {
+                                    let lhs_grad = grad.matmul(&rhs.t()?)?;
+                                    grads.accumulate(lhs, &lhs_grad)?;
+                                }
+                            }
+                        }
+                        if rhs.track_op() {
+                            match last_two_transposed(rhs) {
+                                Some(arg) => {
+                                    let arg_grad = grad.t()?.matmul(lhs)?;
+                                    grads.accumulate(arg, &arg_grad)?;
+                                }
+                                None => {
+                                    let rhs_grad = lhs.t()?.matmul(&grad)?;
+                                    grads.accumulate(rhs, &rhs_grad)?;
+                                }
+                            }
+                        }
                     }
                     Op::Cat(args, dim) => {
                         let mut start_idx = 0;
