@@ -100,9 +100,12 @@ fn main() -> anyhow::Result<()> {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4);
     // Losses come back only at the ends (reading one synchronizes the device).
     let mut step = |read: bool| -> anyhow::Result<f32> {
-        let loss = model.loss(&b, Some(&mut rng))?;
-        opt.step(loss.backward()?)?;
-        Ok(if read { loss.to_scalar::<f32>()? } else { 0.0 })
+        // On rayon's workers, as dreamgym's training loops run it (`dreamgym_nn::on_workers`).
+        dreamgym_nn::on_workers(|| -> anyhow::Result<f32> {
+            let loss = model.loss(&b, Some(&mut rng))?;
+            opt.step(loss.backward()?)?;
+            Ok(if read { loss.to_scalar::<f32>()? } else { 0.0 })
+        })
     };
     // The first loss (before any update) compares devices: same seed, same weights, same masks.
     let first_loss = step(true)?;

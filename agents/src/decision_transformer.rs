@@ -777,15 +777,19 @@ pub fn train_decision_transformer(
         let mut drop_rng =
             ChaCha8Rng::seed_from_u64(derive_seed(stage.seed, "dt.dropout", step as u64));
         let batch = data.batch(stage.batch_size, k, &windows, &mut batch_rng, &device)?;
-        let loss = model.loss(&batch, Some(&mut drop_rng))?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        anyhow::ensure!(
-            l.is_finite(),
-            "decision transformer: the loss became {l} at step {step}"
-        );
         let lr = stage.lr_at(step);
-        opt.set_lr(lr);
-        opt.step(loss.backward()?)?;
+        // On rayon's workers: see `dreamgym_nn::on_workers`.
+        let l = dreamgym_nn::on_workers(|| -> anyhow::Result<f64> {
+            let loss = model.loss(&batch, Some(&mut drop_rng))?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            anyhow::ensure!(
+                l.is_finite(),
+                "decision transformer: the loss became {l} at step {step}"
+            );
+            opt.set_lr(lr);
+            opt.step(loss.backward()?)?;
+            Ok(l)
+        })?;
         metrics.push(&[step as f64, l, lr])?;
         recent.push(l);
         if recent.len() > 100 {

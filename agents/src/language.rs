@@ -672,45 +672,49 @@ pub fn train_language_model(
         } else {
             None
         };
-        let (completion_loss, loss, prompt_loss) = if stage.prompt_loss_weight > 0.0 {
-            let mask = Tensor::from_vec(mask_flat, (b, width), &device)?;
-            let losses = model.token_losses(&inputs, &targets, drop)?;
-            let completion_loss = masked_mean(&losses, &mask)?;
-            let prompt_flat: Vec<f32> = picks
-                .iter()
-                .flat_map(|&i| prompt_mask(&rows.mask[i], rows.lengths[i], width))
-                .collect();
-            let prompt = Tensor::from_vec(prompt_flat, (b, width), &device)?;
-            let p = masked_mean(&losses, &prompt)?;
-            let total = (&completion_loss + p.affine(stage.prompt_loss_weight, 0.0)?)?;
-            let p = p.to_scalar::<f32>()? as f64;
-            (completion_loss, total, p)
-        } else {
-            // Completion only: the head runs at the completion's positions alone.
-            let at: Vec<u32> = mask_flat
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| **m > 0.0)
-                .map(|(j, _)| j as u32)
-                .collect();
-            let n = at.len();
-            anyhow::ensure!(n > 0, "language model: a batch without completion tokens");
-            let at = Tensor::from_vec(at, n, &device)?;
-            let completion_loss = model
-                .token_losses_at(&inputs, &targets, &at, drop)?
-                .mean_all()?;
-            (completion_loss.clone(), completion_loss, f64::NAN)
-        };
-        let l = completion_loss.to_scalar::<f32>()? as f64;
-        let total = loss.to_scalar::<f32>()?;
-        anyhow::ensure!(
-            total.is_finite(),
-            "language model: the loss became {total} (completion {l}, prompt {prompt_loss}) at \
-             step {step}"
-        );
         let lr = stage.lr_at(step);
-        opt.set_lr(lr);
-        opt.step(loss.backward()?)?;
+        // On rayon's workers: see `dreamgym_nn::on_workers`.
+        let (l, prompt_loss) = dreamgym_nn::on_workers(|| -> anyhow::Result<(f64, f64)> {
+            let (completion_loss, loss, prompt_loss) = if stage.prompt_loss_weight > 0.0 {
+                let mask = Tensor::from_vec(mask_flat, (b, width), &device)?;
+                let losses = model.token_losses(&inputs, &targets, drop)?;
+                let completion_loss = masked_mean(&losses, &mask)?;
+                let prompt_flat: Vec<f32> = picks
+                    .iter()
+                    .flat_map(|&i| prompt_mask(&rows.mask[i], rows.lengths[i], width))
+                    .collect();
+                let prompt = Tensor::from_vec(prompt_flat, (b, width), &device)?;
+                let p = masked_mean(&losses, &prompt)?;
+                let total = (&completion_loss + p.affine(stage.prompt_loss_weight, 0.0)?)?;
+                let p = p.to_scalar::<f32>()? as f64;
+                (completion_loss, total, p)
+            } else {
+                // Completion only: the head runs at the completion's positions alone.
+                let at: Vec<u32> = mask_flat
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| **m > 0.0)
+                    .map(|(j, _)| j as u32)
+                    .collect();
+                let n = at.len();
+                anyhow::ensure!(n > 0, "language model: a batch without completion tokens");
+                let at = Tensor::from_vec(at, n, &device)?;
+                let completion_loss = model
+                    .token_losses_at(&inputs, &targets, &at, drop)?
+                    .mean_all()?;
+                (completion_loss.clone(), completion_loss, f64::NAN)
+            };
+            let l = completion_loss.to_scalar::<f32>()? as f64;
+            let total = loss.to_scalar::<f32>()?;
+            anyhow::ensure!(
+                total.is_finite(),
+                "language model: the loss became {total} (completion {l}, prompt {prompt_loss}) at \
+                 step {step}"
+            );
+            opt.set_lr(lr);
+            opt.step(loss.backward()?)?;
+            Ok((l, prompt_loss))
+        })?;
         metrics.push(&[step as f64, l, prompt_loss, lr, tokens as f64])?;
         recent.push(l);
         if recent.len() > 50 {

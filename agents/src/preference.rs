@@ -712,10 +712,14 @@ pub fn train_dpo(
         let batch = batches.next(cfg.batch_size);
         let b: Vec<PreferencePair> = batch.iter().map(|&i| pairs[i].clone()).collect();
         let r: Vec<(f32, f32)> = batch.iter().map(|&i| refs[i]).collect();
-        let (loss, m) = preference_loss(policy, &b, &r, &cfg.loss)?;
-        let value = loss.to_scalar::<f32>()? as f64;
-        anyhow::ensure!(value.is_finite(), "the DPO loss is {value} at step {step}");
-        opt.step(loss.backward()?)?;
+        // On rayon's workers: see `dreamgym_nn::on_workers`.
+        let (value, m) = dreamgym_nn::on_workers(|| -> anyhow::Result<_> {
+            let (loss, m) = preference_loss(policy, &b, &r, &cfg.loss)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            anyhow::ensure!(value.is_finite(), "the DPO loss is {value} at step {step}");
+            opt.step(loss.backward()?)?;
+            Ok((value, m))
+        })?;
         match metrics.as_mut() {
             Some(csv) => {
                 let row = [

@@ -205,13 +205,17 @@ pub fn train_reward_model(
             .into_iter()
             .map(|i| &pairs[i])
             .collect();
-        let (loss, acc) = reward_loss(rm, &batch)?;
-        let value = loss.to_scalar::<f32>()? as f64;
-        anyhow::ensure!(
-            value.is_finite(),
-            "the reward loss is {value} at step {step}"
-        );
-        opt.step(loss.backward()?)?;
+        // On rayon's workers: see `dreamgym_nn::on_workers`.
+        let (value, acc) = dreamgym_nn::on_workers(|| -> anyhow::Result<_> {
+            let (loss, acc) = reward_loss(rm, &batch)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            anyhow::ensure!(
+                value.is_finite(),
+                "the reward loss is {value} at step {step}"
+            );
+            opt.step(loss.backward()?)?;
+            Ok((value, acc))
+        })?;
         steps.push((value, acc));
         progress.advance(1);
     }

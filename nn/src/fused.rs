@@ -5,6 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+use crate::par::{map_rows, map1, map2, sum_over_rows};
+
 /// The contiguous f32 data of a custom op's CPU input, or an error naming `op`.
 pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = match storage {
@@ -45,12 +47,7 @@ impl CustomOp2 for BiasRelu {
                 l1.dims()
             );
         }
-        let mut out = vec![0f32; x.len()];
-        for (o, xr) in out.chunks_mut(c).zip(x.chunks(c)) {
-            for ((o, x), b) in o.iter_mut().zip(xr).zip(b) {
-                *o = (x + b).max(0.0);
-            }
-        }
+        let out = map_rows(x, b, |x, b| (x + b).max(0.0));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -81,11 +78,10 @@ impl CustomOp2 for ReluMask {
     ) -> Result<(CpuStorage, Shape)> {
         let y = contiguous_f32(s1, l1, "relu_mask")?;
         let g = contiguous_f32(s2, l2, "relu_mask")?;
-        let out = y
-            .iter()
-            .zip(g)
-            .map(|(y, g)| if *y > 0.0 { *g } else { 0.0 })
-            .collect();
+        if y.len() != g.len() {
+            candle_core::bail!("relu_mask: inputs of {} and {} elements", y.len(), g.len());
+        }
+        let out = map2(y, g, |y, g| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -121,12 +117,11 @@ impl CustomOp1 for SumRows {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = contiguous_f32(s, l, "sum_rows")?;
         let c = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut acc = vec![0f32; c];
-        for row in g.chunks_exact(c) {
-            for (a, x) in acc.iter_mut().zip(row) {
+        let acc = sum_over_rows(g.len() / c, c, |i, acc| {
+            for (a, x) in acc.iter_mut().zip(&g[i * c..(i + 1) * c]) {
                 *a += *x;
             }
-        }
+        });
         Ok((CpuStorage::F32(acc), Shape::from(c)))
     }
 }
@@ -160,10 +155,7 @@ impl CustomOp2 for AddBias {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "add_bias")?;
         let b = contiguous_f32(s2, l2, "add_bias")?;
-        let mut out = Vec::with_capacity(x.len());
-        for row in x.chunks_exact(b.len().max(1)) {
-            out.extend(row.iter().zip(b).map(|(x, b)| x + b));
-        }
+        let out = map_rows(x, b, |x, b| x + b);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -205,7 +197,14 @@ impl CustomOp2 for MulConstant {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "mul_constant")?;
         let m = contiguous_f32(s2, l2, "mul_constant")?;
-        let out = x.iter().zip(m).map(|(x, m)| x * m).collect();
+        if x.len() != m.len() {
+            candle_core::bail!(
+                "mul_constant: inputs of {} and {} elements",
+                x.len(),
+                m.len()
+            );
+        }
+        let out = map2(x, m, |x, m| x * m);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -257,10 +256,7 @@ impl CustomOp2 for MulWeight {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "mul_weight")?;
         let w = contiguous_f32(s2, l2, "mul_weight")?;
-        let mut out = Vec::with_capacity(x.len());
-        for row in x.chunks_exact(w.len().max(1)) {
-            out.extend(row.iter().zip(w).map(|(x, w)| x * w));
-        }
+        let out = map_rows(x, w, |x, w| x * w);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -374,10 +370,9 @@ impl CustomOp1 for GeluTanh {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "gelu_tanh")?;
-        let out = x
-            .iter()
-            .map(|&x| 0.5 * x * (1.0 + fast_tanh(GELU_K0 * (x + GELU_K1 * x * x * x))))
-            .collect();
+        let out = map1(x, |x| {
+            0.5 * x * (1.0 + fast_tanh(GELU_K0 * (x + GELU_K1 * x * x * x)))
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -402,15 +397,18 @@ impl CustomOp2 for GeluTanhGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "gelu_tanh_grad")?;
         let g = contiguous_f32(s2, l2, "gelu_tanh_grad")?;
-        let out = x
-            .iter()
-            .zip(g)
-            .map(|(&x, &g)| {
-                let t = fast_tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
-                let dt = GELU_K0 * (1.0 + 3.0 * GELU_K1 * x * x);
-                g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
-            })
-            .collect();
+        if x.len() != g.len() {
+            candle_core::bail!(
+                "gelu_tanh_grad: inputs of {} and {} elements",
+                x.len(),
+                g.len()
+            );
+        }
+        let out = map2(x, g, |x, g| {
+            let t = fast_tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
+            let dt = GELU_K0 * (1.0 + 3.0 * GELU_K1 * x * x);
+            g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -34,6 +34,8 @@ mod llama_ops;
 mod lstm;
 mod norm;
 mod optim;
+mod par;
+pub use par::on_workers;
 #[cfg(test)]
 mod test_util;
 mod transformer;

@@ -16,86 +16,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::fused::contiguous_f32;
-
-/// Below this many elements an op runs on the calling thread (a generation step's rows are
-/// too small to share).
-const PAR_MIN_ELEMS: usize = 1 << 14;
-
-/// Rows summed together before the per-block sums are added, in order (weight gradients).
-const SUM_BLOCK_ROWS: usize = 64;
-
-/// Calls `f(row index, output row)` for every `row`-long row of `out`, on several threads
-/// when there is enough work (`cost` per row, in elements touched). Each task is compiled for
-/// the widest vector unit the CPU has (AVX-512 or AVX2, chosen at run time; the loops use only
-/// exactly rounded operations, so every unit gives the same numbers).
-fn for_rows<F>(out: &mut [f32], row: usize, f: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
-{
-    for_rows_costing(out, row, row, f)
-}
-
-/// [`for_rows`] for rows that each cost `cost` elements of work.
-fn for_rows_costing<F>(out: &mut [f32], row: usize, cost: usize, f: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
-{
-    let (row, cost) = (row.max(1), cost.max(1));
-    let arch = pulp::Arch::new();
-    let run = |first: usize, chunk: &mut [f32]| {
-        arch.dispatch(|| {
-            for (i, o) in chunk.chunks_mut(row).enumerate() {
-                f(first + i, o);
-            }
-        })
-    };
-    let rows = out.len() / row;
-    if rows * cost < PAR_MIN_ELEMS {
-        run(0, out);
-    } else {
-        let per_task = (PAR_MIN_ELEMS / 4 / cost).max(1);
-        out.par_chunks_mut(per_task * row)
-            .enumerate()
-            .for_each(|(t, chunk)| run(t * per_task, chunk));
-    }
-}
-
-/// `sum over rows of f(row index)`, each `[c]`: blocks of [`SUM_BLOCK_ROWS`] rows summed on
-/// any thread, the block sums added in order, so the result is the same on any number of
-/// threads.
-fn sum_over_rows<F>(rows: usize, c: usize, f: F) -> Vec<f32>
-where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
-{
-    let blocks = rows.div_ceil(SUM_BLOCK_ROWS);
-    let mut partial = vec![0f32; blocks * c];
-    let arch = pulp::Arch::new();
-    let block = |b: usize, acc: &mut [f32]| {
-        arch.dispatch(|| {
-            for r in b * SUM_BLOCK_ROWS..rows.min((b + 1) * SUM_BLOCK_ROWS) {
-                f(r, acc);
-            }
-        })
-    };
-    if rows * c < PAR_MIN_ELEMS {
-        partial
-            .chunks_mut(c.max(1))
-            .enumerate()
-            .for_each(|(b, a)| block(b, a));
-    } else {
-        partial
-            .par_chunks_mut(c.max(1))
-            .enumerate()
-            .for_each(|(b, a)| block(b, a));
-    }
-    let mut total = vec![0f32; c];
-    for p in partial.chunks(c.max(1)) {
-        for (t, x) in total.iter_mut().zip(p) {
-            *t += x;
-        }
-    }
-    total
-}
+use crate::par::{MAP_CHUNK, for_rows, for_rows_costing, map2, sum_over_rows};
 
 /// `e^x` in f32 to about 2 ulp (Cephes' `expf`: a degree-6 polynomial on [−ln2/2, ln2/2] and
 /// an exponent built from bits), branch-free so that loops calling it vectorise. Inputs are
@@ -440,21 +361,6 @@ fn same_len(a: &[f32], b: &[f32], op: &str) -> Result<()> {
         candle_core::bail!("{op}: inputs of {} and {} elements", a.len(), b.len());
     }
     Ok(())
-}
-
-/// Elements an elementwise map hands to [`for_rows`] as one row.
-const MAP_CHUNK: usize = 4096;
-
-/// The elementwise map `f` of two equally long inputs, on several threads when large.
-fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    for_rows(&mut out, MAP_CHUNK, |i, o| {
-        let (a, b) = (&a[i * MAP_CHUNK..], &b[i * MAP_CHUNK..]);
-        for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(*a, *b);
-        }
-    });
-    out
 }
 
 impl CustomOp2 for SwiGlu {

@@ -97,15 +97,17 @@ impl CustomOp3 for FusedLayerNorm {
         let w = crate::contiguous_f32(s2, l2, "layer_norm")?;
         let b = crate::contiguous_f32(s3, l3, "layer_norm")?;
         let c = w.len().max(1);
-        let mut out = Vec::with_capacity(x.len());
-        for row in x.chunks_exact(c) {
-            let (mean, rstd) = row_stats(row, self.eps);
-            out.extend(
-                row.iter()
-                    .zip(w.iter().zip(b))
-                    .map(|(x, (w, b))| (x - mean) * rstd * w + b),
-            );
+        if x.len() % c != 0 || b.len() != w.len() {
+            candle_core::bail!("layer_norm: rows of {c} do not fit {} elements", x.len());
         }
+        let mut out = vec![0f32; x.len()];
+        crate::par::for_rows(&mut out, c, |i, o| {
+            let row = &x[i * c..(i + 1) * c];
+            let (mean, rstd) = row_stats(row, self.eps);
+            for (o, (x, (w, b))) in o.iter_mut().zip(row.iter().zip(w.iter().zip(b))) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -149,32 +151,50 @@ impl CustomOp3 for FusedLayerNormBackward {
         let w = crate::contiguous_f32(s2, l2, "layer_norm_backward")?;
         let dy = crate::contiguous_f32(s3, l3, "layer_norm_backward")?;
         let c = w.len().max(1);
+        if x.len() % c != 0 || dy.len() != x.len() {
+            candle_core::bail!(
+                "layer_norm_backward: rows of {c} do not fit {} and {} elements",
+                x.len(),
+                dy.len()
+            );
+        }
         let rows = x.len() / c;
+        // Each row's mean and 1/σ once, then dx row by row and the parameters' gradients as
+        // sums over fixed blocks of rows (the same numbers on any number of threads).
+        let mut stats = vec![0f32; 2 * rows];
+        crate::par::for_rows_costing(&mut stats, 2, 2 * c, |i, s| {
+            let (mean, rstd) = row_stats(&x[i * c..(i + 1) * c], self.eps);
+            s[0] = mean;
+            s[1] = rstd;
+        });
         let mut out = vec![0f32; (rows + 2) * c];
         let (dx_all, params) = out.split_at_mut(rows * c);
-        let (dw, db) = params.split_at_mut(c);
-        let mut xhat = vec![0f32; c];
-        let mut g = vec![0f32; c];
-        for ((row, dy), dx) in x
-            .chunks_exact(c)
-            .zip(dy.chunks_exact(c))
-            .zip(dx_all.chunks_exact_mut(c))
-        {
-            let (mean, rstd) = row_stats(row, self.eps);
+        crate::par::for_rows_costing(dx_all, c, 3 * c, |i, dx| {
+            let (row, dy) = (&x[i * c..(i + 1) * c], &dy[i * c..(i + 1) * c]);
+            let (mean, rstd) = (stats[2 * i], stats[2 * i + 1]);
             let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-            for i in 0..c {
-                xhat[i] = (row[i] - mean) * rstd;
-                g[i] = dy[i] * w[i];
-                sum_g += g[i] as f64;
-                sum_gx += (g[i] * xhat[i]) as f64;
-                dw[i] += dy[i] * xhat[i];
-                db[i] += dy[i];
+            for j in 0..c {
+                let xhat = (row[j] - mean) * rstd;
+                let g = dy[j] * w[j];
+                sum_g += g as f64;
+                sum_gx += (g * xhat) as f64;
             }
             let (mg, mgx) = ((sum_g / c as f64) as f32, (sum_gx / c as f64) as f32);
-            for i in 0..c {
-                dx[i] = rstd * (g[i] - mg - xhat[i] * mgx);
+            for j in 0..c {
+                let xhat = (row[j] - mean) * rstd;
+                dx[j] = rstd * (dy[j] * w[j] - mg - xhat * mgx);
             }
-        }
+        });
+        let sums = crate::par::sum_over_rows(rows, 2 * c, |i, acc| {
+            let (row, dy) = (&x[i * c..(i + 1) * c], &dy[i * c..(i + 1) * c]);
+            let (mean, rstd) = (stats[2 * i], stats[2 * i + 1]);
+            let (dw, db) = acc.split_at_mut(c);
+            for j in 0..c {
+                dw[j] += dy[j] * (row[j] - mean) * rstd;
+                db[j] += dy[j];
+            }
+        });
+        params.copy_from_slice(&sums);
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, c))))
     }
 }

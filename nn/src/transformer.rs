@@ -14,7 +14,9 @@
 //! [`Gpt`] puts the core under `model.` beside `lm_head`, as Llama checkpoints do.
 
 use candle_core::{DType, Device, Result, Tensor};
-use rand::RngExt;
+use std::mem::MaybeUninit;
+
+use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -414,6 +416,9 @@ impl Norm {
     }
 }
 
+/// Mask elements drawn from one stream of the mask's seed.
+const DROPOUT_BLOCK: usize = 4096;
+
 /// Seeded dropout for training: the mask comes from the caller's generator, so a seed fixes
 /// every dropped unit (candle's `dropout` draws from an unseeded generator).
 pub struct Dropout<'a> {
@@ -442,15 +447,21 @@ impl Dropout<'_> {
                 .affine(keep as f64, 0.0)?;
             return x.mul(&mask);
         }
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if self.rng.random::<f32>() < self.p {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect();
+        // One draw from the caller's generator seeds the mask; each block of it has its own
+        // stream of that seed, so blocks are drawn on several threads and the mask is the same
+        // on any number of them.
+        let seed = self.rng.random::<u64>();
+        let p = self.p;
+        let mask = |i: usize, o: &mut [MaybeUninit<f32>]| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(i as u64);
+            for o in o.iter_mut() {
+                o.write(if rng.random::<f32>() < p { 0.0 } else { keep });
+            }
+        };
+        let n = x.elem_count();
+        // SAFETY: `mask` writes every element of each block it is given.
+        let mask = unsafe { crate::par::collect_rows(n, DROPOUT_BLOCK, DROPOUT_BLOCK, mask) };
         let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
         crate::mul_constant(x, &mask)
     }
@@ -1148,6 +1159,36 @@ mod tests {
         };
         assert_eq!(max_diff(&run(&a, 1), &run(&b, 1)), 0.0);
         assert!(max_diff(&run(&a, 1), &run(&a, 2)) > 1e-3);
+        // A mask of many blocks (drawn on several threads) is the same on any number of them,
+        // keeps about 1 - p of the units, and scales them by 1 / (1 - p).
+        let big = Tensor::ones((40, 1000), DType::F32, &Device::Cpu).unwrap();
+        let masked = |threads: usize| -> Vec<f32> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut rng = ChaCha8Rng::seed_from_u64(5);
+                let mut d = Dropout {
+                    p: 0.25,
+                    rng: &mut rng,
+                };
+                d.apply(&big)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+        };
+        let m = masked(1);
+        assert_eq!(m, masked(3));
+        let kept = m.iter().filter(|v| **v != 0.0).count() as f64 / m.len() as f64;
+        assert!((kept - 0.75).abs() < 0.01, "kept {kept}");
+        assert!(
+            m.iter()
+                .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6)
+        );
         // Without a generator (evaluation) there is no dropout.
         assert_eq!(
             max_diff(

@@ -141,8 +141,11 @@ fn dpo(
         let mut times = Vec::new();
         for _ in 0..steps {
             let t = Instant::now();
-            let (value, _) = preference_loss(model, pairs, &refs, &loss)?;
-            opt.step(value.backward()?)?;
+            dreamgym_nn::on_workers(|| -> anyhow::Result<()> {
+                let (value, _) = preference_loss(model, pairs, &refs, &loss)?;
+                opt.step(value.backward()?)?;
+                Ok(())
+            })?;
             times.push(t.elapsed().as_secs_f64());
         }
         let counted = if times.len() > 1 {
@@ -209,8 +212,12 @@ fn speed(model: &LanguageModel, args: &[usize]) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..*steps {
         let t = Instant::now();
-        let loss = next_token_loss(model, &ids)?;
-        opt.step(loss.backward()?)?;
+        // On rayon's workers, as dreamgym's training loops run it.
+        dreamgym_nn::on_workers(|| -> anyhow::Result<()> {
+            let loss = next_token_loss(model, &ids)?;
+            opt.step(loss.backward()?)?;
+            Ok(())
+        })?;
         times.push(t.elapsed().as_secs_f64());
     }
     // The first step warms allocations up; it is left out when there are more.

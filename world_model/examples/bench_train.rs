@@ -49,9 +49,12 @@ fn main() -> candle_core::Result<()> {
             let t = Instant::now();
             let mut last = 0.0;
             for _ in 0..steps {
-                let loss = vae.loss(&x, &eps)?;
-                opt.step(loss.total.backward()?)?;
-                last = loss.total.to_scalar::<f32>()?;
+                // On rayon's workers, as dreamgym's training loops run it.
+                last = dreamgym_nn::on_workers(|| -> candle_core::Result<f32> {
+                    let loss = vae.loss(&x, &eps)?;
+                    opt.step(loss.total.backward()?)?;
+                    loss.total.to_scalar::<f32>()
+                })?;
             }
             let dt = t.elapsed().as_secs_f64();
             println!(
@@ -81,10 +84,13 @@ fn main() -> candle_core::Result<()> {
                 rewards: Tensor::zeros((batch, seq), candle_core::DType::F32, &dev)?,
                 dones: Tensor::zeros((batch, seq), candle_core::DType::F32, &dev)?,
             };
+            // On rayon's workers, as dreamgym's training loops run it.
             let step = |opt: &mut Adam| -> candle_core::Result<f32> {
-                let loss = m.loss(&b)?;
-                opt.step(loss.total.backward()?)?;
-                loss.total.to_scalar::<f32>()
+                dreamgym_nn::on_workers(|| {
+                    let loss = m.loss(&b)?;
+                    opt.step(loss.total.backward()?)?;
+                    loss.total.to_scalar::<f32>()
+                })
             };
             step(&mut opt)?;
             dev.synchronize()?;

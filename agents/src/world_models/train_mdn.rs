@@ -174,15 +174,19 @@ pub(crate) fn train_mdn_from(
                 rewards: Tensor::stack(&rews, 0)?.to_device(&device)?,
                 dones: Tensor::stack(&dones, 0)?.to_device(&device)?,
             };
-            let loss = m.loss(&batch)?;
-            let vals = [&loss.total, &loss.z_nll, &loss.reward, &loss.done]
-                .map(|t| t.to_scalar::<f32>().unwrap_or(f32::NAN));
-            anyhow::ensure!(
-                vals[0].is_finite(),
-                "mdnrnn: the loss became {} at epoch {epoch}",
-                vals[0]
-            );
-            opt.step(loss.total.backward()?)?;
+            // On rayon's workers: see `dreamgym_nn::on_workers`.
+            let vals = dreamgym_nn::on_workers(|| -> anyhow::Result<[f32; 4]> {
+                let loss = m.loss(&batch)?;
+                let vals = [&loss.total, &loss.z_nll, &loss.reward, &loss.done]
+                    .map(|t| t.to_scalar::<f32>().unwrap_or(f32::NAN));
+                anyhow::ensure!(
+                    vals[0].is_finite(),
+                    "mdnrnn: the loss became {} at epoch {epoch}",
+                    vals[0]
+                );
+                opt.step(loss.total.backward()?)?;
+                Ok(vals)
+            })?;
             let mut row = vec![epoch as f64, total_steps as f64];
             row.extend(vals.iter().map(|v| *v as f64));
             metrics.push(&row)?;

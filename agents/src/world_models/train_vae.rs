@@ -102,17 +102,21 @@ pub fn train_vae(
                 .collect();
             let eps =
                 Tensor::from_vec(eps, (chunk.len(), c.z_size), &Device::Cpu)?.to_device(&device)?;
-            let loss = vae.loss(&x, &eps)?;
-            let (l, r, k) = (
-                loss.total.to_scalar::<f32>()?,
-                loss.reconstruction.to_scalar::<f32>()?,
-                loss.kl.to_scalar::<f32>()?,
-            );
-            anyhow::ensure!(
-                l.is_finite(),
-                "vae: the loss became {l} at epoch {epoch}, batch {b}"
-            );
-            opt.step(loss.total.backward()?)?;
+            // On rayon's workers: see `dreamgym_nn::on_workers`.
+            let (l, r, k) = dreamgym_nn::on_workers(|| -> anyhow::Result<(f32, f32, f32)> {
+                let loss = vae.loss(&x, &eps)?;
+                let (l, r, k) = (
+                    loss.total.to_scalar::<f32>()?,
+                    loss.reconstruction.to_scalar::<f32>()?,
+                    loss.kl.to_scalar::<f32>()?,
+                );
+                anyhow::ensure!(
+                    l.is_finite(),
+                    "vae: the loss became {l} at epoch {epoch}, batch {b}"
+                );
+                opt.step(loss.total.backward()?)?;
+                Ok((l, r, k))
+            })?;
             metrics.push(&[
                 epoch as f64,
                 total_steps as f64,

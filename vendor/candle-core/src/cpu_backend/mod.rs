@@ -1518,6 +1518,50 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
+        // dreamgym patch (vendor/candle-core/PATCHED.md): a batch of small products (attention's
+        // per-head `q kᵀ` and `p v`, and their gradients) runs whole products on separate
+        // threads instead of splitting each small product between them: one wake-up of rayon's
+        // workers for the batch, not one per product. Each product is computed as before, on
+        // one thread, so the numbers do not change.
+        if b > 1 && matches!(parallelism, Parallelism::Rayon(_)) && m * n * k < MIN_THREADED_WORK {
+            let per_task = b.div_ceil(4 * num_threads).max(1);
+            dst[..b * c_skip]
+                .par_chunks_mut(per_task * c_skip)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    for (i, dst_p) in chunk.chunks_mut(c_skip).enumerate() {
+                        let step = t * per_task + i;
+                        let lhs_p = &lhs[step * a_skip..];
+                        let rhs_p = &rhs[step * b_skip..];
+                        // SAFETY: as in the loop below; each product writes its own `m × n`
+                        // block of the destination.
+                        unsafe {
+                            gemm(
+                                m,
+                                n,
+                                k,
+                                dst_p.as_mut_ptr(),
+                                dst_cs as isize,
+                                dst_rs as isize,
+                                false,
+                                lhs_p.as_ptr(),
+                                lhs_cs as isize,
+                                lhs_rs as isize,
+                                rhs_p.as_ptr(),
+                                rhs_cs as isize,
+                                rhs_rs as isize,
+                                T::zero(),
+                                T::one(),
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
+                            )
+                        }
+                    }
+                });
+            return Ok(dst);
+        }
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
