@@ -34,7 +34,7 @@ mod llama_ops;
 mod lstm;
 mod norm;
 mod optim;
-mod par;
+pub mod par;
 pub use par::on_workers;
 #[cfg(test)]
 mod test_util;

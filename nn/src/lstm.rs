@@ -208,7 +208,6 @@ impl CustomOp2 for LstmSeq {
         let (h5, srow, hrow) = (5 * h, t * 5 * h, t * h);
         let mut res = vec![0f32; b * t * h];
         let mut state = vec![0f32; b * t * h5];
-        let mut act = vec![0f32; 4 * h];
         for step in 0..t {
             for r in 0..b {
                 let dst = (r * t + step) * h5 + h;
@@ -241,27 +240,29 @@ impl CustomOp2 for LstmSeq {
                     );
                 }
             }
-            for r in 0..b {
-                let cur = (r * t + step) * h5;
-                let hcur = (r * t + step) * h;
-                let (i, f, gg, o) = activate(&state[cur + h..cur + h5], &mut act);
-                let hr = &mut res[hcur..hcur + h];
+            // The cell update, sequence by sequence (each sequence's state and outputs for all
+            // steps are one chunk), on several threads when the batch is large enough.
+            let cell = |(st, hr): (&mut [f32], &mut [f32]), act: &mut Vec<f32>| {
+                let cur = step * h5;
+                let (i, f, gg, o) = activate(&st[cur + h..cur + h5], act);
+                let hr = &mut hr[step * h..(step + 1) * h];
                 if step > 0 {
-                    let (prev, now) = state[cur - h5..cur + h].split_at_mut(h5);
+                    let (prev, now) = st[cur - h5..cur + h].split_at_mut(h5);
                     for j in 0..h {
                         let c = f[j] * prev[j] + i[j] * gg[j];
                         now[j] = c;
                         hr[j] = o[j] * tanh(c);
                     }
                 } else {
-                    let now = &mut state[cur..cur + h];
+                    let now = &mut st[cur..cur + h];
                     for j in 0..h {
                         let c = i[j] * gg[j];
                         now[j] = c;
                         hr[j] = o[j] * tanh(c);
                     }
                 }
-            }
+            };
+            by_sequence(&mut state, srow, &mut res, hrow, 5 * h, cell);
         }
         *self.state.lock().unwrap() = state;
         Ok((CpuStorage::F32(res), Shape::from((b, t, h))))
@@ -310,29 +311,43 @@ impl CustomOp3 for LstmSeqBackward {
         }
         let mut out = vec![0f32; b * t * h4 + h4 * h];
         let (dproj, dw) = out.split_at_mut(b * t * h4);
-        let mut act = vec![0f32; 4 * h];
         let mut dh_next = vec![0f32; b * h];
         let mut dc_next = vec![0f32; b * h];
+        // dh of the next step is read while dc is updated: both per sequence, so the pair is
+        // one `[B, 2H]` buffer the threads split by sequence.
+        let mut next = vec![0f32; b * 2 * h];
         for step in (0..t).rev() {
-            for r in 0..b {
+            for (n, (dh, dc)) in next
+                .chunks_mut(2 * h)
+                .zip(dh_next.chunks(h).zip(dc_next.chunks(h)))
+            {
+                n[..h].copy_from_slice(dh);
+                n[h..].copy_from_slice(dc);
+            }
+            let cell = |(d, nx): (&mut [f32], &mut [f32]), r: usize, act: &mut Vec<f32>| {
                 let cur = (r * t + step) * h5;
                 let g = &state[cur + h..cur + h5];
                 let gr = &grad[(r * t + step) * h..(r * t + step + 1) * h];
-                let d = &mut dproj[(r * t + step) * h4..(r * t + step + 1) * h4];
-                let (i, f, gg, o) = activate(g, &mut act);
+                let d = &mut d[step * h4..(step + 1) * h4];
+                let (dh_n, dc_n) = nx.split_at_mut(h);
+                let (i, f, gg, o) = activate(g, act);
                 for j in 0..h {
                     let (i, f, gg, o) = (i[j], f[j], gg[j], o[j]);
                     let c = state[cur + j];
                     let c_prev = if step > 0 { state[cur - h5 + j] } else { 0.0 };
                     let tc = tanh(c);
-                    let dh = gr[j] + dh_next[r * h + j];
-                    let dc = dc_next[r * h + j] + dh * o * (1.0 - tc * tc);
+                    let dh = gr[j] + dh_n[j];
+                    let dc = dc_n[j] + dh * o * (1.0 - tc * tc);
                     d[j] = dc * gg * i * (1.0 - i);
                     d[h + j] = dc * c_prev * f * (1.0 - f);
                     d[2 * h + j] = dc * i * (1.0 - gg * gg);
                     d[3 * h + j] = dh * tc * o * (1.0 - o);
-                    dc_next[r * h + j] = dc * f;
+                    dc_n[j] = dc * f;
                 }
+            };
+            by_sequence_indexed(dproj, t * h4, &mut next, 2 * h, 5 * h, cell);
+            for (n, dc) in next.chunks(2 * h).zip(dc_next.chunks_mut(h)) {
+                dc.copy_from_slice(&n[h..]);
             }
             if step == 0 {
                 break;
@@ -389,6 +404,49 @@ impl CustomOp3 for LstmSeqBackward {
     }
 }
 
+/// Sequences of a batch a task takes at least, in elements of work.
+const SEQ_TASK_WORK: usize = 1 << 13;
+
+/// `f((a row, b row), scratch)` for each sequence: `a` and `b` hold one `a_row`- and
+/// `b_row`-long chunk per sequence. On rayon's threads when the batch has enough work
+/// (`work` elements per sequence); every sequence is computed the same way on any thread.
+fn by_sequence<F>(a: &mut [f32], a_row: usize, b: &mut [f32], b_row: usize, work: usize, f: F)
+where
+    F: Fn((&mut [f32], &mut [f32]), &mut Vec<f32>) + Sync + Send,
+{
+    by_sequence_indexed(a, a_row, b, b_row, work, |rows, _, act| f(rows, act));
+}
+
+/// [`by_sequence`] with the sequence's index.
+fn by_sequence_indexed<F>(
+    a: &mut [f32],
+    a_row: usize,
+    b: &mut [f32],
+    b_row: usize,
+    work: usize,
+    f: F,
+) where
+    F: Fn((&mut [f32], &mut [f32]), usize, &mut Vec<f32>) + Sync + Send,
+{
+    use rayon::prelude::*;
+    let (a_row, b_row) = (a_row.max(1), b_row.max(1));
+    let n = a.len() / a_row;
+    let scratch = || vec![0f32; work];
+    if n * work < crate::par::PAR_MIN_ELEMS / 4 {
+        let mut act = scratch();
+        for (r, rows) in a.chunks_mut(a_row).zip(b.chunks_mut(b_row)).enumerate() {
+            f(rows, r, &mut act);
+        }
+    } else {
+        let per_task = (SEQ_TASK_WORK / work.max(1)).max(1);
+        a.par_chunks_mut(a_row)
+            .zip(b.par_chunks_mut(b_row))
+            .enumerate()
+            .with_min_len(per_task)
+            .for_each_init(scratch, |act, (r, rows)| f(rows, r, act));
+    }
+}
+
 /// A single-layer LSTM (batch first).
 #[derive(Debug, Clone)]
 pub struct Lstm {
@@ -431,11 +489,14 @@ impl Lstm {
         let (b, t, inp) = x.dims3()?;
         if x.device().is_cpu() && t > 0 {
             let h = self.hidden;
-            let proj = self
-                .input
-                .forward(&x.reshape((b * t, inp))?)?
-                .broadcast_add(&self.bias_hh)?
-                .reshape((b, t, 4 * h))?;
+            // `add_bias`, not `broadcast_add`: its gradient is a sum of rows on all threads
+            // (candle's strided reduction over the 10,000 rows of M's batch was a twelfth of
+            // its training step).
+            let proj = crate::add_bias(
+                &self.input.forward(&x.reshape((b * t, inp))?)?,
+                &self.bias_hh,
+            )?
+            .reshape((b, t, 4 * h))?;
             let op = LstmSeq {
                 state: Default::default(),
             };
@@ -490,7 +551,7 @@ impl Lstm {
 
     /// One step: `x` `[B, in]` from (h, c) → (h', c').
     pub fn step(&self, x: &Tensor, h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
-        let gates = (self.input.forward(x)?.broadcast_add(&self.bias_hh)?
+        let gates = (crate::add_bias(&self.input.forward(x)?, &self.bias_hh)?
             + h.contiguous()?.matmul(&self.weight_hh.t()?)?)?;
         lstm_cell(&gates, c)
     }
@@ -517,20 +578,21 @@ mod tests {
         (hn, cn)
     }
 
-    #[test]
-    fn fused_sequence_matches_step_by_step_with_gradients() {
+    /// The fused sequence against the per-step path, outputs and gradients; returns the fused
+    /// outputs and every parameter's gradient, flattened.
+    fn sequence_against_steps(b: usize, inp: usize, hid: usize, t: usize) -> Vec<Vec<f32>> {
         let varmap = candle_nn::VarMap::new();
         let mut init = ParamInit::new(&varmap, &Device::Cpu, 3);
-        let lstm = Lstm::new(&mut init, "lstm", 4, 6).unwrap();
-        let x = rand(&[3, 7, 4], 9);
-        let up = rand(&[3, 7, 6], 10);
-        let zeros = Tensor::zeros((3, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let lstm = Lstm::new(&mut init, "lstm", inp, hid).unwrap();
+        let x = rand(&[b, t, inp], 9);
+        let up = rand(&[b, t, hid], 10);
+        let zeros = Tensor::zeros((b, hid), candle_core::DType::F32, &Device::Cpu).unwrap();
         let (fused, hf, cf) = lstm.forward_from_zero(&x).unwrap();
         // The per-step path, one cell at a time.
         let mut hs = Vec::new();
         let (mut h, mut c) = (zeros.clone(), zeros.clone());
-        for t in 0..7 {
-            let xt = x.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
+        for step in 0..t {
+            let xt = x.narrow(1, step, 1).unwrap().squeeze(1).unwrap();
             (h, c) = lstm.step(&xt, &h, &c).unwrap();
             hs.push(h.clone());
         }
@@ -549,15 +611,47 @@ mod tests {
         };
         assert!(d(&fused, &stepped) < 1e-5 && d(&hf, &h) < 1e-5 && d(&cf, &c) < 1e-5);
         // (The fused path's final c carries no gradient; the training loss does not use it.)
-        let loss1 = (fused * &up).unwrap().sum_all().unwrap();
+        let loss1 = (&fused * &up).unwrap().sum_all().unwrap();
         let loss2 = (stepped * &up).unwrap().sum_all().unwrap();
         let (g1, g2) = (loss1.backward().unwrap(), loss2.backward().unwrap());
-        for var in varmap.all_vars() {
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut out = vec![flat(&fused)];
+        for (_, var) in crate::sorted_vars(&varmap) {
             let (a, b) = (
                 g1.get(var.as_tensor()).unwrap(),
                 g2.get(var.as_tensor()).unwrap(),
             );
             assert!(d(a, b) < 1e-4, "{}", d(a, b));
+            out.push(flat(a));
+        }
+        out
+    }
+
+    #[test]
+    fn fused_sequence_matches_step_by_step_with_gradients() {
+        sequence_against_steps(3, 4, 6, 7);
+    }
+
+    #[test]
+    fn a_large_batch_is_split_by_sequence_and_gives_the_same_numbers_on_any_thread_count() {
+        // 40 sequences of a 96-wide cell: enough work for the cell loops to share.
+        let (b, hid) = (40, 96);
+        assert!(b * 5 * hid >= crate::par::PAR_MIN_ELEMS / 4);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| sequence_against_steps(b, 5, hid, 6))
+        };
+        let (one, three) = (run(1), run(3));
+        for (i, (a, b)) in one.iter().zip(&three).enumerate() {
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(d == 0.0, "output {i} differs by {d}");
         }
     }
 

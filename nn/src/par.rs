@@ -10,16 +10,16 @@ use rayon::prelude::*;
 /// Below this many elements of work an op runs on the calling thread: waking rayon's workers
 /// costs tens of microseconds, about what a vectorised pass over 2^16 elements takes (at
 /// 2^14, a Decision Transformer's uncached acting step, 60 tokens, took a quarter longer).
-pub(crate) const PAR_MIN_ELEMS: usize = 1 << 16;
+pub const PAR_MIN_ELEMS: usize = 1 << 16;
 
 /// Rows summed together before the per-block sums are added, in order (weight gradients).
-pub(crate) const SUM_BLOCK_ROWS: usize = 64;
+pub const SUM_BLOCK_ROWS: usize = 64;
 
 /// Calls `f(row index, output row)` for every `row`-long row of `out`, on several threads
 /// when there is enough work (`cost` per row, in elements touched). Each task is compiled for
 /// the widest vector unit the CPU has (AVX-512 or AVX2, chosen at run time; the loops use only
 /// exactly rounded operations, so every unit gives the same numbers).
-pub(crate) fn for_rows<F>(out: &mut [f32], row: usize, f: F)
+pub fn for_rows<F>(out: &mut [f32], row: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
@@ -27,7 +27,7 @@ where
 }
 
 /// [`for_rows`] for rows that each cost `cost` elements of work.
-pub(crate) fn for_rows_costing<T, F>(out: &mut [T], row: usize, cost: usize, f: F)
+pub fn for_rows_costing<T, F>(out: &mut [T], row: usize, cost: usize, f: F)
 where
     T: Send,
     F: Fn(usize, &mut [T]) + Sync + Send,
@@ -55,7 +55,7 @@ where
 /// `sum over rows of f(row index)`, each `[c]`: blocks of [`SUM_BLOCK_ROWS`] rows summed on
 /// any thread, the block sums added in order, so the result is the same on any number of
 /// threads.
-pub(crate) fn sum_over_rows<F>(rows: usize, c: usize, f: F) -> Vec<f32>
+pub fn sum_over_rows<F>(rows: usize, c: usize, f: F) -> Vec<f32>
 where
     F: Fn(usize, &mut [f32]) + Sync + Send,
 {
@@ -107,10 +107,10 @@ where
 }
 
 /// Elements an elementwise map hands to [`for_rows`] as one row.
-pub(crate) const MAP_CHUNK: usize = 4096;
+pub const MAP_CHUNK: usize = 4096;
 
 /// The elementwise map `f` of two equally long inputs, on several threads when large.
-pub(crate) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+pub fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
     assert_eq!(a.len(), b.len(), "map2: inputs of different lengths");
     // SAFETY: `o` is no longer than what is left of `a` and `b`, so the zip writes all of it.
     unsafe {
@@ -124,7 +124,7 @@ pub(crate) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Se
 }
 
 /// The elementwise map `f` of one input, on several threads when large.
-pub(crate) fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+pub fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     // SAFETY: `o` is no longer than what is left of `a`, so the zip writes all of it.
     unsafe {
         collect_rows(a.len(), MAP_CHUNK, MAP_CHUNK, |i, o| {
@@ -137,11 +137,7 @@ pub(crate) fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> 
 
 /// `f(x_row, p)` for every `c`-long row of `x`, with `p` a `[c]` parameter (a bias, a
 /// weight), on several threads when large. `x` must hold whole rows.
-pub(crate) fn map_rows(
-    x: &[f32],
-    p: &[f32],
-    f: impl Fn(f32, f32) -> f32 + Sync + Send,
-) -> Vec<f32> {
+pub fn map_rows(x: &[f32], p: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
     let c = p.len().max(1);
     assert!(
         x.len() % c == 0,

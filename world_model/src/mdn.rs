@@ -8,7 +8,7 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::WmError;
-use dreamgym_nn::{Linear, Lstm, ParamInit, contiguous_f32};
+use dreamgym_nn::{Linear, Lstm, ParamInit, contiguous_f32, fast_exp};
 
 /// M's architecture and loss weights. The defaults are the paper's CarRacing model (LSTM 256,
 /// 5 mixtures over z = 32) plus reward and done heads for dreaming.
@@ -153,17 +153,19 @@ struct FusedNllBackward {
 }
 
 /// For one (row, dim): log π (normalised), the component log-densities' sum v, and per-k terms.
+/// `e^x` is the branch-free `fast_exp` (relative error below 3e-7): libm's `expf` was a
+/// twelfth of M's training step.
 fn nll_cell(block: &[f32], y: f32, k: usize, lp: &mut [f32], s: &mut [f32]) -> f32 {
     let (logits, mu, ls) = (&block[..k], &block[k..2 * k], &block[2 * k..3 * k]);
     let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let lse = max + logits.iter().map(|&l| fast_exp(l - max)).sum::<f32>().ln();
     let mut vmax = f32::NEG_INFINITY;
     for j in 0..k {
-        s[j] = (y - mu[j]) * (-ls[j]).exp();
+        s[j] = (y - mu[j]) * fast_exp(-ls[j]);
         lp[j] = logits[j] - lse - 0.5 * s[j] * s[j] - ls[j] - LOG_SQRT_2PI as f32;
         vmax = vmax.max(lp[j]);
     }
-    vmax + lp.iter().map(|&v| (v - vmax).exp()).sum::<f32>().ln()
+    vmax + lp.iter().map(|&v| fast_exp(v - vmax)).sum::<f32>().ln()
 }
 
 impl candle_core::CustomOp2 for FusedNll {
@@ -187,10 +189,15 @@ impl candle_core::CustomOp2 for FusedNll {
         if out.len() != n * z * 3 * k {
             candle_core::bail!("mixture nll: head output does not fit {n}x{z} targets");
         }
-        let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
-        let loss: Vec<f32> = (0..n * z)
-            .map(|i| -nll_cell(&out[i * 3 * k..(i + 1) * 3 * k], y[i], k, &mut lp, &mut s))
-            .collect();
+        // Rows of `z` cells on all threads (dreamgym_nn::par).
+        let mut loss = vec![0f32; n * z];
+        dreamgym_nn::par::for_rows_costing(&mut loss, z.max(1), 3 * k * z, |r, row| {
+            let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
+            for (j, l) in row.iter_mut().enumerate() {
+                let i = r * z + j;
+                *l = -nll_cell(&out[i * 3 * k..(i + 1) * 3 * k], y[i], k, &mut lp, &mut s);
+            }
+        });
         Ok((
             candle_core::CpuStorage::F32(loss),
             candle_core::Shape::from((n, z)),
@@ -229,23 +236,26 @@ impl candle_core::CustomOp3 for FusedNllBackward {
             contiguous_f32(s3, l3, "mixture nll")?,
         );
         let k = self.k;
-        let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
+        if y.len() * 3 * k != out.len() || grad.len() != y.len() {
+            candle_core::bail!("mixture nll backward: inputs do not fit");
+        }
+        // One cell's 3k gradients per row, on all threads (dreamgym_nn::par).
         let mut dout = vec![0f32; out.len()];
-        for i in 0..y.len() {
+        dreamgym_nn::par::for_rows_costing(&mut dout, 3 * k, 6 * k, |i, d| {
+            let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
             let block = &out[i * 3 * k..(i + 1) * 3 * k];
             let v = nll_cell(block, y[i], k, &mut lp, &mut s);
             let (logits, ls) = (&block[..k], &block[2 * k..]);
             let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let total: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-            let d = &mut dout[i * 3 * k..(i + 1) * 3 * k];
+            let total: f32 = logits.iter().map(|&l| fast_exp(l - max)).sum();
             for j in 0..k {
-                let gamma = (lp[j] - v).exp();
-                let pi = (logits[j] - max).exp() / total;
+                let gamma = fast_exp(lp[j] - v);
+                let pi = fast_exp(logits[j] - max) / total;
                 d[j] = grad[i] * (pi - gamma);
-                d[k + j] = grad[i] * (-gamma * s[j] * (-ls[j]).exp());
+                d[k + j] = grad[i] * (-gamma * s[j] * fast_exp(-ls[j]));
                 d[2 * k + j] = grad[i] * (-gamma * (s[j] * s[j] - 1.0));
             }
-        }
+        });
         Ok((candle_core::CpuStorage::F32(dout), l1.shape().clone()))
     }
 }
