@@ -178,7 +178,10 @@ fn speed(model: &LanguageModel, args: &[usize]) -> anyhow::Result<()> {
     for run in 0..4 {
         cache = KvCache::new();
         let t0 = Instant::now();
-        last = Some(model.forward(&x, Some(&mut cache), None)?);
+        // On rayon's workers, as `LanguageModel::generate` runs.
+        last = Some(dreamgym_nn::on_workers(|| {
+            model.forward(&x, Some(&mut cache), None)
+        })?);
         if run > 0 {
             prefills.push(t0.elapsed().as_secs_f64());
         }
@@ -194,7 +197,7 @@ fn speed(model: &LanguageModel, args: &[usize]) -> anyhow::Result<()> {
             .argmax(D::Minus1)?
             .to_vec1::<u32>()?[0];
         let x = Tensor::from_vec(vec![next], (1, 1), &dev)?;
-        last = model.forward(&x, Some(&mut cache), None)?;
+        last = dreamgym_nn::on_workers(|| model.forward(&x, Some(&mut cache), None))?;
     }
     let decode = t1.elapsed().as_secs_f64();
 

@@ -537,8 +537,20 @@ impl LanguageModel {
         Ok(ids)
     }
 
-    /// Continues `prompt` token by token with the KV cache.
+    /// Continues `prompt` token by token with the KV cache. Runs on one of rayon's workers
+    /// (`dreamgym_nn::on_workers`): the prompt's forward pass shares its ops with the other
+    /// workers directly (prefill of 128 tokens 274-322 -> 400 tokens/s for SmolLM2 on 2 cores).
     pub fn generate(
+        &self,
+        prompt: &str,
+        sampling: &Sampling,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Generation, PolicyError> {
+        dreamgym_nn::on_workers(|| self.generate_here(prompt, sampling, rng))
+    }
+
+    /// [`Self::generate`] on the calling thread.
+    fn generate_here(
         &self,
         prompt: &str,
         sampling: &Sampling,
