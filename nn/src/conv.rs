@@ -56,38 +56,46 @@ struct Im2Col(Geometry);
 /// The adjoint of [`Im2Col`]: `[B*OH*OW, C*KH*KW]` → `[B, H, W, C]`, summing overlaps.
 struct Col2Im(Geometry);
 
-fn im2col(g: &Geometry, src: &[f32], dst: &mut [f32]) {
+/// [`Im2Col`]'s rows, each written whole by [`im2col_row`], on several threads when large.
+fn im2col(g: &Geometry, src: &[f32]) -> Vec<f32> {
+    let rows = g.batch * g.oh * g.ow;
     let cols = g.cols();
+    // SAFETY: `im2col_row` writes every one of a row's `cols` = (c, ky, kx) elements.
+    unsafe {
+        crate::par::collect_rows(rows * cols, cols, cols, |r, row| im2col_row(g, src, r, row))
+    }
+}
+
+/// Output pixel `r`'s receptive field, columns in (c, ky, kx) order: PyTorch's weight layout
+/// `[out, in, kh, kw]` is then a plain `[out, in*kh*kw]` matrix, with no copy.
+fn im2col_row(g: &Geometry, src: &[f32], r: usize, row: &mut [std::mem::MaybeUninit<f32>]) {
     let kk = g.kernel * g.kernel;
     let per_image = g.oh * g.ow;
     let img_size = g.h * g.w * g.channels;
-    // One output pixel per row, columns in (c, ky, kx) order: PyTorch's weight layout
-    // [out, in, kh, kw] is then a plain [out, in*kh*kw] matrix, with no copy.
-    for (r, row) in dst.chunks_mut(cols).enumerate() {
-        let b = r / per_image;
-        let rem = r % per_image;
-        let (oy, ox) = (rem / g.ow, rem % g.ow);
-        let img = &src[b * img_size..(b + 1) * img_size];
-        for ky in 0..g.kernel {
-            let y = oy * g.stride + ky;
-            for kx in 0..g.kernel {
-                let start = (y * g.w + ox * g.stride + kx) * g.channels;
-                let px = &img[start..start + g.channels];
-                let base = ky * g.kernel + kx;
-                for (c, v) in px.iter().enumerate() {
-                    row[c * kk + base] = *v;
-                }
+    let b = r / per_image;
+    let rem = r % per_image;
+    let (oy, ox) = (rem / g.ow, rem % g.ow);
+    let img = &src[b * img_size..(b + 1) * img_size];
+    for ky in 0..g.kernel {
+        let y = oy * g.stride + ky;
+        for kx in 0..g.kernel {
+            let start = (y * g.w + ox * g.stride + kx) * g.channels;
+            let px = &img[start..start + g.channels];
+            let base = ky * g.kernel + kx;
+            for (c, v) in px.iter().enumerate() {
+                row[c * kk + base].write(*v);
             }
         }
     }
 }
 
+/// [`Col2Im`]: each image sums its own rows' overlaps, images on several threads.
 fn col2im(g: &Geometry, src: &[f32], dst: &mut [f32]) {
     let cols = g.cols();
     let kk = g.kernel * g.kernel;
     let per_image = g.oh * g.ow;
     let img_size = g.h * g.w * g.channels;
-    for (b, img) in dst.chunks_mut(img_size).enumerate() {
+    crate::par::for_rows_costing(dst, img_size, per_image * cols, |b, img| {
         let rows = &src[b * per_image * cols..(b + 1) * per_image * cols];
         for (rem, row) in rows.chunks(cols).enumerate() {
             let (oy, ox) = (rem / g.ow, rem % g.ow);
@@ -103,7 +111,7 @@ fn col2im(g: &Geometry, src: &[f32], dst: &mut [f32]) {
                 }
             }
         }
-    }
+    });
 }
 
 impl CustomOp1 for Im2Col {
@@ -115,8 +123,10 @@ impl CustomOp1 for Im2Col {
         let g = self.0;
         let src = contiguous_f32(storage, layout, "im2col")?;
         let rows = g.batch * g.oh * g.ow;
-        let mut dst = vec![0f32; rows * g.cols()];
-        im2col(&g, src, &mut dst);
+        if src.len() != g.batch * g.h * g.w * g.channels {
+            candle_core::bail!("im2col: {} elements do not fit {g:?}", src.len());
+        }
+        let dst = im2col(&g, src);
         Ok((CpuStorage::F32(dst), Shape::from((rows, g.cols()))))
     }
 
@@ -133,6 +143,9 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let src = contiguous_f32(storage, layout, "col2im")?;
+        if src.len() != g.batch * g.oh * g.ow * g.cols() {
+            candle_core::bail!("col2im: {} elements do not fit {g:?}", src.len());
+        }
         let mut dst = vec![0f32; g.batch * g.h * g.w * g.channels];
         col2im(&g, src, &mut dst);
         Ok((
