@@ -309,7 +309,13 @@ mod tests {
     fn conv2d_matches_candle_reference_forward_and_backward() {
         // Sizes where the kernel tiles the input exactly: candle 0.11's own conv2d backward
         // returns a wrongly sized input gradient otherwise (e.g. 9x11 input, k4 s2 gives 9x10).
-        for (h, cin, cout, k, s) in [(10, 3, 4, 4, 2), (7, 2, 5, 3, 1), (10, 4, 3, 4, 3)] {
+        // The last is large enough for im2col to run on several threads.
+        for (h, cin, cout, k, s) in [
+            (10, 3, 4, 4, 2),
+            (7, 2, 5, 3, 1),
+            (10, 4, 3, 4, 3),
+            (64, 4, 4, 4, 2),
+        ] {
             let x = Var::from_tensor(&rand(&[2, h, h + s, cin], 1)).unwrap();
             let w = Var::from_tensor(&rand(&[cout, cin, k, k], 2)).unwrap();
             let b = Var::from_tensor(&rand(&[cout], 3)).unwrap();
@@ -330,7 +336,13 @@ mod tests {
 
     #[test]
     fn conv_transpose2d_matches_candle_reference_forward_and_backward() {
-        for (h, cin, cout, k, s) in [(1, 6, 4, 5, 2), (3, 3, 2, 6, 2), (4, 2, 3, 3, 1)] {
+        // The last is large enough for col2im to run on several threads.
+        for (h, cin, cout, k, s) in [
+            (1, 6, 4, 5, 2),
+            (3, 3, 2, 6, 2),
+            (4, 2, 3, 3, 1),
+            (16, 4, 8, 4, 2),
+        ] {
             let x = Var::from_tensor(&rand(&[2, h, h + 1, cin], 5)).unwrap();
             let w = Var::from_tensor(&rand(&[cin, cout, k, k], 6)).unwrap();
             let b = Var::from_tensor(&rand(&[cout], 7)).unwrap();
