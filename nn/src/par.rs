@@ -140,7 +140,7 @@ pub fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
 pub fn map_rows(x: &[f32], p: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
     let c = p.len().max(1);
     assert!(
-        x.len() % c == 0,
+        x.len().is_multiple_of(c),
         "map_rows: {} elements are not rows of {c}",
         x.len()
     );
