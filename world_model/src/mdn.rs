@@ -155,6 +155,7 @@ struct FusedNllBackward {
 /// For one (row, dim): log π (normalised), the component log-densities' sum v, and per-k terms.
 /// `e^x` is the branch-free `fast_exp` (relative error below 3e-7): libm's `expf` was a
 /// twelfth of M's training step.
+#[inline(always)]
 fn nll_cell(block: &[f32], y: f32, k: usize, lp: &mut [f32], s: &mut [f32]) -> f32 {
     let (logits, mu, ls) = (&block[..k], &block[k..2 * k], &block[2 * k..3 * k]);
     let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -166,6 +167,63 @@ fn nll_cell(block: &[f32], y: f32, k: usize, lp: &mut [f32], s: &mut [f32]) -> f
         vmax = vmax.max(lp[j]);
     }
     vmax + lp.iter().map(|&v| fast_exp(v - vmax)).sum::<f32>().ln()
+}
+
+/// Scratch for one cell's `lp` and `s` (`k` each): on the stack for up to 32 components.
+#[inline(always)]
+fn with_scratch<R>(k: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    let mut stack = [0f32; 64];
+    let mut heap = Vec::new();
+    let buf: &mut [f32] = if 2 * k <= stack.len() {
+        &mut stack[..2 * k]
+    } else {
+        heap.resize(2 * k, 0.0);
+        &mut heap
+    };
+    let (lp, s) = buf.split_at_mut(k);
+    f(lp, s)
+}
+
+/// The losses of row `r`'s `z` cells into `row`.
+#[inline(always)]
+fn nll_row(k: usize, z: usize, out: &[f32], y: &[f32], r: usize, row: &mut [f32]) {
+    with_scratch(k, |lp, s| {
+        for (j, l) in row.iter_mut().enumerate() {
+            let i = r * z + j;
+            *l = -nll_cell(&out[i * 3 * k..(i + 1) * 3 * k], y[i], k, lp, s);
+        }
+    })
+}
+
+/// The gradients of row `r`'s `z` cells (3k each) into `dr` (γ the posterior of each
+/// component, π its weight, s = (y - μ)/σ).
+#[inline(always)]
+fn nll_grad_row(
+    k: usize,
+    z: usize,
+    out: &[f32],
+    y: &[f32],
+    grad: &[f32],
+    r: usize,
+    dr: &mut [f32],
+) {
+    with_scratch(k, |lp, s| {
+        for (c, d) in dr.chunks_mut(3 * k).enumerate() {
+            let i = r * z + c;
+            let block = &out[i * 3 * k..(i + 1) * 3 * k];
+            let v = nll_cell(block, y[i], k, lp, s);
+            let (logits, ls) = (&block[..k], &block[2 * k..]);
+            let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let total: f32 = logits.iter().map(|&l| fast_exp(l - max)).sum();
+            for j in 0..k {
+                let gamma = fast_exp(lp[j] - v);
+                let pi = fast_exp(logits[j] - max) / total;
+                d[j] = grad[i] * (pi - gamma);
+                d[k + j] = grad[i] * (-gamma * s[j] * fast_exp(-ls[j]));
+                d[2 * k + j] = grad[i] * (-gamma * (s[j] * s[j] - 1.0));
+            }
+        }
+    })
 }
 
 impl candle_core::CustomOp2 for FusedNll {
@@ -192,10 +250,11 @@ impl candle_core::CustomOp2 for FusedNll {
         // Rows of `z` cells on all threads (dreamgym_nn::par).
         let mut loss = vec![0f32; n * z];
         dreamgym_nn::par::for_rows_costing(&mut loss, z.max(1), 3 * k * z, |r, row| {
-            let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
-            for (j, l) in row.iter_mut().enumerate() {
-                let i = r * z + j;
-                *l = -nll_cell(&out[i * 3 * k..(i + 1) * 3 * k], y[i], k, &mut lp, &mut s);
+            // The paper's 5 components get loops of constant length.
+            if k == 5 {
+                nll_row(5, z, out, y, r, row)
+            } else {
+                nll_row(k, z, out, y, r, row)
             }
         });
         Ok((
@@ -239,21 +298,15 @@ impl candle_core::CustomOp3 for FusedNllBackward {
         if y.len() * 3 * k != out.len() || grad.len() != y.len() {
             candle_core::bail!("mixture nll backward: inputs do not fit");
         }
-        // One cell's 3k gradients per row, on all threads (dreamgym_nn::par).
+        // A row of `z` cells' gradients (3k each) per task, on all threads
+        // (dreamgym_nn::par); the scratch is allocated once per row, not per cell.
+        let z = l1.dims().last().copied().unwrap_or(0) / (3 * k).max(1);
         let mut dout = vec![0f32; out.len()];
-        dreamgym_nn::par::for_rows_costing(&mut dout, 3 * k, 6 * k, |i, d| {
-            let (mut lp, mut s) = (vec![0f32; k], vec![0f32; k]);
-            let block = &out[i * 3 * k..(i + 1) * 3 * k];
-            let v = nll_cell(block, y[i], k, &mut lp, &mut s);
-            let (logits, ls) = (&block[..k], &block[2 * k..]);
-            let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let total: f32 = logits.iter().map(|&l| fast_exp(l - max)).sum();
-            for j in 0..k {
-                let gamma = fast_exp(lp[j] - v);
-                let pi = fast_exp(logits[j] - max) / total;
-                d[j] = grad[i] * (pi - gamma);
-                d[k + j] = grad[i] * (-gamma * s[j] * fast_exp(-ls[j]));
-                d[2 * k + j] = grad[i] * (-gamma * (s[j] * s[j] - 1.0));
+        dreamgym_nn::par::for_rows_costing(&mut dout, (3 * k * z).max(1), 6 * k * z, |r, dr| {
+            if k == 5 {
+                nll_grad_row(5, z, out, y, grad, r, dr)
+            } else {
+                nll_grad_row(k, z, out, y, grad, r, dr)
             }
         });
         Ok((candle_core::CpuStorage::F32(dout), l1.shape().clone()))

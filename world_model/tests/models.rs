@@ -157,14 +157,26 @@ fn vae_loss_equals_hand_computation() {
 #[test]
 fn fused_mdn_loss_matches_the_composed_loss_and_its_gradients() {
     // M's loss uses a fused NLL on the CPU; mixture_nll (plain candle ops) is the reference.
-    let cfg = tiny_mdn();
+    // Two components on a small batch; the paper's five (a loop of constant length) on a
+    // batch large enough for the rows to be shared between threads.
+    for (mixtures, b, t) in [(2, 3, 4), (5, 40, 40)] {
+        fused_mdn_loss_case(mixtures, b, t);
+    }
+}
+
+fn fused_mdn_loss_case(mixtures: usize, b: usize, t: usize) {
+    let cfg = MdnRnnConfig {
+        mixtures,
+        ..tiny_mdn()
+    };
     let m = MdnRnn::new(cfg.clone(), &Device::Cpu, 71).unwrap();
-    let batch = seq_batch(&cfg, 3, 4, 72);
+    let batch = seq_batch(&cfg, b, t, 72);
     let fused = m.loss(&batch).unwrap().z_nll;
     let out = m
-        .forward(&batch.z.narrow(1, 0, 4).unwrap(), &batch.actions)
+        .forward(&batch.z.narrow(1, 0, t).unwrap(), &batch.actions)
         .unwrap();
-    let targets = batch.z.narrow(1, 1, 4).unwrap().reshape((12, 3)).unwrap();
+    let z = cfg.z_size;
+    let targets = batch.z.narrow(1, 1, t).unwrap().reshape((b * t, z)).unwrap();
     let composed = mixture_nll(&out.mixture().unwrap(), &targets).unwrap();
     assert!((scalar(&fused) - scalar(&composed)).abs() < 1e-5);
     let (g1, g2) = (fused.backward().unwrap(), composed.backward().unwrap());
