@@ -176,7 +176,12 @@ fn fused_mdn_loss_case(mixtures: usize, b: usize, t: usize) {
         .forward(&batch.z.narrow(1, 0, t).unwrap(), &batch.actions)
         .unwrap();
     let z = cfg.z_size;
-    let targets = batch.z.narrow(1, 1, t).unwrap().reshape((b * t, z)).unwrap();
+    let targets = batch
+        .z
+        .narrow(1, 1, t)
+        .unwrap()
+        .reshape((b * t, z))
+        .unwrap();
     let composed = mixture_nll(&out.mixture().unwrap(), &targets).unwrap();
     assert!((scalar(&fused) - scalar(&composed)).abs() < 1e-5);
     let (g1, g2) = (fused.backward().unwrap(), composed.backward().unwrap());
