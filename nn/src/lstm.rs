@@ -432,10 +432,15 @@ fn by_sequence_indexed<F>(
     let (a_row, b_row) = (a_row.max(1), b_row.max(1));
     let n = a.len() / a_row;
     let scratch = || vec![0f32; work];
+    // Compiled for the widest vector unit the CPU has (AVX-512 or AVX2, chosen at run time),
+    // as `dreamgym_nn::par`'s loops are: the cell's loops use only exactly rounded
+    // operations, so every unit gives the same numbers.
+    let arch = pulp::Arch::new();
+    let run = |rows, r, act: &mut Vec<f32>| arch.dispatch(|| f(rows, r, act));
     if n * work < crate::par::PAR_MIN_ELEMS / 4 {
         let mut act = scratch();
         for (r, rows) in a.chunks_mut(a_row).zip(b.chunks_mut(b_row)).enumerate() {
-            f(rows, r, &mut act);
+            run(rows, r, &mut act);
         }
     } else {
         let per_task = (SEQ_TASK_WORK / work.max(1)).max(1);
@@ -443,7 +448,7 @@ fn by_sequence_indexed<F>(
             .zip(b.par_chunks_mut(b_row))
             .enumerate()
             .with_min_len(per_task)
-            .for_each_init(scratch, |act, (r, rows)| f(rows, r, act));
+            .for_each_init(scratch, |act, (r, rows)| run(rows, r, act));
     }
 }
 

@@ -152,51 +152,127 @@ struct FusedNllBackward {
     k: usize,
 }
 
-/// For one (row, dim): log π (normalised), the component log-densities' sum v, and per-k terms.
-/// `e^x` is the branch-free `fast_exp` (relative error below 3e-7): libm's `expf` was a
-/// twelfth of M's training step.
-#[inline(always)]
-fn nll_cell(block: &[f32], y: f32, k: usize, lp: &mut [f32], s: &mut [f32]) -> f32 {
-    let (logits, mu, ls) = (&block[..k], &block[k..2 * k], &block[2 * k..3 * k]);
-    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let lse = max + logits.iter().map(|&l| fast_exp(l - max)).sum::<f32>().ln();
-    let mut vmax = f32::NEG_INFINITY;
-    for j in 0..k {
-        s[j] = (y - mu[j]) * fast_exp(-ls[j]);
-        lp[j] = logits[j] - lse - 0.5 * s[j] * s[j] - ls[j] - LOG_SQRT_2PI as f32;
-        vmax = vmax.max(lp[j]);
-    }
-    vmax + lp.iter().map(|&v| fast_exp(v - vmax)).sum::<f32>().ln()
+/// One row's `z` cells laid out component-major (`[k][z]` per quantity), so every loop below
+/// runs over the `z` cells of a component: contiguous lanes that vectorise. The head's output
+/// is cell-major (`[z][3][k]`), a stride of 3k between a cell's values of one kind.
+struct RowNll {
+    k: usize,
+    z: usize,
+    /// Logits, then log σ, `[k][z]` each.
+    logits: Vec<f32>,
+    log_sigma: Vec<f32>,
+    /// s = (y − μ)/σ and log π + log N(y; μ, σ), `[k][z]`.
+    s: Vec<f32>,
+    lp: Vec<f32>,
+    /// Per cell: the largest logit, Σ e^(logit − max) and the log-likelihood v.
+    max: Vec<f32>,
+    total: Vec<f32>,
+    v: Vec<f32>,
 }
 
-/// Scratch for one cell's `lp` and `s` (`k` each): on the stack for up to 32 components.
-#[inline(always)]
-fn with_scratch<R>(k: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    let mut stack = [0f32; 64];
-    let mut heap = Vec::new();
-    let buf: &mut [f32] = if 2 * k <= stack.len() {
-        &mut stack[..2 * k]
-    } else {
-        heap.resize(2 * k, 0.0);
-        &mut heap
-    };
-    let (lp, s) = buf.split_at_mut(k);
-    f(lp, s)
+impl RowNll {
+    /// The statistics of the cells in `block` (`z` cells of 3k values) against targets `y`.
+    #[inline(always)]
+    fn new(k: usize, z: usize, block: &[f32], y: &[f32]) -> Self {
+        let kz = k * z;
+        let (mut logits, mut mu, mut log_sigma) = (vec![0f32; kz], vec![0f32; kz], vec![0f32; kz]);
+        for (c, cell) in block.chunks_exact(3 * k).enumerate() {
+            for j in 0..k {
+                logits[j * z + c] = cell[j];
+                mu[j * z + c] = cell[k + j];
+                log_sigma[j * z + c] = cell[2 * k + j];
+            }
+        }
+        let mut max = vec![f32::NEG_INFINITY; z];
+        for j in 0..k {
+            for (m, l) in max.iter_mut().zip(&logits[j * z..(j + 1) * z]) {
+                *m = m.max(*l);
+            }
+        }
+        let mut total = vec![0f32; z];
+        for j in 0..k {
+            for ((t, l), m) in total.iter_mut().zip(&logits[j * z..(j + 1) * z]).zip(&max) {
+                *t += fast_exp(l - m);
+            }
+        }
+        let lse: Vec<f32> = max.iter().zip(&total).map(|(m, t)| m + t.ln()).collect();
+        let (mut s, mut lp) = (mu, vec![0f32; kz]);
+        let mut vmax = vec![f32::NEG_INFINITY; z];
+        for j in 0..k {
+            let r = j * z..(j + 1) * z;
+            for c in 0..z {
+                let (ls, l) = (log_sigma[r.start + c], logits[r.start + c]);
+                let sc = (y[c] - s[r.start + c]) * fast_exp(-ls);
+                s[r.start + c] = sc;
+                let p = l - lse[c] - 0.5 * sc * sc - ls - LOG_SQRT_2PI as f32;
+                lp[r.start + c] = p;
+                vmax[c] = vmax[c].max(p);
+            }
+        }
+        let mut sum = vec![0f32; z];
+        for j in 0..k {
+            for ((acc, p), m) in sum.iter_mut().zip(&lp[j * z..(j + 1) * z]).zip(&vmax) {
+                *acc += fast_exp(p - m);
+            }
+        }
+        let v = vmax.iter().zip(&sum).map(|(m, t)| m + t.ln()).collect();
+        Self {
+            k,
+            z,
+            logits,
+            log_sigma,
+            s,
+            lp,
+            max,
+            total,
+            v,
+        }
+    }
+
+    /// The gradients of `grad`-weighted losses into the cells' 3k slots of `d` (γ the posterior
+    /// of each component, π its weight): dl/dlogit = π − γ, dl/dμ = −γ s/σ,
+    /// dl/dlogσ = −γ (s² − 1).
+    #[inline(always)]
+    fn grad_into(&self, grad: &[f32], d: &mut [f32]) {
+        let (k, z) = (self.k, self.z);
+        let mut gs = vec![0f32; 3 * k * z];
+        for j in 0..k {
+            let r = j * z..(j + 1) * z;
+            for c in 0..z {
+                let i = r.start + c;
+                let gamma = fast_exp(self.lp[i] - self.v[c]);
+                let pi = fast_exp(self.logits[i] - self.max[c]) / self.total[c];
+                let s = self.s[i];
+                gs[i] = grad[c] * (pi - gamma);
+                gs[k * z + i] = grad[c] * (-gamma * s * fast_exp(-self.log_sigma[i]));
+                gs[2 * k * z + i] = grad[c] * (-gamma * (s * s - 1.0));
+            }
+        }
+        for (c, cell) in d.chunks_exact_mut(3 * k).enumerate() {
+            for part in 0..3 {
+                for j in 0..k {
+                    cell[part * k + j] = gs[(part * k + j) * z + c];
+                }
+            }
+        }
+    }
 }
 
 /// The losses of row `r`'s `z` cells into `row`.
 #[inline(always)]
 fn nll_row(k: usize, z: usize, out: &[f32], y: &[f32], r: usize, row: &mut [f32]) {
-    with_scratch(k, |lp, s| {
-        for (j, l) in row.iter_mut().enumerate() {
-            let i = r * z + j;
-            *l = -nll_cell(&out[i * 3 * k..(i + 1) * 3 * k], y[i], k, lp, s);
-        }
-    })
+    let stats = RowNll::new(
+        k,
+        z,
+        &out[r * z * 3 * k..(r + 1) * z * 3 * k],
+        &y[r * z..(r + 1) * z],
+    );
+    for (l, v) in row.iter_mut().zip(&stats.v) {
+        *l = -v;
+    }
 }
 
-/// The gradients of row `r`'s `z` cells (3k each) into `dr` (γ the posterior of each
-/// component, π its weight, s = (y - μ)/σ).
+/// The gradients of row `r`'s `z` cells (3k each) into `dr`.
 #[inline(always)]
 fn nll_grad_row(
     k: usize,
@@ -207,23 +283,13 @@ fn nll_grad_row(
     r: usize,
     dr: &mut [f32],
 ) {
-    with_scratch(k, |lp, s| {
-        for (c, d) in dr.chunks_mut(3 * k).enumerate() {
-            let i = r * z + c;
-            let block = &out[i * 3 * k..(i + 1) * 3 * k];
-            let v = nll_cell(block, y[i], k, lp, s);
-            let (logits, ls) = (&block[..k], &block[2 * k..]);
-            let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let total: f32 = logits.iter().map(|&l| fast_exp(l - max)).sum();
-            for j in 0..k {
-                let gamma = fast_exp(lp[j] - v);
-                let pi = fast_exp(logits[j] - max) / total;
-                d[j] = grad[i] * (pi - gamma);
-                d[k + j] = grad[i] * (-gamma * s[j] * fast_exp(-ls[j]));
-                d[2 * k + j] = grad[i] * (-gamma * (s[j] * s[j] - 1.0));
-            }
-        }
-    })
+    let stats = RowNll::new(
+        k,
+        z,
+        &out[r * z * 3 * k..(r + 1) * z * 3 * k],
+        &y[r * z..(r + 1) * z],
+    );
+    stats.grad_into(&grad[r * z..(r + 1) * z], dr);
 }
 
 impl candle_core::CustomOp2 for FusedNll {
