@@ -233,6 +233,7 @@ impl RowNll {
     /// of each component, π its weight): dl/dlogit = π − γ, dl/dμ = −γ s/σ,
     /// dl/dlogσ = −γ (s² − 1).
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // one index into seven arrays reads clearer than a zip
     fn grad_into(&self, grad: &[f32], d: &mut [f32]) {
         let (k, z) = (self.k, self.z);
         let mut gs = vec![0f32; 3 * k * z];
