@@ -417,28 +417,32 @@ pub fn train_rloo(
             scores.len(),
             seqs.len()
         );
-        let logp = completion_logps(policy, &seqs)?;
-        let lp = logp.detach().to_vec1::<f32>()?;
-        let rp = completion_logps(reference, &seqs)?
-            .detach()
-            .to_vec1::<f32>()?;
-        let kl: Vec<f64> = lp.iter().zip(&rp).map(|(a, b)| (a - b) as f64).collect();
-        let rewards: Vec<f64> = scores
-            .iter()
-            .zip(&kl)
-            .map(|(s, k)| *s as f64 - cfg.beta * k)
-            .collect();
-        let adv = rloo_advantages(&rewards, cfg.k);
-        let n = adv.len();
-        let adv_t = Tensor::from_vec(
-            adv.iter().map(|&a| a as f32).collect::<Vec<_>>(),
-            n,
-            policy.device(),
-        )?;
-        let loss = (logp * adv_t)?.mean_all()?.neg()?;
-        let value = loss.to_scalar::<f32>()? as f64;
-        anyhow::ensure!(value.is_finite(), "the RLOO loss is {value} at step {step}");
-        opt.step(loss.backward()?)?;
+        // On rayon's workers: see `dreamgym_nn::on_workers`.
+        let (value, kl, rewards, n) = dreamgym_nn::on_workers(|| -> anyhow::Result<_> {
+            let logp = completion_logps(policy, &seqs)?;
+            let lp = logp.detach().to_vec1::<f32>()?;
+            let rp = completion_logps(reference, &seqs)?
+                .detach()
+                .to_vec1::<f32>()?;
+            let kl: Vec<f64> = lp.iter().zip(&rp).map(|(a, b)| (a - b) as f64).collect();
+            let rewards: Vec<f64> = scores
+                .iter()
+                .zip(&kl)
+                .map(|(s, k)| *s as f64 - cfg.beta * k)
+                .collect();
+            let adv = rloo_advantages(&rewards, cfg.k);
+            let n = adv.len();
+            let adv_t = Tensor::from_vec(
+                adv.iter().map(|&a| a as f32).collect::<Vec<_>>(),
+                n,
+                policy.device(),
+            )?;
+            let loss = (logp * adv_t)?.mean_all()?.neg()?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            anyhow::ensure!(value.is_finite(), "the RLOO loss is {value} at step {step}");
+            opt.step(loss.backward()?)?;
+            Ok((value, kl, rewards, n))
+        })?;
         let mean = |v: &mut dyn Iterator<Item = f64>| v.sum::<f64>() / n as f64;
         log.push(RlooStep {
             loss: value,
