@@ -444,6 +444,21 @@ impl DtData {
                 }
             };
             for e in episodes {
+                // Every path polls Ctrl-C between episodes: decoding a large pixel dataset
+                // takes minutes too.
+                if progress.interrupted() {
+                    let stage = if encoder.is_some() {
+                        progress.end();
+                        "encode frames with V"
+                    } else {
+                        "load the dataset"
+                    };
+                    return Err(Interrupted {
+                        stage: stage.into(),
+                        saved: "loading keeps nothing; run again to load again".into(),
+                    }
+                    .into());
+                }
                 let t = e.len();
                 if image.is_some() {
                     let mut pixels = Vec::with_capacity(t * obs_dim);
@@ -460,14 +475,6 @@ impl DtData {
                 let mut obs = Vec::with_capacity(t * obs_dim);
                 match encoder {
                     Some(enc) => {
-                        if progress.interrupted() {
-                            progress.end();
-                            return Err(Interrupted {
-                                stage: "encode frames with V".into(),
-                                saved: "encoding keeps nothing; run again to encode again".into(),
-                            }
-                            .into());
-                        }
                         for start in (0..t).step_by(256) {
                             let n = (t - start).min(256);
                             let mut frames = Vec::new();

@@ -315,6 +315,14 @@ model = { context = 4, max_timestep = 1024, return_scale = 100.0, conv = { chann
         .unwrap();
     assert_eq!(cfg.spec.image, Some([16, 16, 3]));
     assert_eq!(cfg.spec.obs_dim(), 768);
+    // Ctrl-C while the frames load stops there too, saying so.
+    let stop = StopAfter(AtomicU64::new(0), 0);
+    let err = run_decision_transformer(&stage(&exp), &RunDir::new(dir.path()), &registry, &stop)
+        .unwrap_err();
+    let interrupted = err
+        .downcast_ref::<dreamgym_agents::Interrupted>()
+        .expect("an Interrupted error");
+    assert_eq!(interrupted.stage, "load the dataset");
     // The run is a policy on pixels, in a Dict observation too.
     let folder = dir.path().display().to_string();
     for overrides in [
