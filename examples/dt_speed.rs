@@ -107,9 +107,12 @@ fn main() -> anyhow::Result<()> {
             Ok(if read { loss.to_scalar::<f32>()? } else { 0.0 })
         })
     };
+    // `DT_SPEED_STEPS_ONLY=act`: acting only (to profile it); the training numbers are then 0.
+    let act_only = std::env::var("DT_SPEED_STEPS_ONLY").is_ok_and(|v| v == "act");
+    let steps = if act_only { 0 } else { steps };
     // The first loss (before any update) compares devices: same seed, same weights, same masks.
-    let first_loss = step(true)?;
-    for _ in 0..2 {
+    let first_loss = if act_only { 0.0 } else { step(true)? };
+    for _ in 0..if act_only { 0 } else { 2 } {
         step(false)?;
     }
     device.synchronize()?;
@@ -118,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         step(false)?;
     }
     device.synchronize()?;
-    let last_loss = step(true)?;
+    let last_loss = if act_only { 0.0 } else { step(true)? };
     // `DT_SPEED_PARTS=1`: where a training step's time goes (each part ends synchronized).
     if std::env::var_os("DT_SPEED_PARTS").is_some() {
         let (mut fwd, mut bwd, mut upd) = (0.0, 0.0, 0.0);
@@ -145,7 +148,7 @@ fn main() -> anyhow::Result<()> {
             ms(upd)
         );
     }
-    let train = t0.elapsed().as_secs_f64() / steps as f64;
+    let train = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     // Acting: episodes of 2K steps (K growing, then K full), with and without the cache; the
     // first episode warms up and is not timed.
     let model = Arc::new(model);

@@ -301,6 +301,8 @@ pub struct Proj {
     pub bias: Option<Tensor>,
     /// A low-rank adapter added to the output, when the model has them.
     pub lora: Option<LoraPair>,
+    /// The weight laid out for inference ([`prepare_for_inference`](Self::prepare_for_inference)).
+    inference: Option<Tensor>,
 }
 
 impl Proj {
@@ -321,6 +323,7 @@ impl Proj {
                 None
             },
             lora: None,
+            inference: None,
         })
     }
 
@@ -330,7 +333,42 @@ impl Proj {
             weight,
             bias,
             lora: None,
+            inference: None,
         }
+    }
+
+    /// Keeps a second copy of the weight, transposed to `[in, out]` (rows padded off powers of
+    /// two), that inputs of more than [`crate::llama_ops::FEW_ROWS`] rows multiply on the CPU.
+    /// gemm multiplies `x Wᵀ` with `W` in PyTorch's `[out, in]` layout by first repacking `W`,
+    /// on every call: for the few dozen rows of an acting step that repacking took as long as
+    /// the product. With the transposed copy it reads the weight as it lies (the same
+    /// products, equal to rounding; bit for bit at the Decision Transformer's sizes). A snapshot: a weight trained after this is not seen
+    /// by the copy, so only a model that no longer trains (a policy acting) is prepared.
+    pub fn prepare_for_inference(&mut self) -> Result<()> {
+        self.inference = None;
+        if !(self.weight.device().is_cpu() && self.weight.dtype() == DType::F32) {
+            return Ok(());
+        }
+        let (out, inp) = self.weight.dims2()?;
+        // A row stride that is a multiple of 128 floats puts the rows gemm reads together in
+        // the same cache sets (the 2048-wide MLP weight ran at two thirds of the speed).
+        let mut stride = out.next_multiple_of(16);
+        if stride % 128 == 0 {
+            stride += 16;
+        }
+        let t = self.weight.detach().t()?.contiguous()?;
+        let t = if stride > out {
+            let pad = Tensor::zeros((inp, stride - out), DType::F32, self.weight.device())?;
+            Tensor::cat(&[&t, &pad], 1)?.narrow(1, 0, out)?
+        } else {
+            t
+        };
+        // Row-major `[in, out]` rows `stride` apart (what gemm reads without repacking).
+        if t.stride() != [stride, 1] {
+            candle_core::bail!("prepare_for_inference: unexpected layout {:?}", t.layout());
+        }
+        self.inference = Some(t);
+        Ok(())
     }
 
     /// Attaches a LoRA adapter named `base_model.model.{name}.lora_A.weight` (and `lora_B`).
@@ -362,7 +400,12 @@ impl Proj {
         let inp = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / inp.max(1);
         let x = x.reshape((rows, inp))?;
-        let mut y = crate::linear(&x, &self.weight)?;
+        let mut y = match &self.inference {
+            Some(t) if rows > crate::llama_ops::FEW_ROWS && x.device().is_cpu() => {
+                x.contiguous()?.matmul(t)?
+            }
+            _ => crate::linear(&x, &self.weight)?,
+        };
         if let Some(bias) = &self.bias {
             y = crate::add_bias(&y, bias)?;
         }
@@ -575,18 +618,26 @@ impl Block {
         rope: Option<(&Tensor, &Tensor)>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         drop: &mut Option<Dropout>,
+        last_only: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (cfg.n_head, cfg.kv_heads(), cfg.head_dim());
         let n = self.input_norm.forward(x)?;
-        let heads = |y: Tensor, heads: usize| -> Result<Tensor> {
+        let heads = |y: Tensor, t: usize, heads: usize| -> Result<Tensor> {
             y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
         };
-        let mut q = heads(self.q.forward(&n)?, h)?;
-        let mut k = heads(self.k.forward(&n)?, kv)?;
-        let v = heads(self.v.forward(&n)?, kv)?;
+        // `last_only`: every position's keys and values, the rest for the last position only.
+        let (x, nq, tq) = if last_only && t > 1 {
+            (x.narrow(1, t - 1, 1)?, n.narrow(1, t - 1, 1)?, 1)
+        } else {
+            (x.clone(), n.clone(), t)
+        };
+        let mut q = heads(self.q.forward(&nq)?, tq, h)?;
+        let mut k = heads(self.k.forward(&n)?, t, kv)?;
+        let v = heads(self.v.forward(&n)?, t, kv)?;
         if let Some((cos, sin)) = rope {
-            q = crate::rotary(&q, cos, sin)?;
+            let (qc, qs) = (cos.narrow(0, t - tq, tq)?, sin.narrow(0, t - tq, tq)?);
+            q = crate::rotary(&q, &qc, &qs)?;
             k = crate::rotary(&k, cos, sin)?;
         }
         let (k, v) = match cache {
@@ -602,7 +653,7 @@ impl Block {
         };
         let y = causal_attention(&q, &k, &v)?
             .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
+            .reshape((b, tq, h * hd))?;
         let x = (x + dropout(drop, self.o.forward(&y)?)?)?;
         let n = self.post_norm.forward(&x)?;
         let hidden = match &self.gate {
@@ -694,6 +745,18 @@ impl Transformer {
         }
     }
 
+    /// Lays every projection's weight out for inference as well
+    /// ([`Proj::prepare_for_inference`]): faster forward passes over more than a few rows on the
+    /// CPU, the same numbers, twice the weights' memory. For a model that no longer trains.
+    pub fn prepare_for_inference(&mut self) -> Result<()> {
+        for b in &mut self.blocks {
+            for (_, p) in b.projections() {
+                p.prepare_for_inference()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches LoRA adapters, created in `init`, to the projections `cfg` names in every
     /// block; parameters are named under `prefix` like the core's own. Returns how many.
     pub fn add_lora(
@@ -728,8 +791,26 @@ impl Transformer {
     pub fn forward(
         &self,
         x: &Tensor,
+        cache: Option<&mut KvCache>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> std::result::Result<Tensor, NnError> {
+        self.run(x, cache, rng, false)
+    }
+
+    /// The last position's hidden state `[B, 1, n_embd]` of [`forward`](Self::forward) on `x`,
+    /// without a cache or dropout: the last block computes every position's keys and values
+    /// and the rest for the last position alone (an acting step that recomputes its context
+    /// needs no more).
+    pub fn forward_last(&self, x: &Tensor) -> std::result::Result<Tensor, NnError> {
+        self.run(x, None, None, true)
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
         mut cache: Option<&mut KvCache>,
         rng: Option<&mut ChaCha8Rng>,
+        last_only: bool,
     ) -> std::result::Result<Tensor, NnError> {
         let (_, t, c) = x.dims3()?;
         if c != self.config.n_embd {
@@ -764,6 +845,7 @@ impl Transformer {
         {
             c.layers = vec![None; self.blocks.len()];
         }
+        let last_block = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(
@@ -772,6 +854,7 @@ impl Transformer {
                 rope.as_ref().map(|(c, s)| (c, s)),
                 slot,
                 &mut drop,
+                last_only && i == last_block,
             )?;
         }
         if let Some(c) = cache {
@@ -1087,6 +1170,56 @@ mod tests {
                 .forward(&rand(&[2, 6, 8], 8), Some(&mut cache), None)
                 .unwrap_err();
             assert!(err.to_string().contains("block_size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_last_position_alone_and_the_inference_layout_give_the_full_pass() {
+        for cfg in variants() {
+            let (_, t) = build(&cfg, 16);
+            // 2 x 7 = 14 rows: past the few-rows path, through gemm.
+            let x = rand(&[2, 7, 8], 17);
+            let full = t.forward(&x, None, None).unwrap();
+            let last = full.narrow(1, 6, 1).unwrap();
+            let d = max_diff(&t.forward_last(&x).unwrap(), &last);
+            assert!(d < 1e-5, "{:?} {:?}: {d}", cfg.norm, cfg.positions);
+            let mut fast = t.clone();
+            fast.prepare_for_inference().unwrap();
+            // The transposed copy gives gemm the same products (to rounding: at some shapes it
+            // picks other kernels).
+            let d = max_diff(&fast.forward(&x, None, None).unwrap(), &full);
+            assert!(d < 1e-6, "{:?} {:?}: {d}", cfg.norm, cfg.positions);
+            let d = max_diff(&fast.forward_last(&x).unwrap(), &last);
+            assert!(d < 1e-5, "{:?} {:?}: {d}", cfg.norm, cfg.positions);
+            // One position: the last is the only one.
+            let one = x.narrow(1, 0, 1).unwrap();
+            let d = max_diff(
+                &t.forward_last(&one).unwrap(),
+                &t.forward(&one, None, None).unwrap(),
+            );
+            assert!(d < 1e-6, "{d}");
+        }
+    }
+
+    #[test]
+    fn a_prepared_projection_multiplies_any_shape_like_the_plain_one() {
+        // Widths off and on multiples of 16 and 128 (the padded row stride), rows on both
+        // sides of the few-rows path.
+        for (i, (inp, out)) in [(8, 5), (33, 128), (128, 256), (7, 300)]
+            .into_iter()
+            .enumerate()
+        {
+            let w = rand(&[out, inp], 30 + i as u64);
+            let b = rand(&[out], 40 + i as u64);
+            let plain = Proj::from_weight(w.clone(), Some(b.clone()));
+            let mut fast = Proj::from_weight(w, Some(b));
+            fast.prepare_for_inference().unwrap();
+            for rows in [1, 4, 5, 37] {
+                let x = rand(&[rows, inp], 50 + rows as u64);
+                let (y, z) = (plain.forward(&x).unwrap(), fast.forward(&x).unwrap());
+                assert_eq!(z.dims(), [rows, out]);
+                assert!(max_diff(&y, &z) < 1e-5, "{inp}x{out}, {rows} rows");
+            }
         }
     }
 

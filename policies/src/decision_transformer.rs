@@ -416,12 +416,14 @@ pub struct DtBatch {
     pub timesteps: Tensor,
 }
 
+#[derive(Clone)]
 enum ActionEmbed {
     Box(Proj),
     Discrete(Embedding),
 }
 
 /// One convolution of the encoder.
+#[derive(Clone)]
 struct ConvLayer {
     /// `[out, in, k, k]` (PyTorch's layout).
     weight: Tensor,
@@ -430,6 +432,7 @@ struct ConvLayer {
     stride: usize,
 }
 
+#[derive(Clone)]
 enum ObsEmbed {
     Linear(Proj),
     Conv {
@@ -515,6 +518,7 @@ impl ObsEmbed {
 }
 
 /// The model.
+#[derive(Clone)]
 pub struct DecisionTransformer {
     config: DecisionTransformerConfig,
     spec: DtSpec,
@@ -683,6 +687,18 @@ impl DecisionTransformer {
         self.embed_timestep.forward(&clipped.to_dtype(DType::U32)?)
     }
 
+    /// This model with every projection's weight laid out for inference as well
+    /// ([`Transformer::prepare_for_inference`]): the same outputs, full-context forward passes
+    /// about twice as fast on the CPU. A snapshot for acting: training the original's
+    /// parameters afterwards does not reach it.
+    pub fn for_inference(&self) -> Result<Self, PolicyError> {
+        let mut m = self.clone();
+        let fresh = |e: candle_core::Error| PolicyError::from(dreamgym_nn::NnError::from(e));
+        m.core.prepare_for_inference().map_err(fresh)?;
+        m.predict_action.prepare_for_inference().map_err(fresh)?;
+        Ok(m)
+    }
+
     /// The action head's output at every observation token: `[B, T, width]` tanh values for
     /// Box actions, `[B, T, n]` logits for Discrete ones. `rng` (training) enables dropout.
     pub fn forward(
@@ -797,7 +813,8 @@ pub struct DtPolicy {
 }
 
 impl DtPolicy {
-    /// Acts to reach `target` (a finite return, in the env's units).
+    /// Acts to reach `target` (a finite return, in the env's units), with a snapshot of
+    /// `model` laid out for inference ([`DecisionTransformer::for_inference`]).
     pub fn new(model: Arc<DecisionTransformer>, target: f64) -> Result<Self, PolicyError> {
         let scaled = (target / model.config.return_scale) as f32;
         if !target.is_finite() || !scaled.is_finite() || scaled.abs() > 1e6 {
@@ -808,7 +825,7 @@ impl DtPolicy {
             )));
         }
         Ok(Self {
-            model,
+            model: Arc::new(model.for_inference()?),
             target,
             to_go: target,
             history: Vec::new(),
@@ -891,8 +908,7 @@ impl DtPolicy {
         } else {
             self.cache.clear();
             let all = tokens.narrow(1, 0, known).map_err(fresh)?;
-            let h = self.model.core.forward(&all, None, None)?;
-            h.narrow(1, known - 1, 1).map_err(fresh)?
+            self.model.core.forward_last(&all)?
         };
         // The last hidden state is the newest observation token's.
         let last = h
