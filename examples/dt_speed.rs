@@ -101,11 +101,16 @@ fn main() -> anyhow::Result<()> {
     // Losses come back only at the ends (reading one synchronizes the device).
     let mut step = |read: bool| -> anyhow::Result<f32> {
         // On rayon's workers, as dreamgym's training loops run it (`dreamgym_nn::on_workers`).
-        dreamgym_nn::on_workers(|| -> anyhow::Result<f32> {
+        let mut run = || -> anyhow::Result<f32> {
             let loss = model.loss(&b, Some(&mut rng))?;
             opt.step(loss.backward()?)?;
             Ok(if read { loss.to_scalar::<f32>()? } else { 0.0 })
-        })
+        };
+        if std::env::var_os("DT_SPEED_CALLER").is_some() {
+            run()
+        } else {
+            dreamgym_nn::on_workers(run)
+        }
     };
     // `DT_SPEED_STEPS_ONLY=act`: acting only (to profile it); the training numbers are then 0.
     let act_only = std::env::var("DT_SPEED_STEPS_ONLY").is_ok_and(|v| v == "act");

@@ -962,7 +962,21 @@ impl Policy for DtPolicy {
             action: vec![0.0; width],
             timestep,
         });
-        let out = self.predict()?;
+        // Products big enough to be shared between threads (the line the vendored candle's
+        // matmul draws) run from rayon's workers, which share each op's work directly instead
+        // of waking the pool and sleeping until it is done, op after op. Below it, the hand-off
+        // to a worker costs more than it saves (a tenth of the paper-size step).
+        let rows = if self.use_cache && self.steps <= k {
+            3
+        } else {
+            3 * self.history.len()
+        };
+        let c = self.model.config.transformer.n_embd;
+        let out = if rows * c * c >= 1 << 22 {
+            dreamgym_nn::on_workers(|| self.predict())?
+        } else {
+            self.predict()?
+        };
         let action = self.model.spec.action.decode(&out);
         if let (Some(last), Ok(values)) = (
             self.history.last_mut(),
