@@ -122,10 +122,19 @@ fn main() -> anyhow::Result<()> {
     }
     device.synchronize()?;
     let t0 = Instant::now();
+    let each = std::env::var_os("DT_SPEED_EACH").is_some();
     for _ in 0..steps {
+        let t = Instant::now();
         step(false)?;
+        if each {
+            device.synchronize()?;
+            eprintln!("step {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
     }
     device.synchronize()?;
+    // Read here: the step that reads the last loss (and the parts below) are not timed. Until
+    // 2026-12-06 they were, which added one step in `steps` to dreamgym's time.
+    let train = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     let last_loss = if act_only { 0.0 } else { step(true)? };
     // `DT_SPEED_PARTS=1`: where a training step's time goes (each part ends synchronized).
     if std::env::var_os("DT_SPEED_PARTS").is_some() {
@@ -153,7 +162,6 @@ fn main() -> anyhow::Result<()> {
             ms(upd)
         );
     }
-    let train = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     // Acting: episodes of 2K steps (K growing, then K full), with and without the cache; the
     // first episode warms up and is not timed.
     let model = Arc::new(model);
