@@ -159,9 +159,10 @@ pub fn lstm_cell(gates: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
 
 /// The whole sequence from a zero state as one op: (input projections `[B, T, 4H]` including
 /// both biases, `weight_hh` `[4H, H]`) → every step's h, `[B, T, H]`; each step's cell state
-/// and gate pre-activations stay in the op (`state`, `[B, T, 5H]`) for its backward pass. Each step is one gemm into the gate slots plus the cell update; the
-/// backward pass is backpropagation through time with two gemms per step, accumulating
-/// `weight_hh`'s gradient in place, as cuDNN and PyTorch's CPU LSTM do. Composed of candle ops,
+/// and gate activations stay in the op (`state`, `[B, T, 5H]`) for its backward pass. Each
+/// step is one gemm into the gate slots plus the cell update; the backward pass is
+/// backpropagation through time with one gemm per step for h's gradient, and `weight_hh`'s
+/// gradient as one product over every step at the end, as cuDNN and PyTorch's CPU LSTM do. Composed of candle ops,
 /// every step's slice of the projection would cost a zero-padded full-size gradient.
 struct LstmSeq {
     state: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
@@ -208,6 +209,16 @@ impl CustomOp2 for LstmSeq {
         let (h5, srow, hrow) = (5 * h, t * 5 * h, t * h);
         let mut res = vec![0f32; b * t * h];
         let mut state = vec![0f32; b * t * h5];
+        // weight_hh transposed to `[H, 4H]` once for the sequence: gemm multiplies by W's
+        // `[4H, H]` layout only after repacking it, which it did at every one of the T steps.
+        // Rows are padded off multiples of 128 floats (cache sets), as `Proj`'s inference copy.
+        let ws = padded_stride(h4);
+        let mut wt = vec![0f32; h * ws];
+        for (i, row) in w.chunks(h).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                wt[j * ws + i] = *v;
+            }
+        }
         for step in 0..t {
             for r in 0..b {
                 let dst = (r * t + step) * h5 + h;
@@ -228,9 +239,9 @@ impl CustomOp2 for LstmSeq {
                         res.as_ptr().add((step - 1) * h),
                         1,
                         hrow as isize,
-                        w.as_ptr(),
-                        h as isize,
+                        wt.as_ptr(),
                         1,
+                        ws as isize,
                         1.0f32,
                         1.0f32,
                         false,
@@ -261,6 +272,9 @@ impl CustomOp2 for LstmSeq {
                         hr[j] = o[j] * tanh(c);
                     }
                 }
+                // The backward pass reads the activations, not the pre-activations: computed
+                // once here instead of again there (exp and tanh were most of its loop).
+                st[cur + h..cur + h5].copy_from_slice(&act[..h4]);
             };
             by_sequence(&mut state, srow, &mut res, hrow, 5 * h, cell);
         }
@@ -324,13 +338,15 @@ impl CustomOp3 for LstmSeqBackward {
                 n[..h].copy_from_slice(dh);
                 n[h..].copy_from_slice(dc);
             }
-            let cell = |(d, nx): (&mut [f32], &mut [f32]), r: usize, act: &mut Vec<f32>| {
+            let cell = |(d, nx): (&mut [f32], &mut [f32]), r: usize, _: &mut Vec<f32>| {
                 let cur = (r * t + step) * h5;
-                let g = &state[cur + h..cur + h5];
+                // The gates' activations, as the forward pass left them.
+                let (i, rest) = state[cur + h..cur + h5].split_at(h);
+                let (f, rest) = rest.split_at(h);
+                let (gg, o) = rest.split_at(h);
                 let gr = &grad[(r * t + step) * h..(r * t + step + 1) * h];
                 let d = &mut d[step * h4..(step + 1) * h4];
                 let (dh_n, dc_n) = nx.split_at_mut(h);
-                let (i, f, gg, o) = activate(g, act);
                 for j in 0..h {
                     let (i, f, gg, o) = (i[j], f[j], gg[j], o[j]);
                     let c = state[cur + j];
@@ -376,22 +392,33 @@ impl CustomOp3 for LstmSeqBackward {
                     false,
                     parallelism(),
                 );
-                // dW += dgates_t^T @ h_{t-1}   ([4H, B] x [B, H])
+            }
+        }
+        // dW = Σ_t dgates_t^T @ h_{t-1}, as one product over every (sequence, step) row:
+        // `[4H, B·T] x [B·T, H]` with each row's previous h beside it (zero before the first
+        // step). Accumulated step by step it was T - 1 products of depth B, each repacking its
+        // operands and reading and writing all of dW.
+        if t > 1 {
+            let mut prev = vec![0f32; b * t * h];
+            for (p, hr) in prev.chunks_mut(t * h).zip(hs.chunks(t * h)) {
+                p[h..].copy_from_slice(&hr[..(t - 1) * h]);
+            }
+            unsafe {
                 gemm::gemm(
                     h4,
                     h,
-                    b,
+                    b * t,
                     dw.as_mut_ptr(),
                     1,
                     h as isize,
-                    true,
-                    dp.add(step * h4),
-                    (t * h4) as isize,
+                    false,
+                    dproj.as_ptr(),
+                    h4 as isize,
                     1,
-                    hs.as_ptr().add((step - 1) * h),
+                    prev.as_ptr(),
                     1,
-                    (t * h) as isize,
-                    1.0f32,
+                    h as isize,
+                    0.0f32,
                     1.0f32,
                     false,
                     false,
@@ -402,6 +429,13 @@ impl CustomOp3 for LstmSeqBackward {
         }
         Ok((CpuStorage::F32(out), Shape::from(b * t * h4 + h4 * h)))
     }
+}
+
+/// A row stride of at least `n` floats, a multiple of 16 and not of 128: rows a multiple of
+/// 128 floats apart fall into the same cache sets when gemm reads down a column.
+fn padded_stride(n: usize) -> usize {
+    let s = n.next_multiple_of(16);
+    if s % 128 == 0 { s + 16 } else { s }
 }
 
 /// Sequences of a batch a task takes at least, in elements of work.
