@@ -212,7 +212,7 @@ impl CustomOp2 for LstmSeq {
         // weight_hh transposed to `[H, 4H]` once for the sequence: gemm multiplies by W's
         // `[4H, H]` layout only after repacking it, which it did at every one of the T steps.
         // Rows are padded off multiples of 128 floats (cache sets), as `Proj`'s inference copy.
-        let ws = padded_stride(h4);
+        let ws = crate::fused::padded_stride(h4);
         let mut wt = vec![0f32; h * ws];
         for (i, row) in w.chunks(h).enumerate() {
             for (j, v) in row.iter().enumerate() {
@@ -429,13 +429,6 @@ impl CustomOp3 for LstmSeqBackward {
         }
         Ok((CpuStorage::F32(out), Shape::from(b * t * h4 + h4 * h)))
     }
-}
-
-/// A row stride of at least `n` floats, a multiple of 16 and not of 128: rows a multiple of
-/// 128 floats apart fall into the same cache sets when gemm reads down a column.
-fn padded_stride(n: usize) -> usize {
-    let s = n.next_multiple_of(16);
-    if s % 128 == 0 { s + 16 } else { s }
 }
 
 /// Sequences of a batch a task takes at least, in elements of work.
