@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 
 use crate::fused::contiguous_f32;
 use crate::{Linear, ParamInit};
+use rayon::prelude::*;
 
 // The gates' activations are the branch-free `fast_sigmoid` and `fast_tanh`, so the cell's
 // loops vectorise (libm's `expf` was a tenth of M's training step).
@@ -219,65 +220,80 @@ impl CustomOp2 for LstmSeq {
                 wt[j * ws + i] = *v;
             }
         }
-        for step in 0..t {
-            for r in 0..b {
-                let dst = (r * t + step) * h5 + h;
-                state[dst..dst + h4]
-                    .copy_from_slice(&proj[(r * t + step) * h4..(r * t + step + 1) * h4]);
-            }
-            if step > 0 {
-                // gates[b, :] += h_{t-1}[b, :] @ weight_hh^T
-                unsafe {
-                    gemm::gemm(
-                        b,
-                        h4,
-                        h,
-                        state.as_mut_ptr().add(step * h5 + h),
-                        1,
-                        srow as isize,
-                        true,
-                        res.as_ptr().add((step - 1) * h),
-                        1,
-                        hrow as isize,
-                        wt.as_ptr(),
-                        1,
-                        ws as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        parallelism(),
-                    );
+        // Sequences are independent: each group of them runs all T steps on one thread (its
+        // gemm and its cell updates), with no hand-off between threads from step to step. Group
+        // sizes do not depend on the thread count, so neither do the numbers.
+        let arch = pulp::Arch::new();
+        let run = |((st, hr), pr): ((&mut [f32], &mut [f32]), &[f32])| {
+            let g = hr.len() / hrow;
+            let mut act = vec![0f32; h4];
+            for step in 0..t {
+                for r in 0..g {
+                    let dst = r * srow + step * h5 + h;
+                    st[dst..dst + h4]
+                        .copy_from_slice(&pr[(r * t + step) * h4..(r * t + step + 1) * h4]);
                 }
-            }
-            // The cell update, sequence by sequence (each sequence's state and outputs for all
-            // steps are one chunk), on several threads when the batch is large enough.
-            let cell = |(st, hr): (&mut [f32], &mut [f32]), act: &mut Vec<f32>| {
-                let cur = step * h5;
-                let (i, f, gg, o) = activate(&st[cur + h..cur + h5], act);
-                let hr = &mut hr[step * h..(step + 1) * h];
                 if step > 0 {
-                    let (prev, now) = st[cur - h5..cur + h].split_at_mut(h5);
-                    for j in 0..h {
-                        let c = f[j] * prev[j] + i[j] * gg[j];
-                        now[j] = c;
-                        hr[j] = o[j] * tanh(c);
-                    }
-                } else {
-                    let now = &mut st[cur..cur + h];
-                    for j in 0..h {
-                        let c = i[j] * gg[j];
-                        now[j] = c;
-                        hr[j] = o[j] * tanh(c);
+                    // gates[r, :] += h_{t-1}[r, :] @ weight_hh^T
+                    unsafe {
+                        gemm::gemm(
+                            g,
+                            h4,
+                            h,
+                            st.as_mut_ptr().add(step * h5 + h),
+                            1,
+                            srow as isize,
+                            true,
+                            hr.as_ptr().add((step - 1) * h),
+                            1,
+                            hrow as isize,
+                            wt.as_ptr(),
+                            1,
+                            ws as isize,
+                            1.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
                     }
                 }
-                // The backward pass reads the activations, not the pre-activations: computed
-                // once here instead of again there (exp and tanh were most of its loop).
-                st[cur + h..cur + h5].copy_from_slice(&act[..h4]);
-            };
-            by_sequence(&mut state, srow, &mut res, hrow, 5 * h, cell);
-        }
+                arch.dispatch(|| {
+                    for r in 0..g {
+                        let st = &mut st[r * srow..(r + 1) * srow];
+                        let hr = &mut hr[r * hrow + step * h..r * hrow + (step + 1) * h];
+                        let cur = step * h5;
+                        let (i, f, gg, o) = activate(&st[cur + h..cur + h5], &mut act);
+                        if step > 0 {
+                            let (prev, now) = st[cur - h5..cur + h].split_at_mut(h5);
+                            for j in 0..h {
+                                let c = f[j] * prev[j] + i[j] * gg[j];
+                                now[j] = c;
+                                hr[j] = o[j] * tanh(c);
+                            }
+                        } else {
+                            let now = &mut st[cur..cur + h];
+                            for j in 0..h {
+                                let c = i[j] * gg[j];
+                                now[j] = c;
+                                hr[j] = o[j] * tanh(c);
+                            }
+                        }
+                        // The backward pass reads the activations, not the pre-activations:
+                        // computed once here instead of again there (exp and tanh were most
+                        // of its loop).
+                        st[cur + h..cur + h5].copy_from_slice(&act[..h4]);
+                    }
+                });
+            }
+        };
+        let gs = group_size(b);
+        state
+            .par_chunks_mut(gs * srow)
+            .zip(res.par_chunks_mut(gs * hrow))
+            .zip(proj.par_chunks(gs * t * h4))
+            .for_each(run);
         *self.state.lock().unwrap() = state;
         Ok((CpuStorage::F32(res), Shape::from((b, t, h))))
     }
@@ -325,75 +341,76 @@ impl CustomOp3 for LstmSeqBackward {
         }
         let mut out = vec![0f32; b * t * h4 + h4 * h];
         let (dproj, dw) = out.split_at_mut(b * t * h4);
-        let mut dh_next = vec![0f32; b * h];
-        let mut dc_next = vec![0f32; b * h];
-        // dh of the next step is read while dc is updated: both per sequence, so the pair is
-        // one `[B, 2H]` buffer the threads split by sequence.
-        let mut next = vec![0f32; b * 2 * h];
-        for step in (0..t).rev() {
-            for (n, (dh, dc)) in next
-                .chunks_mut(2 * h)
-                .zip(dh_next.chunks(h).zip(dc_next.chunks(h)))
-            {
-                n[..h].copy_from_slice(dh);
-                n[h..].copy_from_slice(dc);
-            }
-            let cell = |(d, nx): (&mut [f32], &mut [f32]), r: usize, _: &mut Vec<f32>| {
-                let cur = (r * t + step) * h5;
-                // The gates' activations, as the forward pass left them.
-                let (i, rest) = state[cur + h..cur + h5].split_at(h);
-                let (f, rest) = rest.split_at(h);
-                let (gg, o) = rest.split_at(h);
-                let gr = &grad[(r * t + step) * h..(r * t + step + 1) * h];
-                let d = &mut d[step * h4..(step + 1) * h4];
-                let (dh_n, dc_n) = nx.split_at_mut(h);
-                for j in 0..h {
-                    let (i, f, gg, o) = (i[j], f[j], gg[j], o[j]);
-                    let c = state[cur + j];
-                    let c_prev = if step > 0 { state[cur - h5 + j] } else { 0.0 };
-                    let tc = tanh(c);
-                    let dh = gr[j] + dh_n[j];
-                    let dc = dc_n[j] + dh * o * (1.0 - tc * tc);
-                    d[j] = dc * gg * i * (1.0 - i);
-                    d[h + j] = dc * c_prev * f * (1.0 - f);
-                    d[2 * h + j] = dc * i * (1.0 - gg * gg);
-                    d[3 * h + j] = dh * tc * o * (1.0 - o);
-                    dc_n[j] = dc * f;
+        // Backpropagation through time, each group of sequences on one thread (as forward).
+        let arch = pulp::Arch::new();
+        let (srow, hrow, drow) = (t * h5, t * h, t * h4);
+        let run = |((d, st), gr): ((&mut [f32], &[f32]), &[f32])| {
+            let g = d.len() / drow;
+            // dh and dc flowing back from the next step, per sequence of the group.
+            let mut dh_next = vec![0f32; g * h];
+            let mut dc_next = vec![0f32; g * h];
+            for step in (0..t).rev() {
+                arch.dispatch(|| {
+                    for r in 0..g {
+                        let cur = r * srow + step * h5;
+                        // The gates' activations, as the forward pass left them.
+                        let (i, rest) = st[cur + h..cur + h5].split_at(h);
+                        let (f, rest) = rest.split_at(h);
+                        let (gg, o) = rest.split_at(h);
+                        let gr = &gr[r * hrow + step * h..r * hrow + (step + 1) * h];
+                        let d = &mut d[r * drow + step * h4..r * drow + (step + 1) * h4];
+                        let dh_n = &dh_next[r * h..(r + 1) * h];
+                        let dc_n = &mut dc_next[r * h..(r + 1) * h];
+                        for j in 0..h {
+                            let (i, f, gg, o) = (i[j], f[j], gg[j], o[j]);
+                            let c = st[cur + j];
+                            let c_prev = if step > 0 { st[cur - h5 + j] } else { 0.0 };
+                            let tc = tanh(c);
+                            let dh = gr[j] + dh_n[j];
+                            let dc = dc_n[j] + dh * o * (1.0 - tc * tc);
+                            d[j] = dc * gg * i * (1.0 - i);
+                            d[h + j] = dc * c_prev * f * (1.0 - f);
+                            d[2 * h + j] = dc * i * (1.0 - gg * gg);
+                            d[3 * h + j] = dh * tc * o * (1.0 - o);
+                            dc_n[j] = dc * f;
+                        }
+                    }
+                });
+                if step == 0 {
+                    break;
                 }
-            };
-            by_sequence_indexed(dproj, t * h4, &mut next, 2 * h, 5 * h, cell);
-            for (n, dc) in next.chunks(2 * h).zip(dc_next.chunks_mut(h)) {
-                dc.copy_from_slice(&n[h..]);
+                unsafe {
+                    // dh_{t-1} = dgates_t @ weight_hh   ([g, 4H] x [4H, H])
+                    gemm::gemm(
+                        g,
+                        h,
+                        h4,
+                        dh_next.as_mut_ptr(),
+                        1,
+                        h as isize,
+                        false,
+                        d.as_ptr().add(step * h4),
+                        1,
+                        drow as isize,
+                        w.as_ptr(),
+                        1,
+                        h as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
-            if step == 0 {
-                break;
-            }
-            let dp = dproj.as_ptr();
-            unsafe {
-                // dh_{t-1} = dgates_t @ weight_hh   ([B, 4H] x [4H, H])
-                gemm::gemm(
-                    b,
-                    h,
-                    h4,
-                    dh_next.as_mut_ptr(),
-                    1,
-                    h as isize,
-                    false,
-                    dp.add(step * h4),
-                    1,
-                    (t * h4) as isize,
-                    w.as_ptr(),
-                    1,
-                    h as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                );
-            }
-        }
+        };
+        let gs = group_size(b);
+        dproj
+            .par_chunks_mut(gs * drow)
+            .zip(state.par_chunks(gs * srow))
+            .zip(grad.par_chunks(gs * hrow))
+            .for_each(run);
         // dW = Σ_t dgates_t^T @ h_{t-1}, as one product over every (sequence, step) row:
         // `[4H, B·T] x [B·T, H]` with each row's previous h beside it (zero before the first
         // step). Accumulated step by step it was T - 1 products of depth B, each repacking its
@@ -431,52 +448,13 @@ impl CustomOp3 for LstmSeqBackward {
     }
 }
 
-/// Sequences of a batch a task takes at least, in elements of work.
-const SEQ_TASK_WORK: usize = 1 << 13;
-
-/// `f((a row, b row), scratch)` for each sequence: `a` and `b` hold one `a_row`- and
-/// `b_row`-long chunk per sequence. On rayon's threads when the batch has enough work
-/// (`work` elements per sequence); every sequence is computed the same way on any thread.
-fn by_sequence<F>(a: &mut [f32], a_row: usize, b: &mut [f32], b_row: usize, work: usize, f: F)
-where
-    F: Fn((&mut [f32], &mut [f32]), &mut Vec<f32>) + Sync + Send,
-{
-    by_sequence_indexed(a, a_row, b, b_row, work, |rows, _, act| f(rows, act));
-}
-
-/// [`by_sequence`] with the sequence's index.
-fn by_sequence_indexed<F>(
-    a: &mut [f32],
-    a_row: usize,
-    b: &mut [f32],
-    b_row: usize,
-    work: usize,
-    f: F,
-) where
-    F: Fn((&mut [f32], &mut [f32]), usize, &mut Vec<f32>) + Sync + Send,
-{
-    use rayon::prelude::*;
-    let (a_row, b_row) = (a_row.max(1), b_row.max(1));
-    let n = a.len() / a_row;
-    let scratch = || vec![0f32; work];
-    // Compiled for the widest vector unit the CPU has (AVX-512 or AVX2, chosen at run time),
-    // as `dreamgym_nn::par`'s loops are: the cell's loops use only exactly rounded
-    // operations, so every unit gives the same numbers.
-    let arch = pulp::Arch::new();
-    let run = |rows, r, act: &mut Vec<f32>| arch.dispatch(|| f(rows, r, act));
-    if n * work < crate::par::PAR_MIN_ELEMS / 4 {
-        let mut act = scratch();
-        for (r, rows) in a.chunks_mut(a_row).zip(b.chunks_mut(b_row)).enumerate() {
-            run(rows, r, &mut act);
-        }
-    } else {
-        let per_task = (SEQ_TASK_WORK / work.max(1)).max(1);
-        a.par_chunks_mut(a_row)
-            .zip(b.par_chunks_mut(b_row))
-            .enumerate()
-            .with_min_len(per_task)
-            .for_each_init(scratch, |act, (r, rows)| run(rows, r, act));
-    }
+/// Sequences in each group of [`LstmSeq`]'s passes (each group runs all its steps on one
+/// thread): about an eighth of the batch, at least 4. Fixed by the batch alone, so the numbers
+/// are the same on any number of threads. The cell's loops inside are compiled for the widest
+/// vector unit the CPU has (AVX-512 or AVX2, chosen at run time), as `dreamgym_nn::par`'s
+/// loops are: they use only exactly rounded operations, so every unit gives the same numbers.
+fn group_size(b: usize) -> usize {
+    b.div_ceil(8).max(4).min(b.max(1))
 }
 
 /// A single-layer LSTM (batch first).
