@@ -901,14 +901,31 @@ impl DtPolicy {
         };
         // The last action token is a placeholder: nothing before it depends on it.
         let known = 3 * window.len() - 1;
-        let h = if self.use_cache && n <= k {
+        let cached = self.use_cache && n <= k;
+        let input = if cached {
             let from = self.cache.len();
-            let new = tokens.narrow(1, from, known - from).map_err(fresh)?;
-            self.model.core.forward(&new, Some(&mut self.cache), None)?
+            tokens.narrow(1, from, known - from).map_err(fresh)?
         } else {
             self.cache.clear();
-            let all = tokens.narrow(1, 0, known).map_err(fresh)?;
-            self.model.core.forward_last(&all)?
+            tokens.narrow(1, 0, known).map_err(fresh)?
+        };
+        let (core, cache) = (&self.model.core, &mut self.cache);
+        let mut run = || {
+            if cached {
+                core.forward(&input, Some(cache), None)
+            } else {
+                core.forward_last(&input)
+            }
+        };
+        // Products big enough to be shared between threads (the line the vendored candle's
+        // matmul draws) run from rayon's workers, which share each op's work directly instead
+        // of waking the pool and sleeping until it is done, op after op. Below it, the hand-off
+        // to a worker costs more than it saves (a tenth of the paper-size step).
+        let c = self.model.config.transformer.n_embd;
+        let h = if input.dim(1).map_err(fresh)? * c * c >= 1 << 22 {
+            dreamgym_nn::on_workers(run)?
+        } else {
+            run()?
         };
         // The last hidden state is the newest observation token's.
         let last = h
@@ -962,21 +979,7 @@ impl Policy for DtPolicy {
             action: vec![0.0; width],
             timestep,
         });
-        // Products big enough to be shared between threads (the line the vendored candle's
-        // matmul draws) run from rayon's workers, which share each op's work directly instead
-        // of waking the pool and sleeping until it is done, op after op. Below it, the hand-off
-        // to a worker costs more than it saves (a tenth of the paper-size step).
-        let rows = if self.use_cache && self.steps <= k {
-            3
-        } else {
-            3 * self.history.len()
-        };
-        let c = self.model.config.transformer.n_embd;
-        let out = if rows * c * c >= 1 << 22 {
-            dreamgym_nn::on_workers(|| self.predict())?
-        } else {
-            self.predict()?
-        };
+        let out = self.predict()?;
         let action = self.model.spec.action.decode(&out);
         if let (Some(last), Ok(values)) = (
             self.history.last_mut(),
