@@ -175,6 +175,47 @@ struct LstmSeqBackward {
     state: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
 }
 
+/// `dst (+)= lhs · rhs` for `(m, n, k)`, each matrix given as (pointer, column stride, row
+/// stride) in gemm's order; `accumulate` adds to `dst` instead of overwriting it.
+///
+/// # Safety
+/// Every element the shapes and strides address must lie in its allocation, and `dst` must
+/// not overlap `lhs` or `rhs`.
+unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_cs, dst_rs): (*mut f32, isize, isize),
+    accumulate: bool,
+    (lhs, lhs_cs, lhs_rs): (*const f32, isize, isize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    let alpha = if accumulate { 1.0f32 } else { 0.0 };
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            alpha,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 fn parallelism() -> gemm::Parallelism {
     let n = candle_core::utils::get_num_threads();
     if n > 1 {
@@ -236,25 +277,12 @@ impl CustomOp2 for LstmSeq {
                 if step > 0 {
                     // gates[r, :] += h_{t-1}[r, :] @ weight_hh^T
                     unsafe {
-                        gemm::gemm(
-                            g,
-                            h4,
-                            h,
-                            st.as_mut_ptr().add(step * h5 + h),
-                            1,
-                            srow as isize,
+                        gemm_f32(
+                            (g, h4, h),
+                            (st.as_mut_ptr().add(step * h5 + h), 1, srow as isize),
                             true,
-                            hr.as_ptr().add((step - 1) * h),
-                            1,
-                            hrow as isize,
-                            wt.as_ptr(),
-                            1,
-                            ws as isize,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
+                            (hr.as_ptr().add((step - 1) * h), 1, hrow as isize),
+                            (wt.as_ptr(), 1, ws as isize),
                             gemm::Parallelism::None,
                         );
                     }
@@ -381,25 +409,12 @@ impl CustomOp3 for LstmSeqBackward {
                 }
                 unsafe {
                     // dh_{t-1} = dgates_t @ weight_hh   ([g, 4H] x [4H, H])
-                    gemm::gemm(
-                        g,
-                        h,
-                        h4,
-                        dh_next.as_mut_ptr(),
-                        1,
-                        h as isize,
+                    gemm_f32(
+                        (g, h, h4),
+                        (dh_next.as_mut_ptr(), 1, h as isize),
                         false,
-                        d.as_ptr().add(step * h4),
-                        1,
-                        drow as isize,
-                        w.as_ptr(),
-                        1,
-                        h as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
+                        (d.as_ptr().add(step * h4), 1, drow as isize),
+                        (w.as_ptr(), 1, h as isize),
                         gemm::Parallelism::None,
                     );
                 }
@@ -421,25 +436,12 @@ impl CustomOp3 for LstmSeqBackward {
                 p[h..].copy_from_slice(&hr[..(t - 1) * h]);
             }
             unsafe {
-                gemm::gemm(
-                    h4,
-                    h,
-                    b * t,
-                    dw.as_mut_ptr(),
-                    1,
-                    h as isize,
+                gemm_f32(
+                    (h4, h, b * t),
+                    (dw.as_mut_ptr(), 1, h as isize),
                     false,
-                    dproj.as_ptr(),
-                    h4 as isize,
-                    1,
-                    prev.as_ptr(),
-                    1,
-                    h as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
+                    (dproj.as_ptr(), h4 as isize, 1),
+                    (prev.as_ptr(), 1, h as isize),
                     parallelism(),
                 );
             }
