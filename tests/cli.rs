@@ -350,3 +350,112 @@ fn render_writes_the_agents_picture_as_png() {
         "image size",
     );
 }
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn preference_commands_never_write_over_other_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (model, pairs) = (path("model"), path("pairs"));
+    dreamgym_agents::testing::tiny_language_model(0)
+        .unwrap()
+        .save(
+            &dreamgym_agents::RunDir::new(&model)
+                .checkpoint(dreamgym_agents::language::LM_CHECKPOINT),
+            None,
+            serde_json::json!({}),
+        )
+        .unwrap();
+    let o = dreamgym(&[
+        "pairs",
+        "--model",
+        &model,
+        "--out",
+        &pairs,
+        "--count",
+        "2",
+        "--max-turns",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A person's labels, the last one written by an editor that drops the final newline.
+    let labels = dir.path().join("pairs/labels.jsonl");
+    std::fs::write(
+        &labels,
+        "{\"pair\":\"p000000\",\"labeler\":\"alice\",\"choice\":\"a\",\"left\":null,\"seconds\":1.0,\"timestamp\":1.0}\n\
+         {\"pair\":\"p000001\",\"labeler\":\"alice\",\"choice\":\"b\",\"left\":null,\"seconds\":1.0,\"timestamp\":2.0}",
+    )
+    .unwrap();
+    let o = dreamgym(&["labels", "stats", &pairs]);
+    assert!(text(&o).contains("2 labels in effect"), "{}", text(&o));
+    let (model_files, pairs_files) = (snapshot(Path::new(&model)), snapshot(Path::new(&pairs)));
+
+    // rlhf into the start model's folder, dpo into the pairs folder: refused, nothing written.
+    let quick = ["--eval-episodes", "0", "--steps", "1"];
+    let mut args = vec![
+        "rlhf", "--model", &model, "--pairs", &pairs, "--out", &model,
+    ];
+    args.extend(["--rm-steps", "1", "--prompts", "1", "--k", "2"]);
+    args.extend(quick);
+    assert_clean_error(&dreamgym(&args), "already holds");
+    let mut args = vec!["dpo", "--model", &model, "--pairs", &pairs, "--out", &pairs];
+    args.extend(quick);
+    assert_clean_error(&dreamgym(&args), "already holds");
+    // The same pairs folder twice would count its labels twice.
+    let mut args = vec![
+        "dpo", "--model", &model, "--pairs", &pairs, "--pairs", &pairs,
+    ];
+    let dpo_out = path("dpo");
+    args.extend(["--out", &dpo_out]);
+    args.extend(quick);
+    assert_clean_error(&dreamgym(&args), "same folder twice");
+    // A learning rate that would leave NaN weights is refused before anything trains.
+    let mut args = vec![
+        "dpo", "--model", &model, "--pairs", &pairs, "--out", &dpo_out,
+    ];
+    args.extend(["--lr", "1e30"]);
+    args.extend(quick);
+    assert_clean_error(&dreamgym(&args), "--lr must be in (0, 1]");
+    assert!(!Path::new(&dpo_out).exists());
+    assert_eq!(snapshot(Path::new(&model)), model_files);
+    assert_eq!(snapshot(Path::new(&pairs)), pairs_files);
+
+    // A run of its own, in a new folder: written; run again, refused by its own checkpoint
+    // only when the training differs.
+    let mut args = vec![
+        "dpo", "--model", &model, "--pairs", &pairs, "--out", &dpo_out,
+    ];
+    args.extend(["--batch-size", "2"]);
+    args.extend(quick);
+    let o = dreamgym(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(Path::new(&dpo_out).join("lm.safetensors").exists());
+    let o = dreamgym(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    // The verifier needs prompts, not labels.
+    std::fs::remove_file(&labels).unwrap();
+    let rloo = path("rloo");
+    let mut args = vec!["rlhf", "--model", &model, "--pairs", &pairs, "--out", &rloo];
+    args.extend(["--reward", "verifier", "--prompts", "1", "--k", "2"]);
+    args.extend(quick);
+    let o = dreamgym(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(Path::new(&rloo).join("lm.safetensors").exists());
+}

@@ -742,10 +742,12 @@ pub fn train_dpo(
         if let (Some(c), Some(csv)) = (checkpoint, metrics.as_mut())
             && ((step + 1) % c.every.max(1) == 0 || step + 1 == cfg.steps)
         {
+            ensure_finite_weights(policy.varmap(), "DPO", step + 1)?;
             c.save(policy, &opt, csv, step + 1)?;
         }
     }
     progress.end();
+    ensure_finite_weights(policy.varmap(), "DPO", cfg.steps)?;
     Ok(log)
 }
 
@@ -777,8 +779,13 @@ pub fn labeled_pairs(log: &LabelLog) -> BTreeSet<String> {
 }
 
 /// AdamW without weight decay over every variable of `varmap` (in name order, so that runs
-/// repeat): the optimiser of DPO, the reward model and RLOO.
+/// repeat): the optimiser of DPO, the reward model and RLOO. The learning rate must be in
+/// (0, 1]: Adam's steps are about `lr` per weight, and above 1 a model is noise at once.
 pub(crate) fn adam(varmap: &candle_nn::VarMap, lr: f64) -> anyhow::Result<dreamgym_nn::Adam> {
+    anyhow::ensure!(
+        lr.is_finite() && lr > 0.0 && lr <= 1.0,
+        "the learning rate must be in (0, 1], got {lr}"
+    );
     Ok(dreamgym_nn::Adam::new(
         dreamgym_nn::sorted_vars(varmap),
         dreamgym_nn::AdamConfig {
@@ -787,6 +794,28 @@ pub(crate) fn adam(varmap: &candle_nn::VarMap, lr: f64) -> anyhow::Result<dreamg
             ..Default::default()
         },
     )?)
+}
+
+/// An error when a weight of `varmap` is NaN or infinite: training diverged (each step's loss
+/// is checked, but the last step's update is not), and such a model must not be saved.
+pub(crate) fn ensure_finite_weights(
+    varmap: &candle_nn::VarMap,
+    what: &str,
+    steps: usize,
+) -> anyhow::Result<()> {
+    for var in varmap.all_vars() {
+        let sum = var
+            .as_tensor()
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?;
+        let sum = sum.to_scalar::<f64>()?;
+        anyhow::ensure!(
+            sum.is_finite(),
+            "{what} diverged: its weights hold NaN or infinite values after {steps} steps (a \
+             learning rate too high?); nothing was saved"
+        );
+    }
+    Ok(())
 }
 
 /// The error of a training loop stopped by the user after `step` steps (nothing saved).
@@ -852,6 +881,24 @@ mod tests {
             max_turns: 2,
             distinct_attempts: 1,
         }
+    }
+
+    #[test]
+    fn learning_rates_above_one_and_diverged_weights_are_refused() {
+        let m = model();
+        assert!(adam(m.varmap(), 2.0).is_err());
+        assert!(adam(m.varmap(), f64::NAN).is_err());
+        assert!(adam(m.varmap(), 1e-3).is_ok());
+        ensure_finite_weights(m.varmap(), "DPO", 3).unwrap();
+        let var = m.varmap().all_vars()[0].clone();
+        var.set(&(var.as_tensor() * f64::NAN).unwrap()).unwrap();
+        let err = ensure_finite_weights(m.varmap(), "DPO", 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DPO diverged") && err.contains("3 steps"),
+            "{err}"
+        );
     }
 
     #[test]

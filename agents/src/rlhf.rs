@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::Progress;
-use crate::preference::{Epochs, adam, stopped};
+use crate::preference::{Epochs, adam, ensure_finite_weights, stopped};
 
 /// The reward head's variable in the model's variable map.
 pub const REWARD_HEAD: &str = "reward_head.weight";
@@ -220,6 +220,7 @@ pub fn train_reward_model(
         progress.advance(1);
     }
     progress.end();
+    ensure_finite_weights(rm.lm.varmap(), "the reward model", cfg.steps)?;
     let heldout_accuracy = if heldout.is_empty() {
         None
     } else {
@@ -454,6 +455,7 @@ pub fn train_rloo(
         progress.advance(1);
     }
     progress.end();
+    ensure_finite_weights(policy.varmap(), "RLOO", cfg.steps)?;
     Ok(log)
 }
 

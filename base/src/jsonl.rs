@@ -31,7 +31,9 @@ pub enum JsonlError {
 /// Appends records to a JSON-lines file. Each [`append`](Self::append) writes one whole line
 /// and fsyncs it before returning, so a record reported written survives a crash. A file that
 /// ends in a torn line (a crash mid-write) is repaired on open by cutting the torn tail, so the
-/// next record starts on a line of its own.
+/// next record starts on a line of its own. A last line that is a whole JSON value but lacks
+/// its newline (written by hand, or by an editor that drops the final newline) is not torn: it
+/// is kept, and completed with the newline.
 pub struct JsonlWriter {
     file: File,
     path: PathBuf,
@@ -52,16 +54,18 @@ impl JsonlWriter {
             .open(path)
             .map_err(|e| IoError::new("cannot open", path, e))?;
         let bytes = std::fs::read(path).map_err(|e| IoError::new("cannot read", path, e))?;
-        if let Some(last) = bytes
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map(|i| i + 1)
-            .or(Some(0))
-            && last < bytes.len()
-        {
-            // A torn last record: cut it (it was never reported written).
-            file.set_len(last as u64)
-                .map_err(|e| IoError::new("cannot repair", path, e))?;
+        let last = complete_len(&bytes);
+        if last < bytes.len() {
+            if is_whole_value(&bytes[last..]) {
+                // A whole record without its newline: complete the line.
+                (&file)
+                    .write_all(b"\n")
+                    .map_err(|e| IoError::new("cannot repair", path, e))?;
+            } else {
+                // A torn last record: cut it (it was never reported written).
+                file.set_len(last as u64)
+                    .map_err(|e| IoError::new("cannot repair", path, e))?;
+            }
             file.sync_all()
                 .map_err(|e| IoError::new("cannot sync", path, e))?;
         }
@@ -101,8 +105,21 @@ impl JsonlWriter {
     }
 }
 
+/// The length of `bytes` up to the end of its last line that ends in a newline.
+fn complete_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// Whether a last line with no newline is one whole JSON value (a record whose newline is
+/// missing) rather than a torn one: a strict prefix of a JSON object is never a whole value.
+fn is_whole_value(tail: &[u8]) -> bool {
+    !tail.iter().all(u8::is_ascii_whitespace)
+        && serde_json::from_slice::<serde::de::IgnoredAny>(tail).is_ok()
+}
+
 /// Reads every complete record of a JSON-lines log (a missing file is an empty log). A torn
-/// last line (no newline: a crash mid-write) is ignored; a complete line that does not parse
+/// last line (no newline, not a whole JSON value: a crash mid-write) is ignored; a last line
+/// that is whole but lacks its newline counts as a line; a complete line that does not parse
 /// is an error naming the line.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError> {
     let read = read_jsonl_lenient(path)?;
@@ -125,7 +142,8 @@ pub struct JsonlRead<T> {
     pub lines: Vec<usize>,
     /// Complete lines that do not parse: (1-based line number, why).
     pub skipped: Vec<(usize, String)>,
-    /// Bytes of a torn last line (no newline: a crash mid-write), dropped; 0 when none.
+    /// Bytes of a torn last line (no newline and not a whole JSON value: a crash mid-write),
+    /// dropped; 0 when none.
     pub torn_bytes: usize,
 }
 
@@ -138,7 +156,10 @@ pub fn read_jsonl_lenient<T: DeserializeOwned>(path: &Path) -> Result<JsonlRead<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(IoError::new("cannot read", path, e).into()),
     };
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut complete = complete_len(&bytes);
+    if complete < bytes.len() && is_whole_value(&bytes[complete..]) {
+        complete = bytes.len();
+    }
     let mut read = JsonlRead {
         records: Vec::new(),
         lines: Vec::new(),
@@ -207,6 +228,38 @@ mod tests {
         .unwrap();
         let read: Vec<Label> = read_jsonl(&path).unwrap();
         assert_eq!(read.iter().map(|l| l.pair).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_whole_last_record_without_its_newline_is_kept_and_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.jsonl");
+        // As an editor that drops the final newline leaves a hand-written label.
+        std::fs::write(
+            &path,
+            "{\"pair\":1,\"choice\":\"a\"}\n{\"pair\":2,\"choice\":\"b\"}",
+        )
+        .unwrap();
+        let read: JsonlRead<Label> = read_jsonl_lenient(&path).unwrap();
+        assert_eq!(read.records.len(), 2);
+        assert_eq!(read.lines, [1, 2]);
+        assert_eq!(read.torn_bytes, 0);
+        let mut w = JsonlWriter::open(&path).unwrap();
+        w.append(&Label {
+            pair: 3,
+            choice: "equal".into(),
+        })
+        .unwrap();
+        let read: Vec<Label> = read_jsonl(&path).unwrap();
+        assert_eq!(read.iter().map(|l| l.pair).collect::<Vec<_>>(), [1, 2, 3]);
+        // A strict prefix of that record is torn, not whole.
+        std::fs::write(
+            &path,
+            "{\"pair\":1,\"choice\":\"a\"}\n{\"pair\":2,\"choice\":\"b\"",
+        )
+        .unwrap();
+        let read: JsonlRead<Label> = read_jsonl_lenient(&path).unwrap();
+        assert_eq!((read.records.len(), read.torn_bytes), (1, 22));
     }
 
     #[test]

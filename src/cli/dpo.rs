@@ -59,6 +59,16 @@ pub struct Args {
     eval_seed: u64,
 }
 
+/// What a `dpo` run folder holds: the model's checkpoint, its metrics and TensorBoard files.
+const DPO_RUN_FILES: [&str; 6] = [
+    "lm.json",
+    "lm.safetensors",
+    "lm.optimizer.safetensors",
+    "lm.tokenizer.json",
+    "metrics",
+    "tb",
+];
+
 /// An env id and its config.
 pub(crate) type EnvSpec = (String, serde_json::Value);
 
@@ -88,6 +98,16 @@ pub(crate) fn load_preferences(dirs: &[PathBuf]) -> anyhow::Result<(Vec<TextPref
     // Preferences came from at least one folder, so its env is known.
     let env = env.ok_or_else(|| anyhow::anyhow!("no pairs folder given"))?;
     Ok((prefs, env))
+}
+
+/// The env the first of `dirs` was made in (every folder must be a pairs folder).
+pub(crate) fn pairs_env(dirs: &[PathBuf]) -> anyhow::Result<EnvSpec> {
+    let mut env = None;
+    for dir in dirs {
+        let (meta, _) = read_pairs(dir)?;
+        env.get_or_insert((meta.env, meta.env_config));
+    }
+    env.ok_or_else(|| anyhow::anyhow!("no pairs folder given"))
 }
 
 /// Evaluates a fine-tuned model on the language splits of `env`.
@@ -135,19 +155,22 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     };
     cfg.loss.validate()?;
     anyhow::ensure!(
-        args.lr.is_finite() && args.lr > 0.0,
-        "--lr must be positive"
+        args.lr.is_finite() && args.lr > 0.0 && args.lr <= 1.0,
+        "--lr must be in (0, 1]"
     );
     anyhow::ensure!(
         (1..=1_000_000).contains(&args.steps) && (1..=4096).contains(&args.batch_size),
         "--steps must be in 1..=1000000 and --batch-size in 1..=4096"
     );
+    super::distinct_folders(&args.pairs)?;
     let (prefs, env) = load_preferences(&args.pairs)?;
     let policy = load_language_model(&args.model)?;
     let reference = load_language_model(&args.model)?;
     let pairs = tokenize_preferences(&policy, &prefs)?;
+    // A DPO run of its own to resume (the checkpoint says whether it is this training), or a
+    // new folder: never another run's, the start model's or a pairs folder.
+    super::run_folder(&args.out, "dpo", &DPO_RUN_FILES)?;
     let run = RunDir::new(&args.out);
-    std::fs::create_dir_all(run.root())?;
     let progress = super::CliProgress::new();
     let started = std::time::Instant::now();
     let made_from = serde_json::json!({

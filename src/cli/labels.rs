@@ -84,7 +84,17 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Stats { pairs } => {
             let (_, records) = read_pairs(&pairs)?;
             let log = open_log(&pairs, false)?;
-            let effect = log.in_effect();
+            let mut effect = log.in_effect();
+            let ids: std::collections::BTreeSet<&str> =
+                records.iter().map(|r| r.id.as_str()).collect();
+            let before = effect.len();
+            effect.retain(|(pair, _), _| ids.contains(pair.as_str()));
+            if effect.len() < before {
+                eprintln!(
+                    "note: {} labels name pairs this folder does not have; left out",
+                    before - effect.len()
+                );
+            }
             let s = label_stats(&effect);
             println!(
                 "{} pairs, {} labels in effect ({} records)",
@@ -185,9 +195,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                lines.push(serde_json::from_str(line).map_err(|e| {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
                     anyhow::anyhow!("{} line {}: not JSON: {e}", file.display(), i + 1)
-                })?);
+                })?;
+                // Every line is checked before any label is written.
+                dreamgym_agents::preference::from_trl(&v)
+                    .map_err(|e| anyhow::anyhow!("{} line {}: {e}", file.display(), i + 1))?;
+                lines.push(v);
             }
             let (labels, unmatched) = import_trl(&records, &lines, &labeler)?;
             let mut log = open_log(&pairs, true)?;

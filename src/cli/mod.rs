@@ -191,3 +191,72 @@ pub struct NoViewer {
 pub(crate) fn parse_overrides(pairs: &[String]) -> anyhow::Result<Option<serde_json::Value>> {
     Ok(dreamgym_envs::parse_overrides(pairs)?)
 }
+
+/// Makes `out` the folder of a run that `command` writes, refusing a folder that holds
+/// anything else: `allowed` names what `command` itself may have left there (a run to resume
+/// or its own partial outputs). A path that is a file, or a folder with other entries, is
+/// an error that names it, before anything is written.
+pub(crate) fn run_folder(
+    out: &std::path::Path,
+    command: &str,
+    allowed: &[&str],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match std::fs::metadata(out) {
+        Ok(m) if !m.is_dir() => anyhow::bail!(
+            "{} exists and is not a folder: `dreamgym {command} --out` names a folder for the run",
+            out.display()
+        ),
+        Ok(_) => {
+            let entries = std::fs::read_dir(out)
+                .with_context(|| format!("cannot read the folder {}", out.display()))?;
+            let mut others = Vec::new();
+            for e in entries {
+                let name = e
+                    .with_context(|| format!("cannot read the folder {}", out.display()))?
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                // Hidden names are the atomic writer's temporaries (`.lm.json.tmp-<pid>`).
+                if !name.starts_with('.') && !allowed.contains(&name.as_str()) {
+                    others.push(name);
+                }
+            }
+            others.sort();
+            anyhow::ensure!(
+                others.is_empty(),
+                "{} already holds {} that `dreamgym {command}` did not write: choose a new \
+                 folder for the run, or delete that one",
+                out.display(),
+                others
+                    .iter()
+                    .take(4)
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if others.len() > 4 { ", ..." } else { "" }
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", out.display())),
+    }
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the folder {}", out.display()))
+}
+
+/// `--pairs` folders, each once: the same folder twice (however spelled) would count its
+/// preferences twice.
+pub(crate) fn distinct_folders(dirs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeMap::new();
+    for d in dirs {
+        let key = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        if let Some(first) = seen.insert(key, d) {
+            anyhow::bail!(
+                "--pairs names the same folder twice ({} and {}): its labels would count twice",
+                first.display(),
+                d.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -83,7 +83,10 @@ pub struct Args {
 
 pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     for (name, v) in [("--rm-lr", args.rm_lr), ("--lr", args.lr)] {
-        anyhow::ensure!(v.is_finite() && v > 0.0, "{name} must be positive");
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0 && v <= 1.0,
+            "{name} must be in (0, 1]"
+        );
     }
     anyhow::ensure!(
         (1..=1_000_000).contains(&args.rm_steps) && (1..=1_000_000).contains(&args.steps),
@@ -97,15 +100,32 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         args.temperature.is_finite() && args.temperature > 0.0,
         "--temperature must be above 0"
     );
-    let (prefs, env) = super::dpo::load_preferences(&args.pairs)?;
+    super::distinct_folders(&args.pairs)?;
+    let (prefs, env) = match args.reward {
+        Reward::Model => super::dpo::load_preferences(&args.pairs)?,
+        // The verifier scores answers itself: the pairs give prompts, labels or not.
+        Reward::Verifier => (Vec::new(), super::dpo::pairs_env(&args.pairs)?),
+    };
     let progress = super::CliProgress::new();
-    let run = RunDir::new(&args.out);
-    std::fs::create_dir_all(run.root())?;
-
-    // RLOO starts from the labels' prompts.
     let policy = load_language_model(&args.model)?;
     let reference = load_language_model(&args.model)?;
-    let mut prompts: Vec<String> = prefs.iter().map(|p| policy.prompt(&p.prompt)).collect();
+    // rlhf does not resume: a new (or empty) folder, never another run's or the start model's.
+    super::run_folder(&args.out, "rlhf", &[])?;
+    let run = RunDir::new(&args.out);
+
+    // RLOO starts from the labels' prompts (with the verifier: every pair's).
+    let mut prompts: Vec<String> = match args.reward {
+        Reward::Model => prefs.iter().map(|p| policy.prompt(&p.prompt)).collect(),
+        Reward::Verifier => {
+            let mut all = Vec::new();
+            for dir in &args.pairs {
+                let (_, records) = read_pairs(dir)?;
+                all.extend(records.iter().map(|r| policy.prompt(r.prompt())));
+            }
+            anyhow::ensure!(!all.is_empty(), "the pairs folders hold no pairs");
+            all
+        }
+    };
     prompts.sort();
     prompts.dedup();
     let cfg = RlooConfig {
