@@ -201,6 +201,41 @@ fn bad_input_gets_a_clear_error() {
         &dreamgym(&["run", dir.path().join("none.toml").to_str().unwrap()]),
         "cannot read experiment config",
     );
+    // Settings a command fixes itself are refused, not silently replaced.
+    assert_clean_error(
+        &dreamgym(&[
+            "eval-language",
+            "--policy",
+            "expert",
+            "--set",
+            "split=train",
+        ]),
+        "the splits come from --split",
+    );
+    assert_clean_error(
+        &dreamgym(&[
+            "pairs",
+            "--model",
+            "m",
+            "--out",
+            out,
+            "--set",
+            "mode=control",
+        ]),
+        "language mode",
+    );
+    assert_clean_error(
+        &dreamgym(&[
+            "pairs",
+            "--model",
+            "m",
+            "--out",
+            out,
+            "--env",
+            "CartPole-v0",
+        ]),
+        "pairs need an env with a language mode",
+    );
 }
 
 #[test]

@@ -42,6 +42,22 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Each split once, in the order given.
+    let mut splits_once = Vec::new();
+    for s in splits {
+        if !splits_once.contains(&s) {
+            splits_once.push(s);
+        }
+    }
+    let splits = splits_once;
+    for kv in &args.set {
+        let key = kv.split('=').next().unwrap_or("").trim();
+        anyhow::ensure!(
+            key != "split" && key != "mode",
+            "--set {kv}: eval-language sets `{key}` itself (the splits come from --split; the \
+             mode is always `language`)"
+        );
+    }
     let mut set = args.set.clone();
     set.push("mode=language".into());
     let overrides = super::parse_overrides(&set)?.unwrap_or_default();
