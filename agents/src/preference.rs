@@ -183,17 +183,36 @@ pub fn collect_pairs(
         seed: cfg.seed,
         distinct_attempts: cfg.distinct_attempts,
     };
+    anyhow::ensure!(
+        cfg.seed.checked_add(cfg.count as u64).is_some(),
+        "the env seeds {} + 0..{} go past the largest seed (2^64 - 1)",
+        cfg.seed,
+        cfg.count
+    );
     let meta_path = dir.join(PAIRS_META);
     let mut pairs = if meta_path.exists() {
         let (old, pairs) = read_pairs(dir)?;
-        anyhow::ensure!(
-            old == meta,
-            "{} holds pairs made otherwise ({} from {}, seed {}): use another folder",
-            dir.display(),
-            old.env,
-            old.model,
-            old.seed
-        );
+        if old != meta {
+            let (a, b) = (serde_json::to_value(&old)?, serde_json::to_value(&meta)?);
+            let differ: Vec<String> = b
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| a.get(k.as_str()) != Some(*v))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: {} there, {v} now",
+                        a.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "{} holds pairs made otherwise ({}): use another folder, or the same settings \
+                 to go on",
+                dir.display(),
+                differ.join("; ")
+            );
+        }
         pairs
     } else {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -980,18 +999,34 @@ mod tests {
         // Another seed into the same folder is refused; so is greedy decoding.
         let mut other = pairs_config(3);
         other.seed = 9;
-        assert!(
-            collect_pairs(
-                m.clone(),
-                "tiny",
-                &registry,
-                ("Tabletop-v0", &config),
-                &other,
-                dir.path(),
-                &quiet
-            )
-            .is_err()
-        );
+        let err = collect_pairs(
+            m.clone(),
+            "tiny",
+            &registry,
+            ("Tabletop-v0", &config),
+            &other,
+            dir.path(),
+            &quiet,
+        )
+        .unwrap_err()
+        .to_string();
+        // The error says which setting differs.
+        assert!(err.contains("seed: 5 there, 9 now"), "{err}");
+        // Seeds past 2^64 - 1 are refused, not wrapped around.
+        let mut far = pairs_config(3);
+        far.seed = u64::MAX - 1;
+        let err = collect_pairs(
+            m.clone(),
+            "tiny",
+            &registry,
+            ("Tabletop-v0", &config),
+            &far,
+            dir.path(),
+            &quiet,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("largest seed"), "{err}");
         let mut greedy = pairs_config(3);
         greedy.sampling.temperature = 0.0;
         assert!(
