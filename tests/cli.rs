@@ -201,7 +201,18 @@ fn bad_input_gets_a_clear_error() {
         &dreamgym(&["run", dir.path().join("none.toml").to_str().unwrap()]),
         "cannot read experiment config",
     );
-    // Settings a command fixes itself are refused, not silently replaced.
+    // Settings a command fixes itself are refused, not silently replaced; pairs need a
+    // language env.
+    let pairs = ["pairs", "--model", "m", "--out", out];
+    for (extra, needle) in [
+        (&["--set", "mode=control"], "language mode"),
+        (
+            &["--env", "CartPole-v0"],
+            "pairs need an env with a language mode",
+        ),
+    ] {
+        assert_clean_error(&dreamgym(&[&pairs[..], &extra[..]].concat()), needle);
+    }
     assert_clean_error(
         &dreamgym(&[
             "eval-language",
@@ -211,30 +222,6 @@ fn bad_input_gets_a_clear_error() {
             "split=train",
         ]),
         "the splits come from --split",
-    );
-    assert_clean_error(
-        &dreamgym(&[
-            "pairs",
-            "--model",
-            "m",
-            "--out",
-            out,
-            "--set",
-            "mode=control",
-        ]),
-        "language mode",
-    );
-    assert_clean_error(
-        &dreamgym(&[
-            "pairs",
-            "--model",
-            "m",
-            "--out",
-            out,
-            "--env",
-            "CartPole-v0",
-        ]),
-        "pairs need an env with a language mode",
     );
 }
 
