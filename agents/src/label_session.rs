@@ -225,6 +225,7 @@ mod tests {
             sampling: Sampling::default(),
             seed: 0,
             distinct_attempts: 1,
+            edit: false,
         };
         std::fs::write(
             dir.path().join(PAIRS_META),

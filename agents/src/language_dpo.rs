@@ -118,6 +118,9 @@ pub struct PairSettings {
     /// to spend, and the rest are kept unlabeled. A pair with the same first action twice
     /// teaches DPO nothing, so this spends every label on a possible preference.
     pub label_distinct_only: bool,
+    /// Episode B's first action is A's with one decision changed, not a sample
+    /// (`PairsConfig::edit`): answers the model does not sample get into the pairs.
+    pub edit: bool,
 }
 
 /// With `label_distinct_only`, the most pairs a round samples per label it spends.
@@ -131,6 +134,7 @@ impl Default for PairSettings {
             max_turns: 8,
             distinct_attempts: 8,
             label_distinct_only: false,
+            edit: false,
         }
     }
 }
@@ -431,6 +435,7 @@ pub fn run_language_dpo(
                 },
                 max_turns: stage.pairs.max_turns,
                 distinct_attempts: stage.pairs.distinct_attempts,
+                edit: stage.pairs.edit,
             };
             let records = collect_pairs(
                 current.clone(),
@@ -881,7 +886,7 @@ fn write_report(
         String::from("# Language controller: preference fine-tuning (DPO rounds, RLHF)\n\n");
     md.push_str(&format!(
         "Start model and reference: `{}` ({start_fp}). Pairs: two episodes sampled (temperature \
-         {}, B's first action drawn up to {} times until it differs from A's) from one start \
+         {}, {}) from one start \
          state of {} (`{}`), new env seeds each round from {}. Labels: the synthetic labeler \
          (Bradley–Terry over the verifier's progress, temperature {}, flip rate {}: its own \
          accuracy ceiling is {:.0}%; equal progress labeled equal). DPO each round from the \
@@ -890,7 +895,14 @@ fn write_report(
          execution.\n\n",
         stage.model.display(),
         stage.pairs.temperature,
-        stage.pairs.distinct_attempts,
+        if stage.pairs.edit {
+            "B's first action A's with one decision changed where A's parses".to_string()
+        } else {
+            format!(
+                "B's first action drawn up to {} times until it differs from A's",
+                stage.pairs.distinct_attempts
+            )
+        },
         stage.env,
         stage.env_config,
         stage.seed,

@@ -111,6 +111,10 @@ pub struct PairsMeta {
     /// sampled once, as in folders made before this setting).
     #[serde(default = "one")]
     pub distinct_attempts: usize,
+    /// Episode B's first action is episode A's with one decision changed
+    /// ([`PairsConfig::edit`]); absent (false) in folders made before this setting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edit: bool,
 }
 
 fn one() -> usize {
@@ -132,6 +136,13 @@ pub struct PairsConfig {
     /// own, until it differs from A's: a pair whose first actions are the same says nothing
     /// about which action is better. 1 samples once.
     pub distinct_attempts: usize,
+    /// Episode B's first action is episode A's with one slot of one command changed to
+    /// another value the table offers (Tabletop's action language: another object, zone,
+    /// relation or direction; [`one_slot_edits`]), drawn uniformly, instead of a sample: an
+    /// answer one decision away from the model's own, which sampling may never reach (the
+    /// model's support is all DPO can re-rank). Where A's first action does not parse or has
+    /// nothing to change, B is sampled as without it. The rest of B's episode is the model's.
+    pub edit: bool,
 }
 
 /// Reads a pairs folder: its meta and every complete pair (a torn last line from a crash is
@@ -182,6 +193,7 @@ pub fn collect_pairs(
         sampling: cfg.sampling,
         seed: cfg.seed,
         distinct_attempts: cfg.distinct_attempts,
+        edit: cfg.edit,
     };
     anyhow::ensure!(
         cfg.seed.checked_add(cfg.count as u64).is_some(),
@@ -254,7 +266,15 @@ pub fn collect_pairs(
                 ),
             }
             let mut sample_seed = derive_seed(seed, "pair side", side);
-            if side == 1 {
+            let edited = if side == 1 && cfg.edit {
+                sides.first().and_then(|a: &PairSide| {
+                    let first = a.turns.first()?;
+                    edit_first_action(&first.observation, &first.action, seed)
+                })
+            } else {
+                None
+            };
+            if side == 1 && edited.is_none() {
                 // B's first action: the first of up to `distinct_attempts` samples that differs
                 // from A's (the last one drawn when none does). Sampling is seeded, so the
                 // episode below writes that same action first.
@@ -280,6 +300,7 @@ pub fn collect_pairs(
                 obs,
                 sample_seed,
                 cfg.max_turns,
+                edited,
             )?);
         }
         let text = |k: &str| {
@@ -309,20 +330,41 @@ pub fn collect_pairs(
     Ok(pairs)
 }
 
-/// Runs one episode of a pair.
+/// Episode B's first action under [`PairsConfig::edit`]: `action` (A's, on `observation`)
+/// with one slot changed, drawn with a seed of the pair; `None` when the observation is not
+/// Tabletop's or the action does not parse or has nothing to change.
+fn edit_first_action(observation: &str, action: &str, seed: u64) -> Option<String> {
+    use dreamgym_envs::builtin::tabletop;
+    use rand::{RngExt, SeedableRng};
+    let (_, scene) = tabletop::parse_observation(observation)?;
+    let program = tabletop::parse_program(action).ok()?;
+    let edits = tabletop::one_slot_edits(&program, &scene);
+    if edits.is_empty() {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(seed, "pair side b edit", 0));
+    let pick = rng.random_range(0..edits.len());
+    Some(tabletop::format_program(&edits[pick]))
+}
+
+/// Runs one episode of a pair (its first action `first` when given, else the policy's).
 fn run_side(
     e: &mut dyn dreamgym_envs::Env,
     policy: &mut LanguagePolicy,
     mut obs: dreamgym_envs::Value,
     sample_seed: u64,
     max_turns: usize,
+    mut first: Option<String>,
 ) -> anyhow::Result<PairSide> {
     let mut turns = Vec::new();
     let mut success = false;
     let mut progress = 0.0;
     for _ in 0..max_turns {
         let observation = observation_text(&obs).unwrap_or("").to_string();
-        let action = policy.act(&obs)?;
+        let action = match first.take() {
+            Some(text) => dreamgym_envs::Value::Text(text),
+            None => policy.act(&obs)?,
+        };
         let step = e.step(&action)?;
         turns.push(Turn {
             observation,
@@ -890,6 +932,7 @@ mod tests {
 
     fn pairs_config(count: usize) -> PairsConfig {
         PairsConfig {
+            edit: false,
             count,
             seed: 5,
             sampling: Sampling {
@@ -900,6 +943,39 @@ mod tests {
             max_turns: 2,
             distinct_attempts: 1,
         }
+    }
+
+    #[test]
+    fn an_edited_first_action_changes_one_decision_and_repeats_for_its_seed() {
+        use dreamgym_envs::builtin::tabletop;
+        let registry = Registry::with_builtins();
+        let config = serde_json::json!({ "mode": "language" });
+        let mut e = registry.make("Tabletop-v0", Some(&config)).unwrap();
+        let (obs, _) = e.reset(Some(3), &Info::new()).unwrap();
+        let text = observation_text(&obs).unwrap().to_string();
+        let (_, scene) = tabletop::parse_observation(&text).unwrap();
+        let (object, zone) = (scene.objects[0].0, scene.zones[0].0);
+        let action = format!("push the {object} into the {} zone", zone.name());
+        let edited = edit_first_action(&text, &action, 7).unwrap();
+        assert_eq!(
+            edit_first_action(&text, &action, 7).as_deref(),
+            Some(&*edited)
+        );
+        let program = tabletop::parse_program(&action).unwrap();
+        let all: Vec<String> = tabletop::one_slot_edits(&program, &scene)
+            .iter()
+            .map(|p| tabletop::format_program(p))
+            .collect();
+        assert!(all.contains(&edited), "{edited} is not among {all:?}");
+        assert_ne!(edited, tabletop::format_program(&program));
+        // Other seeds reach other edits.
+        let seen: BTreeSet<String> = (0..40)
+            .filter_map(|s| edit_first_action(&text, &action, s))
+            .collect();
+        assert!(seen.len() > 1);
+        // Nothing to edit: an action that does not parse, or `done`.
+        assert_eq!(edit_first_action(&text, "push the the", 7), None);
+        assert_eq!(edit_first_action(&text, "done", 7), None);
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct Args {
     /// the same first action on both sides teaches DPO nothing).
     #[arg(long, default_value_t = 8)]
     distinct_attempts: usize,
+    /// Episode B's first action is A's with one decision changed (another object, zone,
+    /// relation or direction on the table) instead of a sample: answers the model never
+    /// samples get into the pairs (B is sampled where A's action does not parse)
+    #[arg(long)]
+    edit: bool,
     /// Env config overrides, `key=value` (repeatable); `mode=language` is always set.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -90,6 +95,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         },
         max_turns: args.max_turns,
         distinct_attempts: args.distinct_attempts,
+        edit: args.edit,
     };
     let progress = super::CliProgress::new();
     let pairs = collect_pairs(

@@ -833,8 +833,143 @@ pub fn is_complete_program(text: &str) -> bool {
     parse_program(text).is_ok_and(|p| !p.is_empty())
 }
 
+/// Every program that differs from `program` in one slot of one command, with values the
+/// scene offers: the pushed object (another object on the table), a zone (another zone on the
+/// table), a relation (another of the four) or its reference object, or a direction (another
+/// of the four). Distances, points, selectors and `done` are left as they are. Used to propose
+/// the other side of a preference pair (`dreamgym pairs --edit`): an answer one decision away
+/// from the model's own, which sampling may never reach.
+pub fn one_slot_edits(
+    program: &[Command],
+    scene: &super::instruction::SceneState,
+) -> Vec<Vec<Command>> {
+    let objects: Vec<ObjectRef> = scene.objects.iter().map(|(o, _)| *o).collect();
+    let zones: Vec<Colour> = scene.zones.iter().map(|(c, _)| *c).collect();
+    let mut out = Vec::new();
+    for (i, command) in program.iter().enumerate() {
+        let mut alternatives: Vec<Command> = Vec::new();
+        let other_objects = |subject: &Subject| -> Vec<Subject> {
+            match subject {
+                Subject::Named(o) => objects
+                    .iter()
+                    .filter(|x| *x != o)
+                    .map(|x| Subject::Named(*x))
+                    .collect(),
+                Subject::Selected(_) => Vec::new(),
+            }
+        };
+        match *command {
+            Command::Push { object, to } => {
+                for o in other_objects(&object) {
+                    alternatives.push(Command::Push { object: o, to });
+                }
+                match to {
+                    Place::Zone(c) => {
+                        for z in zones.iter().filter(|z| **z != c) {
+                            alternatives.push(Command::Push {
+                                object,
+                                to: Place::Zone(*z),
+                            });
+                        }
+                    }
+                    Place::Relation(r, reference) => {
+                        for q in Relation::ALL.into_iter().filter(|q| *q != r) {
+                            alternatives.push(Command::Push {
+                                object,
+                                to: Place::Relation(q, reference),
+                            });
+                        }
+                        for x in objects.iter().filter(|x| **x != reference) {
+                            alternatives.push(Command::Push {
+                                object,
+                                to: Place::Relation(r, *x),
+                            });
+                        }
+                    }
+                    Place::Point(_) => {}
+                }
+            }
+            Command::PushBy {
+                object,
+                direction,
+                cm,
+            } => {
+                for o in other_objects(&object) {
+                    alternatives.push(Command::PushBy {
+                        object: o,
+                        direction,
+                        cm,
+                    });
+                }
+                for d in Direction::ALL.into_iter().filter(|d| *d != direction) {
+                    alternatives.push(Command::PushBy {
+                        object,
+                        direction: d,
+                        cm,
+                    });
+                }
+            }
+            Command::MoveTo { .. } | Command::Done => {}
+        }
+        for alt in alternatives {
+            let mut edited = program.to_vec();
+            edited[i] = alt;
+            out.push(edited);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_slot_edits_change_one_decision_to_values_the_table_offers() {
+        use super::super::instruction::SceneState;
+        let scene = SceneState {
+            objects: vec![
+                (
+                    ObjectRef {
+                        colour: Colour::Red,
+                        shape: Shape::Cube,
+                    },
+                    [0.0, 0.0],
+                ),
+                (
+                    ObjectRef {
+                        colour: Colour::Blue,
+                        shape: Shape::Ball,
+                    },
+                    [10.0, 0.0],
+                ),
+            ],
+            zones: vec![(Colour::Red, [20.0, 20.0]), (Colour::Blue, [-20.0, 20.0])],
+            pusher: [0.0, -25.0],
+        };
+        let program =
+            parse_program("push red cube left 10 cm; push blue ball to red zone").unwrap();
+        let edits: Vec<String> = one_slot_edits(&program, &scene)
+            .iter()
+            .map(|p| format_program(p))
+            .collect();
+        // First command: the other object, three other directions; second: the other object,
+        // the other zone. The distance is kept.
+        assert_eq!(
+            edits,
+            [
+                "push blue ball left 10 cm; push blue ball to red zone",
+                "push red cube right 10 cm; push blue ball to red zone",
+                "push red cube forward 10 cm; push blue ball to red zone",
+                "push red cube back 10 cm; push blue ball to red zone",
+                "push red cube left 10 cm; push red cube to red zone",
+                "push red cube left 10 cm; push blue ball to blue zone",
+            ]
+        );
+        // Nothing to change in `done`, a point or a selector's subject.
+        let fixed = parse_program("push leftmost object to (3, 4); done").unwrap();
+        assert!(one_slot_edits(&fixed, &scene).is_empty());
+    }
+
     use super::*;
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;

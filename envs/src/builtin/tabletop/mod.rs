@@ -94,7 +94,7 @@ use crate::{
 
 pub use command::{
     Colour, Command, Direction, ObjectRef, ParseError, Place, Relation, Shape, Subject,
-    format_program, parse_bytes, parse_command, parse_program,
+    format_program, one_slot_edits, parse_bytes, parse_command, parse_program,
 };
 pub use instruction::{Family, Goal, Instruction, Reference, SceneState, Split, parse_instruction};
 pub use skills::{CommandOutcome, plan};
