@@ -50,17 +50,11 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         }
     }
     let splits = splits_once;
-    for kv in &args.set {
-        let key = kv.split('=').next().unwrap_or("").trim();
-        anyhow::ensure!(
-            key != "split" && key != "mode",
-            "--set {kv}: eval-language sets `{key}` itself (the splits come from --split; the \
-             mode is always `language`)"
-        );
-    }
-    let mut set = args.set.clone();
-    set.push("mode=language".into());
-    let overrides = super::parse_overrides(&set)?.unwrap_or_default();
+    let overrides = super::language_overrides(
+        &args.set,
+        "eval-language",
+        &[("split", "the splits come from --split")],
+    )?;
     let id = "Tabletop-v0";
     let env = registry.make(id, Some(&overrides))?;
     let mut policy = dreamgym_agents::load_policy(

@@ -192,6 +192,34 @@ pub(crate) fn parse_overrides(pairs: &[String]) -> anyhow::Result<Option<serde_j
     Ok(dreamgym_envs::parse_overrides(pairs)?)
 }
 
+/// The env config of a command that runs an env in its language mode: the `--set` overrides
+/// with `mode = "language"`. A `mode` other than that, or a key in `fixed` (with the reason
+/// the command sets it itself), is refused rather than silently replaced.
+pub(crate) fn language_overrides(
+    set: &[String],
+    command: &str,
+    fixed: &[(&str, &str)],
+) -> anyhow::Result<serde_json::Value> {
+    let mut overrides = parse_overrides(set)?.unwrap_or_else(|| serde_json::json!({}));
+    let map = overrides
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("--set must give key=value pairs"))?;
+    if let Some(mode) = map.get("mode").filter(|m| m.as_str() != Some("language")) {
+        anyhow::bail!(
+            "--set mode={mode}: {command} always runs the env in its language mode \
+             (`mode=language`)"
+        );
+    }
+    for (key, why) in fixed {
+        anyhow::ensure!(
+            !map.contains_key(*key),
+            "--set {key}=...: {command} sets `{key}` itself ({why})"
+        );
+    }
+    map.insert("mode".into(), "language".into());
+    Ok(overrides)
+}
+
 /// Makes `out` the folder of a run that `command` writes, refusing a folder that holds
 /// anything else: `allowed` names what `command` itself may have left there (a run to resume
 /// or its own partial outputs). A path that is a file, or a folder with other entries, is

@@ -64,19 +64,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         args.top_p > 0.0 && args.top_p <= 1.0,
         "--top-p must be in (0, 1]"
     );
-    if let Some(mode) = args
-        .set
-        .iter()
-        .find(|kv| kv.split('=').next().map(str::trim) == Some("mode"))
-    {
-        anyhow::ensure!(
-            mode.split_once('=').map(|(_, v)| v.trim()) == Some("language"),
-            "--set {mode}: pairs always run the env in its language mode (`mode=language`)"
-        );
-    }
-    let mut set = args.set.clone();
-    set.push("mode=language".into());
-    let overrides = super::parse_overrides(&set)?.unwrap_or_default();
+    let overrides = super::language_overrides(&args.set, "pairs", &[])?;
     // The env first: a wrong --env or --set is an error before the model loads.
     registry.make(&args.env, Some(&overrides)).map_err(|e| {
         anyhow::anyhow!(
