@@ -808,7 +808,10 @@ pub fn train_dpo(
         }
     }
     progress.end();
-    ensure_finite_weights(policy.varmap(), "DPO", cfg.steps)?;
+    // With a checkpoint, the last step's save above checked the weights already.
+    if checkpoint.is_none() {
+        ensure_finite_weights(policy.varmap(), "DPO", cfg.steps)?;
+    }
     Ok(log)
 }
 
