@@ -1018,6 +1018,45 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_experiment_parses_validates_and_requires_shipped_files() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(root.join("experiments")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            let exp = parse_experiment(&text, name)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            // The runs that the experiments it requires make.
+            let mut made = Vec::new();
+            for required in &exp.requires {
+                let text = std::fs::read_to_string(root.join(required))
+                    .unwrap_or_else(|e| panic!("{name} requires {required}: {e}"));
+                made.push(format!(
+                    "runs/{}",
+                    parse_experiment(&text, "r").unwrap().name
+                ));
+            }
+            if let Err(e) = exp.validate(&Registry::with_builtins()) {
+                // Refused only for what this checkout lacks: a CUDA build
+                // (world-models-paper.toml) or a run a required experiment makes.
+                let msg = format!("{e:#}");
+                assert!(
+                    msg.contains("this build has no CUDA support")
+                        || made.iter().any(|run| msg.contains(&format!("`{run}`"))),
+                    "{}: {msg}",
+                    path.display()
+                );
+            }
+            seen += 1;
+        }
+        assert!(seen >= 12, "{seen} experiments");
+    }
+
+    #[test]
     fn a_dataset_is_reused_only_when_it_is_what_the_experiment_would_record() {
         let registry = Registry::with_builtins();
         let dir = tempfile::tempdir().unwrap();

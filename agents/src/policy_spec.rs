@@ -298,6 +298,11 @@ pub fn load_policy(
         return load_dt(spec, path, None, observation_space, action_space);
     }
     let (run, controller_path) = if path.is_dir() {
+        anyhow::ensure!(
+            path.join("controller.json").exists(),
+            "policy `{spec}`: the folder holds no trained policy (none of controller.json: World \
+             Models, dt.json: Decision Transformer, lm.json: language model)"
+        );
         (Some(RunDir::new(path)), path.join("controller.json"))
     } else if path.is_file() {
         let dir = path
@@ -412,6 +417,15 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{err:#}").contains("10 state floats"), "{err:#}");
-        let _ = obs;
+        // An empty folder names every kind of trained policy it could have held.
+        let empty = tempfile::tempdir().unwrap();
+        let spec = empty.path().to_str().unwrap();
+        let err = load_policy(spec, "Reacher-v0", &obs, &act, 0)
+            .err()
+            .unwrap();
+        let msg = format!("{err:#}");
+        for name in ["controller.json", "dt.json", "lm.json"] {
+            assert!(msg.contains(name), "{msg}");
+        }
     }
 }
