@@ -14,7 +14,8 @@
 //! Training each round from the start model makes round `r`'s model a function of the labels
 //! gathered so far, so the rounds draw the label-efficiency curve; what the rounds add over
 //! one batch of labels is that each round's pairs come from the model the previous labels
-//! made. Then a reward model is trained on all the labels and RLOO runs against it with a KL
+//! made. With `dpo.from = "previous"` a round trains the previous round's model instead,
+//! against itself as the reference, on its own preferences (ETO's loop). Then a reward model is trained on all the labels and RLOO runs against it with a KL
 //! penalty to the start model (`rlhf/`). The planner and the start model are evaluated on the
 //! same seeds (`baselines.json`). `dpo_report.md` has the table, the label-efficiency figure,
 //! the per-family changes, DPO's metrics per round and the reward model's held-out accuracy.
@@ -139,10 +140,26 @@ impl Default for PairSettings {
     }
 }
 
+/// Which model a round's DPO starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpoStart {
+    /// The start model, against it as the reference, on the preferences of every round so
+    /// far: round `r`'s model is a function of the labels gathered so far (the
+    /// label-efficiency curve).
+    #[default]
+    Start,
+    /// The previous round's model, against it as the reference, on this round's preferences
+    /// only (ETO's own loop: each round improves on the last).
+    Previous,
+}
+
 /// DPO in each round.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DpoSettings {
+    /// The model each round starts from (and its reference).
+    pub from: DpoStart,
     /// The loss and β.
     pub loss: PreferenceLoss,
     /// Passes over the round's preferences: a round trains
@@ -161,6 +178,7 @@ pub struct DpoSettings {
 impl Default for DpoSettings {
     fn default() -> Self {
         Self {
+            from: DpoStart::Start,
             loss: PreferenceLoss {
                 beta: 0.5,
                 ..PreferenceLoss::default()
@@ -469,8 +487,8 @@ pub fn run_language_dpo(
         synth_labels(&to_label, &mut log, &stage.labeler)?;
         // Labels spent so far (fewer than planned when too few pairs differed).
         spent += log.in_effect().len();
-        let (prefs, _) = preferences(&records, &log);
-        all_prefs.extend(prefs);
+        let (prefs_of_round, _) = preferences(&records, &log);
+        all_prefs.extend(prefs_of_round.iter().cloned());
         let mut choices = BTreeMap::new();
         for label in log.in_effect().values() {
             let name = serde_json::to_value(label.choice)?
@@ -493,23 +511,46 @@ pub fn run_language_dpo(
         let out = RunDir::new(run.file(&format!("dpo/round{r}")));
         std::fs::create_dir_all(out.root())
             .with_context(|| format!("cannot create {}", out.root().display()))?;
-        let policy = load()?;
-        let tokens = tokenize_preferences(&policy, &all_prefs)?;
+        // From the start model on every preference so far, or from the previous round's
+        // model (its own reference) on this round's preferences.
+        let (policy, round_reference, trained_on) = match stage.dpo.from {
+            DpoStart::Start => (load()?, reference.clone(), &all_prefs[..]),
+            DpoStart::Previous => {
+                anyhow::ensure!(
+                    !prefs_of_round.is_empty(),
+                    "round {r}: none of its labels prefers one first action to another, and                      dpo.from = \"previous\" trains each round on its own preferences: label                      more, or sample pairs at a higher pairs.temperature"
+                );
+                let previous = if r == 1 {
+                    load()?
+                } else {
+                    load_language_model(Path::new(&current_name))?
+                };
+                (previous, current.clone(), &prefs_of_round[..])
+            }
+        };
+        let tokens = tokenize_preferences(&policy, trained_on)?;
         let dpo = stage.dpo.config(tokens.len());
         let checkpoint = DpoCheckpoint {
             run: &out,
             every: stage.dpo.checkpoint_every,
-            made_from: serde_json::json!({
-                "from": start_fp,
-                "preferences": preferences_fingerprint(&all_prefs),
-                "config": dpo,
-            }),
+            made_from: {
+                // Every preference so far fixes the model a round starts from.
+                let mut made_from = serde_json::json!({
+                    "from": start_fp,
+                    "preferences": preferences_fingerprint(&all_prefs),
+                    "config": dpo,
+                });
+                if stage.dpo.from == DpoStart::Previous {
+                    made_from["from_round"] = serde_json::json!(r - 1);
+                }
+                made_from
+            },
         };
         let t0 = std::time::Instant::now();
         let trained = checkpoint.steps_done()? < dpo.steps;
         let steps = train_dpo(
             &policy,
-            &reference,
+            &round_reference,
             &tokens,
             &dpo,
             Some(&checkpoint),
@@ -889,8 +930,8 @@ fn write_report(
          {}, {}) from one start \
          state of {} (`{}`), new env seeds each round from {}. Labels: the synthetic labeler \
          (Bradley–Terry over the verifier's progress, temperature {}, flip rate {}: its own \
-         accuracy ceiling is {:.0}%; equal progress labeled equal). DPO each round from the \
-         start model on every preference so far: {:?} loss, β {}, {} epochs of batch {}, lr {}. \
+         accuracy ceiling is {:.0}%; equal progress labeled equal). DPO each round {}: {:?} \
+         loss, β {}, {} epochs of batch {}, lr {}. \
          Evaluation: greedy decoding, {} episodes per split from seed {}, with physics \
          execution.\n\n",
         stage.model.display(),
@@ -909,6 +950,11 @@ fn write_report(
         stage.labeler.temperature,
         stage.labeler.flip,
         100.0 * (1.0 - stage.labeler.flip),
+        match stage.dpo.from {
+            DpoStart::Start => "from the start model on every preference so far",
+            DpoStart::Previous =>
+                "from the previous round's model, against it, on the round's own preferences",
+        },
         stage.dpo.loss.kind,
         stage.dpo.loss.beta,
         stage.dpo.epochs,
@@ -1208,6 +1254,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("another start model"), "{err}");
+    }
+
+    #[test]
+    fn rounds_from_the_previous_model_train_it_on_their_own_preferences() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = dir.path().join("start");
+        save_tiny_start(&start, 3);
+        let registry = Registry::with_builtins();
+        let mut stage = tiny_stage(&start);
+        stage.rlhf.enabled = false;
+        let from_start = RunDir::new(dir.path().join("from_start"));
+        let a = run_language_dpo(&stage, &from_start, &registry, &()).unwrap();
+        stage.dpo.from = DpoStart::Previous;
+        let previous = RunDir::new(dir.path().join("previous"));
+        let b = run_language_dpo(&stage, &previous, &registry, &()).unwrap();
+        let crc = |run: &RunDir, r: usize| {
+            let model = RunDir::new(run.file(&format!("dpo/round{r}")));
+            dreamgym_nn::weights_crc32(&model.checkpoint(LM_CHECKPOINT)).unwrap()
+        };
+        // Round 1 starts from the start model either way: the same model.
+        assert_eq!(crc(&from_start, 1), crc(&previous, 1));
+        assert_eq!(a.rounds[1].preferences, b.rounds[1].preferences);
+        // Round 2 trains round 1's model on round 2's preferences only (2 epochs of batch 2:
+        // one step per preference), not the start model on all of them.
+        let own = b.rounds[1].preferences - b.rounds[0].preferences;
+        assert!(own >= 1);
+        assert_eq!(b.rounds[1].steps, own);
+        assert_eq!(a.rounds[1].steps, a.rounds[1].preferences);
+        assert_ne!(crc(&from_start, 2), crc(&previous, 2));
+        let report = std::fs::read_to_string(previous.file(DPO_REPORT)).unwrap();
+        assert!(
+            report.contains("from the previous round's model"),
+            "{report}"
+        );
+        // Run again: kept, nothing trained again.
+        let again = run_language_dpo(&stage, &previous, &registry, &()).unwrap();
+        assert!(again.rounds.iter().all(|r| r.seconds == 0.0));
     }
 
     #[test]
