@@ -427,6 +427,36 @@ fn preference_commands_never_write_over_other_folders() {
     .unwrap();
     let o = dreamgym(&["labels", "stats", &pairs]);
     assert!(text(&o).contains("2 labels in effect"), "{}", text(&o));
+    // Alice's labels exported to TRL's format and imported as Bob's: once, however often the
+    // file is imported; a file that contradicts itself is refused whole.
+    let o = dreamgym(&["labels", "export", &pairs, "--format", "trl"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let trl = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(trl.lines().count(), 2, "{trl}");
+    let trl_file = path("prefs.jsonl");
+    std::fs::write(&trl_file, format!("{trl}{}", trl.lines().next().unwrap())).unwrap();
+    let import = ["labels", "import", &pairs, &trl_file, "--labeler", "bob"];
+    let o = dreamgym(&import);
+    assert!(text(&o).contains("imported 2 labels"), "{}", text(&o));
+    assert!(text(&o).contains("1 lines repeat"), "{}", text(&o));
+    let logged = std::fs::read_to_string(&labels).unwrap();
+    let o = dreamgym(&import);
+    assert!(text(&o).contains("imported 0 labels"), "{}", text(&o));
+    assert!(
+        text(&o).contains("2 were already labeled so"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&labels).unwrap(), logged);
+    let mut flipped: serde_json::Value = serde_json::from_str(trl.lines().next().unwrap()).unwrap();
+    let chosen = flipped["chosen"].take();
+    flipped["chosen"] = flipped["rejected"].take();
+    flipped["rejected"] = chosen;
+    std::fs::write(&trl_file, format!("{trl}{flipped}\n")).unwrap();
+    assert_clean_error(&dreamgym(&import), "lines 1 and 3 prefer opposite sides");
+    assert_eq!(std::fs::read_to_string(&labels).unwrap(), logged);
+    let o = dreamgym(&["labels", "stats", &pairs]);
+    assert!(text(&o).contains("4 labels in effect"), "{}", text(&o));
     let (model_files, pairs_files) = (snapshot(Path::new(&model)), snapshot(Path::new(&pairs)));
 
     // rlhf into the start model's folder, dpo into the pairs folder: refused, nothing written.

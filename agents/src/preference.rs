@@ -12,7 +12,7 @@
 //! share), as ETO pairs trajectories from one instruction: the rest of each episode is the
 //! evidence the labeler judges it by.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -522,18 +522,35 @@ pub fn from_trl(v: &serde_json::Value) -> anyhow::Result<(String, String, String
     Ok((field("prompt")?, field("chosen")?, field("rejected")?))
 }
 
-/// Labels from TRL-format preferences: each line is matched to the pair whose prompt and
-/// first actions it carries, and becomes a label of `labeler` (lines that match no pair are
-/// counted in the second value).
+/// What [`import_trl`] made of a TRL file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrlImport {
+    /// One label of the labeler per pair the file prefers a side of.
+    pub labels: Vec<LabelRecord>,
+    /// Lines that match no pair of the folder.
+    pub unmatched: usize,
+    /// Lines that repeat an earlier line's preference for the same pair.
+    pub repeated: usize,
+}
+
+/// Labels from TRL-format preferences, `(line number, line)`: each line is matched to the pair
+/// whose prompt and first actions it carries, and becomes a label of `labeler`. A line that
+/// repeats an earlier one's preference is counted, not labeled twice; two lines that prefer
+/// opposite sides of one pair are an error naming both (nothing is imported).
 pub fn import_trl(
     pairs: &[PairRecord],
-    lines: &[serde_json::Value],
+    lines: &[(usize, serde_json::Value)],
     labeler: &str,
-) -> anyhow::Result<(Vec<LabelRecord>, usize)> {
-    let mut out = Vec::new();
-    let mut unmatched = 0;
-    for v in lines {
-        let (prompt, chosen, rejected) = from_trl(v)?;
+) -> anyhow::Result<TrlImport> {
+    let mut out = TrlImport {
+        labels: Vec::new(),
+        unmatched: 0,
+        repeated: 0,
+    };
+    // Pair id -> the line that labeled it, and its choice.
+    let mut seen: BTreeMap<&str, (usize, Choice)> = BTreeMap::new();
+    for (line, v) in lines {
+        let (prompt, chosen, rejected) = from_trl(v).with_context(|| format!("line {line}"))?;
         let found = pairs.iter().find_map(|p| {
             let (a, b) = (p.first_action(false), p.first_action(true));
             if p.prompt() != prompt {
@@ -546,19 +563,30 @@ pub fn import_trl(
                 None
             }
         });
-        match found {
-            Some((p, choice)) => out.push(LabelRecord {
-                pair: p.id.clone(),
-                labeler: labeler.to_string(),
-                choice,
-                left: None,
-                seconds: 0.0,
-                timestamp: now(),
-            }),
-            None => unmatched += 1,
+        let Some((p, choice)) = found else {
+            out.unmatched += 1;
+            continue;
+        };
+        match seen.get(p.id.as_str()) {
+            Some(&(_, c)) if c == choice => out.repeated += 1,
+            Some(&(first, _)) => anyhow::bail!(
+                "lines {first} and {line} prefer opposite sides of pair {}: nothing was imported",
+                p.id
+            ),
+            None => {
+                seen.insert(&p.id, (*line, choice));
+                out.labels.push(LabelRecord {
+                    pair: p.id.clone(),
+                    labeler: labeler.to_string(),
+                    choice,
+                    left: None,
+                    seconds: 0.0,
+                    timestamp: now(),
+                });
+            }
         }
     }
-    Ok((out, unmatched))
+    Ok(out)
 }
 
 /// Token ids of text preferences for `model`: the prompt as the model reads an observation,
@@ -1175,15 +1203,43 @@ mod tests {
             lines[0]["chosen"][0]["content"],
             "push red cube to blue zone"
         );
-        let (labels, unmatched) = import_trl(&pairs, &lines, "alice").unwrap();
-        assert_eq!(unmatched, 0);
+        let numbered: Vec<(usize, serde_json::Value)> = lines
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, v)| (i + 1, v))
+            .collect();
+        let import = import_trl(&pairs, &numbered, "alice").unwrap();
+        assert_eq!((import.unmatched, import.repeated), (0, 0));
+        let labels = &import.labels;
         assert_eq!(labels[0].choice, Choice::A);
         assert_eq!(labels[1].choice, Choice::B);
         assert_eq!(labels[1].choice.preferred(), Some(Side::B));
-        // A line from elsewhere matches no pair; one without `chosen` is an error.
+        // A line from elsewhere matches no pair; one without `chosen` is an error that names
+        // its line.
         let stranger = serde_json::json!({"prompt": "x", "chosen": "a", "rejected": "b"});
-        assert_eq!(import_trl(&pairs, &[stranger], "alice").unwrap().1, 1);
-        assert!(import_trl(&pairs, &[serde_json::json!({"prompt": "x"})], "alice").is_err());
+        assert_eq!(
+            import_trl(&pairs, &[(1, stranger)], "alice")
+                .unwrap()
+                .unmatched,
+            1
+        );
+        let err =
+            import_trl(&pairs, &[(7, serde_json::json!({"prompt": "x"}))], "alice").unwrap_err();
+        assert!(format!("{err:#}").contains("line 7"), "{err:#}");
+        // The same preference twice is one label; opposite preferences for one pair are
+        // refused with both lines.
+        let twice = [numbered[0].clone(), (9, lines[0].clone())];
+        let import = import_trl(&pairs, &twice, "alice").unwrap();
+        assert_eq!((import.labels.len(), import.repeated), (1, 1));
+        let mut flipped = lines[0].clone();
+        let chosen = flipped["chosen"].clone();
+        flipped["chosen"] = flipped["rejected"].clone();
+        flipped["rejected"] = chosen;
+        let err = import_trl(&pairs, &[numbered[0].clone(), (4, flipped)], "alice")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lines 1 and 4") && err.contains("p0"), "{err}");
     }
 
     #[test]

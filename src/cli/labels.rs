@@ -201,15 +201,33 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 // Every line is checked before any label is written.
                 dreamgym_agents::preference::from_trl(&v)
                     .map_err(|e| anyhow::anyhow!("{} line {}: {e}", file.display(), i + 1))?;
-                lines.push(v);
+                lines.push((i + 1, v));
             }
-            let (labels, unmatched) = import_trl(&records, &lines, &labeler)?;
+            let import = import_trl(&records, &lines, &labeler)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
             let mut log = open_log(&pairs, true)?;
-            let n = labels.len();
-            for l in labels {
+            // A label the labeler already has in effect is not written again (importing the
+            // same file twice changes nothing); one that differs replaces it, as a relabel.
+            let in_effect = log.in_effect();
+            let (mut written, mut already, mut changed) = (0, 0, 0);
+            for l in import.labels {
+                match in_effect.get(&(l.pair.clone(), labeler.clone())) {
+                    Some(old) if old.choice == l.choice => {
+                        already += 1;
+                        continue;
+                    }
+                    Some(_) => changed += 1,
+                    None => {}
+                }
                 log.append(l)?;
+                written += 1;
             }
-            println!("imported {n} labels as `{labeler}`; {unmatched} lines match no pair");
+            println!(
+                "imported {written} labels as `{labeler}` ({changed} of them change an earlier \
+                 label); {already} were already labeled so, {} lines repeat an earlier line, {} \
+                 lines match no pair",
+                import.repeated, import.unmatched
+            );
             Ok(())
         }
     }
