@@ -510,4 +510,20 @@ fn preference_commands_never_write_over_other_folders() {
     let o = dreamgym(&args);
     assert!(o.status.success(), "{}", text(&o));
     assert!(Path::new(&rloo).join("lm.safetensors").exists());
+    // Pairs that say they come from an env that is not a language env (an edited pairs.json)
+    // are refused before anything trains.
+    let meta_path = dir.path().join("pairs/pairs.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["env"] = "CartPole-v0".into();
+    meta["env_config"] = serde_json::json!({});
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let out = path("cartpole");
+    let mut args = vec!["dpo", "--model", &model, "--pairs", &pairs, "--out", &out];
+    args.extend(quick);
+    assert_clean_error(&dreamgym(&args), "CartPole-v0, which is not a language env");
+    args[0] = "rlhf";
+    args.extend(["--reward", "verifier"]);
+    assert_clean_error(&dreamgym(&args), "CartPole-v0, which is not a language env");
+    assert!(!Path::new(&out).exists());
 }

@@ -73,11 +73,15 @@ const DPO_RUN_FILES: [&str; 6] = [
 pub(crate) type EnvSpec = (String, serde_json::Value);
 
 /// The preferences of labeled pairs folders, and the env the first one was made in.
-pub(crate) fn load_preferences(dirs: &[PathBuf]) -> anyhow::Result<(Vec<TextPreference>, EnvSpec)> {
+pub(crate) fn load_preferences(
+    dirs: &[PathBuf],
+    registry: &Registry,
+) -> anyhow::Result<(Vec<TextPreference>, EnvSpec)> {
     let mut prefs = Vec::new();
     let mut env: Option<EnvSpec> = None;
     for dir in dirs {
         let (meta, records) = read_pairs(dir)?;
+        check_pairs_env(dir, &meta, env.as_ref(), registry)?;
         let log = LabelLog::read(&dir.join(LABELS_FILE))?;
         let (p, unknown) = preferences(&records, &log);
         if unknown > 0 {
@@ -101,13 +105,43 @@ pub(crate) fn load_preferences(dirs: &[PathBuf]) -> anyhow::Result<(Vec<TextPref
 }
 
 /// The env the first of `dirs` was made in (every folder must be a pairs folder).
-pub(crate) fn pairs_env(dirs: &[PathBuf]) -> anyhow::Result<EnvSpec> {
+pub(crate) fn pairs_env(dirs: &[PathBuf], registry: &Registry) -> anyhow::Result<EnvSpec> {
     let mut env = None;
     for dir in dirs {
         let (meta, _) = read_pairs(dir)?;
+        check_pairs_env(dir, &meta, env.as_ref(), registry)?;
         env.get_or_insert((meta.env, meta.env_config));
     }
     env.ok_or_else(|| anyhow::anyhow!("no pairs folder given"))
+}
+
+/// A pairs folder's env must be a registered language env (text in, text out), the same env
+/// as the folders before it (`first`): the models are evaluated in it.
+fn check_pairs_env(
+    dir: &std::path::Path,
+    meta: &dreamgym_agents::preference::PairsMeta,
+    first: Option<&EnvSpec>,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    let env = registry
+        .make(&meta.env, Some(&meta.env_config))
+        .map_err(|e| anyhow::anyhow!("{}: its pairs were made in {e}", dir.display()))?;
+    anyhow::ensure!(
+        dreamgym_policies::language::is_text_space(env.observation_space())
+            && matches!(env.action_space(), dreamgym_envs::Space::Text(_)),
+        "{}: its pairs name {}, which is not a language env (text observations and actions)",
+        dir.display(),
+        meta.env
+    );
+    if let Some((id, _)) = first {
+        anyhow::ensure!(
+            *id == meta.env,
+            "{}: its pairs were made in {}, the first folder's in {id}: give folders of one env",
+            dir.display(),
+            meta.env
+        );
+    }
+    Ok(())
 }
 
 /// Evaluates a fine-tuned model on the language splits of `env`.
@@ -163,7 +197,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         "--steps must be in 1..=1000000 and --batch-size in 1..=4096"
     );
     super::distinct_folders(&args.pairs)?;
-    let (prefs, env) = load_preferences(&args.pairs)?;
+    let (prefs, env) = load_preferences(&args.pairs, registry)?;
     let policy = load_language_model(&args.model)?;
     let reference = load_language_model(&args.model)?;
     let pairs = tokenize_preferences(&policy, &prefs)?;

@@ -102,9 +102,9 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     );
     super::distinct_folders(&args.pairs)?;
     let (prefs, env) = match args.reward {
-        Reward::Model => super::dpo::load_preferences(&args.pairs)?,
+        Reward::Model => super::dpo::load_preferences(&args.pairs, registry)?,
         // The verifier scores answers itself: the pairs give prompts, labels or not.
-        Reward::Verifier => (Vec::new(), super::dpo::pairs_env(&args.pairs)?),
+        Reward::Verifier => (Vec::new(), super::dpo::pairs_env(&args.pairs, registry)?),
     };
     let progress = super::CliProgress::new();
     let policy = load_language_model(&args.model)?;
