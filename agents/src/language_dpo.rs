@@ -15,8 +15,9 @@
 //! gathered so far, so the rounds draw the label-efficiency curve; what the rounds add over
 //! one batch of labels is that each round's pairs come from the model the previous labels
 //! made. With `dpo.from = "previous"` a round trains the previous round's model instead,
-//! against itself as the reference, on its own preferences (ETO's loop). Then a reward model is trained on all the labels and RLOO runs against it with a KL
-//! penalty to the start model (`rlhf/`). The planner and the start model are evaluated on the
+//! against itself as the reference, on its own preferences (ETO's loop). Then a reward model
+//! is trained on all the labels and RLOO runs against it with a KL penalty to the start model
+//! (`rlhf/`). The planner and the start model are evaluated on the
 //! same seeds (`baselines.json`). `dpo_report.md` has the table, the label-efficiency figure,
 //! the per-family changes, DPO's metrics per round and the reward model's held-out accuracy.
 //!
@@ -518,7 +519,9 @@ pub fn run_language_dpo(
             DpoStart::Previous => {
                 anyhow::ensure!(
                     !prefs_of_round.is_empty(),
-                    "round {r}: none of its labels prefers one first action to another, and                      dpo.from = \"previous\" trains each round on its own preferences: label                      more, or sample pairs at a higher pairs.temperature"
+                    "round {r}: none of its labels prefers one first action to another, and \
+                     dpo.from = \"previous\" trains each round on its own preferences: label \
+                     more, or sample pairs at a higher pairs.temperature"
                 );
                 let previous = if r == 1 {
                     load()?
