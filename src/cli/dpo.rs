@@ -125,7 +125,7 @@ fn check_pairs_env(
 ) -> anyhow::Result<()> {
     let env = registry
         .make(&meta.env, Some(&meta.env_config))
-        .map_err(|e| anyhow::anyhow!("{}: its pairs were made in {e}", dir.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: cannot make the env of its pairs: {e}", dir.display()))?;
     anyhow::ensure!(
         dreamgym_policies::language::is_text_space(env.observation_space())
             && matches!(env.action_space(), dreamgym_envs::Space::Text(_)),
