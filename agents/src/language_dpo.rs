@@ -488,8 +488,9 @@ pub fn run_language_dpo(
         synth_labels(&to_label, &mut log, &stage.labeler)?;
         // Labels spent so far (fewer than planned when too few pairs differed).
         spent += log.in_effect().len();
-        let (prefs_of_round, _) = preferences(&records, &log);
-        all_prefs.extend(prefs_of_round.iter().cloned());
+        // This round's preferences are all_prefs[round_start..].
+        let round_start = all_prefs.len();
+        all_prefs.extend(preferences(&records, &log).0);
         let mut choices = BTreeMap::new();
         for label in log.in_effect().values() {
             let name = serde_json::to_value(label.choice)?
@@ -518,7 +519,7 @@ pub fn run_language_dpo(
             DpoStart::Start => (load()?, reference.clone(), &all_prefs[..]),
             DpoStart::Previous => {
                 anyhow::ensure!(
-                    !prefs_of_round.is_empty(),
+                    all_prefs.len() > round_start,
                     "round {r}: none of its labels prefers one first action to another, and \
                      dpo.from = \"previous\" trains each round on its own preferences: label \
                      more, or sample pairs at a higher pairs.temperature"
@@ -528,7 +529,7 @@ pub fn run_language_dpo(
                 } else {
                     load_language_model(Path::new(&current_name))?
                 };
-                (previous, current.clone(), &prefs_of_round[..])
+                (previous, current.clone(), &all_prefs[round_start..])
             }
         };
         let tokens = tokenize_preferences(&policy, trained_on)?;
