@@ -287,32 +287,13 @@ impl CustomOp2 for LstmSeq {
                         );
                     }
                 }
-                arch.dispatch(|| {
-                    for r in 0..g {
-                        let st = &mut st[r * srow..(r + 1) * srow];
-                        let hr = &mut hr[r * hrow + step * h..r * hrow + (step + 1) * h];
-                        let cur = step * h5;
-                        let (i, f, gg, o) = activate(&st[cur + h..cur + h5], &mut act);
-                        if step > 0 {
-                            let (prev, now) = st[cur - h5..cur + h].split_at_mut(h5);
-                            for j in 0..h {
-                                let c = f[j] * prev[j] + i[j] * gg[j];
-                                now[j] = c;
-                                hr[j] = o[j] * tanh(c);
-                            }
-                        } else {
-                            let now = &mut st[cur..cur + h];
-                            for j in 0..h {
-                                let c = i[j] * gg[j];
-                                now[j] = c;
-                                hr[j] = o[j] * tanh(c);
-                            }
-                        }
-                        // The backward pass reads the activations, not the pre-activations:
-                        // computed once here instead of again there (exp and tanh were most
-                        // of its loop).
-                        st[cur + h..cur + h5].copy_from_slice(&act[..h4]);
-                    }
+                arch.dispatch(CellsForward {
+                    st: &mut *st,
+                    hr: &mut *hr,
+                    act: &mut act,
+                    step,
+                    h,
+                    t,
                 });
             }
         };
@@ -378,31 +359,15 @@ impl CustomOp3 for LstmSeqBackward {
             let mut dh_next = vec![0f32; g * h];
             let mut dc_next = vec![0f32; g * h];
             for step in (0..t).rev() {
-                arch.dispatch(|| {
-                    for r in 0..g {
-                        let cur = r * srow + step * h5;
-                        // The gates' activations, as the forward pass left them.
-                        let (i, rest) = st[cur + h..cur + h5].split_at(h);
-                        let (f, rest) = rest.split_at(h);
-                        let (gg, o) = rest.split_at(h);
-                        let gr = &gr[r * hrow + step * h..r * hrow + (step + 1) * h];
-                        let d = &mut d[r * drow + step * h4..r * drow + (step + 1) * h4];
-                        let dh_n = &dh_next[r * h..(r + 1) * h];
-                        let dc_n = &mut dc_next[r * h..(r + 1) * h];
-                        for j in 0..h {
-                            let (i, f, gg, o) = (i[j], f[j], gg[j], o[j]);
-                            let c = st[cur + j];
-                            let c_prev = if step > 0 { st[cur - h5 + j] } else { 0.0 };
-                            let tc = tanh(c);
-                            let dh = gr[j] + dh_n[j];
-                            let dc = dc_n[j] + dh * o * (1.0 - tc * tc);
-                            d[j] = dc * gg * i * (1.0 - i);
-                            d[h + j] = dc * c_prev * f * (1.0 - f);
-                            d[2 * h + j] = dc * i * (1.0 - gg * gg);
-                            d[3 * h + j] = dh * tc * o * (1.0 - o);
-                            dc_n[j] = dc * f;
-                        }
-                    }
+                arch.dispatch(CellsBackward {
+                    d: &mut *d,
+                    st,
+                    gr,
+                    dh_next: &dh_next,
+                    dc_next: &mut dc_next,
+                    step,
+                    h,
+                    t,
                 });
                 if step == 0 {
                     break;
@@ -447,6 +412,151 @@ impl CustomOp3 for LstmSeqBackward {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(b * t * h4 + h4 * h)))
+    }
+}
+
+/// One step's cell updates for a group of sequences in [`LstmSeq`]'s forward pass: the
+/// gates' activations (written over their pre-activations in `st`), c and h.
+///
+/// A pulp op, not a closure: `Arch::dispatch` calls its op from three places (AVX-512, AVX2
+/// and the fallback), so LLVM does not inline a large closure into them and compiles its
+/// body once, for baseline x86-64 (SSE2, one lane at a time: measured, this loop ran
+/// `mulss`). An `#[inline(always)]` `with_simd` is compiled inside each of them.
+struct CellsForward<'a> {
+    /// The group's `[g, T, 5H]` state (c, then the four gates).
+    st: &'a mut [f32],
+    /// The group's `[g, T, H]` hidden states.
+    hr: &'a mut [f32],
+    /// Scratch of `4H`.
+    act: &'a mut [f32],
+    step: usize,
+    h: usize,
+    t: usize,
+}
+
+impl pulp::WithSimd for CellsForward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self {
+            st,
+            hr,
+            act,
+            step,
+            h,
+            t,
+        } = self;
+        let h5 = 5 * h;
+        let (srow, hrow) = (t * h5, t * h);
+        let cur = step * h5;
+        for (st, hr) in st.chunks_exact_mut(srow).zip(hr.chunks_exact_mut(hrow)) {
+            let hr = &mut hr[step * h..(step + 1) * h];
+            let (i, f, gg, o) = activate(&st[cur + h..cur + h5], act);
+            if step > 0 {
+                let (prev, now) = st[cur - h5..cur + h].split_at_mut(h5);
+                let cells = now.iter_mut().zip(&prev[..h]).zip(hr.iter_mut());
+                for ((((now, prev), hr), (i, f)), (gg, o)) in
+                    cells.zip(i.iter().zip(f)).zip(gg.iter().zip(o))
+                {
+                    let c = f * prev + i * gg;
+                    *now = c;
+                    *hr = o * tanh(c);
+                }
+            } else {
+                let cells = st[cur..cur + h].iter_mut().zip(hr.iter_mut());
+                for (((now, hr), i), (gg, o)) in cells.zip(i).zip(gg.iter().zip(o)) {
+                    let c = i * gg;
+                    *now = c;
+                    *hr = o * tanh(c);
+                }
+            }
+            // The backward pass reads the activations, not the pre-activations: computed
+            // once here instead of again there (exp and tanh were most of its loop).
+            st[cur + h..cur + h5].copy_from_slice(&act[..4 * h]);
+        }
+    }
+}
+
+/// One step of [`LstmSeq`]'s backward pass through the cells of a group of sequences: the
+/// gates' gradients into `d`, and the cell state's gradient carried back in `dc_next`. A
+/// pulp op for the reason [`CellsForward`] gives.
+struct CellsBackward<'a> {
+    /// The group's `[g, T, 4H]` gradients of the gates' pre-activations.
+    d: &'a mut [f32],
+    /// The forward pass's `[g, T, 5H]` state.
+    st: &'a [f32],
+    /// The upstream `[g, T, H]` gradient of h.
+    gr: &'a [f32],
+    /// `[g, H]`: h's gradient from the step after.
+    dh_next: &'a [f32],
+    /// `[g, H]`: c's gradient from the step after, replaced by this step's.
+    dc_next: &'a mut [f32],
+    step: usize,
+    h: usize,
+    t: usize,
+}
+
+impl pulp::WithSimd for CellsBackward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self {
+            d,
+            st,
+            gr,
+            dh_next,
+            dc_next,
+            step,
+            h,
+            t,
+        } = self;
+        let (h4, h5) = (4 * h, 5 * h);
+        let (srow, hrow, drow) = (t * h5, t * h, t * h4);
+        let cur = step * h5;
+        // c before the first step.
+        let zeros = if step == 0 { vec![0f32; h] } else { Vec::new() };
+        let rows = d
+            .chunks_exact_mut(drow)
+            .zip(st.chunks_exact(srow))
+            .zip(gr.chunks_exact(hrow))
+            .zip(dh_next.chunks_exact(h).zip(dc_next.chunks_exact_mut(h)));
+        for (((d, st), gr), (dh_n, dc_n)) in rows {
+            // The gates' activations, as the forward pass left them.
+            let (c, gates) = st[cur..cur + h5].split_at(h);
+            let (i, rest) = gates.split_at(h);
+            let (f, rest) = rest.split_at(h);
+            let (gg, o) = rest.split_at(h);
+            let c_prev = if step > 0 {
+                &st[cur - h5..cur - h5 + h]
+            } else {
+                &zeros[..]
+            };
+            let gr = &gr[step * h..(step + 1) * h];
+            let (di, rest) = d[step * h4..(step + 1) * h4].split_at_mut(h);
+            let (df, rest) = rest.split_at_mut(h);
+            let (dg, d_o) = rest.split_at_mut(h);
+            let ins = c.iter().zip(c_prev).zip(gr.iter().zip(dh_n));
+            let gates = i.iter().zip(f).zip(gg.iter().zip(o));
+            let outs = di
+                .iter_mut()
+                .zip(df.iter_mut())
+                .zip(dg.iter_mut().zip(d_o.iter_mut()));
+            let cells = ins.zip(gates).zip(outs).zip(dc_n.iter_mut());
+            for (((((c, c_prev), (gr, dh_n)), ((i, f), (gg, o))), ((di, df), (dg, d_o))), dc_n) in
+                cells
+            {
+                let tc = tanh(*c);
+                let dh = gr + dh_n;
+                let dc = *dc_n + dh * o * (1.0 - tc * tc);
+                *di = dc * gg * i * (1.0 - i);
+                *df = dc * c_prev * f * (1.0 - f);
+                *dg = dc * i * (1.0 - gg * gg);
+                *d_o = dh * tc * o * (1.0 - o);
+                *dc_n = dc * f;
+            }
+        }
     }
 }
 

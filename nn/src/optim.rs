@@ -105,13 +105,18 @@ impl InplaceOp2 for Update<'_> {
         // compiled for the widest vector unit (sqrt and division are exactly rounded).
         let arch = pulp::Arch::new();
         let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
-            arch.dispatch(|| {
-                for (((p, m), v), g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                    let gi = (g * scale).clamp(-clip, clip);
-                    *m = b1 * *m + (1.0 - b1) * gi;
-                    *v = b2 * *v + (1.0 - b2) * gi * gi;
-                    *p = *p * decay - lr_t * *m / (v.sqrt() + eps_t);
-                }
+            arch.dispatch(AdamChunk {
+                p,
+                m,
+                v,
+                g,
+                b1,
+                b2,
+                clip,
+                scale,
+                decay,
+                lr_t,
+                eps_t,
             })
         };
         if p.len() < 2 * CHUNK {
@@ -124,6 +129,51 @@ impl InplaceOp2 for Update<'_> {
                 .for_each(|(((p, m), v), g)| update(p, m, v, g));
         }
         Ok(())
+    }
+}
+
+/// Adam's update of one chunk of a parameter, as a pulp op so that its loop is compiled for
+/// the vector unit `dispatch` picks: a closure there was compiled for baseline x86-64 and ran
+/// scalar `sqrtss` and `divss` (pulp calls its op from three places, so LLVM did not inline
+/// it).
+struct AdamChunk<'a> {
+    p: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    g: &'a [f32],
+    b1: f32,
+    b2: f32,
+    clip: f32,
+    scale: f32,
+    decay: f32,
+    lr_t: f32,
+    eps_t: f32,
+}
+
+impl pulp::WithSimd for AdamChunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self {
+            p,
+            m,
+            v,
+            g,
+            b1,
+            b2,
+            clip,
+            scale,
+            decay,
+            lr_t,
+            eps_t,
+        } = self;
+        for (((p, m), v), g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let gi = (g * scale).clamp(-clip, clip);
+            *m = b1 * *m + (1.0 - b1) * gi;
+            *v = b2 * *v + (1.0 - b2) * gi * gi;
+            *p = *p * decay - lr_t * *m / (v.sqrt() + eps_t);
+        }
     }
 }
 

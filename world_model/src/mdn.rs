@@ -293,6 +293,48 @@ fn nll_grad_row(
     stats.grad_into(&grad[r * z..(r + 1) * z], dr);
 }
 
+/// The losses of rows of `z` cells, as a kernel whose loops are compiled for the vector unit
+/// (`dreamgym_nn::par::RowKernel`; a closure's were not).
+struct NllRows<'a> {
+    k: usize,
+    z: usize,
+    out: &'a [f32],
+    y: &'a [f32],
+}
+
+impl dreamgym_nn::par::RowKernel<f32> for NllRows<'_> {
+    #[inline(always)]
+    fn row(&self, r: usize, row: &mut [f32]) {
+        // The paper's 5 components get loops of constant length.
+        if self.k == 5 {
+            nll_row(5, self.z, self.out, self.y, r, row)
+        } else {
+            nll_row(self.k, self.z, self.out, self.y, r, row)
+        }
+    }
+}
+
+/// The gradients of rows of `z` cells (3k each), as [`NllRows`].
+struct NllGradRows<'a> {
+    k: usize,
+    z: usize,
+    out: &'a [f32],
+    y: &'a [f32],
+    grad: &'a [f32],
+}
+
+impl dreamgym_nn::par::RowKernel<f32> for NllGradRows<'_> {
+    #[inline(always)]
+    fn row(&self, r: usize, dr: &mut [f32]) {
+        let (z, out, y, grad) = (self.z, self.out, self.y, self.grad);
+        if self.k == 5 {
+            nll_grad_row(5, z, out, y, grad, r, dr)
+        } else {
+            nll_grad_row(self.k, z, out, y, grad, r, dr)
+        }
+    }
+}
+
 impl candle_core::CustomOp2 for FusedNll {
     fn name(&self) -> &'static str {
         "dreamgym-mixture-nll"
@@ -316,14 +358,8 @@ impl candle_core::CustomOp2 for FusedNll {
         }
         // Rows of `z` cells on all threads (dreamgym_nn::par).
         let mut loss = vec![0f32; n * z];
-        dreamgym_nn::par::for_rows_costing(&mut loss, z.max(1), 3 * k * z, |r, row| {
-            // The paper's 5 components get loops of constant length.
-            if k == 5 {
-                nll_row(5, z, out, y, r, row)
-            } else {
-                nll_row(k, z, out, y, r, row)
-            }
-        });
+        let rows = NllRows { k, z, out, y };
+        dreamgym_nn::par::for_rows_with(&mut loss, z.max(1), 3 * k * z, &rows);
         Ok((
             candle_core::CpuStorage::F32(loss),
             candle_core::Shape::from((n, z)),
@@ -369,13 +405,8 @@ impl candle_core::CustomOp3 for FusedNllBackward {
         // (dreamgym_nn::par); the scratch is allocated once per row, not per cell.
         let z = l1.dims().last().copied().unwrap_or(0) / (3 * k).max(1);
         let mut dout = vec![0f32; out.len()];
-        dreamgym_nn::par::for_rows_costing(&mut dout, (3 * k * z).max(1), 6 * k * z, |r, dr| {
-            if k == 5 {
-                nll_grad_row(5, z, out, y, grad, r, dr)
-            } else {
-                nll_grad_row(k, z, out, y, grad, r, dr)
-            }
-        });
+        let rows = NllGradRows { k, z, out, y, grad };
+        dreamgym_nn::par::for_rows_with(&mut dout, (3 * k * z).max(1), 6 * k * z, &rows);
         Ok((candle_core::CpuStorage::F32(dout), l1.shape().clone()))
     }
 }
