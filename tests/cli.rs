@@ -427,6 +427,24 @@ fn preference_commands_never_write_over_other_folders() {
     .unwrap();
     let o = dreamgym(&["labels", "stats", &pairs]);
     assert!(text(&o).contains("2 labels in effect"), "{}", text(&o));
+    assert!(!text(&o).contains("torn"), "{}", text(&o));
+    // A `pairs` run killed mid-write leaves a torn last pair: read-only commands say so, leave
+    // it out, and leave the file as it is (the next `pairs` run into the folder repairs it).
+    let pairs_file = dir.path().join("pairs/pairs.jsonl");
+    let whole = std::fs::read(&pairs_file).unwrap();
+    let mut torn = whole.clone();
+    torn.extend_from_slice(b"{\"id\":\"p000002\",\"se");
+    std::fs::write(&pairs_file, &torn).unwrap();
+    let o = dreamgym(&["labels", "stats", &pairs]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 labels in effect"), "{}", text(&o));
+    assert!(
+        text(&o).contains("ends in a torn line (19 bytes"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&pairs_file).unwrap(), torn);
+    std::fs::write(&pairs_file, &whole).unwrap();
     // Alice's labels exported to TRL's format and imported as Bob's: once, however often the
     // file is imported; a file that contradicts itself is refused whole.
     let o = dreamgym(&["labels", "export", &pairs, "--format", "trl"]);

@@ -148,6 +148,25 @@ pub struct PairsConfig {
 /// Reads a pairs folder: its meta and every complete pair (a torn last line from a crash is
 /// dropped; a line that is not a pair is an error naming it).
 pub fn read_pairs(dir: &Path) -> anyhow::Result<(PairsMeta, Vec<PairRecord>)> {
+    let read = read_pairs_folder(dir)?;
+    Ok((read.meta, read.records))
+}
+
+/// A pairs folder as [`read_pairs_folder`] reads it.
+#[derive(Debug, Clone)]
+pub struct PairsRead {
+    /// `pairs.json`.
+    pub meta: PairsMeta,
+    /// Every complete pair, in order.
+    pub records: Vec<PairRecord>,
+    /// Bytes of a torn last line of `pairs.jsonl` (a crash mid-write), left out: the pair it
+    /// began is made again by the next `pairs` run into the folder.
+    pub torn_bytes: usize,
+}
+
+/// [`read_pairs`], saying also how long a torn last line was, so that read-only commands can
+/// report it.
+pub fn read_pairs_folder(dir: &Path) -> anyhow::Result<PairsRead> {
     let meta_path = dir.join(PAIRS_META);
     let meta: PairsMeta =
         serde_json::from_str(&std::fs::read_to_string(&meta_path).with_context(|| {
@@ -161,7 +180,11 @@ pub fn read_pairs(dir: &Path) -> anyhow::Result<(PairsMeta, Vec<PairRecord>)> {
             dir.join(PAIRS_FILE).display()
         );
     }
-    Ok((meta, read.records))
+    Ok(PairsRead {
+        meta,
+        records: read.records,
+        torn_bytes: read.torn_bytes,
+    })
 }
 
 /// Samples pairs of episodes from `model` into `dir`, from env seeds `seed`, `seed + 1`, ...;

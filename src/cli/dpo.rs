@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use dreamgym_agents::labels::LabelLog;
 use dreamgym_agents::language::{SftEval, language_model_fingerprint, load_language_model};
 use dreamgym_agents::preference::{
-    DpoCheckpoint, DpoConfig, LABELS_FILE, TextPreference, preferences, preferences_fingerprint,
-    read_pairs, tokenize_preferences, train_dpo,
+    DpoCheckpoint, DpoConfig, LABELS_FILE, PairRecord, PairsMeta, TextPreference, preferences,
+    preferences_fingerprint, tokenize_preferences, train_dpo,
 };
 use dreamgym_agents::{Progress, RunDir};
 use dreamgym_envs::Registry;
@@ -80,7 +80,7 @@ pub(crate) fn load_preferences(
     let mut prefs = Vec::new();
     let mut env: Option<EnvSpec> = None;
     for dir in dirs {
-        let (meta, records) = read_pairs(dir)?;
+        let (meta, records) = super::labels::read_pairs(dir)?;
         check_pairs_env(dir, &meta, env.as_ref(), registry)?;
         let log = LabelLog::read(&dir.join(LABELS_FILE))?;
         let (p, unknown) = preferences(&records, &log);
@@ -104,15 +104,25 @@ pub(crate) fn load_preferences(
     Ok((prefs, env))
 }
 
-/// The env the first of `dirs` was made in (every folder must be a pairs folder).
-pub(crate) fn pairs_env(dirs: &[PathBuf], registry: &Registry) -> anyhow::Result<EnvSpec> {
+/// A pairs folder as read: its meta and its pairs.
+pub(crate) type PairsFolder = (PairsMeta, Vec<PairRecord>);
+
+/// Every pairs folder of `dirs`, each read once (meta and pairs), with the env the first was
+/// made in; each folder's env is checked as [`load_preferences`] checks it.
+pub(crate) fn read_pairs_folders(
+    dirs: &[PathBuf],
+    registry: &Registry,
+) -> anyhow::Result<(EnvSpec, Vec<PairsFolder>)> {
     let mut env = None;
+    let mut folders = Vec::new();
     for dir in dirs {
-        let (meta, _) = read_pairs(dir)?;
+        let (meta, records) = super::labels::read_pairs(dir)?;
         check_pairs_env(dir, &meta, env.as_ref(), registry)?;
-        env.get_or_insert((meta.env, meta.env_config));
+        env.get_or_insert((meta.env.clone(), meta.env_config.clone()));
+        folders.push((meta, records));
     }
-    env.ok_or_else(|| anyhow::anyhow!("no pairs folder given"))
+    let env = env.ok_or_else(|| anyhow::anyhow!("no pairs folder given"))?;
+    Ok((env, folders))
 }
 
 /// A pairs folder's env must be a registered language env (text in, text out), the same env

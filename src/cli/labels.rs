@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use dreamgym_agents::labels::{Choice, LabelLog, SyntheticLabeler, label_stats};
 use dreamgym_agents::preference::{
-    LABELS_FILE, import_trl, preferences, read_pairs, synth_labels, to_trl,
+    LABELS_FILE, PairRecord, PairsMeta, import_trl, preferences, read_pairs_folder, synth_labels,
+    to_trl,
 };
 
 /// `dreamgym labels` subcommands.
@@ -79,6 +80,22 @@ fn open_log(pairs: &std::path::Path, write: bool) -> anyhow::Result<LabelLog> {
     Ok(log)
 }
 
+/// Reads a pairs folder for a command that does not add pairs to it, with a note on stderr
+/// when `pairs.jsonl` ends in a torn line (a `pairs` run killed mid-write): that pair is left
+/// out, and the next `pairs` run into the folder makes it again.
+pub(crate) fn read_pairs(dir: &std::path::Path) -> anyhow::Result<(PairsMeta, Vec<PairRecord>)> {
+    let read = read_pairs_folder(dir)?;
+    if read.torn_bytes > 0 {
+        eprintln!(
+            "note: {} ends in a torn line ({} bytes, a crash mid-write): that pair is left out \
+             here; `dreamgym pairs` with the same settings into the folder makes it again",
+            dir.join(dreamgym_agents::preference::PAIRS_FILE).display(),
+            read.torn_bytes
+        );
+    }
+    Ok((read.meta, read.records))
+}
+
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Stats { pairs } => {
@@ -130,7 +147,12 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 None => println!("position bias: no label recorded a side"),
             }
             if let Some(m) = s.median_seconds {
-                println!("median time per label: {m:.1} s");
+                // A time from a broken clock (1e308 s) in exponent form, not 300 digits.
+                if m < 1e7 {
+                    println!("median time per label: {m:.1} s");
+                } else {
+                    println!("median time per label: {m:.3e} s");
+                }
             }
             Ok(())
         }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use dreamgym_agents::language::{LM_CHECKPOINT, load_language_model};
-use dreamgym_agents::preference::{read_pairs, tokenize_preferences};
+use dreamgym_agents::preference::tokenize_preferences;
 use dreamgym_agents::rlhf::{
     RewardConfig, RewardModel, RlooConfig, VerifierReward, train_reward_model, train_rloo,
     write_reward_metrics, write_rloo_metrics,
@@ -101,10 +101,16 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         "--temperature must be above 0"
     );
     super::distinct_folders(&args.pairs)?;
-    let (prefs, env) = match args.reward {
-        Reward::Model => super::dpo::load_preferences(&args.pairs, registry)?,
-        // The verifier scores answers itself: the pairs give prompts, labels or not.
-        Reward::Verifier => (Vec::new(), super::dpo::pairs_env(&args.pairs, registry)?),
+    // The verifier scores answers itself: the pairs give prompts and starts, labels or not.
+    let (prefs, env, folders) = match args.reward {
+        Reward::Model => {
+            let (prefs, env) = super::dpo::load_preferences(&args.pairs, registry)?;
+            (prefs, env, Vec::new())
+        }
+        Reward::Verifier => {
+            let (env, folders) = super::dpo::read_pairs_folders(&args.pairs, registry)?;
+            (Vec::new(), env, folders)
+        }
     };
     let progress = super::CliProgress::new();
     let policy = load_language_model(&args.model)?;
@@ -117,11 +123,10 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     let mut prompts: Vec<String> = match args.reward {
         Reward::Model => prefs.iter().map(|p| policy.prompt(&p.prompt)).collect(),
         Reward::Verifier => {
-            let mut all = Vec::new();
-            for dir in &args.pairs {
-                let (_, records) = read_pairs(dir)?;
-                all.extend(records.iter().map(|r| policy.prompt(r.prompt())));
-            }
+            let all: Vec<String> = folders
+                .iter()
+                .flat_map(|(_, records)| records.iter().map(|r| policy.prompt(r.prompt())))
+                .collect();
             anyhow::ensure!(!all.is_empty(), "the pairs folders hold no pairs");
             all
         }
@@ -158,7 +163,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         }
         Reward::Verifier => {
             about["reward"] = "verifier".into();
-            let verifier = verifier(&args.pairs, &policy, &env, registry)?;
+            let verifier = verifier(&args.pairs, &folders, &policy, &env, registry)?;
             rloo(&|seqs: &[(&[u32], &[u32])]| verifier.score(seqs))?
         }
     };
@@ -233,16 +238,16 @@ fn reward_model(
     Ok((rm, summary))
 }
 
-/// The verifier of the pairs' env, with every pair's start.
+/// The verifier of the pairs' env, with every pair's start (`folders` as read from `dirs`).
 fn verifier<'a>(
     dirs: &[PathBuf],
+    folders: &[super::dpo::PairsFolder],
     model: &'a LanguageModel,
     (id, config): &super::dpo::EnvSpec,
     registry: &Registry,
 ) -> anyhow::Result<VerifierReward<'a>> {
     let mut starts = Vec::new();
-    for dir in dirs {
-        let (meta, records) = read_pairs(dir)?;
+    for (dir, (meta, records)) in dirs.iter().zip(folders) {
         anyhow::ensure!(
             (&meta.env, &meta.env_config) == (id, config),
             "{} was made in {} with another config than the first folder: the verifier \
