@@ -99,25 +99,20 @@ impl InplaceOp2 for Update<'_> {
                 p.len()
             );
         }
-        let (b1, b2, clip) = (self.b1, self.b2, self.clip);
-        let (scale, decay, lr_t, eps_t) = (self.scale, self.decay, self.lr_t, self.eps_t);
+        let c = AdamCoefs {
+            b1: self.b1,
+            b2: self.b2,
+            clip: self.clip,
+            scale: self.scale,
+            decay: self.decay,
+            lr_t: self.lr_t,
+            eps_t: self.eps_t,
+        };
         // Every element on its own: chunks on any thread give the same numbers, and each is
         // compiled for the widest vector unit (sqrt and division are exactly rounded).
         let arch = pulp::Arch::new();
         let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
-            arch.dispatch(AdamChunk {
-                p,
-                m,
-                v,
-                g,
-                b1,
-                b2,
-                clip,
-                scale,
-                decay,
-                lr_t,
-                eps_t,
-            })
+            arch.dispatch(AdamChunk { p, m, v, g, c })
         };
         if p.len() < 2 * CHUNK {
             update(p, m, v, g);
@@ -141,6 +136,12 @@ struct AdamChunk<'a> {
     m: &'a mut [f32],
     v: &'a mut [f32],
     g: &'a [f32],
+    c: AdamCoefs,
+}
+
+/// The coefficients of one Adam step (see [`Update`]).
+#[derive(Clone, Copy)]
+struct AdamCoefs {
     b1: f32,
     b2: f32,
     clip: f32,
@@ -155,11 +156,8 @@ impl pulp::WithSimd for AdamChunk<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let Self {
-            p,
-            m,
-            v,
-            g,
+        let Self { p, m, v, g, c } = self;
+        let AdamCoefs {
             b1,
             b2,
             clip,
@@ -167,7 +165,7 @@ impl pulp::WithSimd for AdamChunk<'_> {
             decay,
             lr_t,
             eps_t,
-        } = self;
+        } = c;
         for (((p, m), v), g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
             let gi = (g * scale).clamp(-clip, clip);
             *m = b1 * *m + (1.0 - b1) * gi;
