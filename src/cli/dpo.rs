@@ -77,13 +77,11 @@ pub(crate) fn load_preferences(
     dirs: &[PathBuf],
     registry: &Registry,
 ) -> anyhow::Result<(Vec<TextPreference>, EnvSpec)> {
+    let (env, folders) = read_pairs_folders(dirs, registry)?;
     let mut prefs = Vec::new();
-    let mut env: Option<EnvSpec> = None;
-    for dir in dirs {
-        let (meta, records) = super::labels::read_pairs(dir)?;
-        check_pairs_env(dir, &meta, env.as_ref(), registry)?;
+    for (dir, (_, records)) in dirs.iter().zip(&folders) {
         let log = LabelLog::read(&dir.join(LABELS_FILE))?;
-        let (p, unknown) = preferences(&records, &log);
+        let (p, unknown) = preferences(records, &log);
         if unknown > 0 {
             eprintln!(
                 "note: {unknown} labels in {} name pairs it does not have; left out",
@@ -92,15 +90,12 @@ pub(crate) fn load_preferences(
         }
         eprintln!("{}: {} preferences", dir.display(), p.len());
         prefs.extend(p);
-        env.get_or_insert((meta.env, meta.env_config));
     }
     anyhow::ensure!(
         !prefs.is_empty(),
         "no preferences to learn from: label the pairs first (`dreamgym labels synth`, or a \
          labeling session)"
     );
-    // Preferences came from at least one folder, so its env is known.
-    let env = env.ok_or_else(|| anyhow::anyhow!("no pairs folder given"))?;
     Ok((prefs, env))
 }
 
@@ -108,7 +103,7 @@ pub(crate) fn load_preferences(
 pub(crate) type PairsFolder = (PairsMeta, Vec<PairRecord>);
 
 /// Every pairs folder of `dirs`, each read once (meta and pairs), with the env the first was
-/// made in; each folder's env is checked as [`load_preferences`] checks it.
+/// made in; each folder's env must be a language env, the same as the first's.
 pub(crate) fn read_pairs_folders(
     dirs: &[PathBuf],
     registry: &Registry,
@@ -129,7 +124,7 @@ pub(crate) fn read_pairs_folders(
 /// as the folders before it (`first`): the models are evaluated in it.
 fn check_pairs_env(
     dir: &std::path::Path,
-    meta: &dreamgym_agents::preference::PairsMeta,
+    meta: &PairsMeta,
     first: Option<&EnvSpec>,
     registry: &Registry,
 ) -> anyhow::Result<()> {
