@@ -15,7 +15,7 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::calibration::Calibration;
-use crate::mdn::{MdnRnn, sample_mixture, standard_normal};
+use crate::mdn::{MdnRnn, disagreement, sample_mixture, standard_normal};
 
 /// How the dream behaves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,35 @@ pub struct DreamConfig {
     /// Read M's heads through the calibration fitted on held-out episodes
     /// (`mdnrnn.held_out`), not as they are.
     pub calibrated: bool,
+    /// End the episode where an ensemble of Ms (`mdnrnn.ensemble`) disagrees about the next
+    /// latent more than on this fraction of the held-out real steps (0: off), with
+    /// `halt_reward`: the dream stops where M does not know what happens, instead of letting
+    /// the controller profit from M's guesses there (MOReL's "halt" state).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub halt_quantile: f64,
+    /// The reward of the step that ends a dream for disagreement (e.g. the env's penalty for
+    /// leaving the field).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub halt_reward: f64,
+}
+
+// Fields added later are left out of the serialized config while unset, so that checkpoints
+// recorded with the config before them still match it.
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// Other Ms, trained like the dream's own but from other seeds, that step beside it: where
+/// their predictions of the next latent spread more than `threshold`
+/// ([`disagreement`](crate::mdn::disagreement)), the dream ends with `reward`.
+#[derive(Clone)]
+pub struct Halting {
+    /// The other members (the dream's own M is the first member).
+    pub members: Vec<Arc<MdnRnn>>,
+    /// The disagreement above which the dream ends.
+    pub threshold: f64,
+    /// The reward of that last step.
+    pub reward: f64,
 }
 
 impl Default for DreamConfig {
@@ -44,6 +73,8 @@ impl Default for DreamConfig {
             done_threshold: 0.5,
             sample_done: false,
             calibrated: false,
+            halt_quantile: 0.0,
+            halt_reward: 0.0,
         }
     }
 }
@@ -63,6 +94,9 @@ pub struct DreamEnv {
     config: DreamConfig,
     calibration: Calibration,
     starts: Arc<Vec<StartLatent>>,
+    halting: Option<Halting>,
+    /// (h, c) of each member of `halting`.
+    member_states: Vec<(Tensor, Tensor)>,
     obs_space: Space,
     action_space: Space,
     seeder: EpisodeSeeder,
@@ -125,6 +159,8 @@ impl DreamEnv {
             config,
             calibration: Calibration::IDENTITY,
             starts,
+            halting: None,
+            member_states: Vec::new(),
             obs_space,
             action_space,
             seeder: EpisodeSeeder::default(),
@@ -152,6 +188,35 @@ impl DreamEnv {
     pub fn with_calibration(mut self, calibration: Calibration) -> Self {
         self.calibration = calibration;
         self
+    }
+
+    /// Steps `halting`'s members beside M and ends the episode where they disagree. Errors
+    /// when a member's sizes differ from M's.
+    pub fn with_halting(mut self, halting: Halting) -> Result<Self, EnvError> {
+        let cfg = self.model.config();
+        if let Some(m) = halting.members.iter().find(|m| {
+            let c = m.config();
+            (c.z_size, c.action_size) != (cfg.z_size, cfg.action_size)
+        }) {
+            return Err(EnvError::InvalidConfig {
+                env: "dream".into(),
+                message: format!(
+                    "an ensemble member predicts {} latents from {} actions, M {} from {}",
+                    m.config().z_size,
+                    m.config().action_size,
+                    cfg.z_size,
+                    cfg.action_size
+                ),
+            });
+        }
+        if !(halting.threshold >= 0.0 && halting.reward.is_finite()) {
+            return Err(EnvError::InvalidConfig {
+                env: "dream".into(),
+                message: "the halting threshold must be >= 0 and its reward finite".into(),
+            });
+        }
+        self.halting = Some(halting);
+        Ok(self)
     }
 
     /// The current latent z (to decode into an image with V).
@@ -185,6 +250,15 @@ impl Env for DreamEnv {
         let (h, c) = self.model.initial_state(1).map_err(candle_err)?;
         self.h = h;
         self.c = c;
+        self.member_states = match &self.halting {
+            Some(halt) => halt
+                .members
+                .iter()
+                .map(|m| m.initial_state(1))
+                .collect::<candle_core::Result<_>>()
+                .map_err(candle_err)?,
+            None => Vec::new(),
+        };
         self.rng = Some(rng);
         self.episode = EpisodeState {
             running: true,
@@ -222,6 +296,24 @@ impl Env for DreamEnv {
                 .map_err(candle_err)
         };
         let mixture = out.mixture().map_err(candle_err)?;
+        // The members see the same latent and action; their (h, c) stay their own.
+        let spread = match &self.halting {
+            Some(halt) => {
+                let mut means = vec![vec(&mixture.mean().map_err(candle_err)?)?];
+                for (m, (h, c)) in halt.members.iter().zip(self.member_states.iter_mut()) {
+                    let (o, h2, c2) = m.step(&z, &a, h, c).map_err(candle_err)?;
+                    means.push(vec(&o
+                        .mixture()
+                        .and_then(|x| x.mean())
+                        .map_err(candle_err)?)?);
+                    *h = h2.detach();
+                    *c = c2.detach();
+                }
+                let refs: Vec<&[f32]> = means.iter().map(|m| m.as_slice()).collect();
+                Some(disagreement(&refs))
+            }
+            None => None,
+        };
         let (lp, mu, ls) = (
             vec(&mixture.log_pi)?,
             vec(&mixture.mu)?,
@@ -232,32 +324,47 @@ impl Env for DreamEnv {
         // Detached, or every dream step's graph would stay reachable from (h, c).
         self.h = h.detach();
         self.c = c.detach();
-        let reward = match &out.reward {
+        let mut reward = match &out.reward {
             Some(r) => self.calibration.reward(vec(r)?[0] as f64),
             None => 0.0,
         };
-        let terminated = match &out.done_logit {
-            Some(d) => {
-                let p = self.calibration.done_probability(vec(d)?[0] as f64) as f32;
-                if self.config.sample_done {
-                    rng.random::<f32>() < p
-                } else {
-                    p > self.config.done_threshold
-                }
+        let halted = match (&self.halting, spread) {
+            (Some(halt), Some(u)) if u > halt.threshold => {
+                reward = halt.reward;
+                true
             }
-            None => false,
+            _ => false,
         };
+        let terminated = halted
+            || match &out.done_logit {
+                Some(d) => {
+                    let p = self.calibration.done_probability(vec(d)?[0] as f64) as f32;
+                    if self.config.sample_done {
+                        rng.random::<f32>() < p
+                    } else {
+                        p > self.config.done_threshold
+                    }
+                }
+                None => false,
+            };
         self.episode.steps += 1;
         let truncated = !terminated && self.episode.steps >= self.config.max_steps;
         if terminated || truncated {
             self.episode.running = false;
+        }
+        let mut info = Info::new();
+        if let Some(u) = spread {
+            info.insert("disagreement".into(), u.into());
+        }
+        if halted {
+            info.insert("halted".into(), true.into());
         }
         Ok(Step {
             obs: self.obs()?,
             reward,
             terminated,
             truncated,
-            info: Info::new(),
+            info,
         })
     }
 }

@@ -114,6 +114,37 @@ impl MdnOutput {
     }
 }
 
+impl Mixture {
+    /// The mixture's mean per (row, latent dimension), `[N, Z]`: `Σ_k π_k μ_k`.
+    pub fn mean(&self) -> candle_core::Result<Tensor> {
+        (self.log_pi.exp()? * &self.mu)?.sum(D::Minus1)
+    }
+}
+
+/// How far apart the members of an ensemble put the next latent: the root mean square, over
+/// latent dimensions, of the standard deviation across members of their mixture means
+/// (`means[k]` is member k's mean for one step). 0 with fewer than two members.
+pub fn disagreement(means: &[&[f32]]) -> f64 {
+    let k = means.len();
+    if k < 2 {
+        return 0.0;
+    }
+    let z = means.iter().map(|m| m.len()).min().unwrap_or(0);
+    if z == 0 {
+        return 0.0;
+    }
+    let mut total = 0.0;
+    for d in 0..z {
+        let mean = means.iter().map(|m| m[d] as f64).sum::<f64>() / k as f64;
+        total += means
+            .iter()
+            .map(|m| (m[d] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / k as f64;
+    }
+    (total / z as f64).sqrt()
+}
+
 /// The terms of M's loss (scalars).
 pub struct MdnLoss {
     /// What is minimised: z NLL + weighted reward and done losses.

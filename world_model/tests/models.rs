@@ -635,3 +635,111 @@ fn a_calibrated_dream_reads_the_heads_through_the_calibration() {
     };
     assert!(ends(50.0) && !ends(-50.0));
 }
+
+#[test]
+fn the_mixture_mean_and_the_disagreement_are_the_closed_forms() {
+    use dreamgym_world_model::mdn::disagreement;
+    let m = MdnRnn::new(tiny_mdn(), &Device::Cpu, 70).unwrap();
+    let z = rand_tensor(&[1, 4, 3], -1.0, 1.0, 71);
+    let a = rand_tensor(&[1, 4, 2], -1.0, 1.0, 72);
+    let mix = m.forward(&z, &a).unwrap().mixture().unwrap();
+    let mean = mix.mean().unwrap().to_vec2::<f32>().unwrap();
+    let (lp, mu) = (
+        mix.log_pi.to_vec3::<f32>().unwrap(),
+        mix.mu.to_vec3::<f32>().unwrap(),
+    );
+    for n in 0..4 {
+        for d in 0..3 {
+            let want: f32 = (0..2).map(|k| lp[n][d][k].exp() * mu[n][d][k]).sum();
+            assert!((mean[n][d] - want).abs() < 1e-6, "{n} {d}");
+        }
+    }
+    // Two members 2 apart in one of two dimensions: std 1 there, 0 in the other.
+    let u = disagreement(&[&[0.0, 5.0], &[2.0, 5.0]]);
+    assert!((u - 0.5f64.sqrt()).abs() < 1e-12, "{u}");
+    assert_eq!(disagreement(&[&[1.0, 2.0]]), 0.0);
+    assert_eq!(disagreement(&[&[1.0, 2.0], &[1.0, 2.0], &[1.0, 2.0]]), 0.0);
+}
+
+#[test]
+fn a_dream_halts_where_its_ensemble_disagrees() {
+    use dreamgym_envs::{Env, Info, Value};
+    use dreamgym_world_model::dream::Halting;
+    let member = |seed| Arc::new(MdnRnn::new(tiny_mdn(), &Device::Cpu, seed).unwrap());
+    let episode = |halting: Option<Halting>| {
+        let mut env = dream_env(65);
+        if let Some(h) = halting {
+            env = env.with_halting(h).unwrap();
+        }
+        env.reset(Some(4), &Info::new()).unwrap();
+        let mut steps = Vec::new();
+        loop {
+            let s = env.step(&Value::F32(vec![0.3, -0.6])).unwrap();
+            let end = s.terminated || s.truncated;
+            steps.push(s);
+            if end {
+                return steps;
+            }
+        }
+    };
+    let plain = episode(None);
+    assert_eq!(plain.len(), 20);
+    // Members that agree with M (its own weights) never halt it, even at threshold 0, and
+    // the members do not change the dream.
+    let same = episode(Some(Halting {
+        members: vec![member(65), member(65)],
+        threshold: 0.0,
+        reward: -100.0,
+    }));
+    assert_eq!(same.len(), 20);
+    for (a, b) in plain.iter().zip(&same) {
+        assert_eq!((&a.obs, a.reward), (&b.obs, b.reward));
+        assert_eq!(b.info["disagreement"].as_f64(), Some(0.0));
+    }
+    // Members from other seeds disagree: over a threshold of 0 the first step ends the
+    // dream with the halting reward; under a threshold above every spread, nothing changes.
+    let other = vec![member(66), member(67)];
+    let halted = episode(Some(Halting {
+        members: other.clone(),
+        threshold: 0.0,
+        reward: -100.0,
+    }));
+    assert_eq!(halted.len(), 1);
+    assert!(halted[0].terminated && halted[0].reward == -100.0);
+    assert_eq!(halted[0].info["halted"].as_bool(), Some(true));
+    let spread = halted[0].info["disagreement"].as_f64().unwrap();
+    assert!(spread > 0.0);
+    let loose = episode(Some(Halting {
+        members: other,
+        threshold: 1e9,
+        reward: -100.0,
+    }));
+    assert_eq!(loose.len(), 20);
+    assert!(
+        plain
+            .iter()
+            .zip(&loose)
+            .all(|(a, b)| a.obs == b.obs && a.reward == b.reward)
+    );
+    // A member of another size is a config error.
+    let wide = Arc::new(
+        MdnRnn::new(
+            MdnRnnConfig {
+                z_size: 4,
+                ..tiny_mdn()
+            },
+            &Device::Cpu,
+            1,
+        )
+        .unwrap(),
+    );
+    assert!(
+        dream_env(65)
+            .with_halting(Halting {
+                members: vec![wide],
+                threshold: 1.0,
+                reward: 0.0,
+            })
+            .is_err()
+    );
+}
