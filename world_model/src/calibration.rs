@@ -88,7 +88,9 @@ pub fn fit_affine(x: &[f64], y: &[f64]) -> (f64, f64) {
 /// Platt scaling: `(α, β)` minimising the cross-entropy of `σ(α·logit + β)` against `labels`
 /// (0 or 1), by Newton's method. The targets are smoothed as Platt proposed
 /// (`(N₊ + 1) / (N₊ + 2)` and `1 / (N₋ + 2)`), which keeps the fit finite when one class is
-/// missing or the classes separate.
+/// missing or the classes separate. The slope is kept >= 0: a head whose logits rank the
+/// held-out steps backwards (as a fit on a handful of episodes can make it look) is no better
+/// than a constant rate, so it is read as the smoothed rate of the held-out steps.
 pub fn fit_platt(logits: &[f64], labels: &[f64]) -> (f64, f64) {
     let n = logits.len().min(labels.len());
     if n == 0 {
@@ -150,6 +152,10 @@ pub fn fit_platt(logits: &[f64], labels: &[f64]) -> (f64, f64) {
         if done {
             break;
         }
+    }
+    if a < 0.0 {
+        let rate = targets.iter().sum::<f64>() / n as f64;
+        return (0.0, (rate / (1.0 - rate)).ln());
     }
     (a, b)
 }
@@ -294,6 +300,21 @@ mod tests {
         // One positive in ten, smoothed: (1 + 1) / (1 + 2) and 1 / (9 + 2).
         let target = (2.0 / 3.0 + 9.0 / 11.0) / 10.0;
         assert!((sigmoid(a * 0.3 + b) - target).abs() < 1e-6);
+    }
+
+    #[test]
+    fn platt_scaling_never_inverts_the_head() {
+        // Labels that fall as the logit rises: the best slope is negative, the fit keeps 0
+        // and reads every step at the smoothed rate of the held-out steps.
+        let x: Vec<f64> = (0..40).map(|i| i as f64 / 4.0 - 5.0).collect();
+        let y: Vec<f64> = x.iter().map(|v| (*v < -3.0) as u8 as f64).collect();
+        let (a, b) = fit_platt(&x, &y);
+        assert_eq!(a, 0.0);
+        let pos = y.iter().sum::<f64>();
+        let rate = (pos * (pos + 1.0) / (pos + 2.0) + (40.0 - pos) / (40.0 - pos + 2.0)) / 40.0;
+        assert!((sigmoid(b) - rate).abs() < 1e-12, "{} {rate}", sigmoid(b));
+        // A constant rate beats the inverted head read as it is.
+        assert!(bce(a, b, &x, &y) < bce(1.0, 0.0, &x, &y));
     }
 
     #[test]
