@@ -30,6 +30,10 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
         description: "uniform samples of the action space, seeded per episode",
     },
     PolicyKind {
+        spec: "brownian[:<step>]",
+        description: "random play as a walk: a uniform first action, then Gaussian steps of <step> half-ranges (default 0.141), clipped; holds turns and speed as uniform draws never do (bounded Box actions)",
+    },
+    PolicyKind {
         spec: "expert",
         description: "the env's scripted expert (CartPole-v0: state feedback; Reacher-v0: inverse kinematics + PD; Tabletop-v0 in language mode: the scripted planner)",
     },
@@ -119,6 +123,29 @@ fn noise_suffix(spec: &str) -> anyhow::Result<Option<(&str, f64)>> {
     Ok(Some((inner.trim(), n)))
 }
 
+/// The step of a `brownian` or `brownian:<step>` spec (None for any other spec).
+fn brownian_step(spec: &str) -> anyhow::Result<Option<f64>> {
+    let Some(rest) = spec.strip_prefix("brownian") else {
+        return Ok(None);
+    };
+    if Path::new(spec).exists() {
+        return Ok(None);
+    }
+    if rest.is_empty() {
+        return Ok(Some(dreamgym_policies::BrownianPolicy::DEFAULT_SIGMA));
+    }
+    let Some(step) = rest.strip_prefix(':') else {
+        return Ok(None);
+    };
+    match step.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+        _ => anyhow::bail!(
+            "`{spec}`: the random walk's step must be a number > 0 (in half-ranges), e.g. \
+             brownian:0.2"
+        ),
+    }
+}
+
 /// Checks that a spec names a policy that could load on `env_id`, without loading models (for
 /// config validation).
 pub fn check_policy_spec(spec: &str, env_id: &str) -> anyhow::Result<()> {
@@ -132,6 +159,9 @@ pub fn check_policy_spec(spec: &str, env_id: &str) -> anyhow::Result<()> {
         return check_policy_spec(inner, env_id);
     }
     if spec == "random" {
+        return Ok(());
+    }
+    if brownian_step(spec)?.is_some() {
         return Ok(());
     }
     if spec == "expert" {
@@ -260,6 +290,13 @@ pub fn load_policy(
     }
     if spec == "random" {
         return Ok(Box::new(RandomPolicy::new(action_space.clone(), seed)));
+    }
+    if let Some(step) = brownian_step(spec)? {
+        return Ok(Box::new(dreamgym_policies::BrownianPolicy::new(
+            action_space.clone(),
+            step,
+            seed,
+        )?));
     }
     if spec == "expert" {
         return dreamgym_policies::expert_for(env_id, observation_space, action_space)?

@@ -26,7 +26,7 @@ pub use error::PolicyError;
 pub use language::{LanguageModel, LanguagePolicy, LlamaSize, Sampling, Stop, TextTokenizer};
 pub use linear::LinearController;
 pub use policy::{Policy, PolicyBatch};
-pub use random::RandomPolicy;
+pub use random::{BrownianPolicy, RandomPolicy};
 pub use scripted::{
     CartPoleExpert, EXPERTS, MixturePolicy, NoisyPolicy, ReacherExpert, TabletopPlanner, expert_for,
 };
