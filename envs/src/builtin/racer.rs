@@ -33,6 +33,12 @@
 //!
 //! With `obs = "pixels"`, a `width`×`height` RGB image (u8, default 64×64) from a top-down
 //! camera that follows the car, car pointing up, like CarRacing's: grass, grey road, red car.
+//! With `indicators = true`, the bottom eighth of the image is CarRacing's indicator bar
+//! instead: on black, the speed as a white bar from the left (full width at 40 m/s), and below
+//! it the steering angle (green, left half) and the yaw rate (red, right half, full at 2 rad/s)
+//! as bars from the middle of their half, to the left for left. Without them, pixels cannot
+//! tell a car rolling along a straight road from one standing on it (road and grass are
+//! uniform), and the tiles it earns depend on that speed.
 //! With `obs = "both"`, a Dict of `pixels` and `state`.
 //!
 //! ## Rewards
@@ -104,6 +110,66 @@ pub struct RacerConfig {
     pub height: usize,
     /// Half the height of the ground area the camera shows, m.
     pub view_half_height: f32,
+    /// Draw CarRacing's indicator bar (speed, steering, yaw rate) over the bottom of pixel
+    /// observations.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub indicators: bool,
+}
+
+/// Speed that fills the indicator bar, m/s.
+const INDICATOR_SPEED: f32 = 40.0;
+/// Yaw rate that fills half the bottom row of the indicator bar, rad/s.
+const INDICATOR_YAW_RATE: f32 = 2.0;
+
+/// Draws the indicator bar into the bottom `max(4, h / 8)` rows of an RGB image `w`×`h`:
+/// the speed (white) in the upper half of the bar, the steering angle (green, left half) and
+/// the yaw rate (red, right half) in the lower half, as bars from the middle of their half
+/// (left for left-turning values).
+fn draw_indicators(rgb: &mut [u8], w: usize, h: usize, speed: f32, steering: f32, yaw_rate: f32) {
+    let band = (h / 8).max(4).min(h);
+    let top = h - band;
+    let split = top + band / 2;
+    let mut fill = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, c: [u8; 3]| {
+        for y in rows {
+            for x in cols.clone() {
+                rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&c);
+            }
+        }
+    };
+    fill(top..h, 0..w, [0, 0, 0]);
+    let span = |v: f32, max: f32, len: usize| -> usize {
+        let f = if v.is_finite() {
+            (v.abs() / max).min(1.0)
+        } else {
+            0.0
+        };
+        (f * len as f32).round() as usize
+    };
+    // The speed's bar leaves a pixel of black at both ends and a row above and below.
+    let inner = w.saturating_sub(2);
+    let n = span(speed, INDICATOR_SPEED, inner);
+    fill(top + 1..split, 1..1 + n, [255, 255, 255]);
+    // Left for positive (left-turning) values, right for negative, from the half's middle.
+    let half = w / 2;
+    let centred = |v: f32, max: f32, origin: usize| -> std::ops::Range<usize> {
+        let n = span(v, max, half / 2);
+        if v > 0.0 {
+            origin - n..origin
+        } else {
+            origin..origin + n
+        }
+    };
+    let bottom = split + usize::from(band >= 6)..h - usize::from(band >= 6);
+    fill(
+        bottom.clone(),
+        centred(steering, MAX_STEER, half / 2),
+        [0, 255, 0],
+    );
+    fill(
+        bottom,
+        centred(yaw_rate, INDICATOR_YAW_RATE, half + half / 2),
+        [255, 0, 0],
+    );
 }
 
 impl Default for RacerConfig {
@@ -121,6 +187,7 @@ impl Default for RacerConfig {
             width: 64,
             height: 64,
             view_half_height: 16.0,
+            indicators: false,
         }
     }
 }
@@ -373,9 +440,26 @@ impl Racer {
 
     fn observation(&mut self) -> Result<Value, EnvError> {
         let state = self.observe();
+        let (speed, yaw_rate, steering) = (state[0], state[2], state[3]);
         let camera = self.camera();
-        self.pixels
-            .observe(state, &self.scene, &self.world, &camera)
+        let mut obs = self
+            .pixels
+            .observe(state, &self.scene, &self.world, &camera)?;
+        if self.config.indicators {
+            let image = match &mut obs {
+                Value::U8(v) => Some(v),
+                Value::Dict(d) => match d.get_mut("pixels") {
+                    Some(Value::U8(v)) => Some(v),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(rgb) = image {
+                let (w, h) = (self.config.width, self.config.height);
+                draw_indicators(rgb, w, h, speed, steering, yaw_rate);
+            }
+        }
+        Ok(obs)
     }
 
     /// The underlying world (read-only), for viewers and cameras.
@@ -593,6 +677,61 @@ mod tests {
         );
         // The first tiles were visited on the way.
         assert!(steps.iter().any(|s| s.reward > 0.0));
+    }
+
+    #[test]
+    fn the_indicator_bar_shows_speed_steering_and_yaw_rate() {
+        let pixels = |indicators| RacerConfig {
+            obs: ObsMode::Both,
+            indicators,
+            ..RacerConfig::default()
+        };
+        let (mut plain, mut shown) = (
+            Racer::new(pixels(false)).unwrap(),
+            Racer::new(pixels(true)).unwrap(),
+        );
+        let split = |v: &Value| -> (Vec<u8>, Vec<f32>) {
+            let Value::Dict(d) = v else { panic!("{v:?}") };
+            let Value::U8(img) = &d["pixels"] else {
+                panic!("no image")
+            };
+            (img.clone(), d["state"].as_f32().unwrap().to_vec())
+        };
+        let w = 64;
+        let px = |img: &[u8], x: usize, y: usize| -> [u8; 3] {
+            img[(y * w + x) * 3..(y * w + x) * 3 + 3]
+                .try_into()
+                .unwrap()
+        };
+        let white = |img: &[u8]| (1..w - 1).filter(|&x| px(img, x, 57) == [255; 3]).count();
+        let (a, _) = plain.reset(Some(3), &Info::new()).unwrap();
+        let (b, _) = shown.reset(Some(3), &Info::new()).unwrap();
+        let ((a, _), (b, _)) = (split(&a), split(&b));
+        // The bar covers the bottom eighth, black at rest; the rest of the image is the same.
+        assert_eq!(a[..56 * w * 3], b[..56 * w * 3]);
+        assert!((56..64).all(|y| (0..w).all(|x| px(&b, x, y) == [0; 3])));
+        assert_ne!(a[56 * w * 3..], b[56 * w * 3..]);
+        // Full gas: the white bar grows with the speed, as long as speed / 40 m/s says.
+        let mut last = 0;
+        for _ in 0..3 {
+            let step = drive(&mut shown, [0.0, 1.0, 0.0], 25).pop().unwrap();
+            let (img, state) = split(&step.obs);
+            let n = white(&img);
+            let want = (state[0] / 40.0 * 62.0).round() as usize;
+            assert_eq!(n, want, "speed {}", state[0]);
+            assert!(n > last, "{n} after {last}");
+            last = n;
+        }
+        // Steering right: green right of the left half's middle; turning right: red right of
+        // the right half's middle; nothing on the other sides.
+        let step = drive(&mut shown, [1.0, 1.0, 0.0], 10).pop().unwrap();
+        let (img, state) = split(&step.obs);
+        assert!(state[3] < 0.0 && state[2] < 0.0, "{state:?}");
+        let row = 61;
+        assert_eq!(px(&img, 16, row), [0, 255, 0]);
+        assert_eq!(px(&img, 15, row), [0; 3]);
+        assert_eq!(px(&img, 48, row), [255, 0, 0]);
+        assert_eq!(px(&img, 47, row), [0; 3]);
     }
 
     #[test]
