@@ -82,6 +82,7 @@ pub fn tiny_config() -> WorldModelsConfig {
             lr: 1e-3,
             grad_clip: 1.0,
             held_out: 0.0,
+            ensemble: 1,
         },
         controller: ControllerStage {
             in_dream: false,

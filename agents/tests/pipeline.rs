@@ -482,3 +482,84 @@ fn m_is_calibrated_on_held_out_episodes_and_the_dream_reads_it() {
     let err = format!("{:#}", stage(&cfg, &run, Stage::Controller).unwrap_err());
     assert!(err.contains("another M"), "{err}");
 }
+
+#[test]
+fn an_ensemble_of_ms_is_trained_measured_on_held_out_steps_and_halts_the_dream() {
+    use dreamgym_agents::world_models::{EnsembleFile, IterateStage, round_dir};
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::new(root.path());
+    record(&run.data(), 4, 30).unwrap();
+    let mut cfg = tiny_config();
+    cfg.controller.in_dream = true;
+    cfg.controller.dream.halt_quantile = 0.5;
+    cfg.controller.dream.halt_reward = -7.0;
+    // Halting needs members and held-out episodes to measure them on: clear errors.
+    let err = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(err.contains("mdnrnn.ensemble"), "{err}");
+    cfg.mdnrnn.ensemble = 3;
+    let err = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(err.contains("mdnrnn.held_out"), "{err}");
+    cfg.mdnrnn.held_out = 0.25;
+    cfg.mdnrnn.batch_size = 3;
+    cfg.eval.max_steps = 20;
+    cfg.iterate = IterateStage {
+        rounds: 1,
+        episodes: 2,
+        noise: 0.1,
+        mdnrnn_epochs: 1,
+        generations: 1,
+    };
+    let lines = Lines::default();
+    let rows = run_world_models(
+        &cfg,
+        &run,
+        &Registry::with_builtins(),
+        Stage::All,
+        &lines,
+        None,
+    )
+    .unwrap()
+    .rounds
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    let said = lines.take();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("the dream ends where M's 3 members disagree")),
+        "{said:?}"
+    );
+    for dir in [run.clone(), round_dir(&run, 1)] {
+        let file: EnsembleFile =
+            serde_json::from_slice(&std::fs::read(dir.file("ensemble.json")).unwrap()).unwrap();
+        let crc = |stem: &std::path::Path| dreamgym_nn::weights_crc32(stem).unwrap();
+        let members: Vec<u32> = std::iter::once(crc(&dir.checkpoint("mdnrnn")))
+            .chain((1..3).map(|k| {
+                crc(
+                    &RunDir::new(dir.root().join("ensemble").join(k.to_string()))
+                        .checkpoint("mdnrnn"),
+                )
+            }))
+            .collect();
+        assert_eq!(file.members_crc32, members);
+        // Three Ms from three seeds: three different sets of weights, which disagree.
+        assert!(members[0] != members[1] && members[1] != members[2]);
+        // Measured on the held-out episode(s): the 4th of the first 4 (30 steps); in the
+        // round, 6 episodes, still one held out.
+        assert_eq!((file.episodes, file.steps), (1, 30));
+        assert_eq!(file.quantiles.len(), 1001);
+        assert!(file.quantiles.windows(2).all(|w| w[0] <= w[1]));
+        assert!(file.quantile(0.5) > 0.0);
+    }
+    // An ensemble file that describes other Ms is refused, not silently used.
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.file("ensemble.json")).unwrap()).unwrap();
+    file["members_crc32"][1] = serde_json::json!(1);
+    std::fs::write(
+        run.file("ensemble.json"),
+        serde_json::to_vec(&file).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(run.file("controller.state.json")).unwrap();
+    let err = format!("{:#}", stage(&cfg, &run, Stage::Controller).unwrap_err());
+    assert!(err.contains("other Ms"), "{err}");
+}

@@ -82,6 +82,16 @@ pub struct MdnStage {
     /// Fraction of the episodes held out of M's training (every n-th, n = 1 / fraction), on
     /// which its reward and done heads are measured and calibrated (`calibration.json`).
     pub held_out: f64,
+    /// Ms trained on the same episodes from different seeds (1: only the run's own M). The
+    /// others live in `ensemble/<k>/`; where they disagree, M is guessing
+    /// (`controller.dream.halt_quantile`).
+    #[serde(skip_serializing_if = "is_one")]
+    pub ensemble: usize,
+}
+
+// Left out of the serialized config while 1 (its value before it existed).
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for MdnStage {
@@ -94,6 +104,7 @@ impl Default for MdnStage {
             lr: 1e-3,
             grad_clip: 1.0,
             held_out: 0.0,
+            ensemble: 1,
         }
     }
 }
@@ -229,6 +240,24 @@ impl WorldModelsConfig {
             (0.0..=0.5).contains(&self.mdnrnn.held_out),
             "mdnrnn.held_out must be a fraction in 0..=0.5"
         );
+        anyhow::ensure!(
+            (1..=16).contains(&self.mdnrnn.ensemble),
+            "mdnrnn.ensemble must be in 1..=16"
+        );
+        let dream = &self.controller.dream;
+        anyhow::ensure!(
+            (0.0..1.0).contains(&dream.halt_quantile) && dream.halt_reward.is_finite(),
+            "controller.dream.halt_quantile must be a fraction in 0..1 (0: off) and \
+             controller.dream.halt_reward a number"
+        );
+        if dream.halt_quantile > 0.0 {
+            anyhow::ensure!(
+                self.mdnrnn.ensemble >= 2 && self.mdnrnn.held_out > 0.0,
+                "controller.dream.halt_quantile needs an ensemble of Ms (mdnrnn.ensemble >= 2) \
+                 and episodes held out of their training to measure their disagreement on \
+                 (mdnrnn.held_out, e.g. 0.1)"
+            );
+        }
         if self.controller.dream.calibrated {
             anyhow::ensure!(
                 self.mdnrnn.held_out > 0.0,

@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::WorldModelsConfig;
 use super::agent::WorldModel;
-use super::calibrate::dream_calibration;
-use super::train_controller::{arenas, controller_policy};
+use super::train_controller::{DreamSetup, arenas, controller_policy, dream_setup};
 use crate::{Progress, RunDir, run_jobs};
 
 /// The evaluation's numbers (`eval.json`).
@@ -68,7 +67,16 @@ pub fn evaluate(
         "evaluate",
         (jobs.len() + if dream { seeds.len() } else { 0 }) as u64,
     );
-    let mut real = arenas(workers, false, cfg, registry, meta, wm, starts, None)?;
+    let mut real = arenas(
+        workers,
+        false,
+        cfg,
+        registry,
+        meta,
+        wm,
+        starts,
+        &DreamSetup::default(),
+    )?;
     let returns: Vec<f64> = run_jobs(&mut real, &policies, &jobs, e.max_steps, progress)
         .inspect_err(|_| progress.end())?
         .iter()
@@ -76,8 +84,8 @@ pub fn evaluate(
         .collect();
     let (controller_returns, random_returns) = returns.split_at(seeds.len());
     let dream = if dream {
-        let calibration = dream_calibration(cfg, run)?;
-        let mut envs = arenas(workers, true, cfg, registry, meta, wm, starts, calibration)?;
+        let setup = dream_setup(cfg, run, wm)?;
+        let mut envs = arenas(workers, true, cfg, registry, meta, wm, starts, &setup)?;
         let c = controller_policy(controller, true, wm)?;
         let jobs: Vec<(usize, u64)> = seeds.iter().map(|s| (0, *s)).collect();
         Some(

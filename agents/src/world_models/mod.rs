@@ -11,6 +11,7 @@ mod calibrate;
 mod config;
 mod data;
 mod encode;
+mod ensemble;
 mod evaluate;
 mod pipeline;
 mod report;
@@ -33,6 +34,7 @@ pub use data::{
     save_series, start_latents,
 };
 pub use encode::encode;
+pub use ensemble::EnsembleFile;
 pub use evaluate::{EvalSummary, evaluate};
 pub use pipeline::{Outcome, Stage, run_world_models};
 pub use report::report;

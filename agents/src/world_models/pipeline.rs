@@ -10,6 +10,7 @@ use dreamgym_world_model::dream::StartLatent;
 use super::agent::WorldModel;
 use super::data::{PixelData, Series, dataset_meta, load_series, start_latents};
 use super::encode::encode;
+use super::ensemble::train_ensemble;
 use super::evaluate::{EvalSummary, evaluate};
 use super::report::report;
 use super::saved::{ControllerFile, load_vae, load_world_model};
@@ -182,6 +183,16 @@ fn encode_and_train_mdn(
     let (mdn, s) = train_mdn(cfg, &series, run, progress)?;
     progress.done(&train_line("M", &s, "sequences/s"));
     out.mdn = Some(s);
+    for (k, s) in train_ensemble(cfg, &series, run, None, progress)?
+        .iter()
+        .enumerate()
+    {
+        progress.done(&train_line(
+            &format!("M's ensemble member {}", k + 1),
+            s,
+            "sequences/s",
+        ));
+    }
     Ok((mdn, start_latents(&series)?))
 }
 

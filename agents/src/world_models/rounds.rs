@@ -23,6 +23,7 @@ use super::agent::WorldModel;
 use super::calibrate::{teacher_forced, values};
 use super::data::{PixelData, Series, load_series, start_latents};
 use super::encode::encode;
+use super::ensemble::train_ensemble;
 use super::evaluate::EvalSummary;
 use super::pipeline::{Outcome, eval_and_report};
 use super::saved::{ControllerFile, load_mdn};
@@ -320,6 +321,20 @@ fn run_round(
         progress,
     )?;
     progress.done(&mdn_line(r, &s));
+    let members = train_ensemble(
+        &rcfg,
+        all_series,
+        &dir,
+        Some((prev, serde_json::json!({ "data": fingerprints }))),
+        progress,
+    )?;
+    if members.iter().any(|m| m.steps > 0) {
+        progress.done(&format!(
+            "round {r}: M's {} other ensemble members, {} epochs each from the last round's",
+            members.len(),
+            rcfg.mdnrnn.epochs
+        ));
+    }
     let rwm = WorldModel {
         vae: wm.vae.clone(),
         mdn: Arc::new(mdn),
@@ -448,7 +463,8 @@ fn write_rounds(
         let (dream, ratio) = match r.dream {
             Some((d, ds)) => (
                 format!("{d:.1} ± {ds:.1}"),
-                if d.abs() > 1e-9 {
+                // A ratio to a dream score at or below zero says nothing.
+                if d > 1e-9 {
                     format!("{:.2}", r.real.0 / d)
                 } else {
                     "–".into()

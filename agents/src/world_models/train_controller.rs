@@ -6,7 +6,7 @@ use dreamgym_base::derive_seed;
 use dreamgym_envs::recording::DatasetMeta;
 use dreamgym_envs::{Env, Registry};
 use dreamgym_policies::{CmaEs, CmaEsState, LinearController, Policy};
-use dreamgym_world_model::dream::StartLatent;
+use dreamgym_world_model::dream::{Halting, StartLatent};
 use dreamgym_world_model::{Calibration, DreamEnv};
 use serde::{Deserialize, Serialize};
 
@@ -14,12 +14,33 @@ use super::WorldModelsConfig;
 use super::agent::{WorldModel, WorldModelsAgent, check_pixels};
 use super::calibrate::dream_calibration;
 use super::data::{action_size, make_env};
+use super::ensemble::dream_halting;
 use super::saved::{ControllerFile, TrainedWith};
 use crate::progress::StopOnly;
 use crate::{Interrupted, MetricsLog, Progress, RunDir, run_jobs};
 
-/// `n` envs to run C's episodes in: the real env, or M's dream started from `starts` (its
-/// heads read through `calibration` when given).
+/// What the dream reads besides M: the calibration of its heads and the ensemble that halts
+/// it, when the config asks for them.
+#[derive(Clone, Default)]
+pub(crate) struct DreamSetup {
+    pub calibration: Option<Calibration>,
+    pub halting: Option<Halting>,
+}
+
+/// The dream's calibration and halting for the run's M, as `cfg` asks.
+pub(crate) fn dream_setup(
+    cfg: &WorldModelsConfig,
+    run: &RunDir,
+    wm: &WorldModel,
+) -> anyhow::Result<DreamSetup> {
+    Ok(DreamSetup {
+        calibration: dream_calibration(cfg, run)?,
+        halting: dream_halting(cfg, run, wm.mdn.device())?,
+    })
+}
+
+/// `n` envs to run C's episodes in: the real env, or M's dream started from `starts` (read
+/// through `dream`'s calibration and halted by its ensemble, when given).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn arenas(
     n: usize,
@@ -29,20 +50,22 @@ pub(crate) fn arenas(
     meta: &DatasetMeta,
     wm: &WorldModel,
     starts: &Arc<Vec<StartLatent>>,
-    calibration: Option<Calibration>,
+    dream: &DreamSetup,
 ) -> anyhow::Result<Vec<Box<dyn Env>>> {
     (0..n)
         .map(|_| -> anyhow::Result<Box<dyn Env>> {
             if in_dream {
-                Ok(Box::new(
-                    DreamEnv::new(
-                        wm.mdn.clone(),
-                        starts.clone(),
-                        meta.action_space.clone(),
-                        cfg.controller.dream.clone(),
-                    )?
-                    .with_calibration(calibration.unwrap_or(Calibration::IDENTITY)),
-                ))
+                let mut env = DreamEnv::new(
+                    wm.mdn.clone(),
+                    starts.clone(),
+                    meta.action_space.clone(),
+                    cfg.controller.dream.clone(),
+                )?
+                .with_calibration(dream.calibration.unwrap_or(Calibration::IDENTITY));
+                if let Some(h) = &dream.halting {
+                    env = env.with_halting(h.clone())?;
+                }
+                Ok(Box::new(env))
             } else {
                 make_env(registry, meta)
             }
@@ -99,10 +122,21 @@ pub(crate) fn train_controller_from(
         !stage.in_dream || !starts.is_empty(),
         "training in the dream needs the encoded series (run the encode stage first)"
     );
-    let calibration = if stage.in_dream {
-        dream_calibration(cfg, run)?
+    let dream = if stage.in_dream {
+        let d = dream_setup(cfg, run, wm)?;
+        if let Some(h) = &d.halting {
+            progress.note(&format!(
+                "C: the dream ends where M's {} members disagree more than on {:.1}% of the \
+                 held-out steps (> {:.4}), with reward {}",
+                h.members.len() + 1,
+                100.0 * stage.dream.halt_quantile,
+                h.threshold,
+                h.reward
+            ));
+        }
+        d
     } else {
-        None
+        DreamSetup::default()
     };
     let mut envs = arenas(
         stage.workers,
@@ -112,7 +146,7 @@ pub(crate) fn train_controller_from(
         meta,
         wm,
         starts,
-        calibration,
+        &dream,
     )?;
     let inputs = wm.feature_size();
     let n = LinearController::param_count(inputs, action_size(meta)?);

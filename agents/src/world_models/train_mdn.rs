@@ -55,6 +55,19 @@ pub(crate) fn train_mdn_from(
     start: Option<MdnStart<'_>>,
     progress: &dyn Progress,
 ) -> anyhow::Result<(MdnRnn, TrainSummary)> {
+    train_mdn_in(cfg, series, run, run, start, progress)
+}
+
+/// [`train_mdn_from`] writing M's checkpoint and metrics into `out` (an ensemble member's
+/// folder) while V is `run`'s; M's heads are calibrated only when `out` is `run` itself.
+pub(crate) fn train_mdn_in(
+    cfg: &WorldModelsConfig,
+    series: &[Series],
+    run: &RunDir,
+    out: &RunDir,
+    start: Option<MdnStart<'_>>,
+    progress: &dyn Progress,
+) -> anyhow::Result<(MdnRnn, TrainSummary)> {
     let mut trained_on = serde_json::json!({
         "vae_crc32": dreamgym_nn::weights_crc32(&run.checkpoint("vae"))?
     });
@@ -69,7 +82,7 @@ pub(crate) fn train_mdn_from(
         &device,
         derive_seed(cfg.seed, "mdnrnn.init", 0),
     )?;
-    let stem = run.checkpoint("mdnrnn");
+    let stem = out.checkpoint("mdnrnn");
     let mut opt = Adam::new(
         sorted_vars(m.varmap()),
         AdamConfig {
@@ -131,7 +144,7 @@ pub(crate) fn train_mdn_from(
         t
     );
     let mut metrics = MetricsLog::open(
-        run,
+        out,
         "mdnrnn",
         &["epoch", "step", "loss", "z_nll", "reward", "done"],
         Some(start as f64),
@@ -216,7 +229,11 @@ pub(crate) fn train_mdn_from(
         )?;
     }
     progress.end();
-    if let Some(c) = calibrate(cfg, &m, series, run)? {
+    if let Some(c) = (out.root() == run.root())
+        .then(|| calibrate(cfg, &m, series, run))
+        .transpose()?
+        .flatten()
+    {
         progress.note(&format!(
             "M's heads on {} held-out episodes: reward RMSE {:.3} ({:.3} calibrated), return \
              error {:.1} ({:.1}), done cross-entropy {:.4} ({:.4})",
