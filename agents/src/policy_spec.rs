@@ -31,7 +31,7 @@ pub const POLICY_KINDS: &[PolicyKind] = &[
     },
     PolicyKind {
         spec: "brownian[:<step>]",
-        description: "random play as a walk: a uniform first action, then Gaussian steps of <step> half-ranges (default 0.141), clipped; holds turns and speed as uniform draws never do (bounded Box actions)",
+        description: "random play as a walk: a uniform first action, then Gaussian steps of <step> half-ranges (default 0.141), clipped; holds turns and speed as uniform draws rarely do (bounded Box actions)",
     },
     PolicyKind {
         spec: "expert",

@@ -1,6 +1,6 @@
 //! Random play: uniformly random actions (the baseline every trained policy is compared with)
 //! and a random walk through a Box action space (random play that holds a turn or the gas for
-//! a while, which uniform draws never do).
+//! a while, which uniform draws rarely do).
 
 use dreamgym_base::derive_seed;
 use dreamgym_envs::{Space, Value};

@@ -47,15 +47,20 @@ pub struct EnsembleFile {
 impl EnsembleFile {
     /// The disagreement below which a fraction `q` of the held-out steps lie (interpolated).
     pub fn quantile(&self, q: f64) -> f64 {
-        let n = self.quantiles.len();
-        if n == 0 {
-            return 0.0;
-        }
-        let x = q.clamp(0.0, 1.0) * (n - 1) as f64;
-        let (i, f) = (x.floor() as usize, x.fract());
-        let hi = self.quantiles[(i + 1).min(n - 1)];
-        self.quantiles[i] * (1.0 - f) + hi * f
+        interpolate(&self.quantiles, q)
     }
+}
+
+/// The value a fraction `q` of the way through `sorted`, interpolated between neighbours (0
+/// when empty).
+fn interpolate(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let x = q.clamp(0.0, 1.0) * (n - 1) as f64;
+    let (i, f) = (x.floor() as usize, x.fract());
+    sorted[i] * (1.0 - f) + sorted[(i + 1).min(n - 1)] * f
 }
 
 fn crcs(run: &RunDir, members: usize) -> anyhow::Result<Vec<u32>> {
@@ -158,11 +163,7 @@ pub(crate) fn train_ensemble(
     spread.sort_by(f64::total_cmp);
     let n = spread.len();
     let quantiles = (0..=QUANTILES)
-        .map(|q| {
-            let x = q as f64 / QUANTILES as f64 * (n - 1) as f64;
-            let (i, f) = (x.floor() as usize, x.fract());
-            spread[i] * (1.0 - f) + spread[(i + 1).min(n - 1)] * f
-        })
+        .map(|q| interpolate(&spread, q as f64 / QUANTILES as f64))
         .collect();
     let file = EnsembleFile {
         members_crc32,

@@ -229,11 +229,12 @@ pub(crate) fn train_mdn_in(
         )?;
     }
     progress.end();
-    if let Some(c) = (out.root() == run.root())
-        .then(|| calibrate(cfg, &m, series, run))
-        .transpose()?
-        .flatten()
-    {
+    let calibration = if out.root() == run.root() {
+        calibrate(cfg, &m, series, run)?
+    } else {
+        None
+    };
+    if let Some(c) = calibration {
         progress.note(&format!(
             "M's heads on {} held-out episodes: reward RMSE {:.3} ({:.3} calibrated), return \
              error {:.1} ({:.1}), done cross-entropy {:.4} ({:.4})",
