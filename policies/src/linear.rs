@@ -66,16 +66,20 @@ impl LinearController {
 
     /// The action for features `x` (length `inputs`).
     pub fn act(&self, x: &[f32]) -> Value {
-        let (w, b) = self.params.split_at(self.inputs * self.outputs);
-        let a = (0..self.outputs)
-            .map(|o| {
-                let row = &w[o * self.inputs..(o + 1) * self.inputs];
-                let s: f32 = row.iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + b[o];
-                let t = s.tanh();
-                self.low[o] + (t + 1.0) * 0.5 * (self.high[o] - self.low[o])
-            })
-            .collect();
+        let mut a = vec![0.0; self.outputs];
+        self.act_into(x, &mut a);
         Value::F32(a)
+    }
+
+    /// The action for features `x`, written into `out` (`min(out.len(), outputs)` values).
+    pub fn act_into(&self, x: &[f32], out: &mut [f32]) {
+        let (w, b) = self.params.split_at(self.inputs * self.outputs);
+        for (o, a) in out.iter_mut().enumerate().take(self.outputs) {
+            let row = &w[o * self.inputs..(o + 1) * self.inputs];
+            let s: f32 = row.iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + b[o];
+            let t = s.tanh();
+            *a = self.low[o] + (t + 1.0) * 0.5 * (self.high[o] - self.low[o]);
+        }
     }
 }
 

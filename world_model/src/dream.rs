@@ -44,6 +44,13 @@ pub struct DreamConfig {
     /// leaving the field).
     #[serde(skip_serializing_if = "is_zero")]
     pub halt_reward: f64,
+    /// Each episode's next latents, rewards and ends come from one member of the halting
+    /// ensemble (M included), drawn at reset, instead of always from M (ME-TRPO's ensemble of
+    /// dynamics, Kurutach et al. 2018): a controller that profits from one M's error loses it
+    /// in the others' episodes. C still reads M's `h`, run on whatever latents the episode's
+    /// member produces, as it runs on the real env's frames.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ensemble_dynamics: bool,
 }
 
 // Fields added later are left out of the serialized config while unset, so that checkpoints
@@ -75,6 +82,7 @@ impl Default for DreamConfig {
             calibrated: false,
             halt_quantile: 0.0,
             halt_reward: 0.0,
+            ensemble_dynamics: false,
         }
     }
 }
@@ -97,6 +105,9 @@ pub struct DreamEnv {
     halting: Option<Halting>,
     /// (h, c) of each member of `halting`.
     member_states: Vec<(Tensor, Tensor)>,
+    /// Which model makes this episode's latents, rewards and ends: 0 for M, k for the k-th
+    /// member of `halting` (`ensemble_dynamics`).
+    dynamics: usize,
     obs_space: Space,
     action_space: Space,
     seeder: EpisodeSeeder,
@@ -161,6 +172,7 @@ impl DreamEnv {
             starts,
             halting: None,
             member_states: Vec::new(),
+            dynamics: 0,
             obs_space,
             action_space,
             seeder: EpisodeSeeder::default(),
@@ -223,6 +235,254 @@ impl DreamEnv {
     pub fn latent(&self) -> &[f32] {
         &self.z
     }
+
+    /// The model an episode's dynamics come from (drawn after its first latent).
+    fn draw_dynamics(&self, rng: &mut dreamgym_envs::EnvRng) -> usize {
+        match &self.halting {
+            Some(halt) if self.config.ensemble_dynamics => rng.random_range(0..=halt.members.len()),
+            _ => 0,
+        }
+    }
+}
+
+/// What [`DreamEnv::run_batch`] acts with: `(episode, observation [z, h], action out)`.
+pub type BatchPolicy<'a> = dyn FnMut(usize, &[f32], &mut [f32]) + 'a;
+
+/// One model's heads for a batch of rows, read back from the tensors.
+struct Heads {
+    log_pi: Vec<f32>,
+    mu: Vec<f32>,
+    log_sigma: Vec<f32>,
+    reward: Option<Vec<f32>>,
+    done: Option<Vec<f32>>,
+}
+
+/// How one episode of [`DreamEnv::run_batch`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DreamEpisode {
+    /// Sum of the rewards.
+    pub total_return: f64,
+    /// Steps taken.
+    pub steps: u64,
+    /// Whether M ended it (its done head, or the ensemble's halt), as opposed to the step limit.
+    pub terminated: bool,
+    /// Whether the ensemble's disagreement ended it.
+    pub halted: bool,
+}
+
+impl DreamEnv {
+    /// Runs one dream episode per seed, all stepped together as one batch through M (and the
+    /// halting ensemble): the episodes `reset(Some(seed))` and `step` would give one at a
+    /// time, up to float rounding (a product over many rows rounds differently from one over
+    /// one row, so a sampled draw near its edge can go the other way), at a fraction of the
+    /// cost: one matrix product per layer and step for the whole batch instead of one per
+    /// episode. The result depends only on the seeds, the policy and which seeds share the
+    /// batch. `policy(i, obs, action)` writes episode `i`'s action for its observation
+    /// `[z, h]`. Episodes end as in [`Env::step`] or after `max_steps` steps. This env's own
+    /// episode is left as it was.
+    pub fn run_batch(
+        &self,
+        seeds: &[u64],
+        max_steps: u64,
+        policy: &mut BatchPolicy<'_>,
+    ) -> Result<Vec<DreamEpisode>, EnvError> {
+        let cfg = self.model.config();
+        let (zs, hidden, na, k) = (cfg.z_size, cfg.hidden, cfg.action_size, cfg.mixtures);
+        let limit = max_steps.min(self.config.max_steps);
+        let mut results = vec![DreamEpisode::default(); seeds.len()];
+        if seeds.is_empty() || limit == 0 {
+            return Ok(results);
+        }
+        let dev = self.model.device().clone();
+        // Each episode's generator and first latent, drawn exactly as `reset` draws them.
+        let mut rngs = Vec::with_capacity(seeds.len());
+        let mut dynamics = Vec::with_capacity(seeds.len());
+        let mut z = Vec::with_capacity(seeds.len() * zs);
+        for &seed in seeds {
+            let (_, mut rng) = EpisodeSeeder::default().next_episode(Some(seed));
+            let start = &self.starts[rng.random_range(0..self.starts.len())];
+            z.extend(
+                start
+                    .mu
+                    .iter()
+                    .zip(&start.logvar)
+                    .map(|(m, lv)| m + (0.5 * lv).exp() * standard_normal(&mut rng)),
+            );
+            dynamics.push(self.draw_dynamics(&mut rng));
+            rngs.push(rng);
+        }
+        // Rows of the batch: the episodes still running, in order.
+        let mut active: Vec<usize> = (0..seeds.len()).collect();
+        let (mut h, mut c) = self.model.initial_state(seeds.len()).map_err(candle_err)?;
+        let mut members: Vec<(Tensor, Tensor)> = match &self.halting {
+            Some(halt) => halt
+                .members
+                .iter()
+                .map(|m| m.initial_state(seeds.len()))
+                .collect::<candle_core::Result<_>>()
+                .map_err(candle_err)?,
+            None => Vec::new(),
+        };
+        let mut hv = vec![0f32; seeds.len() * hidden];
+        let mut obs = vec![0f32; zs + hidden];
+        let vec = |t: &Tensor| -> Result<Vec<f32>, EnvError> {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(candle_err)
+        };
+        while !active.is_empty() {
+            let m = active.len();
+            let mut a = vec![0f32; m * na];
+            for (r, &e) in active.iter().enumerate() {
+                obs[..zs].copy_from_slice(&z[r * zs..(r + 1) * zs]);
+                obs[zs..].copy_from_slice(&hv[r * hidden..(r + 1) * hidden]);
+                let row = &mut a[r * na..(r + 1) * na];
+                policy(e, &obs, row);
+                if let Some(i) = row.iter().position(|x| !x.is_finite()) {
+                    return Err(EnvError::InvalidAction(format!(
+                        "episode {e}: element {i} is {}, not a finite number",
+                        row[i]
+                    )));
+                }
+            }
+            let zt = Tensor::from_slice(&z, (m, zs), &Device::Cpu)
+                .and_then(|t| t.to_device(&dev))
+                .map_err(candle_err)?;
+            let at = Tensor::from_vec(a, (m, na), &Device::Cpu)
+                .and_then(|t| t.to_device(&dev))
+                .map_err(candle_err)?;
+            let (out, h2, c2) = self.model.step(&zt, &at, &h, &c).map_err(candle_err)?;
+            let mut outs = vec![out];
+            let spreads = match &self.halting {
+                Some(halt) => {
+                    let mut means = vec![vec(&outs[0]
+                        .mixture()
+                        .and_then(|x| x.mean())
+                        .map_err(candle_err)?)?];
+                    for (mm, (mh, mc)) in halt.members.iter().zip(members.iter_mut()) {
+                        let (o, h3, c3) = mm.step(&zt, &at, mh, mc).map_err(candle_err)?;
+                        means.push(vec(&o
+                            .mixture()
+                            .and_then(|x| x.mean())
+                            .map_err(candle_err)?)?);
+                        outs.push(o);
+                        *mh = h3.detach();
+                        *mc = c3.detach();
+                    }
+                    (0..m)
+                        .map(|r| {
+                            let rows: Vec<&[f32]> =
+                                means.iter().map(|v| &v[r * zs..(r + 1) * zs]).collect();
+                            disagreement(&rows)
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            // The heads, as vectors, of each model some running episode takes its dynamics
+            // from (only M's unless `ensemble_dynamics`).
+            let heads = outs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    if active.iter().any(|&e| dynamics[e] == i) {
+                        let mixture = o.mixture().map_err(candle_err)?;
+                        Ok(Some(Heads {
+                            log_pi: vec(&mixture.log_pi)?,
+                            mu: vec(&mixture.mu)?,
+                            log_sigma: vec(&mixture.log_sigma)?,
+                            reward: o.reward.as_ref().map(vec).transpose()?,
+                            done: o.done_logit.as_ref().map(vec).transpose()?,
+                        }))
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .collect::<Result<Vec<_>, EnvError>>()?;
+            let block = zs * k;
+            let mut keep = Vec::with_capacity(m);
+            let mut next_z = Vec::with_capacity(m * zs);
+            for (r, &e) in active.iter().enumerate() {
+                let rng = &mut rngs[e];
+                let hd = heads
+                    .get(dynamics[e])
+                    .and_then(|x| x.as_ref())
+                    .ok_or_else(|| {
+                        EnvError::Other("dream: an episode's model is missing".into())
+                    })?;
+                let zr = sample_mixture(
+                    &hd.log_pi[r * block..(r + 1) * block],
+                    &hd.mu[r * block..(r + 1) * block],
+                    &hd.log_sigma[r * block..(r + 1) * block],
+                    k,
+                    self.config.temperature,
+                    rng,
+                );
+                let mut reward = match &hd.reward {
+                    Some(v) => self.calibration.reward(v[r] as f64),
+                    None => 0.0,
+                };
+                let halted = match (&self.halting, spreads.get(r)) {
+                    (Some(halt), Some(&u)) if u > halt.threshold => {
+                        reward = halt.reward;
+                        true
+                    }
+                    _ => false,
+                };
+                let terminated = halted
+                    || match &hd.done {
+                        Some(v) => {
+                            let p = self.calibration.done_probability(v[r] as f64) as f32;
+                            if self.config.sample_done {
+                                rng.random::<f32>() < p
+                            } else {
+                                p > self.config.done_threshold
+                            }
+                        }
+                        None => false,
+                    };
+                let ep = &mut results[e];
+                ep.total_return += reward;
+                ep.steps += 1;
+                ep.terminated = terminated;
+                ep.halted = halted;
+                if !terminated && ep.steps < limit {
+                    keep.push(r);
+                    next_z.extend_from_slice(&zr);
+                }
+            }
+            // Detached, or every step's graph would stay reachable from (h, c).
+            let (mut h2, mut c2) = (h2.detach(), c2.detach());
+            if keep.len() < m {
+                if keep.is_empty() {
+                    break;
+                }
+                let idx = Tensor::from_vec(
+                    keep.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    keep.len(),
+                    &dev,
+                )
+                .map_err(candle_err)?;
+                let pick = |t: &Tensor| {
+                    t.contiguous()
+                        .and_then(|t| t.index_select(&idx, 0))
+                        .map_err(candle_err)
+                };
+                h2 = pick(&h2)?;
+                c2 = pick(&c2)?;
+                for (mh, mc) in members.iter_mut() {
+                    *mh = pick(mh)?;
+                    *mc = pick(mc)?;
+                }
+                active = keep.iter().map(|&r| active[r]).collect();
+            }
+            h = h2;
+            c = c2;
+            z = next_z;
+            hv = vec(&h)?;
+        }
+        Ok(results)
+    }
 }
 
 fn candle_err(e: candle_core::Error) -> EnvError {
@@ -259,6 +519,7 @@ impl Env for DreamEnv {
                 .map_err(candle_err)?,
             None => Vec::new(),
         };
+        self.dynamics = self.draw_dynamics(&mut rng);
         self.rng = Some(rng);
         self.episode = EpisodeState {
             running: true,
@@ -295,17 +556,21 @@ impl Env for DreamEnv {
                 .and_then(|t| t.to_vec1())
                 .map_err(candle_err)
         };
-        let mixture = out.mixture().map_err(candle_err)?;
         // The members see the same latent and action; their (h, c) stay their own.
+        let mut outs = vec![out];
         let spread = match &self.halting {
             Some(halt) => {
-                let mut means = vec![vec(&mixture.mean().map_err(candle_err)?)?];
+                let mut means = vec![vec(&outs[0]
+                    .mixture()
+                    .and_then(|x| x.mean())
+                    .map_err(candle_err)?)?];
                 for (m, (h, c)) in halt.members.iter().zip(self.member_states.iter_mut()) {
                     let (o, h2, c2) = m.step(&z, &a, h, c).map_err(candle_err)?;
                     means.push(vec(&o
                         .mixture()
                         .and_then(|x| x.mean())
                         .map_err(candle_err)?)?);
+                    outs.push(o);
                     *h = h2.detach();
                     *c = c2.detach();
                 }
@@ -314,6 +579,9 @@ impl Env for DreamEnv {
             }
             None => None,
         };
+        // What happens next comes from the episode's model (M unless `ensemble_dynamics`).
+        let out = &outs[self.dynamics.min(outs.len() - 1)];
+        let mixture = out.mixture().map_err(candle_err)?;
         let (lp, mu, ls) = (
             vec(&mixture.log_pi)?,
             vec(&mixture.mu)?,

@@ -468,6 +468,16 @@ fn a_few_training_steps_lower_both_losses() {
 }
 
 fn dream_env(seed: u64) -> DreamEnv {
+    dream_env_with(
+        seed,
+        DreamConfig {
+            max_steps: 20,
+            ..Default::default()
+        },
+    )
+}
+
+fn dream_env_with(seed: u64, config: DreamConfig) -> DreamEnv {
     let cfg = tiny_mdn();
     let m = Arc::new(MdnRnn::new(cfg.clone(), &Device::Cpu, seed).unwrap());
     let starts = Arc::new(vec![
@@ -481,16 +491,7 @@ fn dream_env(seed: u64) -> DreamEnv {
         },
     ]);
     let actions = Space::Box(BoxSpace::uniform(vec![2], -1.0, 1.0));
-    DreamEnv::new(
-        m,
-        starts,
-        actions,
-        DreamConfig {
-            max_steps: 20,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    DreamEnv::new(m, starts, actions, config).unwrap()
 }
 
 #[test]
@@ -742,4 +743,168 @@ fn a_dream_halts_where_its_ensemble_disagrees() {
             })
             .is_err()
     );
+}
+
+#[test]
+fn a_batch_of_dreams_is_the_same_episodes_as_one_at_a_time() {
+    use dreamgym_envs::{Env, Info, Value};
+    use dreamgym_world_model::Calibration;
+    use dreamgym_world_model::dream::Halting;
+    let member = |seed| Arc::new(MdnRnn::new(tiny_mdn(), &Device::Cpu, seed).unwrap());
+    // A policy that reads the whole observation: a fixed linear map, squashed.
+    let act = |i: usize, obs: &[f32], out: &mut [f32]| {
+        for (o, a) in out.iter_mut().enumerate() {
+            let s: f32 = obs
+                .iter()
+                .enumerate()
+                .map(|(j, x)| x * (((j * 7 + o * 3 + i % 3) % 11) as f32 - 5.0) * 0.2)
+                .sum();
+            *a = s.tanh();
+        }
+    };
+    let env = |halt_at: f64, ensemble_dynamics: bool| {
+        let config = DreamConfig {
+            max_steps: 20,
+            sample_done: true,
+            ensemble_dynamics,
+            ..Default::default()
+        };
+        let mut e = dream_env_with(80, config).with_calibration(Calibration {
+            reward_scale: 3.0,
+            done_offset: -5.0,
+            ..Calibration::IDENTITY
+        });
+        if halt_at > 0.0 {
+            e = e
+                .with_halting(Halting {
+                    members: vec![member(81), member(82)],
+                    threshold: halt_at,
+                    reward: -7.0,
+                })
+                .unwrap();
+        }
+        e
+    };
+    let seeds: Vec<u64> = (0..24).map(|s| s * 13 + 5).collect();
+    // A threshold that some steps' disagreement passes and some do not: the median over
+    // the seeds' first steps (within 1e9, nothing halts).
+    let mut spreads: Vec<f64> = seeds
+        .iter()
+        .map(|&seed| {
+            let mut e = env(1e9, false);
+            e.reset(Some(seed), &Info::new()).unwrap();
+            let s = e.step(&Value::F32(vec![0.1, 0.2])).unwrap();
+            s.info["disagreement"].as_f64().unwrap()
+        })
+        .collect();
+    spreads.sort_by(f64::total_cmp);
+    let median = spreads[spreads.len() / 2];
+    let mut batches = Vec::new();
+    for (halt_at, ensemble_dynamics) in [(0.0, false), (median, false), (median, true)] {
+        let batch_env = env(halt_at, ensemble_dynamics);
+        let batch = batch_env
+            .run_batch(&seeds, 15, &mut |i, o, a| act(i, o, a))
+            .unwrap();
+        let mut single = env(halt_at, ensemble_dynamics);
+        for (i, &seed) in seeds.iter().enumerate() {
+            let (mut obs, _) = single.reset(Some(seed), &Info::new()).unwrap();
+            let (mut ret, mut steps, mut terminated, mut halted) = (0.0, 0, false, false);
+            while steps < 15 {
+                let mut a = vec![0.0; 2];
+                act(i, obs.as_f32().unwrap(), &mut a);
+                let s = single.step(&Value::F32(a)).unwrap();
+                ret += s.reward;
+                steps += 1;
+                if s.terminated || s.truncated {
+                    terminated = s.terminated;
+                    halted = s.info.contains_key("halted");
+                    break;
+                }
+                obs = s.obs;
+            }
+            let b = batch[i];
+            assert_eq!(
+                (b.steps, b.terminated, b.halted),
+                (steps, terminated, halted),
+                "episode {i}, halt at {halt_at}"
+            );
+            assert!(
+                (b.total_return - ret).abs() <= 1e-4 * (1.0 + ret.abs()),
+                "episode {i}: batch {} one at a time {ret}",
+                b.total_return
+            );
+        }
+        // Episodes end at different steps (the batch shrinks as they do), some halted.
+        let lengths: std::collections::BTreeSet<u64> = batch.iter().map(|b| b.steps).collect();
+        assert!(lengths.len() > 2, "{lengths:?} {batch:?}");
+        if halt_at > 0.0 && !ensemble_dynamics {
+            assert!(batch.iter().any(|b| b.halted) && batch.iter().any(|b| !b.halted));
+        }
+        batches.push(batch);
+    }
+    // Members' dynamics make other episodes than M's.
+    assert_ne!(batches[1], batches[2]);
+    // A policy that writes NaN is refused, not stepped.
+    let err = env(0.0, false).run_batch(&seeds, 5, &mut |_, _, a| a.fill(f32::NAN));
+    assert!(err.is_err());
+    assert!(
+        env(0.0, false)
+            .run_batch(&[], 5, &mut |_, _, _| ())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn ensemble_dynamics_draws_each_episodes_model_from_the_ensemble() {
+    use dreamgym_world_model::dream::Halting;
+    // M and member 2 never end an episode; member 1 always ends it at the first step.
+    let with_done = |seed, logit: f32| {
+        let m = MdnRnn::new(tiny_mdn(), &Device::Cpu, seed).unwrap();
+        {
+            let vars = m.varmap().data().lock().unwrap();
+            let w = &vars["done.weight"];
+            w.set(&w.as_tensor().zeros_like().unwrap()).unwrap();
+            let b = &vars["done.bias"];
+            b.set(&Tensor::full(logit, b.as_tensor().shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        Arc::new(m)
+    };
+    let starts = Arc::new(vec![StartLatent {
+        mu: vec![0.0; 3],
+        logvar: vec![-1.0; 3],
+    }]);
+    let lengths = |ensemble_dynamics: bool| -> Vec<u64> {
+        let env = DreamEnv::new(
+            with_done(90, -50.0),
+            starts.clone(),
+            Space::Box(BoxSpace::uniform(vec![2], -1.0, 1.0)),
+            DreamConfig {
+                max_steps: 10,
+                ensemble_dynamics,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .with_halting(Halting {
+            members: vec![with_done(91, 50.0), with_done(92, -50.0)],
+            threshold: 1e9,
+            reward: -1.0,
+        })
+        .unwrap();
+        let seeds: Vec<u64> = (0..600).collect();
+        env.run_batch(&seeds, 10, &mut |_, _, a| a.fill(0.1))
+            .unwrap()
+            .iter()
+            .map(|e| e.steps)
+            .collect()
+    };
+    assert!(lengths(false).iter().all(|&n| n == 10));
+    let drawn = lengths(true);
+    assert!(drawn.iter().all(|&n| n == 1 || n == 10));
+    // One model in three ends its episodes at once.
+    let short = drawn.iter().filter(|&&n| n == 1).count() as f64 / drawn.len() as f64;
+    assert!((0.28..0.39).contains(&short), "{short}");
+    assert_eq!(drawn, lengths(true), "same seeds, same draws");
 }
