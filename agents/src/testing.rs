@@ -95,6 +95,8 @@ pub fn tiny_config() -> WorldModelsConfig {
             rollouts: 1,
             max_steps: 10,
             workers: 2,
+            select_every: 0,
+            select_rollouts: 0,
             dream: DreamConfig {
                 max_steps: 10,
                 ..Default::default()

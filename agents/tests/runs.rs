@@ -422,6 +422,68 @@ fn c_interrupted_mid_training_resumes_to_the_same_controller() {
 }
 
 #[test]
+fn c_is_the_cma_es_mean_that_scored_best_and_resumes_to_the_same_choice() {
+    let mut cfg = tiny_config();
+    cfg.controller.in_dream = true;
+    cfg.controller.generations = 5;
+    cfg.controller.select_every = 2;
+    cfg.controller.select_rollouts = 3;
+    let registry = Registry::with_builtins();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<RunDir> = dirs.iter().map(|d| RunDir::new(d.path())).collect();
+    for run in &runs {
+        record(&run.data(), 4, 30).unwrap();
+        for s in [Stage::Vae, Stage::Mdn] {
+            run_world_models(&cfg, run, &registry, s, &(), None).unwrap();
+        }
+    }
+    run_world_models(&cfg, &runs[0], &registry, Stage::Controller, &(), None).unwrap();
+    // Stopped before the fourth generation (after one selection), then resumed.
+    let stop = StopAfter::new(3);
+    run_world_models(&cfg, &runs[1], &registry, Stage::Controller, &stop, None).unwrap_err();
+    run_world_models(&cfg, &runs[1], &registry, Stage::Controller, &(), None).unwrap();
+    // With one worker instead of two: the same batches, the same C.
+    let mut one = cfg.clone();
+    one.controller.workers = 1;
+    run_world_models(&one, &runs[2], &registry, Stage::Controller, &(), None).unwrap();
+    for run in &runs[1..] {
+        for file in ["controller.json", "metrics/controller_selection.csv"] {
+            assert_eq!(
+                std::fs::read(runs[0].file(file)).unwrap(),
+                std::fs::read(run.file(file)).unwrap(),
+                "{file} differs"
+            );
+        }
+    }
+    // The mean was scored after generations 2, 4 and the last (5); C is the best of them.
+    let text = std::fs::read_to_string(runs[0].file("metrics/controller_selection.csv")).unwrap();
+    let rows: Vec<(f64, f64)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (g, v) = l.split_once(',').unwrap();
+            (g.parse().unwrap(), v.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1.0, 3.0, 4.0]
+    );
+    let best = rows
+        .iter()
+        .cloned()
+        .fold((0.0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].file("controller.json")).unwrap()).unwrap();
+    assert_eq!(c["selected_after"].as_u64(), Some(best.0 as u64 + 1));
+    assert_eq!(c["best_fitness"].as_f64(), Some(best.1));
+    // The two settings go together.
+    cfg.controller.select_rollouts = 0;
+    let err = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(err.contains("select_every"), "{err}");
+}
+
+#[test]
 fn append_refuses_another_env_config_and_records_new_episodes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -127,6 +127,22 @@ pub struct ControllerStage {
     pub workers: usize,
     /// The dream's settings (temperature, done threshold).
     pub dream: DreamConfig,
+    /// Every this many generations, and after the last, CMA-ES's mean is scored on
+    /// `select_rollouts` episodes (the same seeds every time, none of them a training seed),
+    /// and C is the mean that scored best: the paper's procedure. 0: C is the candidate with
+    /// the best training fitness of any generation, a mean over `rollouts` episodes that the
+    /// search picked for being high, and so an overestimate.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub select_every: usize,
+    /// Episodes each selection scores CMA-ES's mean on.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub select_rollouts: usize,
+}
+
+// Settings added later are left out of the serialized config while unset, so that runs and
+// checkpoints made before them still match it.
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Default for ControllerStage {
@@ -143,6 +159,8 @@ impl Default for ControllerStage {
             max_steps: 1000,
             workers: 2,
             dream: DreamConfig::default(),
+            select_every: 0,
+            select_rollouts: 0,
         }
     }
 }
@@ -258,6 +276,11 @@ impl WorldModelsConfig {
                  (mdnrnn.held_out, e.g. 0.1)"
             );
         }
+        anyhow::ensure!(
+            !dream.ensemble_dynamics || dream.halt_quantile > 0.0,
+            "controller.dream.ensemble_dynamics draws each dream episode's model from the \
+             ensemble the dream halts with: set controller.dream.halt_quantile too (e.g. 0.99)"
+        );
         if self.controller.dream.calibrated {
             anyhow::ensure!(
                 self.mdnrnn.held_out > 0.0,
@@ -284,6 +307,11 @@ impl WorldModelsConfig {
         anyhow::ensure!(
             (1..=256).contains(&self.controller.workers),
             "controller.workers must be in 1..=256"
+        );
+        anyhow::ensure!(
+            (self.controller.select_every == 0) == (self.controller.select_rollouts == 0),
+            "controller.select_every and controller.select_rollouts go together: both 0 (C is \
+             the best candidate by its training fitness) or both at least 1"
         );
         anyhow::ensure!(self.eval.episodes >= 1, "eval.episodes must be at least 1");
         anyhow::ensure!(

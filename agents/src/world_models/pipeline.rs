@@ -283,14 +283,14 @@ fn report_is_whole(path: &std::path::Path) -> bool {
 
 fn controller_line(c: &ControllerFile) -> String {
     format!(
-        "C: {} generations {}, best mean training return {:.1}",
+        "C: {} generations {}, {}",
         c.generations,
         if c.in_dream {
             "in the dream"
         } else {
             "in the real env"
         },
-        c.best_fitness
+        c.score_line()
     )
 }
 

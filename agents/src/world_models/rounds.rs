@@ -352,8 +352,9 @@ fn run_round(
     )?;
     if ran {
         progress.done(&format!(
-            "round {r}: C, {} generations from the last C, best mean training return {:.1}",
-            file.generations, file.best_fitness
+            "round {r}: C, {} generations from the last C, {}",
+            file.generations,
+            file.score_line()
         ));
     }
     let c = file.controller(meta)?;

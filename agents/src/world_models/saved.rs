@@ -60,10 +60,14 @@ pub struct ControllerFile {
     pub inputs: usize,
     /// W row-major, then b.
     pub params: Vec<f32>,
-    /// The best mean training return seen (the one these parameters earned).
+    /// The best mean training return seen (the one these parameters earned); with
+    /// `controller.select_every`, the selected mean's score on the selection episodes.
     pub best_fitness: f64,
     /// Generations done.
     pub generations: usize,
+    /// With `controller.select_every`: the generation after which CMA-ES's mean was C.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_after: Option<usize>,
     /// The V and M it was trained with (absent in files from before this was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_with: Option<TrainedWith>,
@@ -89,6 +93,18 @@ impl TrainedWith {
 }
 
 impl ControllerFile {
+    /// What its score is, for messages: the best training fitness, or the selected mean's
+    /// score on the selection episodes.
+    pub fn score_line(&self) -> String {
+        match self.selected_after {
+            Some(g) => format!(
+                "CMA-ES's mean after generation {g}, mean return {:.1} on the selection episodes",
+                self.best_fitness
+            ),
+            None => format!("best mean training return {:.1}", self.best_fitness),
+        }
+    }
+
     /// Reads a controller file.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path).with_context(|| {

@@ -55,22 +55,91 @@ pub(crate) fn arenas(
     (0..n)
         .map(|_| -> anyhow::Result<Box<dyn Env>> {
             if in_dream {
-                let mut env = DreamEnv::new(
-                    wm.mdn.clone(),
-                    starts.clone(),
-                    meta.action_space.clone(),
-                    cfg.controller.dream.clone(),
-                )?
-                .with_calibration(dream.calibration.unwrap_or(Calibration::IDENTITY));
-                if let Some(h) = &dream.halting {
-                    env = env.with_halting(h.clone())?;
-                }
-                Ok(Box::new(env))
+                Ok(Box::new(dream_env(cfg, meta, wm, starts, dream)?))
             } else {
                 make_env(registry, meta)
             }
         })
         .collect()
+}
+
+/// M's dream started from `starts`, read through `dream`'s calibration and halted by its
+/// ensemble, when given.
+pub(crate) fn dream_env(
+    cfg: &WorldModelsConfig,
+    meta: &DatasetMeta,
+    wm: &WorldModel,
+    starts: &Arc<Vec<StartLatent>>,
+    dream: &DreamSetup,
+) -> anyhow::Result<DreamEnv> {
+    let mut env = DreamEnv::new(
+        wm.mdn.clone(),
+        starts.clone(),
+        meta.action_space.clone(),
+        cfg.controller.dream.clone(),
+    )?
+    .with_calibration(dream.calibration.unwrap_or(Calibration::IDENTITY));
+    if let Some(h) = &dream.halting {
+        env = env.with_halting(h.clone())?;
+    }
+    Ok(env)
+}
+
+/// Episodes that share one batch of [`DreamEnv::run_batch`]. Fixed, so that which episodes
+/// share a batch (and so how their products round) does not depend on `workers`.
+const DREAM_BATCH: usize = 64;
+
+/// The returns of `jobs` (controller, seed) in `env`, run as batches of [`DREAM_BATCH`]
+/// episodes spread over `workers` threads.
+pub(crate) fn dream_returns(
+    env: &DreamEnv,
+    controllers: &[LinearController],
+    jobs: &[(usize, u64)],
+    max_steps: u64,
+    workers: usize,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<f64>> {
+    if let Some((p, _)) = jobs.iter().find(|(p, _)| *p >= controllers.len()) {
+        anyhow::bail!("job names controller {p} of {}", controllers.len());
+    }
+    let chunks: Vec<&[(usize, u64)]> = jobs.chunks(DREAM_BATCH).collect();
+    let workers = workers.clamp(1, chunks.len().max(1));
+    let mut returns = vec![0.0; jobs.len()];
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let chunks = &chunks;
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                s.spawn(move || -> anyhow::Result<Vec<(usize, Vec<f64>)>> {
+                    let mut out = Vec::new();
+                    for (i, chunk) in chunks.iter().enumerate().skip(w).step_by(workers) {
+                        if progress.interrupted() {
+                            return Err(Interrupted {
+                                stage: "dream episodes".into(),
+                                saved: "nothing from the episodes in flight".into(),
+                            }
+                            .into());
+                        }
+                        let seeds: Vec<u64> = chunk.iter().map(|(_, s)| *s).collect();
+                        let episodes = env.run_batch(&seeds, max_steps, &mut |e, obs, a| {
+                            controllers[chunk[e].0].act_into(obs, a)
+                        })?;
+                        out.push((i, episodes.iter().map(|e| e.total_return).collect()));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a dream thread panicked"))??
+            {
+                returns[i * DREAM_BATCH..i * DREAM_BATCH + r.len()].copy_from_slice(&r);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(returns)
 }
 
 /// C as a policy for its arena: acting through V and M in the real env, or directly on the
@@ -138,16 +207,26 @@ pub(crate) fn train_controller_from(
     } else {
         DreamSetup::default()
     };
-    let mut envs = arenas(
-        stage.workers,
-        stage.in_dream,
-        cfg,
-        registry,
-        meta,
-        wm,
-        starts,
-        &dream,
-    )?;
+    // In the dream, all of a generation's episodes step as batches through one DreamEnv; in
+    // the real env, one env per worker.
+    let dream_env = if stage.in_dream {
+        Some(dream_env(cfg, meta, wm, starts, &dream)?)
+    } else {
+        None
+    };
+    let mut envs = match dream_env {
+        Some(_) => Vec::new(),
+        None => arenas(
+            stage.workers,
+            false,
+            cfg,
+            registry,
+            meta,
+            wm,
+            starts,
+            &dream,
+        )?,
+    };
     let inputs = wm.feature_size();
     let n = LinearController::param_count(inputs, action_size(meta)?);
     let mut es_cfg = stage.cmaes.clone();
@@ -163,11 +242,13 @@ pub(crate) fn train_controller_from(
         && file.generations == stage.generations
     {
         progress.done(&format!(
-            "C: already done (generation {}, best mean training return {:.1})",
-            file.generations, file.best_fitness
+            "C: already done (generation {}, {})",
+            file.generations,
+            file.score_line()
         ));
         return Ok((file, false));
     }
+    let mut selected = saved.as_ref().and_then(|cp| cp.selected.clone());
     let (mut es, start) = match saved {
         Some(cp) => {
             progress.note(&format!("C: resuming after generation {}", cp.generations));
@@ -203,24 +284,62 @@ pub(crate) fn train_controller_from(
             format!("C's CMA-ES state is saved after generation {g}; run again to resume")
         },
     };
+    // The returns of `jobs` (controller, seed): batched in the dream, one env per worker in
+    // the real env.
+    let score = |controllers: &[LinearController],
+                 jobs: &[(usize, u64)],
+                 envs: &mut Vec<Box<dyn Env>>|
+     -> anyhow::Result<Vec<f64>> {
+        match &dream_env {
+            Some(env) => dream_returns(
+                env,
+                controllers,
+                jobs,
+                stage.max_steps,
+                stage.workers,
+                progress,
+            ),
+            None => {
+                let policies = controllers
+                    .iter()
+                    .map(|c| controller_policy(c, false, wm))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let refs: Vec<&dyn Policy> = policies.iter().map(|p| p.as_ref()).collect();
+                let stats = run_jobs(envs, &refs, jobs, stage.max_steps, &StopOnly(progress))?;
+                Ok(stats.iter().map(|s| s.total_return).collect())
+            }
+        }
+    };
+    // The selection's episodes: the same seeds every time, from a stream of their own.
+    let select_jobs: Vec<(usize, u64)> = (0..stage.select_rollouts as u64)
+        .map(|r| (0, derive_seed(cfg.seed, "controller.select", r)))
+        .collect();
+    let mut selection_log = if stage.select_every > 0 {
+        Some(MetricsLog::open(
+            run,
+            "controller_selection",
+            &["generation", "score"],
+            Some(start as f64),
+        )?)
+    } else {
+        None
+    };
     for g in start..stage.generations {
         if progress.interrupted() {
             progress.end();
             return Err(interrupted(g).into());
         }
         let xs = es.ask();
-        let policies = xs
+        let controllers = xs
             .iter()
             .map(|x| {
-                let c = LinearController::new(
+                LinearController::new(
                     inputs,
                     &meta.action_space,
                     x.iter().map(|v| *v as f32).collect(),
-                )?;
-                controller_policy(&c, stage.in_dream, wm)
+                )
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let refs: Vec<&dyn Policy> = policies.iter().map(|p| p.as_ref()).collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let seeds: Vec<u64> = (0..stage.rollouts as u64)
             .map(|r| {
                 derive_seed(
@@ -233,29 +352,41 @@ pub(crate) fn train_controller_from(
         let jobs: Vec<(usize, u64)> = (0..xs.len())
             .flat_map(|c| seeds.iter().map(move |s| (c, *s)))
             .collect();
-        let returns: Vec<f64> = run_jobs(
-            &mut envs,
-            &refs,
-            &jobs,
-            stage.max_steps,
-            &StopOnly(progress),
-        )
-        .map_err(|e| {
+        let fail = |e: anyhow::Error| -> anyhow::Error {
             progress.end();
             if progress.interrupted() {
                 interrupted(g).into()
             } else {
                 e
             }
-        })?
-        .iter()
-        .map(|s| s.total_return)
-        .collect();
+        };
+        let returns = score(&controllers, &jobs, &mut envs).map_err(fail)?;
         let fitness: Vec<f64> = returns
             .chunks(stage.rollouts)
             .map(|r| r.iter().sum::<f64>() / r.len() as f64)
             .collect();
         es.tell(&fitness)?;
+        if let Some(log) = selection_log.as_mut()
+            && ((g + 1) % stage.select_every == 0 || g + 1 == stage.generations)
+        {
+            let params = es.mean();
+            let c = LinearController::new(
+                inputs,
+                &meta.action_space,
+                params.iter().map(|v| *v as f32).collect(),
+            )?;
+            let returns = score(&[c], &select_jobs, &mut envs).map_err(fail)?;
+            let value = returns.iter().sum::<f64>() / returns.len() as f64;
+            log.push(&[g as f64, value])?;
+            log.commit()?;
+            if selected.as_ref().is_none_or(|s: &Selected| value > s.score) {
+                selected = Some(Selected {
+                    generation: g + 1,
+                    score: value,
+                    params,
+                });
+            }
+        }
         let mean = fitness.iter().sum::<f64>() / fitness.len() as f64;
         let max = fitness.iter().cloned().fold(f64::MIN, f64::max);
         let min = fitness.iter().cloned().fold(f64::MAX, f64::min);
@@ -266,21 +397,29 @@ pub(crate) fn train_controller_from(
             made_by: made_by.clone(),
             generations: g + 1,
             es: es.state(),
+            selected: selected.clone(),
         }
         .write(&state_path)?;
         progress.status(&format!("best {max:.1} mean {mean:.1}"));
         progress.advance(1);
     }
     progress.end();
-    let (best_fitness, best) = es
-        .best()
-        .ok_or_else(|| anyhow::anyhow!("CMA-ES told no generation"))?;
+    let (best_fitness, best, selected_after) = match &selected {
+        Some(s) => (s.score, s.params.as_slice(), Some(s.generation)),
+        None => {
+            let (f, p) = es
+                .best()
+                .ok_or_else(|| anyhow::anyhow!("CMA-ES told no generation"))?;
+            (f, p, None)
+        }
+    };
     let file = ControllerFile {
         in_dream: stage.in_dream,
         inputs,
         params: best.iter().map(|v| *v as f32).collect(),
         best_fitness,
         generations: stage.generations,
+        selected_after,
         trained_with: Some(trained_with),
     };
     file.write(&run.file("controller.json"))?;
@@ -298,6 +437,19 @@ struct ControllerCheckpoint {
     made_by: serde_json::Value,
     generations: usize,
     es: CmaEsState,
+    /// The best-scoring mean so far, with `controller.select_every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    selected: Option<Selected>,
+}
+
+/// A CMA-ES mean scored on the selection episodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Selected {
+    /// Generations done when it was scored.
+    generation: usize,
+    /// Its mean return on the selection episodes.
+    score: f64,
+    params: Vec<f64>,
 }
 
 impl ControllerCheckpoint {
