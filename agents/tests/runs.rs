@@ -481,6 +481,12 @@ fn c_is_the_cma_es_mean_that_scored_best_and_resumes_to_the_same_choice() {
     cfg.controller.select_rollouts = 0;
     let err = format!("{:#}", cfg.validate().unwrap_err());
     assert!(err.contains("select_every"), "{err}");
+    // So do the ensemble's dynamics and the ensemble the dream halts with.
+    cfg.controller.select_rollouts = 3;
+    cfg.validate().unwrap();
+    cfg.controller.dream.ensemble_dynamics = true;
+    let err = format!("{:#}", cfg.validate().unwrap_err());
+    assert!(err.contains("halt_quantile"), "{err}");
 }
 
 #[test]
