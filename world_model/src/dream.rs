@@ -15,7 +15,7 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::calibration::Calibration;
-use crate::mdn::{MdnRnn, disagreement, sample_mixture, standard_normal};
+use crate::mdn::{MdnOutput, MdnRnn, disagreement, sample_mixture, standard_normal};
 
 /// How the dream behaves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,6 +236,36 @@ impl DreamEnv {
         &self.z
     }
 
+    /// A step's reward and whether it ends the episode (and whether by the halt), from the
+    /// heads of the episode's model (`predicted` reward, `done_logit`) and the ensemble's
+    /// `spread`; a sampled end draws from `rng`.
+    fn outcome(
+        &self,
+        predicted: Option<f32>,
+        done_logit: Option<f32>,
+        spread: Option<f64>,
+        rng: &mut dreamgym_envs::EnvRng,
+    ) -> (f64, bool, bool) {
+        if let (Some(halt), Some(u)) = (&self.halting, spread)
+            && u > halt.threshold
+        {
+            return (halt.reward, true, true);
+        }
+        let reward = predicted.map_or(0.0, |r| self.calibration.reward(r as f64));
+        let terminated = match done_logit {
+            Some(d) => {
+                let p = self.calibration.done_probability(d as f64) as f32;
+                if self.config.sample_done {
+                    rng.random::<f32>() < p
+                } else {
+                    p > self.config.done_threshold
+                }
+            }
+            None => false,
+        };
+        (reward, terminated, false)
+    }
+
     /// The model an episode's dynamics come from (drawn after its first latent).
     fn draw_dynamics(&self, rng: &mut dreamgym_envs::EnvRng) -> usize {
         match &self.halting {
@@ -352,32 +382,17 @@ impl DreamEnv {
                 .and_then(|t| t.to_device(&dev))
                 .map_err(candle_err)?;
             let (out, h2, c2) = self.model.step(&zt, &at, &h, &c).map_err(candle_err)?;
-            let mut outs = vec![out];
-            let spreads = match &self.halting {
-                Some(halt) => {
-                    let mut means = vec![vec(&outs[0]
-                        .mixture()
-                        .and_then(|x| x.mean())
-                        .map_err(candle_err)?)?];
-                    for (mm, (mh, mc)) in halt.members.iter().zip(members.iter_mut()) {
-                        let (o, h3, c3) = mm.step(&zt, &at, mh, mc).map_err(candle_err)?;
-                        means.push(vec(&o
-                            .mixture()
-                            .and_then(|x| x.mean())
-                            .map_err(candle_err)?)?);
-                        outs.push(o);
-                        *mh = h3.detach();
-                        *mc = c3.detach();
-                    }
-                    (0..m)
-                        .map(|r| {
-                            let rows: Vec<&[f32]> =
-                                means.iter().map(|v| &v[r * zs..(r + 1) * zs]).collect();
-                            disagreement(&rows)
-                        })
-                        .collect()
-                }
-                None => Vec::new(),
+            let (outs, means) = step_ensemble(out, self.halting.as_ref(), &mut members, &zt, &at)?;
+            let spreads: Vec<f64> = if means.is_empty() {
+                Vec::new()
+            } else {
+                (0..m)
+                    .map(|r| {
+                        let rows: Vec<&[f32]> =
+                            means.iter().map(|v| &v[r * zs..(r + 1) * zs]).collect();
+                        disagreement(&rows)
+                    })
+                    .collect()
             };
             // The heads, as vectors, of each model some running episode takes its dynamics
             // from (only M's unless `ensemble_dynamics`).
@@ -418,29 +433,12 @@ impl DreamEnv {
                     self.config.temperature,
                     rng,
                 );
-                let mut reward = match &hd.reward {
-                    Some(v) => self.calibration.reward(v[r] as f64),
-                    None => 0.0,
-                };
-                let halted = match (&self.halting, spreads.get(r)) {
-                    (Some(halt), Some(&u)) if u > halt.threshold => {
-                        reward = halt.reward;
-                        true
-                    }
-                    _ => false,
-                };
-                let terminated = halted
-                    || match &hd.done {
-                        Some(v) => {
-                            let p = self.calibration.done_probability(v[r] as f64) as f32;
-                            if self.config.sample_done {
-                                rng.random::<f32>() < p
-                            } else {
-                                p > self.config.done_threshold
-                            }
-                        }
-                        None => false,
-                    };
+                let (reward, terminated, halted) = self.outcome(
+                    hd.reward.as_ref().map(|v| v[r]),
+                    hd.done.as_ref().map(|v| v[r]),
+                    spreads.get(r).copied(),
+                    rng,
+                );
                 let ep = &mut results[e];
                 ep.total_return += reward;
                 ep.steps += 1;
@@ -483,6 +481,39 @@ impl DreamEnv {
         }
         Ok(results)
     }
+}
+
+/// Steps the members of `halting` on the same `z` and `a` as M, whose outputs are `out`,
+/// each from its own (h, c) in `states`: every model's outputs (M's first) and, with a
+/// halting ensemble, every model's mixture means (`[rows * z_size]` each; none without).
+fn step_ensemble(
+    out: MdnOutput,
+    halting: Option<&Halting>,
+    states: &mut [(Tensor, Tensor)],
+    z: &Tensor,
+    a: &Tensor,
+) -> Result<(Vec<MdnOutput>, Vec<Vec<f32>>), EnvError> {
+    let mean = |o: &MdnOutput| -> Result<Vec<f32>, EnvError> {
+        o.mixture()
+            .and_then(|x| x.mean())
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(candle_err)
+    };
+    let Some(halt) = halting else {
+        return Ok((vec![out], Vec::new()));
+    };
+    let mut means = vec![mean(&out)?];
+    let mut outs = vec![out];
+    for (m, (h, c)) in halt.members.iter().zip(states.iter_mut()) {
+        let (o, h2, c2) = m.step(z, a, h, c).map_err(candle_err)?;
+        means.push(mean(&o)?);
+        outs.push(o);
+        // Detached, or every step's graph would stay reachable from (h, c).
+        *h = h2.detach();
+        *c = c2.detach();
+    }
+    Ok((outs, means))
 }
 
 fn candle_err(e: candle_core::Error) -> EnvError {
@@ -556,29 +587,12 @@ impl Env for DreamEnv {
                 .and_then(|t| t.to_vec1())
                 .map_err(candle_err)
         };
-        // The members see the same latent and action; their (h, c) stay their own.
-        let mut outs = vec![out];
-        let spread = match &self.halting {
-            Some(halt) => {
-                let mut means = vec![vec(&outs[0]
-                    .mixture()
-                    .and_then(|x| x.mean())
-                    .map_err(candle_err)?)?];
-                for (m, (h, c)) in halt.members.iter().zip(self.member_states.iter_mut()) {
-                    let (o, h2, c2) = m.step(&z, &a, h, c).map_err(candle_err)?;
-                    means.push(vec(&o
-                        .mixture()
-                        .and_then(|x| x.mean())
-                        .map_err(candle_err)?)?);
-                    outs.push(o);
-                    *h = h2.detach();
-                    *c = c2.detach();
-                }
-                let refs: Vec<&[f32]> = means.iter().map(|m| m.as_slice()).collect();
-                Some(disagreement(&refs))
-            }
-            None => None,
-        };
+        let (outs, means) =
+            step_ensemble(out, self.halting.as_ref(), &mut self.member_states, &z, &a)?;
+        let spread = (!means.is_empty()).then(|| {
+            let refs: Vec<&[f32]> = means.iter().map(|m| m.as_slice()).collect();
+            disagreement(&refs)
+        });
         // What happens next comes from the episode's model (M unless `ensemble_dynamics`).
         let out = &outs[self.dynamics.min(outs.len() - 1)];
         let mixture = out.mixture().map_err(candle_err)?;
@@ -587,34 +601,24 @@ impl Env for DreamEnv {
             vec(&mixture.mu)?,
             vec(&mixture.log_sigma)?,
         );
-        let rng = self.rng.as_mut().expect("reset sets the rng");
-        self.z = sample_mixture(&lp, &mu, &ls, cfg.mixtures, self.config.temperature, rng);
+        let head = |t: &Option<Tensor>| -> Result<Option<f32>, EnvError> {
+            t.as_ref().map(|t| vec(t).map(|v| v[0])).transpose()
+        };
+        let (predicted, done_logit) = (head(&out.reward)?, head(&out.done_logit)?);
+        let mut rng = self.rng.take().expect("reset sets the rng");
+        self.z = sample_mixture(
+            &lp,
+            &mu,
+            &ls,
+            cfg.mixtures,
+            self.config.temperature,
+            &mut rng,
+        );
+        let (reward, terminated, halted) = self.outcome(predicted, done_logit, spread, &mut rng);
+        self.rng = Some(rng);
         // Detached, or every dream step's graph would stay reachable from (h, c).
         self.h = h.detach();
         self.c = c.detach();
-        let mut reward = match &out.reward {
-            Some(r) => self.calibration.reward(vec(r)?[0] as f64),
-            None => 0.0,
-        };
-        let halted = match (&self.halting, spread) {
-            (Some(halt), Some(u)) if u > halt.threshold => {
-                reward = halt.reward;
-                true
-            }
-            _ => false,
-        };
-        let terminated = halted
-            || match &out.done_logit {
-                Some(d) => {
-                    let p = self.calibration.done_probability(vec(d)?[0] as f64) as f32;
-                    if self.config.sample_done {
-                        rng.random::<f32>() < p
-                    } else {
-                        p > self.config.done_threshold
-                    }
-                }
-                None => false,
-            };
         self.episode.steps += 1;
         let truncated = !terminated && self.episode.steps >= self.config.max_steps;
         if terminated || truncated {
