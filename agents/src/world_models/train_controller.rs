@@ -232,7 +232,7 @@ pub(crate) fn train_controller_from(
     let mut es_cfg = stage.cmaes.clone();
     es_cfg.seed = derive_seed(cfg.seed, "controller.cmaes", stage.cmaes.seed);
     let trained_with = TrainedWith::of_run(run)?;
-    let made_by = ControllerCheckpoint::made_by(cfg, trained_with);
+    let made_by = ControllerCheckpoint::made_by(cfg, trained_with, init);
     let state_path = run.file(CHECKPOINT);
     let saved = ControllerCheckpoint::read(&state_path, &made_by, stage.generations, progress)?;
     if let Some(cp) = &saved
@@ -453,15 +453,26 @@ struct Selected {
 }
 
 impl ControllerCheckpoint {
-    fn made_by(cfg: &WorldModelsConfig, trained_with: TrainedWith) -> serde_json::Value {
+    /// What made the checkpoint: the seed, C's settings, V and M, and the C that CMA-ES
+    /// started from (named only when there is one, so checkpoints from before it still match).
+    fn made_by(
+        cfg: &WorldModelsConfig,
+        trained_with: TrainedWith,
+        init: Option<&[f32]>,
+    ) -> serde_json::Value {
         let mut settings = cfg.controller.clone();
         settings.generations = 0;
         settings.workers = 0;
-        serde_json::json!({
+        let mut made_by = serde_json::json!({
             "seed": cfg.seed,
             "controller": settings,
             "trained_with": trained_with,
-        })
+        });
+        if let Some(p) = init {
+            let bytes: Vec<u8> = p.iter().flat_map(|v| v.to_le_bytes()).collect();
+            made_by["init_crc32"] = format!("{:08x}", crc32fast::hash(&bytes)).into();
+        }
+        made_by
     }
 
     /// The checkpoint at `path` when it was made by `made_by` and holds at most `generations`
@@ -480,6 +491,9 @@ impl ControllerCheckpoint {
             Err(e) => format!("{} is unreadable ({e})", path.display()),
             Ok(cp) if cp.made_by.get("trained_with") != made_by.get("trained_with") => {
                 "the saved CMA-ES state was made with another V or M, so it is stale".into()
+            }
+            Ok(cp) if cp.made_by.get("init_crc32") != made_by.get("init_crc32") => {
+                "the saved CMA-ES state started from another C, so it is stale".into()
             }
             Ok(cp) if &cp.made_by != made_by => anyhow::bail!(
                 "{} holds C trained with other settings ({}); run with --force to discard it, \
@@ -502,5 +516,66 @@ impl ControllerCheckpoint {
     fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
         dreamgym_base::write_atomic(path, &serde_json::to_vec(self)?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps the notes a stage gives.
+    #[derive(Default)]
+    struct Notes(std::sync::Mutex<Vec<String>>);
+
+    impl Progress for Notes {
+        fn note(&self, text: &str) {
+            self.0.lock().unwrap().push(text.to_string());
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_started_from_another_c_is_stale_and_one_from_before_init_was_named_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT);
+        let cfg = WorldModelsConfig::default();
+        let tw = TrainedWith {
+            vae_crc32: 1,
+            mdnrnn_crc32: 2,
+        };
+        let es = CmaEs::new(&[0.0; 3], &cfg.controller.cmaes).unwrap();
+        let save = |made_by: serde_json::Value| {
+            ControllerCheckpoint {
+                made_by,
+                generations: 1,
+                es: es.state(),
+                selected: None,
+            }
+            .write(&path)
+            .unwrap()
+        };
+        let (a, b) = ([0.5f32, 0.0, 0.0], [0.0f32, 0.5, 0.0]);
+        let notes = Notes::default();
+        save(ControllerCheckpoint::made_by(&cfg, tw, Some(&a)));
+        let read = |init: Option<&[f32]>| {
+            ControllerCheckpoint::read(
+                &path,
+                &ControllerCheckpoint::made_by(&cfg, tw, init),
+                5,
+                &notes,
+            )
+            .unwrap()
+        };
+        assert!(read(Some(&a)).is_some());
+        assert!(read(Some(&b)).is_none());
+        assert!(read(None).is_none());
+        let said = notes.0.lock().unwrap().clone();
+        assert_eq!(said.len(), 2);
+        assert!(
+            said.iter().all(|l| l.contains("started from another C")),
+            "{said:?}"
+        );
+        // A checkpoint without a first C (the run's own C) matches one asked without it.
+        save(ControllerCheckpoint::made_by(&cfg, tw, None));
+        assert!(read(None).is_some());
     }
 }
