@@ -307,6 +307,20 @@ fn stages_trained_on_an_older_v_are_retrained_or_refused() {
     assert!(stage(&cfg, &run, Stage::Eval).unwrap().eval.is_some());
 }
 
+/// Copies the folder `from` into `to`, files and subfolders.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Keeps every note and summary line a stage reports.
 #[derive(Default)]
 struct Lines(std::sync::Mutex<Vec<String>>);
@@ -341,6 +355,7 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
         noise: 0.1,
         mdnrnn_epochs: 1,
         generations: 1,
+        keep_best: false,
     };
     let registry = Registry::with_builtins();
     let lines = Lines::default();
@@ -392,7 +407,7 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
         assert!(dir.file("report.md").exists());
     }
     let md = std::fs::read_to_string(run.file("rounds.md")).unwrap();
-    assert!(md.contains("| 2 | 8 |"), "{md}");
+    assert!(md.contains("| 2 | 1 | 8 |"), "{md}");
     assert!(run.figures().join("rounds.png").exists());
     let saved: Vec<dreamgym_agents::world_models::RoundSummary> =
         serde_json::from_slice(&std::fs::read(run.file("rounds.json")).unwrap()).unwrap();
@@ -411,6 +426,37 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
         said.iter()
             .any(|l| l.starts_with("round 2: M already done")),
         "{said:?}"
+    );
+
+    // The run folder copied elsewhere resumes there: its rounds' episodes name their agent
+    // by its old path, but the agent (by its weights) is the same, so every round is done.
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(root.path(), copy.path());
+    let copied = RunDir::new(copy.path());
+    let moved = run_world_models(&cfg, &copied, &registry, Stage::All, &lines, None)
+        .unwrap()
+        .rounds
+        .unwrap();
+    assert_eq!(moved, rows);
+    let said = lines.take();
+    assert!(
+        said.iter().all(|l| !l.contains("making it again")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("round 2: M already done")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("round 2: its episodes were recorded by")),
+        "{said:?}"
+    );
+    let ds = dreamgym_envs::recording::Dataset::open(round_dir(&copied, 2).data()).unwrap();
+    assert_eq!(
+        ds.meta().policy,
+        format!("{}~0.1", round_dir(&copied, 1).root().display())
     );
 
     // Round 1's C changes: round 2's episodes were recorded by another agent, so round 2 is
@@ -433,6 +479,126 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
     );
     assert_eq!(again[1].mdn_loss, rows[1].mdn_loss);
     assert_eq!(again.len(), 3);
+}
+
+#[test]
+fn keep_best_starts_each_round_from_the_c_whose_episodes_returned_most_and_chooses_one() {
+    use dreamgym_agents::world_models::{IterateStage, RoundSummary, round_dir};
+    let root = tempfile::tempdir().unwrap();
+    let run = RunDir::new(root.path());
+    record(&run.data(), 4, 30).unwrap();
+    let mut cfg = tiny_config();
+    cfg.controller.in_dream = true;
+    cfg.eval.max_steps = 20;
+    cfg.iterate = IterateStage {
+        rounds: 2,
+        episodes: 2,
+        noise: 0.1,
+        mdnrnn_epochs: 1,
+        generations: 1,
+        keep_best: true,
+    };
+    let registry = Registry::with_builtins();
+    let lines = Lines::default();
+    let all = |cfg: &WorldModelsConfig, lines: &Lines| {
+        run_world_models(cfg, &run, &registry, Stage::All, lines, None)
+            .unwrap()
+            .rounds
+            .unwrap()
+    };
+    let rows = all(&cfg, &lines);
+    let said = lines.take();
+    // Every C is measured on the episodes it records: each round's, and for the last C the
+    // next round's, recorded into rounds/3 by round 2's agent.
+    for r in 0..2 {
+        assert_eq!(rows[r].c_return, rows[r + 1].recorded_return);
+    }
+    let check = dreamgym_envs::recording::Dataset::open(round_dir(&run, 3).data()).unwrap();
+    assert_eq!(
+        check.meta().policy,
+        format!("{}~0.1", round_dir(&run, 2).root().display())
+    );
+    let returns: Vec<f64> = check
+        .load()
+        .episodes
+        .iter()
+        .map(|e| e.rewards.iter().sum())
+        .collect();
+    assert_eq!(returns.len(), 2);
+    let last = rows[2].c_return.unwrap();
+    assert!((last - returns.iter().sum::<f64>() / 2.0).abs() < 1e-9);
+    // Each round starts from the best C of the rounds before it, by those returns.
+    let argmax = |rows: &[RoundSummary]| {
+        let mut best = 0;
+        for (i, r) in rows.iter().enumerate() {
+            if r.c_return.unwrap() >= rows[best].c_return.unwrap() {
+                best = i;
+            }
+        }
+        best
+    };
+    for r in 1..=2 {
+        let from = rows[r].started_from.unwrap();
+        assert_eq!(from, argmax(&rows[..r]), "{rows:?}");
+        // ... and its CMA-ES's first mean was that C.
+        let start = if from == 0 {
+            run.clone()
+        } else {
+            round_dir(&run, from)
+        };
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(start.file("controller.json")).unwrap()).unwrap();
+        let params: Vec<f32> = serde_json::from_value(c["params"].clone()).unwrap();
+        let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(round_dir(&run, r).file("controller.state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            state["made_by"]["init_crc32"],
+            format!("{:08x}", crc32fast::hash(&bytes))
+        );
+    }
+    // One C is chosen: the one whose episodes returned most.
+    let chosen: Vec<usize> = rows.iter().filter(|r| r.chosen).map(|r| r.round).collect();
+    assert_eq!(chosen, [argmax(&rows)]);
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with(&format!("chosen C: round {}'s", chosen[0]))),
+        "{said:?}"
+    );
+    let md = std::fs::read_to_string(run.file("rounds.md")).unwrap();
+    assert!(
+        md.contains(&format!("The chosen C is round **{}**'s", chosen[0])),
+        "{md}"
+    );
+
+    // Run again: everything is done, the last C's episodes included.
+    assert_eq!(all(&cfg, &lines), rows);
+    let said = lines.take();
+    let reused = format!(
+        "collect: already done (2 episodes in {})",
+        round_dir(&run, 3).data().display()
+    );
+    assert!(said.contains(&reused), "{said:?}");
+
+    // Without keep_best, round 2 starts from round 1's C: its C is trained again unless it
+    // started there already, and no C is chosen.
+    cfg.iterate.keep_best = false;
+    let plain = all(&cfg, &lines);
+    let said = lines.take();
+    assert_eq!(plain[2].started_from, Some(1));
+    assert!(plain.iter().all(|r| !r.chosen));
+    let retrained = said
+        .iter()
+        .any(|l| l.contains("round 2: C, 1 generations from round 1's C"));
+    assert_eq!(retrained, rows[2].started_from != Some(1), "{said:?}");
+    if retrained {
+        assert!(
+            said.iter().any(|l| l.contains("started from another C")),
+            "{said:?}"
+        );
+    }
 }
 
 #[test]
@@ -508,6 +674,7 @@ fn an_ensemble_of_ms_is_trained_measured_on_held_out_steps_and_halts_the_dream()
         noise: 0.1,
         mdnrnn_epochs: 1,
         generations: 1,
+        keep_best: false,
     };
     let lines = Lines::default();
     let rows = run_world_models(

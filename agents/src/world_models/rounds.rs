@@ -57,6 +57,18 @@ pub struct RoundSummary {
     pub real: (f64, f64),
     /// C in this round's dream on as many seeds: mean, std (when M predicts rewards).
     pub dream: Option<(f64, f64)>,
+    /// The round whose C this round's CMA-ES started from (none for round 0): the last
+    /// round's, or with `iterate.keep_best` the best so far.
+    #[serde(default)]
+    pub started_from: Option<usize>,
+    /// Mean real return of the episodes this round's C recorded: the next round's (the last
+    /// round's C records them only with `iterate.keep_best`).
+    #[serde(default)]
+    pub c_return: Option<f64>,
+    /// Whether this is the run's chosen C (`iterate.keep_best`: the C whose recorded episodes
+    /// returned most).
+    #[serde(default)]
+    pub chosen: bool,
 }
 
 /// `round.json`: what made a round's episodes.
@@ -171,20 +183,28 @@ pub fn run_rounds(
         best_fitness: first_c.best_fitness,
         real: mean_std(&first.controller),
         dream: first.dream.as_deref().map(mean_std),
+        started_from: None,
+        c_return: None,
+        chosen: false,
     }];
     let mut all_series = main_series;
     let mut fingerprints = vec![main_fingerprint];
     for r in 1..=it.rounds {
-        let prev = if r == 1 {
-            run.clone()
+        let prev = agent_dir(run, r - 1);
+        let recorded = record_round(cfg, run, &prev, r, registry, &meta, progress)
+            .with_context(|| format!("round {r} of the iterative procedure"))?;
+        rows[r - 1].c_return = Some(recorded.mean_return);
+        let from = if it.keep_best {
+            best_round(&rows)
         } else {
-            round_dir(run, r - 1)
+            r - 1
         };
         let row = run_round(
             cfg,
             run,
             &prev,
-            r,
+            from,
+            recorded,
             registry,
             &meta,
             wm,
@@ -196,8 +216,55 @@ pub fn run_rounds(
         progress.done(&round_line(&row));
         rows.push(row);
     }
+    if it.keep_best && it.rounds > 0 {
+        // The last C is measured like every other: on the episodes the next round records.
+        let last = it.rounds;
+        let recorded = record_round(
+            cfg,
+            run,
+            &agent_dir(run, last),
+            last + 1,
+            registry,
+            &meta,
+            progress,
+        )
+        .with_context(|| format!("measuring round {last}'s C in the real env"))?;
+        rows[last].c_return = Some(recorded.mean_return);
+        let best = best_round(&rows);
+        rows[best].chosen = true;
+        progress.done(&format!(
+            "chosen C: round {best}'s, whose episodes returned {:.1} in the real env (the most \
+             of the {} rounds' Cs); --policy {}",
+            rows[best].c_return.unwrap_or(f64::NAN),
+            rows.len(),
+            agent_dir(run, best).root().display()
+        ));
+    }
     write_rounds(cfg, run, &rows)?;
     Ok(rows)
+}
+
+/// The folder of round `r`'s agent: the run itself for round 0.
+fn agent_dir(run: &RunDir, r: usize) -> RunDir {
+    if r == 0 {
+        run.clone()
+    } else {
+        round_dir(run, r)
+    }
+}
+
+/// The round whose C's recorded episodes returned most (the later on a tie; rounds whose C
+/// has recorded none yet are passed over). Round 0 when none has.
+fn best_round(rows: &[RoundSummary]) -> usize {
+    let mut best: Option<(usize, f64)> = None;
+    for row in rows {
+        if let Some(v) = row.c_return
+            && best.is_none_or(|(_, b)| v >= b)
+        {
+            best = Some((row.round, v));
+        }
+    }
+    best.map_or(0, |(r, _)| r)
 }
 
 fn read_loss(stem: &Path) -> f64 {
@@ -207,21 +274,28 @@ fn read_loss(stem: &Path) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_round(
+/// A round's episodes, recorded by the last round's agent.
+struct Recorded {
+    r: usize,
+    dir: RunDir,
+    record: RoundRecord,
+    /// Their mean return in the real env: what the recording agent scores (with the action
+    /// noise it records with).
+    mean_return: f64,
+}
+
+/// Records round `r`'s episodes with the agent in `prev` (or finds them recorded), making the
+/// round again from scratch when its episodes were recorded by another agent.
+fn record_round(
     cfg: &WorldModelsConfig,
     run: &RunDir,
     prev: &RunDir,
     r: usize,
     registry: &Registry,
     meta: &DatasetMeta,
-    wm: &WorldModel,
-    all_series: &mut Vec<Series>,
-    fingerprints: &mut Vec<String>,
     progress: &dyn Progress,
-) -> anyhow::Result<RoundSummary> {
+) -> anyhow::Result<Recorded> {
     let it = &cfg.iterate;
-    let rcfg = round_config(cfg, r);
     let dir = round_dir(run, r);
     let prev_c = ControllerFile::read(&prev.file("controller.json"))?;
     prev_c.check_fits(prev)?;
@@ -232,11 +306,15 @@ fn run_round(
         "episodes": it.episodes,
     });
     let record_path = dir.file("round.json");
-    let mut record = match std::fs::read(&record_path)
+    let mut same_agent = false;
+    let record = match std::fs::read(&record_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<RoundRecord>(&b).ok())
     {
-        Some(rec) if rec.collected_with == collected_with => rec,
+        Some(rec) if rec.collected_with == collected_with => {
+            same_agent = true;
+            rec
+        }
         other => {
             if dir.root().exists() {
                 progress.note(&format!(
@@ -260,7 +338,6 @@ fn run_round(
             rec
         }
     };
-    copy_vae(run, &dir)?;
     // The latest agent records this round's episodes.
     let prev_spec = prev.root().display().to_string();
     let rollout = CollectConfig {
@@ -278,7 +355,72 @@ fn run_round(
         seed: derive_seed(cfg.seed, "iterate.collect", r as u64),
         ..CollectConfig::default()
     };
+    // In a run folder moved or copied elsewhere, the episodes name their agent by its old
+    // path; round.json says (by its weights) that it is the same agent.
+    if same_agent
+        && let Ok(ds) = Dataset::open(dir.data())
+        && ds.meta().policy != rollout.policy
+    {
+        let old = ds.meta().policy.clone();
+        progress.note(&format!(
+            "round {r}: its episodes were recorded by `{old}`, the same agent as `{}` (the run \
+             folder moved)",
+            rollout.policy
+        ));
+        dreamgym_envs::recording::rename_policy(&dir.data(), &old, &rollout.policy)
+            .with_context(|| format!("cannot update {}", dir.data().display()))?;
+    }
     record_dataset(&rollout, registry, &dir.data(), progress)?;
+    let loaded = Dataset::open(dir.data())
+        .with_context(|| format!("cannot open {}", dir.data().display()))?
+        .load();
+    if let Some((path, e)) = loaded.damaged.first() {
+        anyhow::bail!("{} is damaged ({e})", path.display());
+    }
+    let returns: Vec<f64> = loaded
+        .episodes
+        .iter()
+        .map(|e| e.rewards.iter().sum())
+        .collect();
+    anyhow::ensure!(
+        !returns.is_empty(),
+        "{} holds no episodes",
+        dir.data().display()
+    );
+    Ok(Recorded {
+        r,
+        dir,
+        record,
+        mean_return: returns.iter().sum::<f64>() / returns.len() as f64,
+    })
+}
+
+/// Trains round `recorded.r` on its episodes and every one before: M from the last round's
+/// (`prev`), its ensemble, and C in the dream from the C in `start`; then evaluates C.
+#[allow(clippy::too_many_arguments)]
+fn run_round(
+    cfg: &WorldModelsConfig,
+    run: &RunDir,
+    prev: &RunDir,
+    start: usize,
+    recorded: Recorded,
+    registry: &Registry,
+    meta: &DatasetMeta,
+    wm: &WorldModel,
+    all_series: &mut Vec<Series>,
+    fingerprints: &mut Vec<String>,
+    progress: &dyn Progress,
+) -> anyhow::Result<RoundSummary> {
+    let Recorded {
+        r,
+        dir,
+        mut record,
+        mean_return: recorded_return,
+    } = recorded;
+    let rcfg = round_config(cfg, r);
+    let record_path = dir.file("round.json");
+    let start_c = ControllerFile::read(&agent_dir(run, start).file("controller.json"))?;
+    copy_vae(run, &dir)?;
     let data = PixelData::load(&dir.data(), progress)?;
     let series = match record.encoded.as_deref() {
         Some(f) if f == data.fingerprint && dir.file("series.safetensors").exists() => {
@@ -298,12 +440,6 @@ fn run_round(
         record.predicted_before = predicted_returns(&prev_m, &series)?;
         dreamgym_base::write_atomic(&record_path, &serde_json::to_vec_pretty(&record)?)?;
     }
-    let recorded_return = series
-        .iter()
-        .map(|s| s.rewards.sum_all().and_then(|t| t.to_scalar::<f32>()))
-        .collect::<candle_core::Result<Vec<f32>>>()?;
-    let recorded_return = recorded_return.iter().map(|v| *v as f64).sum::<f64>()
-        / recorded_return.len().max(1) as f64;
     all_series.extend(series);
     fingerprints.push(data.fingerprint.clone());
     let init = prev.checkpoint("mdnrnn");
@@ -347,13 +483,14 @@ fn run_round(
         &starts,
         &dir,
         registry,
-        Some(&prev_c.params),
+        Some(&start_c.params),
         progress,
     )?;
     if ran {
         progress.done(&format!(
-            "round {r}: C, {} generations from the last C, {}",
+            "round {r}: C, {} generations from round {}'s C, {}",
             file.generations,
+            start,
             file.score_line()
         ));
     }
@@ -366,6 +503,9 @@ fn run_round(
     let held = record.predicted_before.as_deref();
     Ok(RoundSummary {
         round: r,
+        started_from: Some(start),
+        c_return: None,
+        chosen: false,
         episodes: all_series.len(),
         recorded_return: Some(recorded_return),
         predicted_return: held.map(|h| h.iter().map(|p| p.0).sum::<f64>() / h.len().max(1) as f64),
@@ -443,12 +583,15 @@ fn write_rounds(
         "# The iterative procedure\n\n\
          Round 0 is the run's own C. Each round after it records {} episodes with the last \
          round's agent (action noise {}), trains M {} more epochs on every episode recorded so \
-         far, trains C {} generations {} starting from the last C, and evaluates it on the same \
-         {} seeds. Round r's files are in `rounds/r/`.\n\n\
-         \"Predicted\" is what the last round's M expected those episodes to return, \
-         teacher-forced on their frames and actions, before it trained on them.\n\n\
-         | round | episodes M saw | C real | C dream | real / dream | recorded return | predicted | mean abs. error | M loss | CMA-ES best |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         far, trains C {} generations {} starting from {} (\"from\"), and evaluates it on \
+         the same {} seeds. Round r's files are in `rounds/r/`.\n\n\
+         \"Recorded\" is the mean real return of the episodes the round's agent recorded (with \
+         the action noise): \"by its C\" those its own C recorded (the next round's), \"by the \
+         last C\" the round's own. \"Predicted\" is what the last round's M expected the \
+         round's own to return, teacher-forced on their frames and actions, before it trained \
+         on them.\n\n\
+         | round | from | episodes M saw | C real | C dream | real / dream | recorded by its C | recorded by the last C | predicted | mean abs. error | M loss | CMA-ES best |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         it.episodes,
         it.noise,
         it.mdnrnn_epochs,
@@ -457,6 +600,11 @@ fn write_rounds(
             "in the dream"
         } else {
             "in the real env"
+        },
+        if it.keep_best {
+            "the C whose episodes returned most so far"
+        } else {
+            "the last C"
         },
         cfg.eval.episodes
     );
@@ -474,16 +622,32 @@ fn write_rounds(
             None => ("–".into(), "–".into()),
         };
         md.push_str(&format!(
-            "| {} | {} | {:.1} ± {:.1} | {dream} | {ratio} | {} | {} | {} | {:.3} | {:.1} |\n",
-            r.round,
+            "| {} | {} | {} | {:.1} ± {:.1} | {dream} | {ratio} | {} | {} | {} | {} | {:.3} | {:.1} |\n",
+            if r.chosen {
+                format!("**{}**", r.round)
+            } else {
+                r.round.to_string()
+            },
+            r.started_from.map_or("–".into(), |f| f.to_string()),
             r.episodes,
             r.real.0,
             r.real.1,
+            fmt_opt(r.c_return),
             fmt_opt(r.recorded_return),
             fmt_opt(r.predicted_return),
             fmt_opt(r.return_error),
             r.mdn_loss,
             r.best_fitness,
+        ));
+    }
+    if let Some(c) = rows.iter().find(|r| r.chosen) {
+        md.push_str(&format!(
+            "\nThe chosen C is round **{}**'s: its episodes returned {} in the real env, the \
+             most of all rounds' Cs (it scores {:.1} ± {:.1} on the evaluation seeds).\n",
+            c.round,
+            fmt_opt(c.c_return),
+            c.real.0,
+            c.real.1
         ));
     }
     md.push_str("\n![](figures/rounds.png)\n");

@@ -31,7 +31,7 @@ mod reader;
 mod writer;
 
 pub use reader::{Dataset, LoadReport, Window, WindowSampler};
-pub use writer::{EpisodeWriter, WriterOptions, mark_complete};
+pub use writer::{EpisodeWriter, WriterOptions, mark_complete, rename_policy};
 
 use std::path::{Path, PathBuf};
 

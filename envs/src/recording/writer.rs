@@ -273,6 +273,25 @@ pub fn mark_complete(dir: &Path) -> Result<(), RecordError> {
     write_meta(&dir.join("dataset.json"), &meta)
 }
 
+/// Renames the policy that recorded the dataset in `dir` (and each of its collections that
+/// `from` recorded) to `to`: for a dataset whose recording agent moved, such as a run folder
+/// copied elsewhere whose episodes name the agent by its old path. The episodes and the
+/// fingerprint stay as they are. Takes the folder's lock.
+pub fn rename_policy(dir: &Path, from: &str, to: &str) -> Result<(), RecordError> {
+    let _lock = dreamgym_base::FolderLock::acquire(dir)?;
+    let ds = super::Dataset::open(dir)?;
+    let mut meta = ds.meta().clone();
+    if meta.policy == from {
+        meta.policy = to.to_string();
+    }
+    for c in &mut meta.collections {
+        if c.policy == from {
+            c.policy = to.to_string();
+        }
+    }
+    write_meta(&dir.join("dataset.json"), &meta)
+}
+
 fn approx_bytes(e: &Episode) -> usize {
     let size = |v: &Value| match v {
         Value::F32(x) => x.len() * 4,
