@@ -189,6 +189,36 @@ impl InOrder {
     }
 }
 
+/// Where the dataset's unfinished collection stopped: (its index, its env seed, the first of
+/// its episodes not on disk), from the episodes `stored` in all. Its episodes on disk are
+/// those the finished collections did not write (each collection writes its episodes in
+/// order, and a collection that resumed it goes on with the same episodes). None when every
+/// collection finished.
+fn resume_point(meta: &DatasetMeta, stored: usize) -> Option<(usize, u64, u64)> {
+    let (k, unfinished) = meta
+        .collections
+        .iter()
+        .enumerate()
+        .find(|(_, c)| !c.complete)?;
+    let finished: usize = meta
+        .collections
+        .iter()
+        .filter(|c| c.complete)
+        .map(|c| c.written)
+        .sum();
+    let on_disk = stored.saturating_sub(finished) as u64;
+    Some((k, unfinished.env_seed, unfinished.first_episode + on_disk))
+}
+
+/// The dataset's sequences of episodes: its collections, those that went on with an earlier
+/// one's episodes (the same env seed) counted once.
+fn sequences(meta: &DatasetMeta) -> usize {
+    let mut seeds: Vec<u64> = meta.collections.iter().map(|c| c.env_seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    seeds.len()
+}
+
 /// Collects `config.episodes` episodes with `config.policy` and records them under `out`.
 ///
 /// Episode `k` (counted from 0 for the whole rollout, so from `config.first_episode` here)
@@ -251,28 +281,53 @@ pub fn collect(
         },
     )
     .context("cannot record the rollout")?;
-    // Collection k of a dataset resets its envs from a seed of its own, so that appended
-    // episodes are new ones, never repeats of those already recorded.
-    let index = if writer.appends() {
-        writer.meta().collections.len().max(1)
+    // The rest of an interrupted collection goes on with that collection's own episodes:
+    // the same env seeds, from the first episode it did not record (episodes are written in
+    // order), so that a collection interrupted and resumed records the episodes that one
+    // which never stopped records.
+    let resumed = if config.resume_unfinished && writer.appends() {
+        let stored = dreamgym_envs::recording::Dataset::open(out)
+            .map(|d| d.stored_episodes())
+            .unwrap_or(0);
+        resume_point(writer.meta(), stored)
     } else {
-        0
+        None
     };
-    let env_seed = if index == 0 {
-        config.seed
-    } else {
-        dreamgym_base::derive_seed(config.seed, "rollout.collection", index as u64)
+    // Any other collection k of a dataset resets its envs from a seed of its own, so that
+    // appended episodes are new ones, never repeats of those already recorded.
+    let (env_seed, first) = match resumed {
+        Some((k, env_seed, next)) => {
+            progress.note(&format!(
+                "recording the rest of the dataset's unfinished collection {k}: its episodes \
+                 from {next} on (env seeds from {env_seed} + {next})"
+            ));
+            (env_seed, next)
+        }
+        None => {
+            let index = if writer.appends() {
+                sequences(writer.meta()).max(1)
+            } else {
+                0
+            };
+            let env_seed = if index == 0 {
+                config.seed
+            } else {
+                dreamgym_base::derive_seed(config.seed, "rollout.collection", index as u64)
+            };
+            if index > 0 {
+                progress.note(&format!(
+                    "appending {} episode{} to the dataset in {} as collection {index}: its \
+                     envs start from seed {env_seed} (derived from seed {} and {index}), so no \
+                     episode repeats",
+                    config.episodes,
+                    if config.episodes == 1 { "" } else { "s" },
+                    out.display(),
+                    config.seed
+                ));
+            }
+            (env_seed, config.first_episode)
+        }
     };
-    if index > 0 {
-        progress.note(&format!(
-            "appending {} episode{} to the dataset in {} as collection {index}: its envs start \
-             from seed {env_seed} (derived from seed {} and {index}), so no episode repeats",
-            config.episodes,
-            if config.episodes == 1 { "" } else { "s" },
-            out.display(),
-            config.seed
-        ));
-    }
     if config.resume_unfinished {
         writer.resumes_unfinished();
     }
@@ -282,7 +337,7 @@ pub fn collect(
             seed: config.seed,
             env_seed,
             num_envs: config.num_envs,
-            first_episode: config.first_episode,
+            first_episode: first,
             episodes: config.episodes,
             written: 0,
             complete: false,
@@ -313,10 +368,7 @@ pub fn collect(
     let mut venv = ThreadedVecEnv::new(envs, config.workers, AutoresetMode::NextStep)?;
     progress.begin("collect", config.episodes as u64);
     let started = Instant::now();
-    let (first, end) = (
-        config.first_episode,
-        config.first_episode + config.episodes as u64,
-    );
+    let end = first + config.episodes as u64;
     let seed_of = |k: u64| env_seed.wrapping_add(k);
     // Env `i` starts episode `first + i` (Gymnasium's `seed + i`); envs beyond the episodes
     // asked for run ones that are not recorded.

@@ -168,21 +168,53 @@ fn an_interrupted_collection_is_marked_unfinished_and_resumed_not_trained_on() {
         Ok(_) => panic!("an unfinished dataset was loaded for training"),
     };
     assert!(err.contains("did not finish"), "{err}");
-    // The same experiment again records the rest, as a second collection of new episodes.
+    // The same experiment again records the rest of the same collection's episodes; stopped
+    // once more, and run a third time, it finishes them.
+    let out = run_experiment(&exp, &registry, OnChange::Ask, &StopAfter::new(10));
+    assert!(out.is_err());
     let again = StopAfter::new(u64::MAX);
     let out = run_experiment(&exp, &registry, OnChange::Ask, &again).unwrap();
-    assert_eq!(out.collect.unwrap().episodes, 40 - partial);
+    let rest = out.collect.unwrap().episodes;
+    assert!(rest < 40 - partial, "{rest}");
     let ds = Dataset::open(run.data()).unwrap();
     assert!(ds.meta().is_complete(), "{:?}", ds.meta().collections);
-    assert_eq!(ds.meta().collections.len(), 2);
+    assert_eq!(ds.meta().collections.len(), 3);
     let seeds = episode_seeds(&run.data());
     assert_eq!(seeds.len(), 40);
     assert_eq!(seeds.iter().collect::<HashSet<_>>().len(), 40, "{seeds:?}");
+    // The episodes are those a collection that never stopped records, in the same order.
+    let clean = tempfile::tempdir().unwrap();
+    run_experiment(&cartpole(clean.path(), 40), &registry, OnChange::Ask, &()).unwrap();
+    let episodes = |dir: &Path| -> Vec<(u64, Vec<f64>)> {
+        Dataset::open(dir)
+            .unwrap()
+            .load()
+            .episodes
+            .into_iter()
+            .map(|e| (e.seed, e.rewards))
+            .collect()
+    };
+    assert_eq!(
+        episodes(&run.data()),
+        episodes(&RunDir::new(clean.path()).data())
+    );
     // Once complete it is reused, not recorded again.
     let out = run_experiment(&exp, &registry, OnChange::Ask, &again).unwrap();
     assert!(out.collect.is_none());
     let notes = again.notes.lock().unwrap().join("\n");
     assert!(notes.contains("already done (40 episodes"), "{notes}");
+    // Appending after it derives the same new seeds as after the uninterrupted one.
+    let more = |root: &Path| {
+        let append = CollectConfig {
+            episodes: 2,
+            append: true,
+            ..cartpole(root, 40).rollout.clone()
+        };
+        let data = RunDir::new(root).data();
+        collect(&registry, &append, &data, &()).unwrap();
+        episode_seeds(&data)[40..].to_vec()
+    };
+    assert_eq!(more(dir.path()), more(clean.path()));
 }
 
 #[test]
