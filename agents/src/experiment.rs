@@ -347,6 +347,8 @@ fn effect(key: &str, old: Option<&serde_json::Value>, new: Option<&serde_json::V
         "world_models.mdnrnn.epochs" if more => Effect::Extends(Part::Mdn),
         "world_models.controller.generations" if more => Effect::Extends(Part::Controller),
         "world_models.iterate.rounds" if more => Effect::Extends(Part::Rounds),
+        // Only the last C's measurement and the choice are added (or left out).
+        "world_models.iterate.choose_best" => Effect::Extends(Part::Rounds),
         k if k.starts_with("world_models.iterate.") => Effect::Stale(Part::Rounds),
         "decision_transformer.steps" if more => Effect::Extends(Part::Dt),
         "decision_transformer.baselines" => Effect::Extends(Part::Dt),

@@ -355,7 +355,8 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
         noise: 0.1,
         mdnrnn_epochs: 1,
         generations: 1,
-        keep_best: false,
+        choose_best: false,
+        start_from_best: false,
     };
     let registry = Registry::with_builtins();
     let lines = Lines::default();
@@ -482,7 +483,7 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
 }
 
 #[test]
-fn keep_best_starts_each_round_from_the_c_whose_episodes_returned_most_and_chooses_one() {
+fn rounds_can_start_from_the_c_whose_episodes_returned_most_and_choose_one() {
     use dreamgym_agents::world_models::{IterateStage, RoundSummary, round_dir};
     let root = tempfile::tempdir().unwrap();
     let run = RunDir::new(root.path());
@@ -496,7 +497,8 @@ fn keep_best_starts_each_round_from_the_c_whose_episodes_returned_most_and_choos
         noise: 0.1,
         mdnrnn_epochs: 1,
         generations: 1,
-        keep_best: true,
+        choose_best: true,
+        start_from_best: true,
     };
     let registry = Registry::with_builtins();
     let lines = Lines::default();
@@ -582,13 +584,12 @@ fn keep_best_starts_each_round_from_the_c_whose_episodes_returned_most_and_choos
     );
     assert!(said.contains(&reused), "{said:?}");
 
-    // Without keep_best, round 2 starts from round 1's C: its C is trained again unless it
-    // started there already, and no C is chosen.
-    cfg.iterate.keep_best = false;
+    // Starting each round from the last C, round 2 starts from round 1's: its C is trained
+    // again unless it started there already. The choice is made among the new Cs.
+    cfg.iterate.start_from_best = false;
     let plain = all(&cfg, &lines);
     let said = lines.take();
     assert_eq!(plain[2].started_from, Some(1));
-    assert!(plain.iter().all(|r| !r.chosen));
     let retrained = said
         .iter()
         .any(|l| l.contains("round 2: C, 1 generations from round 1's C"));
@@ -599,6 +600,11 @@ fn keep_best_starts_each_round_from_the_c_whose_episodes_returned_most_and_choos
             "{said:?}"
         );
     }
+    let chosen: Vec<usize> = plain.iter().filter(|r| r.chosen).map(|r| r.round).collect();
+    assert_eq!(chosen, [argmax(&plain)]);
+    // Without choose_best no C is chosen.
+    cfg.iterate.choose_best = false;
+    assert!(all(&cfg, &lines).iter().all(|r| !r.chosen));
 }
 
 #[test]
@@ -674,7 +680,8 @@ fn an_ensemble_of_ms_is_trained_measured_on_held_out_steps_and_halts_the_dream()
         noise: 0.1,
         mdnrnn_epochs: 1,
         generations: 1,
-        keep_best: false,
+        choose_best: false,
+        start_from_best: false,
     };
     let lines = Lines::default();
     let rows = run_world_models(

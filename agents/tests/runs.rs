@@ -330,6 +330,22 @@ fn iterate_settings_bind_only_once_a_round_exists_and_more_rounds_continue() {
     // Once a round exists, another noise level makes the rounds stale (and only them).
     std::fs::create_dir_all(run.file("rounds/1")).unwrap();
     std::fs::write(run.file("rounds.json"), "[]").unwrap();
+    // Choosing a C among the rounds only adds the last C's measurement: --resume continues
+    // and the rounds stay.
+    let choose = with(&|w| {
+        w.iterate.rounds = 2;
+        w.iterate.choose_best = true;
+    });
+    let err = format!(
+        "{:#}",
+        prepare_run(&choose, &run, OnChange::Ask, &()).unwrap_err()
+    );
+    assert!(
+        err.contains("iterate.choose_best") && err.contains("--resume continues"),
+        "{err}"
+    );
+    prepare_run(&choose, &run, OnChange::Resume, &()).unwrap();
+    assert!(run.file("rounds/1").exists() && run.file("rounds.json").exists());
     let err = format!(
         "{:#}",
         prepare_run(&noise, &run, OnChange::Resume, &()).unwrap_err()

@@ -207,15 +207,18 @@ pub struct IterateStage {
     pub mdnrnn_epochs: usize,
     /// CMA-ES generations in each round, starting from the last round's C.
     pub generations: usize,
-    /// Each round's C starts from the best C so far instead of the last one: the C whose
-    /// recorded episodes (those the next round records with it) returned most in the real env.
-    /// After the last round its C records `episodes` episodes more (the next round's, in
-    /// `rounds/<rounds + 1>/data`, so more rounds later reuse them), and the C whose episodes
-    /// returned most is the run's chosen C (`rounds.json`, `rounds.md`). C itself still
-    /// learns only in the dream (or wherever `controller.in_dream` says): the real returns
-    /// come from episodes the procedure records anyway, and only choose among Cs.
+    /// After the last round, its C records `episodes` episodes more (the next round's, in
+    /// `rounds/<rounds + 1>/data`, so more rounds later reuse them), and the run's chosen C is
+    /// the C whose recorded episodes returned most in the real env (each round's C records the
+    /// next round's): marked in `rounds.json` and `rounds.md`. C still learns only in the
+    /// dream (or wherever `controller.in_dream` says): the real returns come from episodes the
+    /// procedure records anyway, and only choose among Cs.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub keep_best: bool,
+    pub choose_best: bool,
+    /// Each round's CMA-ES starts from the C whose recorded episodes returned most so far
+    /// instead of the last C.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub start_from_best: bool,
 }
 
 impl Default for IterateStage {
@@ -226,7 +229,8 @@ impl Default for IterateStage {
             noise: 0.1,
             mdnrnn_epochs: 10,
             generations: 20,
-            keep_best: false,
+            choose_best: false,
+            start_from_best: false,
         }
     }
 }

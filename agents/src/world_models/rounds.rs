@@ -58,14 +58,14 @@ pub struct RoundSummary {
     /// C in this round's dream on as many seeds: mean, std (when M predicts rewards).
     pub dream: Option<(f64, f64)>,
     /// The round whose C this round's CMA-ES started from (none for round 0): the last
-    /// round's, or with `iterate.keep_best` the best so far.
+    /// round's, or with `iterate.start_from_best` the best so far.
     #[serde(default)]
     pub started_from: Option<usize>,
     /// Mean real return of the episodes this round's C recorded: the next round's (the last
-    /// round's C records them only with `iterate.keep_best`).
+    /// round's C records them only with `iterate.choose_best`).
     #[serde(default)]
     pub c_return: Option<f64>,
-    /// Whether this is the run's chosen C (`iterate.keep_best`: the C whose recorded episodes
+    /// Whether this is the run's chosen C (`iterate.choose_best`: the C whose recorded episodes
     /// returned most).
     #[serde(default)]
     pub chosen: bool,
@@ -194,7 +194,7 @@ pub fn run_rounds(
         let recorded = record_round(cfg, run, &prev, r, registry, &meta, progress)
             .with_context(|| format!("round {r} of the iterative procedure"))?;
         rows[r - 1].c_return = Some(recorded.mean_return);
-        let from = if it.keep_best {
+        let from = if it.start_from_best {
             best_round(&rows)
         } else {
             r - 1
@@ -216,7 +216,7 @@ pub fn run_rounds(
         progress.done(&round_line(&row));
         rows.push(row);
     }
-    if it.keep_best && it.rounds > 0 {
+    if it.choose_best && it.rounds > 0 {
         // The last C is measured like every other: on the episodes the next round records.
         let last = it.rounds;
         let recorded = record_round(
@@ -601,7 +601,7 @@ fn write_rounds(
         } else {
             "in the real env"
         },
-        if it.keep_best {
+        if it.start_from_best {
             "the C whose episodes returned most so far"
         } else {
             "the last C"
