@@ -10,7 +10,6 @@ use bevy::input::mouse::{AccumulatedMouseMotion, AccumulatedMouseScroll};
 use bevy::mesh::{Indices, PrimitiveTopology};
 use bevy::prelude::*;
 use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
-use bevy::render::view::screenshot::{Screenshot, save_to_disk};
 use dreamgym_sim::{VisualShape, World};
 
 use crate::session::Session;
@@ -40,14 +39,6 @@ impl Sim {
     fn fail(&self, e: String) {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
     }
-}
-
-#[derive(Resource)]
-struct ScreenshotPlan {
-    path: PathBuf,
-    at_frame: u32,
-    frame: u32,
-    requested: bool,
 }
 
 #[derive(Resource)]
@@ -120,13 +111,8 @@ pub fn run(session: Session, settings: AppSettings) -> anyhow::Result<()> {
             .chain(),
     );
     if let Some((path, frames)) = settings.screenshot {
-        app.insert_resource(ScreenshotPlan {
-            path,
-            at_frame: frames,
-            frame: 0,
-            requested: false,
-        })
-        .add_systems(Update, screenshot.after(update_pip));
+        app.insert_resource(crate::shot::ScreenshotPlan::new(path, frames))
+            .add_systems(Update, crate::shot::screenshot.after(update_pip));
     }
     app.run();
     drop(app);
@@ -410,16 +396,17 @@ fn keyboard(
 fn step_sim(
     time: Res<Time>,
     mut sim: ResMut<Sim>,
-    plan: Option<Res<ScreenshotPlan>>,
+    plan: Option<Res<crate::shot::ScreenshotPlan>>,
     mut exit: MessageWriter<AppExit>,
 ) {
     if sim.paused {
         return;
     }
     // With a screenshot to take, one tick (an env step, or one kept pose of a step's motion)
-    // per frame, so the picture does not depend on how fast this machine renders.
-    let steps = if plan.is_some() {
-        1
+    // per frame up to the one the picture shows, so it does not depend on how fast this
+    // machine renders.
+    let steps = if let Some(plan) = plan {
+        usize::from(plan.ticking())
     } else {
         let rate = sim
             .session
@@ -633,26 +620,6 @@ fn update_pip(
             .flat_map(|c| [c[0], c[1], c[2], 255])
             .collect();
         image.data = Some(rgba);
-    }
-}
-
-fn screenshot(
-    mut commands: Commands,
-    mut plan: ResMut<ScreenshotPlan>,
-    mut exit: MessageWriter<AppExit>,
-) {
-    plan.frame += 1;
-    if !plan.requested && plan.frame >= plan.at_frame {
-        plan.requested = true;
-        commands
-            .spawn(Screenshot::primary_window())
-            .observe(save_to_disk(plan.path.clone()));
-    }
-    if plan.requested && plan.path.exists() {
-        exit.write(AppExit::Success);
-    }
-    if plan.frame > plan.at_frame + 600 {
-        exit.write(AppExit::error());
     }
 }
 

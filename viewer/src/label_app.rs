@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use bevy::camera::visibility::RenderLayers;
 use bevy::camera::{ClearColorConfig, Viewport};
 use bevy::prelude::*;
-use bevy::render::view::screenshot::{Screenshot, save_to_disk};
 use bevy::window::PrimaryWindow;
 use dreamgym_agents::label_session::Verdict;
 use dreamgym_sim::VisualShape;
@@ -54,14 +53,6 @@ impl LabelSim {
     fn fail(&self, e: String) {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
     }
-}
-
-#[derive(Resource)]
-struct Shot {
-    path: PathBuf,
-    at_frame: u32,
-    frame: u32,
-    requested: bool,
 }
 
 #[derive(Component)]
@@ -118,13 +109,8 @@ pub fn run(labeling: Labeling, settings: LabelSettings) -> anyhow::Result<(usize
         (keyboard, play, sync_sides, viewports, update_text).chain(),
     );
     if let Some((path, frames)) = settings.screenshot {
-        app.insert_resource(Shot {
-            path,
-            at_frame: frames,
-            frame: 0,
-            requested: false,
-        })
-        .add_systems(Update, screenshot.after(update_text));
+        app.insert_resource(crate::shot::ScreenshotPlan::new(path, frames))
+            .add_systems(Update, crate::shot::screenshot.after(update_text));
     }
     app.run();
     drop(app);
@@ -328,7 +314,7 @@ fn keyboard(
 fn play(
     time: Res<Time>,
     mut sim: ResMut<LabelSim>,
-    shot: Option<Res<Shot>>,
+    shot: Option<Res<crate::shot::ScreenshotPlan>>,
     mut exit: MessageWriter<AppExit>,
 ) {
     let smooth = sim
@@ -336,10 +322,10 @@ fn play(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .smooth();
-    // With a screenshot to take, one replay frame per rendered frame, whatever this machine's
-    // speed.
-    let steps = if shot.is_some() {
-        1
+    // With a screenshot to take, one replay frame per rendered frame up to the one the
+    // picture shows, whatever this machine's speed.
+    let steps = if let Some(shot) = shot {
+        usize::from(shot.ticking())
     } else {
         let ticks = time.delta_secs() * frames_per_second(smooth) * sim.speed;
         due(&mut sim.accumulator, ticks, 200)
@@ -472,21 +458,5 @@ fn update_text(sim: Res<LabelSim>, mut query: TextQuery) {
         if text.0 != want {
             text.0 = want;
         }
-    }
-}
-
-fn screenshot(mut commands: Commands, mut shot: ResMut<Shot>, mut exit: MessageWriter<AppExit>) {
-    shot.frame += 1;
-    if !shot.requested && shot.frame >= shot.at_frame {
-        shot.requested = true;
-        commands
-            .spawn(Screenshot::primary_window())
-            .observe(save_to_disk(shot.path.clone()));
-    }
-    if shot.requested && shot.path.exists() {
-        exit.write(AppExit::Success);
-    }
-    if shot.frame > shot.at_frame + 600 {
-        exit.write(AppExit::error());
     }
 }

@@ -20,6 +20,7 @@ mod app;
 mod label_app;
 mod labeling;
 mod session;
+mod shot;
 
 pub use labeling::Labeling;
 pub use session::{Session, Source};
