@@ -340,24 +340,30 @@ impl Lines {
     }
 }
 
-#[test]
-fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own() {
-    use dreamgym_agents::world_models::{IterateStage, load_run, round_dir};
-    let root = tempfile::tempdir().unwrap();
-    let run = RunDir::new(root.path());
+/// A run folder at `root` with 4 random episodes, and a tiny config with C in the dream and
+/// two rounds of 2 episodes each.
+fn two_tiny_rounds(root: &std::path::Path) -> (RunDir, WorldModelsConfig) {
+    let run = RunDir::new(root);
     record(&run.data(), 4, 30).unwrap();
     let mut cfg = tiny_config();
     cfg.controller.in_dream = true;
     cfg.eval.max_steps = 20;
-    cfg.iterate = IterateStage {
+    cfg.iterate = dreamgym_agents::world_models::IterateStage {
         rounds: 2,
         episodes: 2,
         noise: 0.1,
         mdnrnn_epochs: 1,
         generations: 1,
-        choose_best: false,
-        start_from_best: false,
+        ..Default::default()
     };
+    (run, cfg)
+}
+
+#[test]
+fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own() {
+    use dreamgym_agents::world_models::{load_run, round_dir};
+    let root = tempfile::tempdir().unwrap();
+    let (run, cfg) = two_tiny_rounds(root.path());
     let registry = Registry::with_builtins();
     let lines = Lines::default();
     let all = |lines: &Lines| {
@@ -484,22 +490,11 @@ fn iterative_rounds_record_with_the_last_agent_retrain_and_are_runs_of_their_own
 
 #[test]
 fn rounds_can_start_from_the_c_whose_episodes_returned_most_and_choose_one() {
-    use dreamgym_agents::world_models::{IterateStage, RoundSummary, round_dir};
+    use dreamgym_agents::world_models::{RoundSummary, round_dir};
     let root = tempfile::tempdir().unwrap();
-    let run = RunDir::new(root.path());
-    record(&run.data(), 4, 30).unwrap();
-    let mut cfg = tiny_config();
-    cfg.controller.in_dream = true;
-    cfg.eval.max_steps = 20;
-    cfg.iterate = IterateStage {
-        rounds: 2,
-        episodes: 2,
-        noise: 0.1,
-        mdnrnn_epochs: 1,
-        generations: 1,
-        choose_best: true,
-        start_from_best: true,
-    };
+    let (run, mut cfg) = two_tiny_rounds(root.path());
+    cfg.iterate.choose_best = true;
+    cfg.iterate.start_from_best = true;
     let registry = Registry::with_builtins();
     let lines = Lines::default();
     let all = |cfg: &WorldModelsConfig, lines: &Lines| {
