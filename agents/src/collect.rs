@@ -200,13 +200,7 @@ fn resume_point(meta: &DatasetMeta, stored: usize) -> Option<(usize, u64, u64)> 
         .iter()
         .enumerate()
         .find(|(_, c)| !c.complete)?;
-    let finished: usize = meta
-        .collections
-        .iter()
-        .filter(|c| c.complete)
-        .map(|c| c.written)
-        .sum();
-    let on_disk = stored.saturating_sub(finished) as u64;
+    let on_disk = stored.saturating_sub(meta.finished_episodes()) as u64;
     Some((k, unfinished.env_seed, unfinished.first_episode + on_disk))
 }
 

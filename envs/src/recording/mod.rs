@@ -199,6 +199,16 @@ impl DatasetMeta {
     pub fn is_complete(&self) -> bool {
         self.collections.iter().all(|c| c.complete)
     }
+
+    /// Episodes the finished collections wrote. Of the episodes on disk, the rest belong to the
+    /// unfinished ones (whose `written` is not kept up to date while they record).
+    pub fn finished_episodes(&self) -> usize {
+        self.collections
+            .iter()
+            .filter(|c| c.complete)
+            .map(|c| c.written)
+            .sum()
+    }
 }
 
 /// What can go wrong reading or writing a dataset.

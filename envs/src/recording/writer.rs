@@ -256,13 +256,9 @@ pub fn mark_complete(dir: &Path) -> Result<(), RecordError> {
     let mut meta = ds.meta().clone();
     // The unfinished collections' share of the episodes on disk (their `written` was never
     // recorded).
-    let known: usize = meta
-        .collections
-        .iter()
-        .filter(|c| c.complete)
-        .map(|c| c.written)
-        .sum();
-    let mut rest = ds.stored_episodes().saturating_sub(known);
+    let mut rest = ds
+        .stored_episodes()
+        .saturating_sub(meta.finished_episodes());
     for c in &mut meta.collections {
         if !c.complete {
             c.written = rest.min(c.episodes);
