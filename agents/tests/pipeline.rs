@@ -515,11 +515,12 @@ fn rounds_can_start_from_the_c_whose_episodes_returned_most_and_choose_one() {
         check.meta().policy,
         format!("{}~0.1", round_dir(&run, 2).root().display())
     );
+    // (Rewards as the world model reads them: f32.)
     let returns: Vec<f64> = check
         .load()
         .episodes
         .iter()
-        .map(|e| e.rewards.iter().sum())
+        .map(|e| e.rewards.iter().map(|&v| v as f32 as f64).sum())
         .collect();
     assert_eq!(returns.len(), 2);
     let last = rows[2].c_return.unwrap();

@@ -279,6 +279,8 @@ struct Recorded {
     r: usize,
     dir: RunDir,
     record: RoundRecord,
+    /// The episodes, decoded.
+    data: PixelData,
     /// Their mean return in the real env: what the recording agent scores (with the action
     /// noise it records with).
     mean_return: f64,
@@ -371,16 +373,11 @@ fn record_round(
             .with_context(|| format!("cannot update {}", dir.data().display()))?;
     }
     record_dataset(&rollout, registry, &dir.data(), progress)?;
-    let loaded = Dataset::open(dir.data())
-        .with_context(|| format!("cannot open {}", dir.data().display()))?
-        .load();
-    if let Some((path, e)) = loaded.damaged.first() {
-        anyhow::bail!("{} is damaged ({e})", path.display());
-    }
-    let returns: Vec<f64> = loaded
+    let data = PixelData::load(&dir.data(), progress)?;
+    let returns: Vec<f64> = data
         .episodes
         .iter()
-        .map(|e| e.rewards.iter().sum())
+        .map(|e| e.rewards.iter().map(|&v| v as f64).sum())
         .collect();
     anyhow::ensure!(
         !returns.is_empty(),
@@ -391,6 +388,7 @@ fn record_round(
         r,
         dir,
         record,
+        data,
         mean_return: returns.iter().sum::<f64>() / returns.len() as f64,
     })
 }
@@ -415,13 +413,13 @@ fn run_round(
         r,
         dir,
         mut record,
+        data,
         mean_return: recorded_return,
     } = recorded;
     let rcfg = round_config(cfg, r);
     let record_path = dir.file("round.json");
     let start_c = ControllerFile::read(&agent_dir(run, start).file("controller.json"))?;
     copy_vae(run, &dir)?;
-    let data = PixelData::load(&dir.data(), progress)?;
     let series = match record.encoded.as_deref() {
         Some(f) if f == data.fingerprint && dir.file("series.safetensors").exists() => {
             load_series(&dir.file("series.safetensors"))?
