@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dreamgym_agents::testing::{record, tiny_config};
-use dreamgym_agents::world_models::{Stage, run_world_models};
+use dreamgym_agents::world_models::{ActionNoise, Stage, run_world_models};
 use dreamgym_agents::{Progress, RunDir, WorldModelsConfig};
 use dreamgym_envs::Registry;
 use dreamgym_world_model::VaeConfig;
@@ -351,7 +351,7 @@ fn two_tiny_rounds(root: &std::path::Path) -> (RunDir, WorldModelsConfig) {
     cfg.iterate = dreamgym_agents::world_models::IterateStage {
         rounds: 2,
         episodes: 2,
-        noise: 0.1,
+        noise: ActionNoise::Level(0.1),
         mdnrnn_epochs: 1,
         generations: 1,
         ..Default::default()
@@ -670,10 +670,11 @@ fn an_ensemble_of_ms_is_trained_measured_on_held_out_steps_and_halts_the_dream()
     cfg.mdnrnn.held_out = 0.25;
     cfg.mdnrnn.batch_size = 3;
     cfg.eval.max_steps = 20;
+    // Each episode of the round is recorded by the agent as it acts or with noise 0.5.
     cfg.iterate = IterateStage {
         rounds: 1,
         episodes: 2,
-        noise: 0.1,
+        noise: ActionNoise::Mixture(vec![0.0, 0.5]),
         mdnrnn_epochs: 1,
         generations: 1,
         choose_best: false,
@@ -692,6 +693,9 @@ fn an_ensemble_of_ms_is_trained_measured_on_held_out_steps_and_halts_the_dream()
     .rounds
     .unwrap();
     assert_eq!(rows.len(), 2);
+    let ds = dreamgym_envs::recording::Dataset::open(round_dir(&run, 1).data()).unwrap();
+    let agent = run.root().display();
+    assert_eq!(ds.meta().policy, format!("{agent} | {agent}~0.5"));
     let said = lines.take();
     assert!(
         said.iter()

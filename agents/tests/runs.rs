@@ -317,7 +317,7 @@ fn iterate_settings_bind_only_once_a_round_exists_and_more_rounds_continue() {
         e
     };
     // No round made yet: the rounds' settings bind nothing.
-    let noise = with(&|w| w.iterate.noise = 0.5);
+    let noise = with(&|w| w.iterate.noise = dreamgym_agents::world_models::ActionNoise::Level(0.5));
     assert_eq!(prepare_run(&noise, &run, OnChange::Ask, &()).unwrap(), None);
     // More rounds: more work, which --resume continues.
     let more = with(&|w| w.iterate.rounds = 2);

@@ -200,8 +200,10 @@ pub struct IterateStage {
     /// Episodes the latest agent records in each round.
     pub episodes: usize,
     /// Action noise of the recording agent (`<run>~<noise>`: Gaussian, in half-ranges of the
-    /// action space); 0 records the agent as it acts.
-    pub noise: f64,
+    /// action space); 0 records the agent as it acts. A list of levels (`[0.1, 0.5]`) records
+    /// each episode with one of them, drawn from the episode's seed (`<run>~0.1 | <run>~0.5`):
+    /// M then also sees what lies beside the agent's path.
+    pub noise: ActionNoise,
     /// Epochs of M's training in each round, over every episode recorded so far, starting
     /// from the last round's M.
     pub mdnrnn_epochs: usize,
@@ -226,11 +228,75 @@ impl Default for IterateStage {
         Self {
             rounds: 0,
             episodes: 32,
-            noise: 0.1,
+            noise: ActionNoise::Level(0.1),
             mdnrnn_epochs: 10,
             generations: 20,
             choose_best: false,
             start_from_best: false,
+        }
+    }
+}
+
+/// The recording agent's action noise in a round: one level for every episode, or one level
+/// per episode drawn from several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ActionNoise {
+    /// The same level in every episode.
+    Level(f64),
+    /// One of these levels in each episode (repeat one to weight it).
+    Mixture(Vec<f64>),
+}
+
+impl ActionNoise {
+    /// The levels (one for `Level`).
+    pub fn levels(&self) -> &[f64] {
+        match self {
+            Self::Level(v) => std::slice::from_ref(v),
+            Self::Mixture(v) => v,
+        }
+    }
+
+    /// The policy spec of `agent` with this noise: `<agent>~<level>` (the agent alone for 0),
+    /// a per-episode mixture of those for several levels.
+    pub fn spec(&self, agent: &str) -> String {
+        let part = |level: f64| {
+            if level > 0.0 {
+                format!("{agent}~{level}")
+            } else {
+                agent.to_string()
+            }
+        };
+        self.levels()
+            .iter()
+            .map(|&l| part(l))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.levels().is_empty(),
+            "iterate.noise: an empty list (give one level, or several to draw one per episode)"
+        );
+        for &l in self.levels() {
+            anyhow::ensure!(
+                l.is_finite() && l >= 0.0,
+                "iterate.noise must be a number >= 0, or a list of them (got {l})"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for ActionNoise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Level(v) => write!(f, "{v}"),
+            Self::Mixture(v) => {
+                let levels: Vec<String> = v.iter().map(|l| l.to_string()).collect();
+                write!(f, "{} (one per episode)", levels.join(", "))
+            }
         }
     }
 }
@@ -335,10 +401,7 @@ impl WorldModelsConfig {
         let it = &self.iterate;
         if it.rounds > 0 {
             anyhow::ensure!(it.episodes >= 1, "iterate.episodes must be at least 1");
-            anyhow::ensure!(
-                it.noise.is_finite() && it.noise >= 0.0,
-                "iterate.noise must be a number >= 0"
-            );
+            it.noise.validate()?;
             anyhow::ensure!(
                 it.mdnrnn_epochs >= 1,
                 "iterate.mdnrnn_epochs must be at least 1"
@@ -351,5 +414,46 @@ impl WorldModelsConfig {
         }
         dreamgym_world_model::device(&self.device)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iterate(toml_text: &str) -> anyhow::Result<IterateStage> {
+        let it: IterateStage = toml::from_str(toml_text)?;
+        let cfg = WorldModelsConfig {
+            iterate: it.clone(),
+            ..Default::default()
+        };
+        cfg.validate()?;
+        Ok(it)
+    }
+
+    #[test]
+    fn round_noise_is_one_level_or_one_level_per_episode() {
+        let one = iterate("rounds = 1\nnoise = 0.2").unwrap();
+        assert_eq!(one.noise, ActionNoise::Level(0.2));
+        assert_eq!(one.noise.spec("runs/a"), "runs/a~0.2");
+        // A single level is written as it was before lists existed, so old runs still match.
+        assert_eq!(serde_json::to_string(&one.noise).unwrap(), "0.2");
+        let zero = iterate("rounds = 1\nnoise = 0").unwrap();
+        assert_eq!(zero.noise.spec("runs/a"), "runs/a");
+        let mix = iterate("rounds = 1\nnoise = [0, 0.1, 0.5]").unwrap();
+        assert_eq!(mix.noise, ActionNoise::Mixture(vec![0.0, 0.1, 0.5]));
+        assert_eq!(mix.noise.spec("runs/a"), "runs/a | runs/a~0.1 | runs/a~0.5");
+        assert_eq!(mix.noise.to_string(), "0, 0.1, 0.5 (one per episode)");
+        // Several are written as a list.
+        assert_eq!(serde_json::to_string(&mix.noise).unwrap(), "[0.0,0.1,0.5]");
+        for (bad, says) in [
+            ("noise = []", "an empty list"),
+            ("noise = [0.1, -1]", "got -1"),
+            ("noise = -0.5", ">= 0"),
+            ("noise = \"lots\"", "noise"),
+        ] {
+            let err = format!("{:#}", iterate(&format!("rounds = 1\n{bad}")).unwrap_err());
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

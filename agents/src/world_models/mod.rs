@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 pub use agent::{WorldModel, WorldModelsAgent, check_pixels, frame_of};
 pub use calibrate::CalibrationFile;
-pub use config::{ControllerStage, EvalStage, IterateStage, MdnStage, VaeStage, WorldModelsConfig};
+pub use config::{
+    ActionNoise, ControllerStage, EvalStage, IterateStage, MdnStage, VaeStage, WorldModelsConfig,
+};
 pub use data::{
     EpisodeFrames, PixelData, Series, action_size, dataset_meta, load_series, make_env,
     save_series, start_latents,

@@ -346,11 +346,7 @@ fn record_round(
         env: meta.env_id.clone(),
         env_config: toml::Table::try_from(&meta.env_config)
             .context("the dataset's env config is not a table")?,
-        policy: if it.noise > 0.0 {
-            format!("{prev_spec}~{}", it.noise)
-        } else {
-            prev_spec
-        },
+        policy: it.noise.spec(&prev_spec),
         episodes: it.episodes,
         num_envs: it.episodes.min(8),
         workers: cfg.controller.workers,
