@@ -295,7 +295,12 @@ impl std::fmt::Display for ActionNoise {
             Self::Level(v) => write!(f, "{v}"),
             Self::Mixture(v) => {
                 let levels: Vec<String> = v.iter().map(|l| l.to_string()).collect();
-                write!(f, "{} (one per episode)", levels.join(", "))
+                match levels.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        write!(f, "{} or {last}, one per episode", rest.join(", "))
+                    }
+                    _ => write!(f, "{}", levels.join("")),
+                }
             }
         }
     }
@@ -443,7 +448,8 @@ mod tests {
         let mix = iterate("rounds = 1\nnoise = [0, 0.1, 0.5]").unwrap();
         assert_eq!(mix.noise, ActionNoise::Mixture(vec![0.0, 0.1, 0.5]));
         assert_eq!(mix.noise.spec("runs/a"), "runs/a | runs/a~0.1 | runs/a~0.5");
-        assert_eq!(mix.noise.to_string(), "0, 0.1, 0.5 (one per episode)");
+        assert_eq!(mix.noise.to_string(), "0, 0.1 or 0.5, one per episode");
+        assert_eq!(ActionNoise::Mixture(vec![0.2]).to_string(), "0.2");
         // Several are written as a list.
         assert_eq!(serde_json::to_string(&mix.noise).unwrap(), "[0.0,0.1,0.5]");
         for (bad, says) in [
