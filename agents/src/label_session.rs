@@ -226,6 +226,7 @@ mod tests {
             seed: 0,
             distinct_attempts: 1,
             edit: false,
+            greedy_a: false,
         };
         std::fs::write(
             dir.path().join(PAIRS_META),

@@ -123,6 +123,14 @@ pub struct PairSettings {
     /// Episode B's first action is A's with one decision changed, not a sample
     /// (`PairsConfig::edit`): answers the model does not sample get into the pairs.
     pub edit: bool,
+    /// Both episodes sample with grammar-constrained decoding (tokens that cannot continue a
+    /// valid program of the action language are masked): every sampled answer parses, so a
+    /// higher temperature explores other objects, directions and distances instead of
+    /// breaking the syntax. The trained model is still evaluated unconstrained.
+    pub constrained: bool,
+    /// Episode A is decoded greedily, as the model is evaluated, and only B samples
+    /// (`PairsConfig::greedy_a`): each label compares the model's own answer with another.
+    pub greedy_a: bool,
 }
 
 /// With `label_distinct_only`, the most pairs a round samples per label it spends.
@@ -137,6 +145,8 @@ impl Default for PairSettings {
             distinct_attempts: 8,
             label_distinct_only: false,
             edit: false,
+            constrained: false,
+            greedy_a: false,
         }
     }
 }
@@ -450,11 +460,12 @@ pub fn run_language_dpo(
                     temperature: stage.pairs.temperature,
                     top_p: stage.pairs.top_p,
                     max_new_tokens: stage.eval.max_new_tokens,
-                    ..Sampling::default()
+                    constrained: stage.pairs.constrained,
                 },
                 max_turns: stage.pairs.max_turns,
                 distinct_attempts: stage.pairs.distinct_attempts,
                 edit: stage.pairs.edit,
+                greedy_a: stage.pairs.greedy_a,
             };
             let records = collect_pairs(
                 current.clone(),
@@ -930,8 +941,8 @@ fn write_report(
     let mut md =
         String::from("# Language controller: preference fine-tuning (DPO rounds, RLHF)\n\n");
     md.push_str(&format!(
-        "Start model and reference: `{}` ({start_fp}). Pairs: two episodes sampled (temperature \
-         {}, {}) from one start \
+        "Start model and reference: `{}` ({start_fp}). Pairs: {} (temperature \
+         {}{}, {}) from one start \
          state of {} (`{}`), new env seeds each round from {}. Labels: the synthetic labeler \
          (Bradley–Terry over the verifier's progress, temperature {}, flip rate {}: its own \
          accuracy ceiling is {:.0}%; equal progress labeled equal). DPO each round {}: {:?} \
@@ -939,7 +950,17 @@ fn write_report(
          Evaluation: greedy decoding, {} episodes per split from seed {}, with physics \
          execution.\n\n",
         stage.model.display(),
+        if stage.pairs.greedy_a {
+            "episode A decoded greedily, B sampled"
+        } else {
+            "two episodes sampled"
+        },
         stage.pairs.temperature,
+        if stage.pairs.constrained {
+            ", grammar-constrained"
+        } else {
+            ""
+        },
         if stage.pairs.edit {
             "B's first action A's with one decision changed where A's parses".to_string()
         } else {

@@ -115,6 +115,10 @@ pub struct PairsMeta {
     /// ([`PairsConfig::edit`]); absent (false) in folders made before this setting.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub edit: bool,
+    /// Episode A is decoded greedily ([`PairsConfig::greedy_a`]); absent (false) in folders
+    /// made before this setting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub greedy_a: bool,
 }
 
 fn one() -> usize {
@@ -143,6 +147,10 @@ pub struct PairsConfig {
     /// model's support is all DPO can re-rank). Where A's first action does not parse or has
     /// nothing to change, B is sampled as without it. The rest of B's episode is the model's.
     pub edit: bool,
+    /// Episode A is decoded greedily (what the model does when it is evaluated) and only B
+    /// samples: every label then says whether the model's own answer or another one is
+    /// better, which is what moves greedy decoding. `sampling`'s temperature is B's.
+    pub greedy_a: bool,
 }
 
 /// Reads a pairs folder: its meta and every complete pair (a torn last line from a crash is
@@ -217,6 +225,7 @@ pub fn collect_pairs(
         seed: cfg.seed,
         distinct_attempts: cfg.distinct_attempts,
         edit: cfg.edit,
+        greedy_a: cfg.greedy_a,
     };
     anyhow::ensure!(
         cfg.seed.checked_add(cfg.count as u64).is_some(),
@@ -258,7 +267,14 @@ pub fn collect_pairs(
     let mut e = registry
         .make(env.0, Some(env.1))
         .with_context(|| format!("cannot build {}", env.0))?;
-    let mut policy = LanguagePolicy::new(model, cfg.sampling, model_name);
+    let mut policy = LanguagePolicy::new(model.clone(), cfg.sampling, model_name);
+    let mut greedy = cfg.greedy_a.then(|| {
+        let sampling = Sampling {
+            temperature: 0.0,
+            ..cfg.sampling
+        };
+        LanguagePolicy::new(model, sampling, model_name)
+    });
     progress.begin("pairs", cfg.count as u64);
     progress.advance(pairs.len().min(cfg.count) as u64);
     for i in pairs.len()..cfg.count {
@@ -316,10 +332,14 @@ pub fn collect_pairs(
                     }
                 }
             }
-            policy.reset(sample_seed)?;
+            let side_policy = match greedy.as_mut() {
+                Some(g) if side == 0 => g,
+                _ => &mut policy,
+            };
+            side_policy.reset(sample_seed)?;
             sides.push(run_side(
                 e.as_mut(),
-                &mut policy,
+                side_policy,
                 obs,
                 sample_seed,
                 cfg.max_turns,
@@ -987,6 +1007,7 @@ mod tests {
     fn pairs_config(count: usize) -> PairsConfig {
         PairsConfig {
             edit: false,
+            greedy_a: false,
             count,
             seed: 5,
             sampling: Sampling {
@@ -1086,6 +1107,117 @@ mod tests {
             assert_ne!(p.first_action(false), p.first_action(true));
             assert_eq!(p.b.sample_seed, derive_seed(p.seed, "pair side", 1));
         }
+    }
+
+    #[test]
+    fn constrained_pairs_write_only_actions_that_parse() {
+        let registry = Registry::with_builtins();
+        let config = serde_json::json!({ "mode": "language", "max_commands": 1 });
+        let m = Arc::new(model());
+        let collect = |constrained: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = pairs_config(4);
+            cfg.max_turns = 1;
+            cfg.sampling.max_new_tokens = 96;
+            cfg.sampling.constrained = constrained;
+            let pairs = collect_pairs(
+                m.clone(),
+                "tiny",
+                &registry,
+                ("Tabletop-v0", &config),
+                &cfg,
+                dir.path(),
+                &(),
+            )
+            .unwrap();
+            // The folder says how its pairs were sampled.
+            assert_eq!(
+                read_pairs(dir.path()).unwrap().0.sampling.constrained,
+                constrained
+            );
+            pairs
+                .iter()
+                .flat_map(|p| [&p.a, &p.b])
+                .map(|side| side.turns[0].action.clone())
+                .collect::<Vec<_>>()
+        };
+        use dreamgym_envs::builtin::tabletop::command::{is_complete_program, is_viable_prefix};
+        // An untrained model writes text at random: unconstrained, next to nothing it writes
+        // could even begin a program...
+        let free = collect(false);
+        let viable = free.iter().filter(|a| is_viable_prefix(a)).count();
+        assert!(viable < free.len() / 2, "{free:?}");
+        // ...constrained, every action is a program or, where the token budget cut it before
+        // its first whole command, the start of one; and some are whole programs.
+        let constrained = collect(true);
+        assert_eq!(constrained.len(), 8);
+        for a in &constrained {
+            assert!(is_viable_prefix(a), "`{a}` cannot begin a program");
+        }
+        assert!(
+            constrained.iter().any(|a| is_complete_program(a)),
+            "{constrained:?}"
+        );
+    }
+
+    #[test]
+    fn greedy_a_pairs_the_models_own_answer_with_a_sample() {
+        let registry = Registry::with_builtins();
+        let config = serde_json::json!({ "mode": "language", "max_commands": 1 });
+        let m = Arc::new(model());
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = pairs_config(3);
+        cfg.greedy_a = true;
+        cfg.distinct_attempts = 4;
+        let pairs = collect_pairs(
+            m.clone(),
+            "tiny",
+            &registry,
+            ("Tabletop-v0", &config),
+            &cfg,
+            dir.path(),
+            &(),
+        )
+        .unwrap();
+        assert!(read_pairs(dir.path()).unwrap().0.greedy_a);
+        let mut greedy = LanguagePolicy::new(
+            m.clone(),
+            Sampling {
+                temperature: 0.0,
+                ..cfg.sampling
+            },
+            "tiny",
+        );
+        let mut e = registry.make("Tabletop-v0", Some(&config)).unwrap();
+        for p in &pairs {
+            let (obs, _) = e.reset(Some(p.seed), &Info::new()).unwrap();
+            greedy.reset(0).unwrap();
+            let own = greedy.act(&obs).unwrap();
+            // A is what greedy decoding writes on that start, whatever A's sample seed; B
+            // samples something else.
+            assert_eq!(Some(p.first_action(false)), own.as_text());
+            assert_ne!(p.first_action(false), p.first_action(true));
+        }
+        // Without it, A samples too: on these starts at temperature 1 an untrained model
+        // writes something other than its greedy answer.
+        cfg.greedy_a = false;
+        let other = tempfile::tempdir().unwrap();
+        let sampled = collect_pairs(
+            m,
+            "tiny",
+            &registry,
+            ("Tabletop-v0", &config),
+            &cfg,
+            other.path(),
+            &(),
+        )
+        .unwrap();
+        assert!(
+            sampled
+                .iter()
+                .zip(&pairs)
+                .any(|(s, g)| s.first_action(false) != g.first_action(false))
+        );
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub struct Args {
     /// samples get into the pairs (B is sampled where A's action does not parse)
     #[arg(long)]
     edit: bool,
+    /// Sample with grammar-constrained decoding: tokens that cannot continue a valid program of
+    /// the action language are masked, so every answer parses (explore at a higher
+    /// --temperature without breaking the syntax)
+    #[arg(long)]
+    constrained: bool,
+    /// Episode A is decoded greedily, as the model is evaluated, and only B samples: each
+    /// label then compares the model's own answer with another
+    #[arg(long)]
+    greedy_a: bool,
     /// Env config overrides, `key=value` (repeatable); `mode=language` is always set.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -79,11 +88,13 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         sampling: Sampling {
             temperature: args.temperature,
             top_p: args.top_p,
+            constrained: args.constrained,
             ..Sampling::default()
         },
         max_turns: args.max_turns,
         distinct_attempts: args.distinct_attempts,
         edit: args.edit,
+        greedy_a: args.greedy_a,
     };
     let progress = super::CliProgress::new();
     let pairs = collect_pairs(
