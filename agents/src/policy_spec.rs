@@ -266,15 +266,47 @@ pub fn load_policy(
     seed: u64,
 ) -> anyhow::Result<Box<dyn Policy>> {
     if let Some(parts) = mixture_parts(spec)? {
-        let loaded = parts
-            .iter()
-            .enumerate()
-            .map(|(i, part)| {
-                let s = dreamgym_base::derive_seed(seed, "policy.mixture.part", i as u64);
-                load_policy(part, env_id, observation_space, action_space, s)
-                    .with_context(|| format!("in the mixture `{spec}`"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Parts that differ only in their action noise (`agent | agent~0.1 | agent~0.3`, a
+        // rounds' noise list) load `agent` once and each take a fork of it: the weights are
+        // shared, the episode state is not. Random, Brownian and noisy policies are seeded
+        // when made, so each of those parts is made with its own seed, as before.
+        let mut models: std::collections::HashMap<&str, Box<dyn Policy>> = Default::default();
+        let mut loaded = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let s = dreamgym_base::derive_seed(seed, "policy.mixture.part", i as u64);
+            let in_mixture = || format!("in the mixture `{spec}`");
+            let (inner, noise) = match noise_suffix(part)? {
+                Some((inner, noise)) => (inner, Some(noise)),
+                None => (*part, None),
+            };
+            let seeded = inner == "random"
+                || brownian_step(inner)?.is_some()
+                || noise_suffix(inner)?.is_some();
+            if seeded {
+                loaded.push(
+                    load_policy(part, env_id, observation_space, action_space, s)
+                        .with_context(in_mixture)?,
+                );
+                continue;
+            }
+            let base = match models.get(inner) {
+                Some(model) => model.fork(),
+                None => {
+                    let model = load_policy(inner, env_id, observation_space, action_space, s)
+                        .with_context(in_mixture)?;
+                    let base = model.fork();
+                    models.insert(inner, model);
+                    base
+                }
+            };
+            loaded.push(match noise {
+                Some(noise) => Box::new(
+                    dreamgym_policies::NoisyPolicy::new(base, action_space.clone(), noise, s)
+                        .with_context(in_mixture)?,
+                ),
+                None => base,
+            });
+        }
         return Ok(Box::new(dreamgym_policies::MixturePolicy::new(
             loaded, seed,
         )?));
@@ -424,6 +456,46 @@ mod tests {
             seen.iter().any(|d| d.contains("action noise 0.5")),
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn parts_that_share_an_agent_act_as_if_each_were_loaded_alone() {
+        let (obs, act) = reacher_spaces();
+        let spec = "expert | expert~0.1 | expert~0.3 | random";
+        let mut mixture = load_policy(spec, "Reacher-v0", &obs, &act, 11).unwrap();
+        let mut alone: Vec<Box<dyn Policy>> = ["expert", "expert~0.1", "expert~0.3", "random"]
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let s = dreamgym_base::derive_seed(11, "policy.mixture.part", i as u64);
+                load_policy(part, "Reacher-v0", &obs, &act, s).unwrap()
+            })
+            .collect();
+        let mut e = dreamgym_envs::Registry::with_builtins()
+            .make("Reacher-v0", None)
+            .unwrap();
+        let mut used = std::collections::BTreeSet::new();
+        for episode in 0..20 {
+            mixture.reset(episode).unwrap();
+            let which = alone
+                .iter()
+                .position(|p| {
+                    mixture
+                        .describe()
+                        .contains(&format!("now {} (", p.describe()))
+                })
+                .unwrap();
+            used.insert(which);
+            let part = &mut alone[which];
+            part.reset(episode).unwrap();
+            let (mut o, _) = e.reset(Some(episode), &Default::default()).unwrap();
+            for _ in 0..5 {
+                let a = mixture.act(&o).unwrap();
+                assert_eq!(a, part.act(&o).unwrap(), "episode {episode}");
+                o = e.step(&a).unwrap().obs;
+            }
+        }
+        assert_eq!(used.len(), 4, "{used:?}");
     }
 
     #[test]
