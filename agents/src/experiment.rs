@@ -697,15 +697,19 @@ pub(crate) fn plan_collection(
             missing.display()
         );
     }
-    // Every chunk is read and checked: damaged episodes do not count.
-    let report = ds.load();
-    let n = report.episodes.len();
-    if let Some((_, e)) = report.damaged.first() {
-        anyhow::bail!(
-            "{} has a damaged chunk ({e}); delete that chunk to record its episodes again, or \
-             delete the folder to collect from scratch",
-            data.display()
-        );
+    // Every chunk is checked (format, checksum, episode index), one at a time and without
+    // decoding it: a dataset of any size is planned in the time it takes to read it, and a
+    // damaged chunk stops the run.
+    let mut n = 0;
+    for path in ds.chunk_paths() {
+        match ds.check_chunk(path) {
+            Ok(episodes) => n += episodes,
+            Err(e) => anyhow::bail!(
+                "{} has a damaged chunk ({e}); delete that chunk to record its episodes again, \
+                 or delete the folder to collect from scratch",
+                data.display()
+            ),
+        }
     }
     if n >= rollout.episodes && !meta.is_complete() {
         // Every episode is on disk; only the last update of dataset.json was lost (a full
@@ -1096,6 +1100,20 @@ mod tests {
         );
         assert!(
             err.contains("CartPole-v0") && err.contains("Racer-v0"),
+            "{err}"
+        );
+        // A chunk whose bytes changed stops the plan, naming the damage.
+        let chunk = data.join("chunk-000000.safetensors");
+        let mut bytes = std::fs::read(&chunk).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&chunk, bytes).unwrap();
+        let err = format!(
+            "{:#}",
+            plan_collection(&exp(""), &registry, &data).unwrap_err()
+        );
+        assert!(
+            err.contains("damaged chunk") && err.contains("checksum"),
             "{err}"
         );
     }

@@ -123,6 +123,17 @@ fn a_corrupt_chunk_is_reported_and_the_rest_still_read() {
         matches!(err, RecordError::Corrupt { reason, .. } if reason.contains("checksum")),
         "{err}"
     );
+    // The check without decoding finds the same damage, and counts the sound chunks.
+    let ds = Dataset::open(dir.path()).unwrap();
+    let checked: Vec<_> = ds.chunk_paths().iter().map(|p| ds.check_chunk(p)).collect();
+    assert_eq!(checked.len(), 3);
+    assert_eq!(checked[0].as_ref().unwrap(), &2);
+    assert_eq!(checked[2].as_ref().unwrap(), &2);
+    assert!(
+        matches!(&checked[1], Err(RecordError::Corrupt { reason, .. }) if reason.contains("checksum")),
+        "{:?}",
+        checked[1]
+    );
 }
 
 #[test]
@@ -134,9 +145,12 @@ fn a_truncated_chunk_is_reported() {
     let bytes = std::fs::read(&victim).unwrap();
     for cut in [3, 20, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&victim, &bytes[..cut]).unwrap();
-        let report = Dataset::open(dir.path()).unwrap().load();
+        let ds = Dataset::open(dir.path()).unwrap();
+        let report = ds.load();
         assert_eq!(report.damaged.len(), 1, "cut at {cut}");
         assert_eq!(report.episodes, episodes[2..], "cut at {cut}");
+        assert!(ds.check_chunk(&victim).is_err(), "cut at {cut}");
+        assert_eq!(ds.check_chunk(&ds.chunk_paths()[1]).unwrap(), 2);
     }
 }
 

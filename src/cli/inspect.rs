@@ -59,20 +59,24 @@ pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
     };
     let missing = dataset.missing_chunks();
     let meta = dataset.meta();
-    let report = dataset.load();
-    let returns: Vec<f64> = report.episodes.iter().map(|e| e.total_reward()).collect();
-    let lengths: Vec<f64> = report.episodes.iter().map(|e| e.len() as f64).collect();
-    let steps: usize = report.episodes.iter().map(|e| e.len()).sum();
-    let terminated = report
-        .episodes
-        .iter()
-        .filter(|e| e.terminated.last() == Some(&true))
-        .count();
-    let truncated = report
-        .episodes
-        .iter()
-        .filter(|e| e.truncated.last() == Some(&true))
-        .count();
+    // One chunk decoded at a time: a dataset larger than memory is summarized too.
+    let (mut returns, mut lengths) = (Vec::new(), Vec::new());
+    let (mut steps, mut terminated, mut truncated) = (0usize, 0usize, 0usize);
+    let mut damaged = Vec::new();
+    for path in dataset.chunk_paths() {
+        match dataset.read_chunk(path) {
+            Ok(episodes) => {
+                for e in &episodes {
+                    returns.push(e.total_reward());
+                    lengths.push(e.len() as f64);
+                    steps += e.len();
+                    terminated += usize::from(e.terminated.last() == Some(&true));
+                    truncated += usize::from(e.truncated.last() == Some(&true));
+                }
+            }
+            Err(e) => damaged.push(e),
+        }
+    }
     out!("dataset      {}", dir.display());
     out!("format       {} v{}", meta.format, meta.version);
     out!("env          {}  {}", meta.env_id, meta.env_config);
@@ -88,8 +92,8 @@ pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
     out!(
         "chunks       {} ({} readable, {} damaged{})",
         dataset.chunk_paths().len(),
-        dataset.chunk_paths().len() - report.damaged.len(),
-        report.damaged.len(),
+        dataset.chunk_paths().len() - damaged.len(),
+        damaged.len(),
         if missing.is_empty() {
             String::new()
         } else {
@@ -98,7 +102,7 @@ pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
     );
     out!(
         "episodes     {} ({} terminated, {} truncated)",
-        report.episodes.len(),
+        returns.len(),
         terminated,
         truncated
     );
@@ -145,8 +149,8 @@ pub fn print_summary(dir: &Path) -> anyhow::Result<usize> {
     for path in &missing {
         out!("missing      {} (its episodes are lost)", path.display());
     }
-    for (_, err) in &report.damaged {
+    for err in &damaged {
         out!("skipped      {err}");
     }
-    Ok(report.damaged.len() + missing.len())
+    Ok(damaged.len() + missing.len())
 }

@@ -51,32 +51,44 @@ impl PixelData {
             );
         }
         let fingerprint = ds.fingerprint();
-        let report = ds.load();
-        for (path, err) in &report.damaged {
-            progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
-        }
         let meta = ds.meta().clone();
+        // One chunk decoded at a time, its episodes flattened before the next is read: the
+        // decoded dataset is held once, never twice.
         let mut episodes = Vec::new();
-        for ep in report.episodes {
-            let mut frames = Vec::new();
-            for o in &ep.observations {
-                frames.extend_from_slice(frame_of(o)?);
-            }
-            let mut actions = Vec::new();
-            for a in &ep.actions {
-                match a {
-                    Value::F32(v) => actions.extend_from_slice(v),
-                    other => {
-                        anyhow::bail!("World Models needs Box actions, got {}", other.describe())
+        for path in ds.chunk_paths() {
+            let chunk = match ds.read_chunk(path) {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
+                    continue;
+                }
+            };
+            for ep in chunk {
+                let mut frames = Vec::new();
+                for o in &ep.observations {
+                    let frame = frame_of(o)?;
+                    if frames.is_empty() {
+                        frames.reserve_exact(frame.len() * ep.observations.len());
+                    }
+                    frames.extend_from_slice(frame);
+                }
+                let mut actions = Vec::new();
+                for a in &ep.actions {
+                    match a {
+                        Value::F32(v) => actions.extend_from_slice(v),
+                        other => anyhow::bail!(
+                            "World Models needs Box actions, got {}",
+                            other.describe()
+                        ),
                     }
                 }
+                episodes.push(EpisodeFrames {
+                    frames,
+                    actions,
+                    rewards: ep.rewards.iter().map(|r| *r as f32).collect(),
+                    dones: ep.terminated.iter().map(|d| *d as u8 as f32).collect(),
+                });
             }
-            episodes.push(EpisodeFrames {
-                frames,
-                actions,
-                rewards: ep.rewards.iter().map(|r| *r as f32).collect(),
-                dones: ep.terminated.iter().map(|d| *d as u8 as f32).collect(),
-            });
         }
         anyhow::ensure!(
             !episodes.is_empty(),

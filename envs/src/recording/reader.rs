@@ -145,6 +145,20 @@ impl Dataset {
         })
     }
 
+    /// Checks one chunk without decoding its episodes: its format, version and checksum, as
+    /// [`Self::read_chunk`] does first (a truncated or corrupted chunk fails here too), and
+    /// its episode index. Returns how many episodes it holds. Much cheaper than reading it:
+    /// nothing is decompressed, and only this chunk's bytes are held.
+    pub fn check_chunk(&self, path: &Path) -> Result<usize, RecordError> {
+        let bytes = std::fs::read(path).map_err(io_error("cannot read", path))?;
+        check_chunk_bytes(&bytes)
+            .map(|c| c.lengths.len())
+            .map_err(|reason| RecordError::Corrupt {
+                path: path.to_path_buf(),
+                reason: reason.0,
+            })
+    }
+
     /// Reads every chunk, skipping (and reporting) damaged ones.
     pub fn load(&self) -> LoadReport {
         let mut report = LoadReport::default();
@@ -216,7 +230,17 @@ impl std::fmt::Display for Malformed {
     }
 }
 
-fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, Malformed> {
+/// A chunk whose format, version and checksum hold, with its episode index (lengths and
+/// seeds, which agree with each other).
+struct CheckedChunk<'a> {
+    tensors: SafeTensors<'a>,
+    lengths: Vec<i64>,
+    seeds: Vec<u64>,
+}
+
+/// Checks a chunk's header, format version and checksum and reads its episode index, without
+/// decoding any column.
+fn check_chunk_bytes(bytes: &[u8]) -> Result<CheckedChunk<'_>, Malformed> {
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("bad header: {e}"))?;
     let info = header
         .metadata()
@@ -242,8 +266,12 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, Malfor
         )
         .into());
     }
-    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("bad tensors: {e}"))?;
-    let tensor = |name: &str| st.tensor(name).map_err(|e| format!("tensor `{name}`: {e}"));
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("bad tensors: {e}"))?;
+    let tensor = |name: &str| {
+        tensors
+            .tensor(name)
+            .map_err(|e| format!("tensor `{name}`: {e}"))
+    };
     let lengths: Vec<i64> = le_i64(tensor("episode_length")?.data());
     let seeds: Vec<u64> = tensor("episode_seed")?
         .data()
@@ -253,6 +281,20 @@ fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, Malfor
     if lengths.len() != seeds.len() || lengths.iter().any(|&l| l < 0) {
         return Err("episode_length and episode_seed disagree".into());
     }
+    Ok(CheckedChunk {
+        tensors,
+        lengths,
+        seeds,
+    })
+}
+
+fn decode_chunk(meta: &DatasetMeta, bytes: &[u8]) -> Result<Vec<Episode>, Malformed> {
+    let CheckedChunk {
+        tensors: st,
+        lengths,
+        seeds,
+    } = check_chunk_bytes(bytes)?;
+    let tensor = |name: &str| st.tensor(name).map_err(|e| format!("tensor `{name}`: {e}"));
     let n_steps: usize = lengths.iter().map(|&l| l as usize).sum();
     let n_obs = n_steps + lengths.len();
     let rewards: Vec<f64> = tensor("reward")?
