@@ -227,6 +227,7 @@ mod tests {
             distinct_attempts: 1,
             edit: false,
             greedy_a: false,
+            max_turns: None,
         };
         std::fs::write(
             dir.path().join(PAIRS_META),

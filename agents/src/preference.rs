@@ -12,7 +12,7 @@
 //! share), as ETO pairs trajectories from one instruction: the rest of each episode is the
 //! evidence the labeler judges it by.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -119,6 +119,10 @@ pub struct PairsMeta {
     /// made before this setting.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub greedy_a: bool,
+    /// Most actions per episode; absent in folders made before it was recorded (those go on
+    /// with whatever is asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<usize>,
 }
 
 fn one() -> usize {
@@ -188,6 +192,21 @@ pub fn read_pairs_folder(dir: &Path) -> anyhow::Result<PairsRead> {
             dir.join(PAIRS_FILE).display()
         );
     }
+    // Labels name pairs by id: two pairs under one id would give one pair's labels to the
+    // other.
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in read.records.iter().enumerate() {
+        if let Some(earlier) = first_line.insert(&r.id, i + 1) {
+            anyhow::bail!(
+                "{}: pairs {earlier} and {} both have the id {} (two `pairs` runs wrote into \
+                 the folder at once, or its {PAIRS_META} was lost and a new run appended): \
+                 labels could not tell them apart; keep the pairs of one run",
+                dir.join(PAIRS_FILE).display(),
+                i + 1,
+                r.id
+            );
+        }
+    }
     Ok(PairsRead {
         meta,
         records: read.records,
@@ -226,27 +245,52 @@ pub fn collect_pairs(
         distinct_attempts: cfg.distinct_attempts,
         edit: cfg.edit,
         greedy_a: cfg.greedy_a,
+        max_turns: Some(cfg.max_turns),
     };
+    // The last pair starts from seed + count - 1.
     anyhow::ensure!(
-        cfg.seed.checked_add(cfg.count as u64).is_some(),
+        cfg.seed
+            .checked_add(cfg.count.saturating_sub(1) as u64)
+            .is_some(),
         "the env seeds {} + 0..{} go past the largest seed (2^64 - 1)",
         cfg.seed,
         cfg.count
     );
+    // One writer at a time: two runs into one folder would write every pair twice.
+    let _lock = dreamgym_base::FolderLock::acquire(dir).map_err(|e| match e {
+        dreamgym_base::LockError::Busy { .. } => anyhow::anyhow!(
+            "{}: another `pairs` run is writing into this folder ({e}); wait for it to end",
+            dir.display()
+        ),
+        other => anyhow::Error::from(other),
+    })?;
     let meta_path = dir.join(PAIRS_META);
     let mut pairs = if meta_path.exists() {
-        let (old, pairs) = read_pairs(dir)?;
+        let (mut old, pairs) = read_pairs(dir)?;
+        // Folders made before `max_turns` was recorded go on with what is asked.
+        old.max_turns = old.max_turns.or(meta.max_turns);
         if old != meta {
             let (a, b) = (serde_json::to_value(&old)?, serde_json::to_value(&meta)?);
-            let differ: Vec<String> = b
+            // A setting left out of one side is its default (false, absent).
+            let keys: BTreeSet<&String> = a
                 .as_object()
                 .into_iter()
-                .flatten()
-                .filter(|(k, v)| a.get(k.as_str()) != Some(*v))
-                .map(|(k, v)| {
+                .chain(b.as_object())
+                .flat_map(|m| m.keys())
+                .collect();
+            let shown = |v: Option<&serde_json::Value>, k: &str| match v {
+                Some(v) => v.to_string(),
+                None if k == "edit" || k == "greedy_a" => "false".into(),
+                None => "absent".into(),
+            };
+            let differ: Vec<String> = keys
+                .into_iter()
+                .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
+                .map(|k| {
                     format!(
-                        "{k}: {} there, {v} now",
-                        a.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+                        "{k}: {} there, {} now",
+                        shown(a.get(k.as_str()), k),
+                        shown(b.get(k.as_str()), k)
                     )
                 })
                 .collect();
@@ -259,7 +303,22 @@ pub fn collect_pairs(
         }
         pairs
     } else {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // A folder that is not (or is no longer) a pairs folder: another command's run, or
+        // pairs whose pairs.json was lost, to which new pairs would be appended under ids
+        // their labels already use.
+        let foreign: Vec<String> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != dreamgym_base::LOCK_FILE)
+            .collect();
+        anyhow::ensure!(
+            foreign.is_empty(),
+            "{} is not a pairs folder: it holds {} but no {PAIRS_META}; give `pairs` a new or \
+             empty folder",
+            dir.display(),
+            foreign.join(", ")
+        );
         dreamgym_base::write_atomic(&meta_path, serde_json::to_string_pretty(&meta)?.as_bytes())?;
         Vec::new()
     };
@@ -594,6 +653,11 @@ pub fn import_trl(
     let mut seen: BTreeMap<&str, (usize, Choice)> = BTreeMap::new();
     for (line, v) in lines {
         let (prompt, chosen, rejected) = from_trl(v).with_context(|| format!("line {line}"))?;
+        anyhow::ensure!(
+            chosen != rejected,
+            "line {line}: its chosen and rejected answers are the same: it prefers nothing \
+             (nothing was imported)"
+        );
         let found = pairs.iter().find_map(|p| {
             let (a, b) = (p.first_action(false), p.first_action(true));
             if p.prompt() != prompt {
@@ -632,29 +696,77 @@ pub fn import_trl(
     Ok(out)
 }
 
-/// Token ids of text preferences for `model`: the prompt as the model reads an observation,
-/// each action as SFT taught it (its tokens, then the end token).
+/// Preferences as token ids, with the pair each came from.
+#[derive(Debug, Clone, Default)]
+pub struct Tokenized {
+    /// The preferences that fit the model's context, in order.
+    pub pairs: Vec<PreferencePair>,
+    /// The pair id of each of `pairs`.
+    pub ids: Vec<String>,
+    /// Pairs whose prompt and an answer do not fit the model's context together (an answer
+    /// sampled at a high temperature that ran on to the end of the context), left out.
+    pub too_long: Vec<String>,
+}
+
+impl Tokenized {
+    /// How many preferences fit.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Whether none fits.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Says which preferences were left out, if any, through `progress`.
+    pub fn note_left_out(&self, progress: &dyn Progress, block: usize) {
+        if let Some(first) = self.too_long.first() {
+            progress.note(&format!(
+                "{} preference{} left out: a prompt and an answer longer than the model's \
+                 context of {block} tokens (pair {first}{})",
+                self.too_long.len(),
+                if self.too_long.len() == 1 { "" } else { "s" },
+                if self.too_long.len() > 1 {
+                    " and others"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+}
+
+/// Tokenizes preferences for `model`: the prompt as the model is prompted, each answer with
+/// its end token. Preferences that do not fit the model's context are left out and named in
+/// [`Tokenized::too_long`].
 pub fn tokenize_preferences(
     model: &LanguageModel,
     prefs: &[TextPreference],
-) -> anyhow::Result<Vec<PreferencePair>> {
+) -> anyhow::Result<Tokenized> {
     let tok = model.tokenizer();
-    prefs
-        .iter()
-        .map(|p| {
-            let prompt = model.prompt_ids(&model.prompt(&p.prompt))?;
-            let answer = |t: &str| -> anyhow::Result<Vec<u32>> {
-                let mut ids = tok.encode(t)?;
-                ids.push(tok.eos());
-                Ok(ids)
-            };
-            Ok(PreferencePair {
-                prompt,
-                chosen: answer(&p.chosen)?,
-                rejected: answer(&p.rejected)?,
-            })
-        })
-        .collect()
+    let block = model.config().transformer.block_size;
+    let mut out = Tokenized::default();
+    for p in prefs {
+        let prompt = model.prompt_ids(&model.prompt(&p.prompt))?;
+        let answer = |t: &str| -> anyhow::Result<Vec<u32>> {
+            let mut ids = tok.encode(t)?;
+            ids.push(tok.eos());
+            Ok(ids)
+        };
+        let (chosen, rejected) = (answer(&p.chosen)?, answer(&p.rejected)?);
+        if prompt.len() + chosen.len().max(rejected.len()) > block {
+            out.too_long.push(p.pair.clone());
+            continue;
+        }
+        out.pairs.push(PreferencePair {
+            prompt,
+            chosen,
+            rejected,
+        });
+        out.ids.push(p.pair.clone());
+    }
+    Ok(out)
 }
 
 /// Settings of [`train_dpo`].
@@ -1221,6 +1333,76 @@ mod tests {
     }
 
     #[test]
+    fn pairs_never_mix_into_a_folder_made_otherwise_or_written_at_once() {
+        let registry = Registry::with_builtins();
+        let config = serde_json::json!({ "mode": "language", "max_commands": 1 });
+        let m = Arc::new(model());
+        let collect = |cfg: &PairsConfig, dir: &Path| {
+            collect_pairs(
+                m.clone(),
+                "tiny",
+                &registry,
+                ("Tabletop-v0", &config),
+                cfg,
+                dir,
+                &(),
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut edited = pairs_config(2);
+        edited.edit = true;
+        collect(&edited, dir.path()).unwrap();
+        // Going on without a setting the folder was made with names it, both ways.
+        let err = collect(&pairs_config(3), dir.path()).unwrap_err();
+        assert!(err.contains("edit: true there, false now"), "{err}");
+        // Another number of turns per episode is another kind of pair.
+        let mut turns = edited.clone();
+        turns.max_turns = 5;
+        let err = collect(&turns, dir.path()).unwrap_err();
+        assert!(err.contains("max_turns: 2 there, 5 now"), "{err}");
+        // A folder made before max_turns was recorded goes on.
+        let meta_path = dir.path().join(PAIRS_META);
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+        meta.as_object_mut().unwrap().remove("max_turns");
+        std::fs::write(&meta_path, meta.to_string()).unwrap();
+        let mut three = edited.clone();
+        three.count = 3;
+        assert_eq!(collect(&three, dir.path()).unwrap().len(), 3);
+        // While one run writes into the folder, another is refused.
+        let held = dreamgym_base::FolderLock::acquire(dir.path()).unwrap();
+        let err = collect(&three, dir.path()).unwrap_err();
+        assert!(err.contains("another `pairs` run"), "{err}");
+        drop(held);
+        // Its pairs.json lost, the folder is not appended to: the new pairs would reuse the
+        // ids that its labels name.
+        std::fs::remove_file(&meta_path).unwrap();
+        let err = collect(&three, dir.path()).unwrap_err();
+        assert!(
+            err.contains("not a pairs folder") && err.contains(PAIRS_FILE),
+            "{err}"
+        );
+        // So is another command's folder.
+        let run = tempfile::tempdir().unwrap();
+        std::fs::write(run.path().join("lm.json"), "{}").unwrap();
+        let err = collect(&three, run.path()).unwrap_err();
+        assert!(err.contains("lm.json"), "{err}");
+        assert!(!run.path().join(PAIRS_META).exists());
+        // Two pairs under one id (written by a build without these checks) are refused when
+        // read, naming both lines.
+        std::fs::write(&meta_path, serde_json::to_string(&meta).unwrap()).unwrap();
+        let lines = std::fs::read_to_string(dir.path().join(PAIRS_FILE)).unwrap();
+        let first = lines.lines().next().unwrap();
+        std::fs::write(dir.path().join(PAIRS_FILE), format!("{lines}{first}\n")).unwrap();
+        let err = format!("{:#}", read_pairs(dir.path()).unwrap_err());
+        assert!(
+            err.contains("pairs 1 and 4 both have the id p000000"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn pairs_share_their_start_resume_and_refuse_other_settings() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::with_builtins();
@@ -1398,6 +1580,31 @@ mod tests {
     }
 
     #[test]
+    fn preferences_longer_than_the_context_are_left_out_by_pair() {
+        let policy = model();
+        let block = policy.config().transformer.block_size;
+        let pref = |pair: &str, rejected: String| TextPreference {
+            pair: pair.into(),
+            prompt: "objects: red cube (1, 3)\ninstruction: push the red cube".into(),
+            chosen: "push red cube to blue zone".into(),
+            rejected,
+        };
+        let prefs = vec![
+            pref("p0", "done".into()),
+            pref("p1", "push ".repeat(block)),
+            pref("p2", "done".into()),
+        ];
+        let t = tokenize_preferences(&policy, &prefs).unwrap();
+        assert_eq!(t.ids, ["p0", "p2"]);
+        assert_eq!(t.pairs.len(), 2);
+        assert_eq!(t.too_long, ["p1"]);
+        // What is kept fits.
+        for p in &t.pairs {
+            assert!(p.prompt.len() + p.chosen.len().max(p.rejected.len()) <= block);
+        }
+    }
+
+    #[test]
     fn dpo_raises_the_chosen_completion_over_the_rejected() {
         let policy = model();
         let reference = model();
@@ -1409,7 +1616,7 @@ mod tests {
                 rejected: "done".into(),
             })
             .collect();
-        let pairs = tokenize_preferences(&policy, &prefs).unwrap();
+        let pairs = tokenize_preferences(&policy, &prefs).unwrap().pairs;
         let cfg = DpoConfig {
             steps: 15,
             batch_size: 4,
@@ -1454,7 +1661,7 @@ mod tests {
             })
             .collect();
         let reference = model();
-        let pairs = tokenize_preferences(&reference, &prefs).unwrap();
+        let pairs = tokenize_preferences(&reference, &prefs).unwrap().pairs;
         let cfg = DpoConfig {
             steps: 7,
             batch_size: 4,
