@@ -473,6 +473,28 @@ fn preference_commands_never_write_over_other_folders() {
     std::fs::write(&trl_file, format!("{trl}{flipped}\n")).unwrap();
     assert_clean_error(&dreamgym(&import), "lines 1 and 3 prefer opposite sides");
     assert_eq!(std::fs::read_to_string(&labels).unwrap(), logged);
+    // A byte-order mark is read past.
+    std::fs::write(&trl_file, format!("\u{feff}{trl}")).unwrap();
+    let o = dreamgym(&import);
+    assert!(text(&o).contains("imported 0 labels"), "{}", text(&o));
+    // The synthetic labeler's name is not a person's.
+    let as_synth = [
+        "labels",
+        "import",
+        &pairs,
+        &trl_file,
+        "--labeler",
+        "synthetic",
+    ];
+    assert_clean_error(&dreamgym(&as_synth), "synthetic labeler's name");
+    // A file none of whose lines matches a pair is an error, not "0 imported"; so is a line
+    // that prefers an answer to itself.
+    let line = |chosen: &str, rejected: &str| serde_json::json!({ "prompt": "elsewhere", "chosen": chosen, "rejected": rejected });
+    std::fs::write(&trl_file, format!("{}\n", line("push", "done"))).unwrap();
+    assert_clean_error(&dreamgym(&import), "none of its 1 lines matches a pair");
+    std::fs::write(&trl_file, format!("{}\n", line("done", "done"))).unwrap();
+    assert_clean_error(&dreamgym(&import), "the same: it prefers nothing");
+    assert_eq!(std::fs::read_to_string(&labels).unwrap(), logged);
     let o = dreamgym(&["labels", "stats", &pairs]);
     assert!(text(&o).contains("4 labels in effect"), "{}", text(&o));
     let (model_files, pairs_files) = (snapshot(Path::new(&model)), snapshot(Path::new(&pairs)));
@@ -528,6 +550,15 @@ fn preference_commands_never_write_over_other_folders() {
     let o = dreamgym(&args);
     assert!(o.status.success(), "{}", text(&o));
     assert!(Path::new(&rloo).join("lm.safetensors").exists());
+    // rlhf does not resume: its own earlier run is named as such.
+    assert_clean_error(&dreamgym(&args), "holds an earlier `dreamgym rlhf` run");
+    // A KL weight RLOO cannot take is refused before the reward model trains.
+    let rloo_beta = path("rloo-beta");
+    let mut bad = args.clone();
+    bad[6] = rloo_beta.as_str();
+    bad.extend(["--beta", "1e308"]);
+    assert_clean_error(&dreamgym(&bad), "--beta must be in [0, 1000]");
+    assert!(!Path::new(&rloo_beta).exists());
     // Pairs that say they come from an env that is not a language env (an edited pairs.json)
     // are refused before anything trains.
     let meta_path = dir.path().join("pairs/pairs.json");

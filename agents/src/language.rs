@@ -1294,6 +1294,18 @@ pub fn load_language_model(spec: &std::path::Path) -> anyhow::Result<LanguageMod
     if dreamgym_policies::language::is_pretrained(spec) {
         return Ok(dreamgym_policies::language::load_pretrained(spec, &cpu)?);
     }
+    anyhow::ensure!(
+        spec.exists(),
+        "{} does not exist: give a fine-tuned run folder (holding lm.json), a .gguf file or a \
+         Hugging Face folder",
+        spec.display()
+    );
+    anyhow::ensure!(
+        spec.is_dir(),
+        "{} is a file but not a .gguf model: give the run folder that holds it, a .gguf file \
+         or a Hugging Face folder",
+        spec.display()
+    );
     let run = RunDir::new(spec);
     anyhow::ensure!(
         run.checkpoint(LM_CHECKPOINT)

@@ -33,7 +33,9 @@ use anyhow::Context;
 use candle_core::Device;
 use dreamgym_envs::Registry;
 use dreamgym_envs::builtin::tabletop::Split;
-use dreamgym_policies::language::{LanguageModel, LanguagePolicy, PreferenceLoss, Sampling};
+use dreamgym_policies::language::{
+    LanguageModel, LanguagePolicy, MAX_WEIGHT, PreferenceLoss, Sampling,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{LabelLog, SyntheticLabeler};
@@ -313,8 +315,8 @@ impl LanguageDpoStage {
                 "rlhf.rloo.steps must be in 1..=1000000, prompts in 1..=4096 and k in 2..=64",
             )?;
             ensure(
-                l.beta.is_finite() && l.beta >= 0.0,
-                "rlhf.rloo.beta must be 0 or more",
+                l.beta.is_finite() && (0.0..=MAX_WEIGHT).contains(&l.beta),
+                "rlhf.rloo.beta must be in [0, 1000]",
             )?;
             ensure(
                 l.sampling.temperature.is_finite() && l.sampling.temperature > 0.0,
@@ -544,6 +546,12 @@ pub fn run_language_dpo(
             }
         };
         let tokens = tokenize_preferences(&policy, trained_on)?;
+        tokens.note_left_out(progress, policy.config().transformer.block_size);
+        anyhow::ensure!(
+            !tokens.is_empty(),
+            "round {r}: none of its {} preferences fits the model's context",
+            trained_on.len()
+        );
         let dpo = stage.dpo.config(tokens.len());
         let checkpoint = DpoCheckpoint {
             run: &out,
@@ -566,7 +574,7 @@ pub fn run_language_dpo(
         let steps = train_dpo(
             &policy,
             &round_reference,
-            &tokens,
+            &tokens.pairs,
             &dpo,
             Some(&checkpoint),
             progress,
@@ -802,6 +810,7 @@ fn run_rlhf(
             let t0 = std::time::Instant::now();
             let rm = RewardModel::new(load_language_model(&stage.model)?)?;
             let pairs = tokenize_preferences(rm.model(), prefs)?;
+            pairs.note_left_out(progress, rm.model().config().transformer.block_size);
             let report = train_reward_model(&rm, &pairs, &stage.rlhf.reward, progress)?;
             write_reward_metrics(&out, &report)?;
             rm.save(&out.file("reward_model.safetensors"))?;

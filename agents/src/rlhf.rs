@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Tensor};
 use dreamgym_base::derive_seed;
 use dreamgym_envs::{Env, Info, Value};
-use dreamgym_policies::language::{LanguageModel, PreferencePair, Sampling, completion_logps};
+use dreamgym_policies::language::{
+    LanguageModel, MAX_WEIGHT, PreferencePair, Sampling, completion_logps,
+};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -168,7 +170,7 @@ fn reward_loss(rm: &RewardModel, pairs: &[&PreferencePair]) -> anyhow::Result<(T
 /// Trains `rm` on `pairs` (a share held out for accuracy).
 pub fn train_reward_model(
     rm: &RewardModel,
-    pairs: &[PreferencePair],
+    labeled: &crate::preference::Tokenized,
     cfg: &RewardConfig,
     progress: &dyn Progress,
 ) -> anyhow::Result<RewardReport> {
@@ -182,11 +184,31 @@ pub fn train_reward_model(
         cfg.lr.is_finite() && cfg.lr > 0.0,
         "the learning rate must be positive"
     );
+    let pairs = &labeled.pairs;
+    // Held out by pair, not by label: where several people labeled one pair, a held-out
+    // label must not be one the model trained on under another labeler's name. (With one
+    // label per pair this is the same split as by label.)
+    let mut groups: Vec<&str> = Vec::new();
+    let mut members: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, id) in labeled.ids.iter().enumerate() {
+        let group = members.entry(id.as_str()).or_default();
+        if group.is_empty() {
+            groups.push(id.as_str());
+        }
+        group.push(i);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, "reward.split", 0));
-    let mut idx: Vec<usize> = (0..pairs.len()).collect();
-    idx.shuffle(&mut rng);
-    let held = ((pairs.len() as f64) * cfg.holdout).round() as usize;
-    let (heldout, train) = idx.split_at(held.min(pairs.len()));
+    groups.shuffle(&mut rng);
+    let held_pairs = ((groups.len() as f64) * cfg.holdout).round() as usize;
+    let idx: Vec<usize> = groups
+        .iter()
+        .flat_map(|g| members[g].iter().copied())
+        .collect();
+    let held: usize = groups[..held_pairs.min(groups.len())]
+        .iter()
+        .map(|g| members[g].len())
+        .sum();
+    let (heldout, train) = idx.split_at(held);
     anyhow::ensure!(
         !train.is_empty(),
         "a reward model needs at least one pair to train on ({} labeled, {held} held out)",
@@ -370,8 +392,9 @@ pub fn train_rloo(
         "RLOO samples: the temperature must be above 0"
     );
     anyhow::ensure!(
-        cfg.beta.is_finite() && cfg.beta >= 0.0,
-        "beta must be 0 or more"
+        cfg.beta.is_finite() && (0.0..=MAX_WEIGHT).contains(&cfg.beta),
+        "beta must be in [0, {MAX_WEIGHT}], got {}",
+        cfg.beta
     );
     let ids: Vec<Vec<u32>> = prompts
         .iter()
@@ -578,14 +601,23 @@ mod tests {
             holdout: 0.2,
             seed: 0,
         };
-        let report = train_reward_model(&rm, &pairs, &cfg, &()).unwrap();
-        assert_eq!(report.train, 24);
+        // 30 labels of 7 pairs (several people labeled each): a fifth of the pairs is held
+        // out, all of its labels with it (a fifth of the labels would be 6).
+        let labeled = crate::preference::Tokenized {
+            pairs: pairs.clone(),
+            ids: (0..30).map(|i| format!("p{}", i % 7)).collect(),
+            too_long: Vec::new(),
+        };
+        let report = train_reward_model(&rm, &labeled, &cfg, &()).unwrap();
         let first = report.steps[0].0;
         let last = report.steps.last().unwrap().0;
         assert!((first - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
         assert!(last < 0.1, "{first} -> {last}");
-        // The held-out prompts were never trained on.
-        assert_eq!(report.heldout_accuracy, Some((1.0, 6)));
+        // The held-out prompts were never trained on: one pair's 4 or 5 labels.
+        let (accuracy, held) = report.heldout_accuracy.unwrap();
+        assert!(held == 4 || held == 5, "{held}");
+        assert_eq!(report.train, 30 - held);
+        assert_eq!(accuracy, 1.0);
         // Padding does not change a score: a sequence scores the same alone and beside a
         // longer one.
         let p = &pairs[0].prompt;

@@ -78,9 +78,10 @@ pub(crate) fn load_preferences(
     registry: &Registry,
 ) -> anyhow::Result<(Vec<TextPreference>, EnvSpec)> {
     let (env, folders) = read_pairs_folders(dirs, registry)?;
-    let mut prefs = Vec::new();
+    let (mut prefs, mut labels) = (Vec::new(), 0);
     for (dir, (_, records)) in dirs.iter().zip(&folders) {
         let log = LabelLog::read(&dir.join(LABELS_FILE))?;
+        labels += log.in_effect().len();
         let (p, unknown) = preferences(records, &log);
         if unknown > 0 {
             eprintln!(
@@ -93,8 +94,18 @@ pub(crate) fn load_preferences(
     }
     anyhow::ensure!(
         !prefs.is_empty(),
-        "no preferences to learn from: label the pairs first (`dreamgym labels synth`, or a \
-         labeling session)"
+        "{}",
+        if labels == 0 {
+            "no preferences to learn from: label the pairs first (`dreamgym labels synth`, or a \
+             labeling session)"
+                .to_string()
+        } else {
+            format!(
+                "no preferences to learn from: none of the {labels} labels in effect prefers one \
+                 side where the two first actions differ (equally good, can't tell, or the same \
+                 action twice)"
+            )
+        }
     );
     Ok((prefs, env))
 }
@@ -211,6 +222,13 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     super::run_folder(&args.out, "dpo", &DPO_RUN_FILES)?;
     let run = RunDir::new(&args.out);
     let progress = super::CliProgress::new();
+    pairs.note_left_out(&progress, policy.config().transformer.block_size);
+    anyhow::ensure!(
+        !pairs.is_empty(),
+        "none of the {} preferences fits the model's context of {} tokens",
+        prefs.len(),
+        policy.config().transformer.block_size
+    );
     let started = std::time::Instant::now();
     let made_from = serde_json::json!({
         "from": language_model_fingerprint(&args.model)?,
@@ -225,7 +243,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     let log = train_dpo(
         &policy,
         &reference,
-        &pairs,
+        &pairs.pairs,
         &cfg,
         Some(&checkpoint),
         &progress,

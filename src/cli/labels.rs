@@ -209,9 +209,16 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             labeler,
         } => {
             anyhow::ensure!(!labeler.trim().is_empty(), "--labeler must name someone");
+            anyhow::ensure!(
+                labeler != dreamgym_agents::labels::SyntheticLabeler::NAME,
+                "--labeler {labeler} is the synthetic labeler's name (`dreamgym labels synth` \
+                 writes its labels): import under a person's name"
+            );
             let (_, records) = read_pairs(&pairs)?;
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            // Some editors begin a UTF-8 file with a byte-order mark.
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             let mut lines = Vec::new();
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -227,6 +234,14 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             let import = import_trl(&records, &lines, &labeler)
                 .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+            anyhow::ensure!(
+                lines.is_empty() || import.unmatched < lines.len(),
+                "{}: none of its {} lines matches a pair of {} (the prompt and the two first \
+                 actions): is it from another pairs folder? Nothing was imported",
+                file.display(),
+                lines.len(),
+                pairs.display()
+            );
             let mut log = open_log(&pairs, true)?;
             // A label the labeler already has in effect is not written again (importing the
             // same file twice changes nothing); one that differs replaces it, as a relabel.

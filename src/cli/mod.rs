@@ -97,12 +97,18 @@ pub enum Command {
 /// their context. Returns the process exit code.
 pub fn main_with_registry(registry: Registry) -> i32 {
     let cli = Cli::parse();
-    // Listing commands end quietly when their reader goes away (`dreamgym envs | head`), as
-    // Unix tools do. Long work keeps SIGPIPE ignored: its progress output drops lines instead,
-    // and the work goes on.
+    // Listing commands end quietly when their reader goes away (`dreamgym envs | head`,
+    // `dreamgym labels export ... | head`), as Unix tools do; the labels commands write every
+    // label before they print. Long work keeps SIGPIPE ignored: its progress output drops
+    // lines instead, and the work goes on.
     if matches!(
         cli.command,
-        Command::Envs(_) | Command::Policies(_) | Command::Check(_) | Command::Bench(_)
+        Command::Envs(_)
+            | Command::Policies(_)
+            | Command::Check(_)
+            | Command::Bench(_)
+            | Command::Inspect(_)
+            | Command::Labels(_)
     ) {
         restore_sigpipe();
     }

@@ -14,7 +14,7 @@ use dreamgym_agents::rlhf::{
 };
 use dreamgym_agents::{Progress, RunDir};
 use dreamgym_envs::Registry;
-use dreamgym_policies::language::{LanguageModel, Sampling};
+use dreamgym_policies::language::{LanguageModel, MAX_WEIGHT, Sampling};
 
 /// What RLOO maximises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,6 +100,15 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         args.temperature.is_finite() && args.temperature > 0.0,
         "--temperature must be above 0"
     );
+    // Checked before the reward model trains: RLOO would refuse it only after.
+    anyhow::ensure!(
+        args.beta.is_finite() && (0.0..=MAX_WEIGHT).contains(&args.beta),
+        "--beta must be in [0, {MAX_WEIGHT}]"
+    );
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.holdout),
+        "--holdout must be in [0, 1)"
+    );
     super::distinct_folders(&args.pairs)?;
     // The verifier scores answers itself: the pairs give prompts and starts, labels or not.
     let (prefs, env, folders) = match args.reward {
@@ -116,6 +125,13 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     let policy = load_language_model(&args.model)?;
     let reference = load_language_model(&args.model)?;
     // rlhf does not resume: a new (or empty) folder, never another run's or the start model's.
+    anyhow::ensure!(
+        !args.out.join("reward_model.safetensors").exists()
+            && !args.out.join("metrics").join("rloo.csv").exists(),
+        "{} holds an earlier `dreamgym rlhf` run (finished or stopped; rlhf does not resume): \
+         choose a new folder for this one, or delete that one",
+        args.out.display()
+    );
     super::run_folder(&args.out, "rlhf", &[])?;
     let run = RunDir::new(&args.out);
 
@@ -209,6 +225,7 @@ fn reward_model(
 ) -> anyhow::Result<(RewardModel, serde_json::Value)> {
     let rm = RewardModel::new(load_language_model(&args.model)?)?;
     let pairs = tokenize_preferences(rm.model(), prefs)?;
+    pairs.note_left_out(progress, rm.model().config().transformer.block_size);
     let rm_cfg = RewardConfig {
         steps: args.rm_steps,
         batch_size: 16,

@@ -33,8 +33,8 @@ use crate::{Policy, PolicyError};
 pub use gguf::{SYSTEM_PROMPT, load_gguf};
 pub use hf::load_hf;
 pub use preference::{
-    PreferenceLoss, PreferenceLossKind, PreferenceMetrics, PreferencePair, completion_logps,
-    pair_logps, preference_loss, reference_logps,
+    MAX_WEIGHT, MIN_BETA, PreferenceLoss, PreferenceLossKind, PreferenceMetrics, PreferencePair,
+    completion_logps, pair_logps, preference_loss, reference_logps,
 };
 pub use tokenizer::{BOS, EOS, TextTokenizer};
 

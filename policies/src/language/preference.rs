@@ -91,12 +91,19 @@ impl Default for PreferenceLoss {
     }
 }
 
+/// The smallest β a preference loss takes.
+pub const MIN_BETA: f64 = 1e-6;
+/// The largest β (and RPO α, and RLOO's KL weight) taken.
+pub const MAX_WEIGHT: f64 = 1000.0;
+
 impl PreferenceLoss {
-    /// Refuses settings the formulas cannot take.
+    /// Refuses settings the formulas cannot take. β and α have bounds far outside any use
+    /// (TRL's defaults are β 0.1, α 1) but inside what f32 arithmetic survives: a β of 1e-300
+    /// makes IPO's target 1/(2β) infinite, one of 1e308 makes every reward infinite.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        if !(self.beta.is_finite() && self.beta > 0.0) {
+        if !(self.beta.is_finite() && (MIN_BETA..=MAX_WEIGHT).contains(&self.beta)) {
             return Err(PolicyError::Config(format!(
-                "beta must be positive, got {}",
+                "beta must be in [{MIN_BETA:e}, {MAX_WEIGHT}], got {}",
                 self.beta
             )));
         }
@@ -106,9 +113,9 @@ impl PreferenceLoss {
                 self.label_smoothing
             )));
         }
-        if !(self.rpo_alpha.is_finite() && self.rpo_alpha >= 0.0) {
+        if !(self.rpo_alpha.is_finite() && (0.0..=MAX_WEIGHT).contains(&self.rpo_alpha)) {
             return Err(PolicyError::Config(format!(
-                "rpo_alpha must be 0 or more, got {}",
+                "rpo_alpha must be in [0, {MAX_WEIGHT}], got {}",
                 self.rpo_alpha
             )));
         }
@@ -598,10 +605,33 @@ mod tests {
                 rpo_alpha: -1.0,
                 ..Default::default()
             },
+            // Finite, but past what the losses survive in f32.
+            PreferenceLoss {
+                kind: PreferenceLossKind::Ipo,
+                beta: 1e-300,
+                ..Default::default()
+            },
+            PreferenceLoss {
+                beta: 1e308,
+                ..Default::default()
+            },
+            PreferenceLoss {
+                rpo_alpha: 1e308,
+                ..Default::default()
+            },
         ];
         for l in bad {
             assert!(l.validate().is_err(), "{l:?}");
         }
         assert!(PreferenceLoss::default().validate().is_ok());
+        // The bounds themselves are taken.
+        for (beta, rpo_alpha) in [(MIN_BETA, 0.0), (MAX_WEIGHT, MAX_WEIGHT)] {
+            let l = PreferenceLoss {
+                beta,
+                rpo_alpha,
+                ..Default::default()
+            };
+            assert!(l.validate().is_ok(), "{l:?}");
+        }
     }
 }
