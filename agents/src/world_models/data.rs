@@ -13,10 +13,103 @@ use dreamgym_world_model::dream::StartLatent;
 use super::agent::frame_of;
 use crate::Progress;
 
+/// An episode's frames (u8 HWC), each kept LZ4-compressed on its own: a decoded dataset
+/// held in memory costs a fraction of its raw size (the paper's 10,000 episodes of up to
+/// 1,000 64×64 frames are 74-123 GB raw), and any one frame decompresses in microseconds,
+/// so V's shuffled batches still reach every frame directly.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    frame_len: usize,
+    /// Where each compressed frame ends in `bytes`.
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Frames {
+    /// No frames yet.
+    pub fn new() -> Self {
+        Self {
+            frame_len: 0,
+            ends: Vec::new(),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Appends a frame (the first fixes every frame's size).
+    pub fn push(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        if self.is_empty() {
+            self.frame_len = frame.len();
+        }
+        anyhow::ensure!(
+            frame.len() == self.frame_len,
+            "a frame of {} bytes among frames of {}",
+            frame.len(),
+            self.frame_len
+        );
+        self.bytes
+            .extend_from_slice(&lz4_flex::block::compress(frame));
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    /// Frames held.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes of one frame, decoded (0 before the first).
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    /// Bytes held (compressed).
+    pub fn compressed_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Appends frames `range` to `out`, decoded.
+    pub fn decode_into(
+        &self,
+        range: std::ops::Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            range.end <= self.len(),
+            "frames {range:?} of an episode of {}",
+            self.len()
+        );
+        for i in range {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            let at = out.len();
+            out.resize(at + self.frame_len, 0);
+            let n =
+                lz4_flex::block::decompress_into(&self.bytes[start..self.ends[i]], &mut out[at..])
+                    .map_err(|e| anyhow::anyhow!("frame {i} does not decompress: {e}"))?;
+            anyhow::ensure!(
+                n == self.frame_len,
+                "frame {i} decompresses to {n} bytes, not {}",
+                self.frame_len
+            );
+        }
+        Ok(())
+    }
+}
+
 /// One recorded episode, flattened for training.
 pub struct EpisodeFrames {
-    /// `T + 1` frames, u8 HWC, concatenated.
-    pub frames: Vec<u8>,
+    /// `T + 1` frames.
+    pub frames: Frames,
     /// `T` actions, each `action_size` floats, concatenated.
     pub actions: Vec<f32>,
     /// `T` rewards.
@@ -64,13 +157,9 @@ impl PixelData {
                 }
             };
             for ep in chunk {
-                let mut frames = Vec::new();
+                let mut frames = Frames::new();
                 for o in &ep.observations {
-                    let frame = frame_of(o)?;
-                    if frames.is_empty() {
-                        frames.reserve_exact(frame.len() * ep.observations.len());
-                    }
-                    frames.extend_from_slice(frame);
+                    frames.push(frame_of(o)?)?;
                 }
                 let mut actions = Vec::new();
                 for a in &ep.actions {
@@ -204,4 +293,37 @@ pub fn start_latents(series: &[Series]) -> anyhow::Result<Vec<StartLatent>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_to_what_was_pushed_and_refuse_what_does_not_fit() {
+        // A flat field with a stripe, as track frames are, and noise, which does not compress.
+        let flat: Vec<u8> = (0..48 * 3)
+            .map(|i| if i % 48 < 6 { 200 } else { 30 })
+            .collect();
+        let noise: Vec<u8> = (0..48 * 3u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut frames = Frames::new();
+        assert_eq!(frames.frame_len(), 0);
+        for f in [&flat, &noise, &flat] {
+            frames.push(f).unwrap();
+        }
+        assert_eq!((frames.len(), frames.frame_len()), (3, flat.len()));
+        assert!(frames.compressed_len() < 3 * flat.len());
+        let mut out = vec![1, 2];
+        frames.decode_into(1..3, &mut out).unwrap();
+        assert_eq!(out, [&[1, 2][..], &noise, &flat].concat());
+        let mut all = Vec::new();
+        frames.decode_into(0..3, &mut all).unwrap();
+        assert_eq!(all, [&flat[..], &noise, &flat].concat());
+        // Frames of another size, and frames past the end, are errors, not panics.
+        assert!(frames.push(&flat[1..]).is_err());
+        assert_eq!(frames.len(), 3);
+        assert!(frames.decode_into(2..4, &mut Vec::new()).is_err());
+    }
 }

@@ -20,21 +20,17 @@ pub fn encode(
     let a = data.action_size()?;
     let c = vae.config().clone();
     let device = vae.device().clone();
-    let frame_len = c.image_size * c.image_size * c.channels;
     progress.begin("encode", data.episodes.len() as u64);
     let mut out = Vec::with_capacity(data.episodes.len());
     for ep in &data.episodes {
-        let n = ep.frames.len() / frame_len;
+        let n = ep.frames.len();
         let (mut mus, mut lvs) = (Vec::new(), Vec::new());
+        let mut raw = Vec::new();
         for start in (0..n).step_by(256) {
             let m = (n - start).min(256);
-            let x = frames_to_tensor(
-                &ep.frames[start * frame_len..(start + m) * frame_len],
-                m,
-                c.image_size,
-                c.channels,
-                &device,
-            )?;
+            raw.clear();
+            ep.frames.decode_into(start..start + m, &mut raw)?;
+            let x = frames_to_tensor(&raw, m, c.image_size, c.channels, &device)?;
             let (mu, lv) = vae.encode(&x)?;
             // Detached: stored results must not keep the forward graph's buffers alive.
             mus.push(mu.detach().to_device(&Device::Cpu)?);

@@ -32,7 +32,7 @@ pub use config::{
     ActionNoise, ControllerStage, EvalStage, IterateStage, MdnStage, VaeStage, WorldModelsConfig,
 };
 pub use data::{
-    EpisodeFrames, PixelData, Series, action_size, dataset_meta, load_series, make_env,
+    EpisodeFrames, Frames, PixelData, Series, action_size, dataset_meta, load_series, make_env,
     save_series, start_latents,
 };
 pub use encode::encode;

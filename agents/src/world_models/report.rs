@@ -63,9 +63,11 @@ pub fn report(
     // Originals (top row) and reconstructions (bottom row) from several episodes.
     let mut originals = Vec::new();
     for (i, ep) in data.episodes.iter().enumerate().take(8) {
-        let n = ep.frames.len() / flen;
+        let n = ep.frames.len();
         let k = (n / 2 + i * 7) % n;
-        originals.push(ep.frames[k * flen..(k + 1) * flen].to_vec());
+        let mut frame = Vec::with_capacity(flen);
+        ep.frames.decode_into(k..k + 1, &mut frame)?;
+        originals.push(frame);
     }
     let x = frames_to_tensor(
         &originals.concat(),

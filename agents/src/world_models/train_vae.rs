@@ -67,7 +67,7 @@ pub fn train_vae(
         .episodes
         .iter()
         .enumerate()
-        .flat_map(|(e, ep)| (0..ep.frames.len() / frame_len).map(move |i| (e, i)))
+        .flat_map(|(e, ep)| (0..ep.frames.len()).map(move |i| (e, i)))
         .collect();
     let mut metrics = MetricsLog::open(
         run,
@@ -92,9 +92,7 @@ pub fn train_vae(
             stop_if_interrupted(progress, "train V", "V", epoch)?;
             let mut frames = Vec::with_capacity(chunk.len() * frame_len);
             for &(e, i) in chunk {
-                frames.extend_from_slice(
-                    &data.episodes[e].frames[i * frame_len..(i + 1) * frame_len],
-                );
+                data.episodes[e].frames.decode_into(i..i + 1, &mut frames)?;
             }
             let x = frames_to_tensor(&frames, chunk.len(), c.image_size, c.channels, &device)?;
             let eps: Vec<f32> = (0..chunk.len() * c.z_size)
