@@ -1132,6 +1132,24 @@ mod tests {
         }
     }
 
+    /// Pairs from `m` on Tabletop-v0 with one command per action.
+    fn collect_one_command(
+        m: &Arc<LanguageModel>,
+        cfg: &PairsConfig,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<PairRecord>> {
+        let config = serde_json::json!({ "mode": "language", "max_commands": 1 });
+        collect_pairs(
+            m.clone(),
+            "tiny",
+            &Registry::with_builtins(),
+            ("Tabletop-v0", &config),
+            cfg,
+            dir,
+            &(),
+        )
+    }
+
     #[test]
     fn an_edited_first_action_changes_one_decision_and_repeats_for_its_seed() {
         use dreamgym_envs::builtin::tabletop;
@@ -1223,8 +1241,6 @@ mod tests {
 
     #[test]
     fn constrained_pairs_write_only_actions_that_parse() {
-        let registry = Registry::with_builtins();
-        let config = serde_json::json!({ "mode": "language", "max_commands": 1 });
         let m = Arc::new(model());
         let collect = |constrained: bool| {
             let dir = tempfile::tempdir().unwrap();
@@ -1232,16 +1248,7 @@ mod tests {
             cfg.max_turns = 1;
             cfg.sampling.max_new_tokens = 96;
             cfg.sampling.constrained = constrained;
-            let pairs = collect_pairs(
-                m.clone(),
-                "tiny",
-                &registry,
-                ("Tabletop-v0", &config),
-                &cfg,
-                dir.path(),
-                &(),
-            )
-            .unwrap();
+            let pairs = collect_one_command(&m, &cfg, dir.path()).unwrap();
             // The folder says how its pairs were sampled.
             assert_eq!(
                 read_pairs(dir.path()).unwrap().0.sampling.constrained,
@@ -1281,16 +1288,7 @@ mod tests {
         let mut cfg = pairs_config(3);
         cfg.greedy_a = true;
         cfg.distinct_attempts = 4;
-        let pairs = collect_pairs(
-            m.clone(),
-            "tiny",
-            &registry,
-            ("Tabletop-v0", &config),
-            &cfg,
-            dir.path(),
-            &(),
-        )
-        .unwrap();
+        let pairs = collect_one_command(&m, &cfg, dir.path()).unwrap();
         assert!(read_pairs(dir.path()).unwrap().0.greedy_a);
         let mut greedy = LanguagePolicy::new(
             m.clone(),
@@ -1314,16 +1312,7 @@ mod tests {
         // writes something other than its greedy answer.
         cfg.greedy_a = false;
         let other = tempfile::tempdir().unwrap();
-        let sampled = collect_pairs(
-            m,
-            "tiny",
-            &registry,
-            ("Tabletop-v0", &config),
-            &cfg,
-            other.path(),
-            &(),
-        )
-        .unwrap();
+        let sampled = collect_one_command(&m, &cfg, other.path()).unwrap();
         assert!(
             sampled
                 .iter()
@@ -1334,20 +1323,9 @@ mod tests {
 
     #[test]
     fn pairs_never_mix_into_a_folder_made_otherwise_or_written_at_once() {
-        let registry = Registry::with_builtins();
-        let config = serde_json::json!({ "mode": "language", "max_commands": 1 });
         let m = Arc::new(model());
         let collect = |cfg: &PairsConfig, dir: &Path| {
-            collect_pairs(
-                m.clone(),
-                "tiny",
-                &registry,
-                ("Tabletop-v0", &config),
-                cfg,
-                dir,
-                &(),
-            )
-            .map_err(|e| format!("{e:#}"))
+            collect_one_command(&m, cfg, dir).map_err(|e| format!("{e:#}"))
         };
         let dir = tempfile::tempdir().unwrap();
         let mut edited = pairs_config(2);

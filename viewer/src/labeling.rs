@@ -395,6 +395,8 @@ mod tests {
             seed: 0,
             distinct_attempts: 1,
             edit: false,
+            greedy_a: false,
+            max_turns: None,
         };
         std::fs::write(
             dir.path().join(PAIRS_META),
