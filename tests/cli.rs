@@ -559,6 +559,25 @@ fn preference_commands_never_write_over_other_folders() {
     bad.extend(["--beta", "1e308"]);
     assert_clean_error(&dreamgym(&bad), "--beta must be in [0, 1000]");
     assert!(!Path::new(&rloo_beta).exists());
+    // Folders from another split of the same env go together; from an env configured
+    // otherwise they do not: the models are evaluated in one configuration.
+    let other = path("pairs-other");
+    std::fs::create_dir(&other).unwrap();
+    for f in ["pairs.json", "pairs.jsonl"] {
+        std::fs::copy(dir.path().join("pairs").join(f), Path::new(&other).join(f)).unwrap();
+    }
+    let other_meta = Path::new(&other).join("pairs.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&other_meta).unwrap()).unwrap();
+    meta["env_config"]["max_commands"] = 1.into();
+    std::fs::write(&other_meta, meta.to_string()).unwrap();
+    let mixed = path("mixed");
+    let mut args = vec![
+        "rlhf", "--model", &model, "--pairs", &pairs, "--pairs", &other, "--out", &mixed,
+    ];
+    args.extend(quick);
+    assert_clean_error(&dreamgym(&args), "folders may differ in their split only");
+    assert!(!Path::new(&mixed).exists());
     // Pairs that say they come from an env that is not a language env (an edited pairs.json)
     // are refused before anything trains.
     let meta_path = dir.path().join("pairs/pairs.json");

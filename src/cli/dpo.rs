@@ -149,15 +149,34 @@ fn check_pairs_env(
         dir.display(),
         meta.env
     );
-    if let Some((id, _)) = first {
+    if let Some((id, config)) = first {
         anyhow::ensure!(
             *id == meta.env,
             "{}: its pairs were made in {}, the first folder's in {id}: give folders of one env",
             dir.display(),
             meta.env
         );
+        // The models are evaluated in the first folder's config, on every split: folders may
+        // come from different splits, but not from an env configured otherwise.
+        let (a, b) = (but_split(config), but_split(&meta.env_config));
+        anyhow::ensure!(
+            a == b,
+            "{}: its pairs were made in {} configured {b}, the first folder's {a}: the models \
+             are evaluated in one configuration (folders may differ in their split only)",
+            dir.display(),
+            meta.env
+        );
     }
     Ok(())
+}
+
+/// An env config without its `split`.
+fn but_split(config: &serde_json::Value) -> serde_json::Value {
+    let mut c = config.clone();
+    if let Some(m) = c.as_object_mut() {
+        m.remove("split");
+    }
+    c
 }
 
 /// Evaluates a fine-tuned model on the language splits of `env`.
