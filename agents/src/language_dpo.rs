@@ -454,6 +454,7 @@ pub fn run_language_dpo(
         };
         let differs = |p: &&PairRecord| p.first_action(false) != p.first_action(true);
         let mut count = wanted;
+        let model_fingerprint = Some(language_model_fingerprint(Path::new(&current_name))?);
         let records = loop {
             let cfg = PairsConfig {
                 count,
@@ -468,6 +469,7 @@ pub fn run_language_dpo(
                 distinct_attempts: stage.pairs.distinct_attempts,
                 edit: stage.pairs.edit,
                 greedy_a: stage.pairs.greedy_a,
+                model_fingerprint: model_fingerprint.clone(),
             };
             let records = collect_pairs(
                 current.clone(),

@@ -123,6 +123,10 @@ pub struct PairsMeta {
     /// with whatever is asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_turns: Option<usize>,
+    /// The model's fingerprint (its weights' CRC-32, or a pretrained file's checksum):
+    /// absent in folders made before it was recorded, where the model's path decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_fingerprint: Option<String>,
 }
 
 fn one() -> usize {
@@ -155,6 +159,10 @@ pub struct PairsConfig {
     /// samples: every label then says whether the model's own answer or another one is
     /// better, which is what moves greedy decoding. `sampling`'s temperature is B's.
     pub greedy_a: bool,
+    /// The model's fingerprint (`language_model_fingerprint`), recorded so that a folder goes
+    /// on only with the same model, whatever its path is called, and never with another model
+    /// trained since at the same path.
+    pub model_fingerprint: Option<String>,
 }
 
 /// Reads a pairs folder: its meta and every complete pair (a torn last line from a crash is
@@ -246,6 +254,7 @@ pub fn collect_pairs(
         edit: cfg.edit,
         greedy_a: cfg.greedy_a,
         max_turns: Some(cfg.max_turns),
+        model_fingerprint: cfg.model_fingerprint.clone(),
     };
     // The last pair starts from seed + count - 1.
     anyhow::ensure!(
@@ -269,6 +278,14 @@ pub fn collect_pairs(
         let (mut old, pairs) = read_pairs(dir)?;
         // Folders made before `max_turns` was recorded go on with what is asked.
         old.max_turns = old.max_turns.or(meta.max_turns);
+        match (&old.model_fingerprint, &meta.model_fingerprint) {
+            // The same model, its path spelled otherwise (`./model`, an absolute path).
+            (Some(a), Some(b)) if a == b => old.model = meta.model.clone(),
+            // Made before fingerprints were recorded: the path decides, as it did.
+            (None, _) => old.model_fingerprint = meta.model_fingerprint.clone(),
+            // Another model (or none known now): named below as a difference.
+            _ => {}
+        }
         if old != meta {
             let (a, b) = (serde_json::to_value(&old)?, serde_json::to_value(&meta)?);
             // A setting left out of one side is its default (false, absent).
@@ -1120,6 +1137,7 @@ mod tests {
         PairsConfig {
             edit: false,
             greedy_a: false,
+            model_fingerprint: None,
             count,
             seed: 5,
             sampling: Sampling {
@@ -1339,6 +1357,36 @@ mod tests {
         turns.max_turns = 5;
         let err = collect(&turns, dir.path()).unwrap_err();
         assert!(err.contains("max_turns: 2 there, 5 now"), "{err}");
+        // Another model at the same path is refused; the same model under another spelling
+        // of its path goes on.
+        let mut retrained = edited.clone();
+        retrained.model_fingerprint = Some("crc32:00000001".into());
+        let fingerprints = tempfile::tempdir().unwrap();
+        let mut first = fingerprints.path().join("fp");
+        let mut fp = edited.clone();
+        fp.model_fingerprint = Some("crc32:00000000".into());
+        collect(&fp, &first).unwrap();
+        let err = collect(&retrained, &first).unwrap_err();
+        assert!(err.contains("model_fingerprint"), "{err}");
+        let respelled = |cfg: &PairsConfig| {
+            collect_pairs(
+                m.clone(),
+                "./tiny",
+                &Registry::with_builtins(),
+                (
+                    "Tabletop-v0",
+                    &serde_json::json!({ "mode": "language", "max_commands": 1 }),
+                ),
+                cfg,
+                &first,
+                &(),
+            )
+        };
+        assert!(respelled(&fp).is_ok());
+        first = fingerprints.path().join("fp-none");
+        collect(&edited, &first).unwrap();
+        // Made before fingerprints were recorded: the path decides.
+        assert!(collect(&fp, &first).is_ok());
         // A folder made before max_turns was recorded goes on.
         let meta_path = dir.path().join(PAIRS_META);
         let mut meta: serde_json::Value =

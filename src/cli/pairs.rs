@@ -95,6 +95,9 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
         distinct_attempts: args.distinct_attempts,
         edit: args.edit,
         greedy_a: args.greedy_a,
+        model_fingerprint: Some(dreamgym_agents::language::language_model_fingerprint(
+            &args.model,
+        )?),
     };
     let progress = super::CliProgress::new();
     let pairs = collect_pairs(

@@ -397,6 +397,7 @@ mod tests {
             edit: false,
             greedy_a: false,
             max_turns: None,
+            model_fingerprint: None,
         };
         std::fs::write(
             dir.path().join(PAIRS_META),
