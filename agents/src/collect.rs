@@ -213,6 +213,23 @@ fn sequences(meta: &DatasetMeta) -> usize {
     seeds.len()
 }
 
+/// The episodes of each readable chunk of `ds`, a chunk at a time, in order; a damaged chunk
+/// is skipped and named through `progress`. A dataset of any size is read holding one chunk.
+pub(crate) fn readable_chunks<'a>(
+    ds: &'a dreamgym_envs::recording::Dataset,
+    progress: &'a dyn Progress,
+) -> impl Iterator<Item = Vec<Episode>> + 'a {
+    ds.chunk_paths()
+        .iter()
+        .filter_map(move |path| match ds.read_chunk(path) {
+            Ok(episodes) => Some(episodes),
+            Err(err) => {
+                progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
+                None
+            }
+        })
+}
+
 /// Collects `config.episodes` episodes with `config.policy` and records them under `out`.
 ///
 /// Episode `k` (counted from 0 for the whole rollout, so from `config.first_episode` here)

@@ -435,14 +435,7 @@ impl DtData {
         if encoder.is_some() {
             progress.begin("encode frames with V", ds.stored_episodes() as u64);
         }
-        for path in ds.chunk_paths() {
-            let episodes = match ds.read_chunk(path) {
-                Ok(e) => e,
-                Err(err) => {
-                    progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
-                    continue;
-                }
-            };
+        for episodes in crate::collect::readable_chunks(&ds, progress) {
             for e in episodes {
                 // Every path polls Ctrl-C between episodes: decoding a large pixel dataset
                 // takes minutes too.

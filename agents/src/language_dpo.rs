@@ -547,13 +547,9 @@ pub fn run_language_dpo(
                 (previous, current.clone(), &all_prefs[round_start..])
             }
         };
-        let tokens = tokenize_preferences(&policy, trained_on)?;
-        tokens.note_left_out(progress, policy.config().transformer.block_size);
-        anyhow::ensure!(
-            !tokens.is_empty(),
-            "round {r}: none of its {} preferences fits the model's context",
-            trained_on.len()
-        );
+        let tokens =
+            tokenize_preferences(&policy, trained_on).with_context(|| format!("round {r}"))?;
+        tokens.note_left_out(progress);
         let dpo = stage.dpo.config(tokens.len());
         let checkpoint = DpoCheckpoint {
             run: &out,
@@ -812,7 +808,7 @@ fn run_rlhf(
             let t0 = std::time::Instant::now();
             let rm = RewardModel::new(load_language_model(&stage.model)?)?;
             let pairs = tokenize_preferences(rm.model(), prefs)?;
-            pairs.note_left_out(progress, rm.model().config().transformer.block_size);
+            pairs.note_left_out(progress);
             let report = train_reward_model(&rm, &pairs, &stage.rlhf.reward, progress)?;
             write_reward_metrics(&out, &report)?;
             rm.save(&out.file("reward_model.safetensors"))?;

@@ -288,26 +288,30 @@ pub fn collect_pairs(
         }
         if old != meta {
             let (a, b) = (serde_json::to_value(&old)?, serde_json::to_value(&meta)?);
-            // A setting left out of one side is its default (false, absent).
+            // A setting left out of one side is its default: false for a switch (the other
+            // side says it is one), absent otherwise.
             let keys: BTreeSet<&String> = a
                 .as_object()
                 .into_iter()
                 .chain(b.as_object())
                 .flat_map(|m| m.keys())
                 .collect();
-            let shown = |v: Option<&serde_json::Value>, k: &str| match v {
-                Some(v) => v.to_string(),
-                None if k == "edit" || k == "greedy_a" => "false".into(),
-                None => "absent".into(),
-            };
+            let shown =
+                |v: Option<&serde_json::Value>, other: Option<&serde_json::Value>| match (v, other)
+                {
+                    (Some(v), _) => v.to_string(),
+                    (None, Some(serde_json::Value::Bool(_))) => "false".into(),
+                    (None, _) => "absent".into(),
+                };
             let differ: Vec<String> = keys
                 .into_iter()
                 .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
                 .map(|k| {
+                    let (there, now) = (a.get(k.as_str()), b.get(k.as_str()));
                     format!(
                         "{k}: {} there, {} now",
-                        shown(a.get(k.as_str()), k),
-                        shown(b.get(k.as_str()), k)
+                        shown(there, now),
+                        shown(now, there)
                     )
                 })
                 .collect();
@@ -723,6 +727,8 @@ pub struct Tokenized {
     /// Pairs whose prompt and an answer do not fit the model's context together (an answer
     /// sampled at a high temperature that ran on to the end of the context), left out.
     pub too_long: Vec<String>,
+    /// The model's context, in tokens.
+    pub context: usize,
 }
 
 impl Tokenized {
@@ -737,13 +743,14 @@ impl Tokenized {
     }
 
     /// Says which preferences were left out, if any, through `progress`.
-    pub fn note_left_out(&self, progress: &dyn Progress, block: usize) {
+    pub fn note_left_out(&self, progress: &dyn Progress) {
         if let Some(first) = self.too_long.first() {
             progress.note(&format!(
                 "{} preference{} left out: a prompt and an answer longer than the model's \
-                 context of {block} tokens (pair {first}{})",
+                 context of {} tokens (pair {first}{})",
                 self.too_long.len(),
                 if self.too_long.len() == 1 { "" } else { "s" },
+                self.context,
                 if self.too_long.len() > 1 {
                     " and others"
                 } else {
@@ -756,14 +763,17 @@ impl Tokenized {
 
 /// Tokenizes preferences for `model`: the prompt as the model is prompted, each answer with
 /// its end token. Preferences that do not fit the model's context are left out and named in
-/// [`Tokenized::too_long`].
+/// [`Tokenized::too_long`]; when there are some and none fits, that is an error.
 pub fn tokenize_preferences(
     model: &LanguageModel,
     prefs: &[TextPreference],
 ) -> anyhow::Result<Tokenized> {
     let tok = model.tokenizer();
     let block = model.config().transformer.block_size;
-    let mut out = Tokenized::default();
+    let mut out = Tokenized {
+        context: block,
+        ..Tokenized::default()
+    };
     for p in prefs {
         let prompt = model.prompt_ids(&model.prompt(&p.prompt))?;
         let answer = |t: &str| -> anyhow::Result<Vec<u32>> {
@@ -783,6 +793,11 @@ pub fn tokenize_preferences(
         });
         out.ids.push(p.pair.clone());
     }
+    anyhow::ensure!(
+        prefs.is_empty() || !out.is_empty(),
+        "none of the {} preferences fits the model's context of {block} tokens",
+        prefs.len()
+    );
     Ok(out)
 }
 
@@ -1624,10 +1639,17 @@ mod tests {
         assert_eq!(t.ids, ["p0", "p2"]);
         assert_eq!(t.pairs.len(), 2);
         assert_eq!(t.too_long, ["p1"]);
+        assert_eq!(t.context, block);
         // What is kept fits.
         for p in &t.pairs {
             assert!(p.prompt.len() + p.chosen.len().max(p.rejected.len()) <= block);
         }
+        // Nothing that fits is an error, naming the context; nothing at all is not.
+        let err = tokenize_preferences(&policy, &prefs[1..2])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("context of {block} tokens")), "{err}");
+        assert!(tokenize_preferences(&policy, &[]).unwrap().is_empty());
     }
 
     #[test]

@@ -607,6 +607,7 @@ mod tests {
             pairs: pairs.clone(),
             ids: (0..30).map(|i| format!("p{}", i % 7)).collect(),
             too_long: Vec::new(),
+            context: rm.model().config().transformer.block_size,
         };
         let report = train_reward_model(&rm, &labeled, &cfg, &()).unwrap();
         let first = report.steps[0].0;

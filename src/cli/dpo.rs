@@ -241,13 +241,7 @@ pub fn run(args: Args, registry: &Registry) -> anyhow::Result<()> {
     super::run_folder(&args.out, "dpo", &DPO_RUN_FILES)?;
     let run = RunDir::new(&args.out);
     let progress = super::CliProgress::new();
-    pairs.note_left_out(&progress, policy.config().transformer.block_size);
-    anyhow::ensure!(
-        !pairs.is_empty(),
-        "none of the {} preferences fits the model's context of {} tokens",
-        prefs.len(),
-        policy.config().transformer.block_size
-    );
+    pairs.note_left_out(&progress);
     let started = std::time::Instant::now();
     let made_from = serde_json::json!({
         "from": language_model_fingerprint(&args.model)?,

@@ -225,7 +225,7 @@ fn reward_model(
 ) -> anyhow::Result<(RewardModel, serde_json::Value)> {
     let rm = RewardModel::new(load_language_model(&args.model)?)?;
     let pairs = tokenize_preferences(rm.model(), prefs)?;
-    pairs.note_left_out(progress, rm.model().config().transformer.block_size);
+    pairs.note_left_out(progress);
     let rm_cfg = RewardConfig {
         steps: args.rm_steps,
         batch_size: 16,

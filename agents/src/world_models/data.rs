@@ -148,14 +148,7 @@ impl PixelData {
         // One chunk decoded at a time, its episodes flattened before the next is read: the
         // decoded dataset is held once, never twice.
         let mut episodes = Vec::new();
-        for path in ds.chunk_paths() {
-            let chunk = match ds.read_chunk(path) {
-                Ok(chunk) => chunk,
-                Err(err) => {
-                    progress.note(&format!("skipping damaged chunk {}: {err}", path.display()));
-                    continue;
-                }
-            };
+        for chunk in crate::collect::readable_chunks(&ds, progress) {
             for ep in chunk {
                 let mut frames = Frames::new();
                 for o in &ep.observations {
